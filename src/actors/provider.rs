@@ -1,0 +1,233 @@
+//! The provider role: external data in and out.
+//!
+//! For now: the random provider, which inserts synthetic items for random existing users at a
+//! configured rate (the simulator's background writer), and reports the rate it achieved.
+//! Items go to the store role as durable `insert_items` batches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::seq::IndexedRandom;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{reply, store, unexpected};
+use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
+use crate::error::Result;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProviderRequest {
+    Status,
+}
+
+/// How the random provider is doing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProviderStatus {
+    /// Items per second it was asked to insert.
+    pub configured_rate: f64,
+    /// Items per second it inserted since it started.
+    pub achieved_rate: f64,
+    pub inserted_total: u64,
+    pub failed_total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProviderReply {
+    Status(ProviderStatus),
+}
+
+pub struct ProviderProtocol;
+
+impl Protocol for ProviderProtocol {
+    const ROLE: Role = Role::Provider;
+    type Request = ProviderRequest;
+    type Reply = ProviderReply;
+    fn kind(_: &ProviderRequest) -> &'static str {
+        "status"
+    }
+    fn delivery(_: &ProviderRequest) -> Delivery {
+        Delivery::Direct
+    }
+}
+
+/// Tunables of the random provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Items per second; 0 turns the random provider off.
+    pub rate: f64,
+    /// How often it wakes to insert what is due.
+    pub tick: Duration,
+    /// Most items sent in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            rate: 0.0,
+            tick: Duration::from_millis(20),
+            max_batch: 1000,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    inserted: AtomicU64,
+    failed: AtomicU64,
+}
+
+pub struct ProviderActor;
+
+pub struct ProviderArgs {
+    pub bus: Bus,
+    pub config: ProviderConfig,
+}
+
+pub struct ProviderState {
+    bus: Bus,
+    config: ProviderConfig,
+    started: Instant,
+    counters: Arc<Counters>,
+    generator: Option<JoinHandle<()>>,
+}
+
+impl Actor for ProviderActor {
+    type Msg = RoleMessage<ProviderProtocol>;
+    type State = ProviderState;
+    type Arguments = ProviderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ProviderArgs,
+    ) -> Result<ProviderState, ActorProcessingErr> {
+        args.bus.join(Role::Provider, myself.get_cell());
+        let counters = Arc::new(Counters::default());
+        let generator = (args.config.rate > 0.0).then(|| {
+            tokio::spawn(random_provider(
+                args.bus.clone(),
+                args.config.clone(),
+                counters.clone(),
+            ))
+        });
+        Ok(ProviderState {
+            bus: args.bus,
+            config: args.config,
+            started: Instant::now(),
+            counters,
+            generator,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut ProviderState,
+    ) -> Result<(), ActorProcessingErr> {
+        let RoleMessage::Call { request, reply: port } = message;
+        match request {
+            ProviderRequest::Status => {
+                let inserted = state.counters.inserted.load(Ordering::Relaxed);
+                let elapsed = state.started.elapsed().as_secs_f64().max(1e-3);
+                reply(
+                    port,
+                    Ok(ProviderReply::Status(ProviderStatus {
+                        configured_rate: state.config.rate,
+                        achieved_rate: inserted as f64 / elapsed,
+                        inserted_total: inserted,
+                        failed_total: state.counters.failed.load(Ordering::Relaxed),
+                    })),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut ProviderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.bus.leave(Role::Provider, myself.get_cell());
+        if let Some(generator) = state.generator.take() {
+            generator.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Inserts `rate` items per second, catching up after a slow tick, never bursting past
+/// `max_batch` at once.
+async fn random_provider(bus: Bus, config: ProviderConfig, counters: Arc<Counters>) {
+    let mut authors: Vec<Uuid> = Vec::new();
+    let mut authors_loaded: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        ticker.tick().await;
+        // Refresh the authors now and then; soon when there were none yet.
+        let refresh_after = if authors.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        };
+        if authors_loaded.is_none_or(|t| t.elapsed() > refresh_after) {
+            match store::sample_user_ids(&bus, 10_000).await {
+                Ok(ids) => {
+                    authors = ids;
+                    authors_loaded = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "random provider cannot load users"),
+            }
+        }
+        if authors.is_empty() {
+            continue;
+        }
+        let due = (started.elapsed().as_secs_f64() * config.rate) as u64;
+        let count = due.saturating_sub(sent).min(config.max_batch as u64) as usize;
+        if count == 0 {
+            continue;
+        }
+        let items: Vec<_> = {
+            let mut rng = rand::rng();
+            (0..count)
+                .map(|_| {
+                    let user_id = *authors.choose(&mut rng).unwrap_or(&Uuid::nil());
+                    let ts = crate::domain::now();
+                    crate::fake::item(&mut rng, crate::domain::new_id(), user_id, ts)
+                })
+                .collect()
+        };
+        sent += count as u64;
+        match store::insert_items(&bus, items).await {
+            Ok(_) => {
+                counters.inserted.fetch_add(count as u64, Ordering::Relaxed);
+                metrics::counter!("gorgon_provider_items_total", "provider" => "random", "outcome" => "ok")
+                    .increment(count as u64);
+            }
+            Err(e) => {
+                counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+                metrics::counter!("gorgon_provider_items_total", "provider" => "random", "outcome" => "error")
+                    .increment(count as u64);
+                tracing::warn!(error = %e, "random provider insert failed");
+            }
+        }
+    }
+}
+
+pub async fn status(bus: &Bus) -> Result<ProviderStatus> {
+    match bus.call::<ProviderProtocol>(ProviderRequest::Status).await {
+        Ok(ProviderReply::Status(s)) => Ok(s),
+        Err(e) => Err(e),
+        #[allow(unreachable_patterns)]
+        _ => Err(unexpected("provider", "status")),
+    }
+}

@@ -1,0 +1,378 @@
+//! The store role: the only role that touches the database.
+//!
+//! Consumes `store_get` (reads, direct) and `store_put` (writes, durable) requests; after a write
+//! commits it publishes a `store_notify` event on the bus.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{reply, unexpected, Inflight};
+use crate::bus::{Bus, Delivery, Event, EventKind, Protocol, Role, RoleMessage};
+use crate::domain::{Item, ItemPatch, NewUser, Principal, TokenHash, User, UserPatch};
+use crate::error::Result;
+use crate::store::{Page, Store};
+
+/// Requests the store role answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    InsertUser(NewUser),
+    GetUser { id: Uuid },
+    GetCredentials { email: String },
+    UpdateUser { id: Uuid, patch: UserPatch },
+    DeleteUser { id: Uuid },
+    EnsureAdmin(NewUser),
+    InsertToken { hash: TokenHash, user_id: Uuid, expires_at: DateTime<Utc> },
+    GetSession { hash: TokenHash },
+    DeleteToken { hash: TokenHash },
+    InsertItem(Item),
+    InsertItems(Vec<Item>),
+    GetItem { id: Uuid },
+    UpdateItem { id: Uuid, owner: Uuid, patch: ItemPatch },
+    DeleteItem { id: Uuid, owner: Uuid },
+    ListUserItems { user_id: Uuid, limit: u32, offset: u32 },
+    SearchItems { query: String, limit: u32, offset: u32 },
+    SampleUserIds { limit: u32 },
+    Counts,
+    Ping,
+}
+
+/// Replies of the store role.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StoreReply {
+    User(User),
+    Credentials { user: User, password_hash: String },
+    Session(Option<(Principal, DateTime<Utc>)>),
+    Item(Item),
+    Items(Vec<Item>),
+    Inserted(usize),
+    UserIds(Vec<Uuid>),
+    Counts { users: u64, items: u64 },
+    Created(bool),
+    Done,
+}
+
+pub struct StoreProtocol;
+
+impl Protocol for StoreProtocol {
+    const ROLE: Role = Role::Store;
+    type Request = StoreRequest;
+    type Reply = StoreReply;
+
+    fn kind(request: &StoreRequest) -> &'static str {
+        use StoreRequest::*;
+        match request {
+            InsertUser(_) => "insert_user",
+            GetUser { .. } => "get_user",
+            GetCredentials { .. } => "get_credentials",
+            UpdateUser { .. } => "update_user",
+            DeleteUser { .. } => "delete_user",
+            EnsureAdmin(_) => "ensure_admin",
+            InsertToken { .. } => "insert_token",
+            GetSession { .. } => "get_session",
+            DeleteToken { .. } => "delete_token",
+            InsertItem(_) => "insert_item",
+            InsertItems(_) => "insert_items",
+            GetItem { .. } => "get_item",
+            UpdateItem { .. } => "update_item",
+            DeleteItem { .. } => "delete_item",
+            ListUserItems { .. } => "list_user_items",
+            SearchItems { .. } => "search_items",
+            SampleUserIds { .. } => "sample_user_ids",
+            Counts => "counts",
+            Ping => "ping",
+        }
+    }
+
+    fn delivery(request: &StoreRequest) -> Delivery {
+        use StoreRequest::*;
+        match request {
+            InsertUser(_) | UpdateUser { .. } | DeleteUser { .. } | EnsureAdmin(_)
+            | InsertToken { .. } | DeleteToken { .. } | InsertItem(_) | InsertItems(_)
+            | UpdateItem { .. } | DeleteItem { .. } => Delivery::Durable,
+            _ => Delivery::Direct,
+        }
+    }
+}
+
+/// The store actor: dispatches requests to the backend, publishes events after writes.
+pub struct StoreActor;
+
+pub struct StoreArgs {
+    pub store: Arc<dyn Store>,
+    pub bus: Bus,
+    pub concurrency: usize,
+}
+
+pub struct StoreState {
+    store: Arc<dyn Store>,
+    bus: Bus,
+    inflight: Inflight,
+}
+
+impl Actor for StoreActor {
+    type Msg = RoleMessage<StoreProtocol>;
+    type State = StoreState;
+    type Arguments = StoreArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: StoreArgs,
+    ) -> Result<StoreState, ActorProcessingErr> {
+        args.bus.join(Role::Store, myself.get_cell());
+        Ok(StoreState {
+            store: args.store,
+            bus: args.bus,
+            inflight: Inflight::new(args.concurrency),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        let RoleMessage::Call { request, reply: port } = message;
+        let store = state.store.clone();
+        let bus = state.bus.clone();
+        state
+            .inflight
+            .spawn(async move {
+                let kind = StoreProtocol::kind(&request);
+                let started = Instant::now();
+                let result = execute(store.as_ref(), &bus, request).await;
+                metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
+                    .record(started.elapsed().as_secs_f64());
+                reply(port, result);
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut StoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.bus.leave(Role::Store, myself.get_cell());
+        state.inflight.drain().await;
+        Ok(())
+    }
+}
+
+fn item_event(kind: EventKind, item: &Item) -> Event {
+    Event {
+        kind,
+        user_id: item.user_id,
+        subject_id: item.id,
+        at: crate::domain::now(),
+        data: match kind {
+            EventKind::ItemDeleted => None,
+            _ => serde_json::to_value(item).ok(),
+        },
+    }
+}
+
+async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<StoreReply> {
+    use StoreRequest::*;
+    Ok(match request {
+        InsertUser(user) => StoreReply::User(store.insert_user(user).await?),
+        GetUser { id } => StoreReply::User(store.get_user(id).await?),
+        GetCredentials { email } => {
+            let c = store.get_credentials(&email).await?;
+            StoreReply::Credentials {
+                user: c.user,
+                password_hash: c.password_hash,
+            }
+        }
+        UpdateUser { id, patch } => StoreReply::User(store.update_user(id, patch).await?),
+        DeleteUser { id } => {
+            store.delete_user(id).await?;
+            StoreReply::Done
+        }
+        EnsureAdmin(user) => StoreReply::Created(store.ensure_admin(user).await?),
+        InsertToken {
+            hash,
+            user_id,
+            expires_at,
+        } => {
+            store.insert_token(hash, user_id, expires_at).await?;
+            StoreReply::Done
+        }
+        GetSession { hash } => StoreReply::Session(store.get_session(hash).await?),
+        DeleteToken { hash } => {
+            store.delete_token(hash).await?;
+            StoreReply::Done
+        }
+        InsertItem(item) => {
+            let item = store.insert_item(item).await?;
+            bus.publish(item_event(EventKind::ItemCreated, &item));
+            StoreReply::Item(item)
+        }
+        InsertItems(items) => {
+            let events: Vec<Event> = items
+                .iter()
+                .map(|i| item_event(EventKind::ItemCreated, i))
+                .collect();
+            let inserted = store.insert_items(items).await?;
+            events.into_iter().for_each(|e| bus.publish(e));
+            StoreReply::Inserted(inserted)
+        }
+        GetItem { id } => StoreReply::Item(store.get_item(id).await?),
+        UpdateItem { id, owner, patch } => {
+            let item = store.update_item(id, owner, patch).await?;
+            bus.publish(item_event(EventKind::ItemUpdated, &item));
+            StoreReply::Item(item)
+        }
+        DeleteItem { id, owner } => {
+            let item = store.delete_item(id, owner).await?;
+            bus.publish(item_event(EventKind::ItemDeleted, &item));
+            StoreReply::Done
+        }
+        ListUserItems {
+            user_id,
+            limit,
+            offset,
+        } => StoreReply::Items(
+            store
+                .list_user_items(user_id, Page { limit, offset })
+                .await?,
+        ),
+        SearchItems {
+            query,
+            limit,
+            offset,
+        } => StoreReply::Items(store.search_items(&query, Page { limit, offset }).await?),
+        SampleUserIds { limit } => StoreReply::UserIds(store.sample_user_ids(limit).await?),
+        Counts => {
+            let (users, items) = store.counts().await?;
+            StoreReply::Counts { users, items }
+        }
+        Ping => {
+            store.ping().await?;
+            StoreReply::Done
+        }
+    })
+}
+
+// ---- typed client -------------------------------------------------------------------------
+
+async fn call(bus: &Bus, request: StoreRequest) -> Result<StoreReply> {
+    bus.call::<StoreProtocol>(request).await
+}
+
+macro_rules! expect {
+    ($reply:expr, $pat:pat => $out:expr, $kind:literal) => {
+        match $reply {
+            $pat => Ok($out),
+            _ => Err(unexpected("store", $kind)),
+        }
+    };
+}
+
+pub async fn insert_user(bus: &Bus, user: NewUser) -> Result<User> {
+    expect!(call(bus, StoreRequest::InsertUser(user)).await?, StoreReply::User(u) => u, "insert_user")
+}
+
+pub async fn get_user(bus: &Bus, id: Uuid) -> Result<User> {
+    expect!(call(bus, StoreRequest::GetUser { id }).await?, StoreReply::User(u) => u, "get_user")
+}
+
+pub async fn get_credentials(bus: &Bus, email: String) -> Result<(User, String)> {
+    expect!(
+        call(bus, StoreRequest::GetCredentials { email }).await?,
+        StoreReply::Credentials { user, password_hash } => (user, password_hash),
+        "get_credentials"
+    )
+}
+
+pub async fn update_user(bus: &Bus, id: Uuid, patch: UserPatch) -> Result<User> {
+    expect!(call(bus, StoreRequest::UpdateUser { id, patch }).await?, StoreReply::User(u) => u, "update_user")
+}
+
+pub async fn delete_user(bus: &Bus, id: Uuid) -> Result<()> {
+    expect!(call(bus, StoreRequest::DeleteUser { id }).await?, StoreReply::Done => (), "delete_user")
+}
+
+pub async fn ensure_admin(bus: &Bus, user: NewUser) -> Result<bool> {
+    expect!(call(bus, StoreRequest::EnsureAdmin(user)).await?, StoreReply::Created(c) => c, "ensure_admin")
+}
+
+pub async fn insert_token(
+    bus: &Bus,
+    hash: TokenHash,
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
+    expect!(
+        call(bus, StoreRequest::InsertToken { hash, user_id, expires_at }).await?,
+        StoreReply::Done => (),
+        "insert_token"
+    )
+}
+
+pub async fn get_session(bus: &Bus, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>> {
+    expect!(call(bus, StoreRequest::GetSession { hash }).await?, StoreReply::Session(s) => s, "get_session")
+}
+
+pub async fn delete_token(bus: &Bus, hash: TokenHash) -> Result<()> {
+    expect!(call(bus, StoreRequest::DeleteToken { hash }).await?, StoreReply::Done => (), "delete_token")
+}
+
+pub async fn insert_item(bus: &Bus, item: Item) -> Result<Item> {
+    expect!(call(bus, StoreRequest::InsertItem(item)).await?, StoreReply::Item(i) => i, "insert_item")
+}
+
+pub async fn insert_items(bus: &Bus, items: Vec<Item>) -> Result<usize> {
+    expect!(call(bus, StoreRequest::InsertItems(items)).await?, StoreReply::Inserted(n) => n, "insert_items")
+}
+
+pub async fn get_item(bus: &Bus, id: Uuid) -> Result<Item> {
+    expect!(call(bus, StoreRequest::GetItem { id }).await?, StoreReply::Item(i) => i, "get_item")
+}
+
+pub async fn update_item(bus: &Bus, id: Uuid, owner: Uuid, patch: ItemPatch) -> Result<Item> {
+    expect!(
+        call(bus, StoreRequest::UpdateItem { id, owner, patch }).await?,
+        StoreReply::Item(i) => i,
+        "update_item"
+    )
+}
+
+pub async fn delete_item(bus: &Bus, id: Uuid, owner: Uuid) -> Result<()> {
+    expect!(call(bus, StoreRequest::DeleteItem { id, owner }).await?, StoreReply::Done => (), "delete_item")
+}
+
+pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
+    expect!(
+        call(bus, StoreRequest::ListUserItems { user_id, limit: page.limit, offset: page.offset }).await?,
+        StoreReply::Items(i) => i,
+        "list_user_items"
+    )
+}
+
+pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<Item>> {
+    expect!(
+        call(bus, StoreRequest::SearchItems { query, limit: page.limit, offset: page.offset }).await?,
+        StoreReply::Items(i) => i,
+        "search_items"
+    )
+}
+
+pub async fn sample_user_ids(bus: &Bus, limit: u32) -> Result<Vec<Uuid>> {
+    expect!(call(bus, StoreRequest::SampleUserIds { limit }).await?, StoreReply::UserIds(ids) => ids, "sample_user_ids")
+}
+
+pub async fn counts(bus: &Bus) -> Result<(u64, u64)> {
+    expect!(call(bus, StoreRequest::Counts).await?, StoreReply::Counts { users, items } => (users, items), "counts")
+}
+
+pub async fn ping(bus: &Bus) -> Result<()> {
+    expect!(call(bus, StoreRequest::Ping).await?, StoreReply::Done => (), "ping")
+}

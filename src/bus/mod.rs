@@ -1,0 +1,226 @@
+//! The bus: how roles talk to each other, by role name and never by `ActorRef`.
+//!
+//! A role defines a [`Protocol`]: its request and reply types (serde data with stable names) and the
+//! delivery class of each request. Callers use [`Bus::call`]; the bus finds an instance of the role
+//! and delivers the request by the class's rules:
+//!
+//! - **direct** (reads, token checks): at-most-once, the caller's deadline bounds the wait;
+//! - **durable** (writes, jobs): the reply means the receiving role has made the work durable
+//!   (in one process: the embedded store committed it);
+//! - **event** fan-out goes through [`Bus::publish`] / [`Bus::subscribe`].
+//!
+//! In one process, instances are local `ractor` actors found in the node's process groups
+//! (`role:{name}`, scoped per node so several nodes can share a test process). Cross-process
+//! transports (Redis mailboxes, `ractor_cluster`) plug in behind [`Bus::call`] without the roles
+//! changing: requests and replies are already serializable.
+
+mod event;
+mod local;
+
+pub use event::{Event, EventKind};
+pub use local::RoleMessage;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+
+/// The roles of the design, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Web,
+    Auth,
+    App,
+    Store,
+    Provider,
+    Notify,
+    Stats,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Web,
+        Role::Auth,
+        Role::App,
+        Role::Store,
+        Role::Provider,
+        Role::Notify,
+        Role::Stats,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Web => "web",
+            Role::Auth => "auth",
+            Role::App => "app",
+            Role::Store => "store",
+            Role::Provider => "provider",
+            Role::Notify => "notify",
+            Role::Stats => "stats",
+        }
+    }
+
+    /// The process group its instances join.
+    pub fn group(self) -> String {
+        format!("role:{}", self.name())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s.trim())
+            .ok_or_else(|| {
+                format!("unknown role {s:?} (known: web, auth, app, store, provider, notify, stats)")
+            })
+    }
+}
+
+/// How a request must be delivered (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Direct,
+    Durable,
+}
+
+/// The message contract of one role.
+pub trait Protocol: Send + Sync + 'static {
+    const ROLE: Role;
+    type Request: Serialize + DeserializeOwned + Send + fmt::Debug + 'static;
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The stable name of a request kind, used in metrics, logs and queue names.
+    fn kind(request: &Self::Request) -> &'static str;
+    fn delivery(request: &Self::Request) -> Delivery;
+}
+
+/// Deadlines per delivery class.
+#[derive(Debug, Clone, Copy)]
+pub struct BusConfig {
+    pub direct_timeout: Duration,
+    pub durable_timeout: Duration,
+    /// Capacity of the in-process event channel; a subscriber further behind loses the oldest.
+    pub event_capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            direct_timeout: Duration::from_secs(5),
+            durable_timeout: Duration::from_secs(30),
+            event_capacity: 4096,
+        }
+    }
+}
+
+/// The node's handle on the bus; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    /// Scope of this node's process groups, unique per node.
+    scope: String,
+    config: BusConfig,
+    events: broadcast::Sender<Arc<Event>>,
+    round_robin: [AtomicUsize; Role::ALL.len()],
+}
+
+impl Bus {
+    pub fn new(config: BusConfig) -> Self {
+        let (events, _) = broadcast::channel(config.event_capacity.max(16));
+        Bus {
+            inner: Arc::new(BusInner {
+                scope: format!("gorgon-node-{}", uuid::Uuid::now_v7()),
+                config,
+                events,
+                round_robin: Default::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.inner.config
+    }
+
+    /// Sends `request` to an instance of `P::ROLE` and waits for its reply.
+    pub async fn call<P: Protocol>(&self, request: P::Request) -> Result<P::Reply> {
+        let kind = P::kind(&request);
+        let timeout = match P::delivery(&request) {
+            Delivery::Direct => self.inner.config.direct_timeout,
+            Delivery::Durable => self.inner.config.durable_timeout,
+        };
+        let started = std::time::Instant::now();
+        let result = local::call::<P>(self, request, timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::Timeout(_)) => "timeout",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        metrics::histogram!(
+            "gorgon_bus_call_duration_seconds",
+            "role" => P::ROLE.name(),
+            "kind" => kind,
+        )
+        .record(started.elapsed().as_secs_f64());
+        metrics::counter!(
+            "gorgon_bus_calls_total",
+            "role" => P::ROLE.name(),
+            "kind" => kind,
+            "outcome" => outcome,
+        )
+        .increment(1);
+        result
+    }
+
+    /// Fans an event out to every subscriber; nobody listening is not an error.
+    pub fn publish(&self, event: Event) {
+        metrics::counter!("gorgon_events_published_total", "topic" => event.kind.topic())
+            .increment(1);
+        let _ = self.inner.events.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.events.subscribe()
+    }
+
+    /// Whether an instance of `role` is reachable from this node.
+    pub fn has_role(&self, role: Role) -> bool {
+        local::has_members(self, role)
+    }
+
+    /// Registers a local actor as an instance of `role`.
+    pub fn join(&self, role: Role, actor: ractor::ActorCell) {
+        ractor::pg::join_scoped(self.inner.scope.clone(), role.group(), vec![actor]);
+    }
+
+    pub fn leave(&self, role: Role, actor: ractor::ActorCell) {
+        ractor::pg::leave_scoped(self.inner.scope.clone(), role.group(), vec![actor]);
+    }
+
+    fn scope(&self) -> &String {
+        &self.inner.scope
+    }
+
+    fn next_index(&self, role: Role, len: usize) -> usize {
+        let slot = &self.inner.round_robin[role as usize];
+        slot.fetch_add(1, Ordering::Relaxed) % len.max(1)
+    }
+}

@@ -1,0 +1,274 @@
+//! Command line and environment: every flag has a `GORGON_*` equivalent and a sane default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::actors::auth::AuthConfig;
+use crate::actors::provider::ProviderConfig;
+use crate::bus::{BusConfig, Role};
+use crate::http::HttpLimits;
+use crate::store::SqliteOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "gorgon", version, about = "A message-driven web application platform")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a node: the chosen roles, serving HTTP.
+    Run(RunArgs),
+    /// Bulk-loads synthetic users and items into the embedded store.
+    Seed(SeedArgs),
+}
+
+/// The roles a node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSet(pub Vec<Role>);
+
+impl RoleSet {
+    pub fn all() -> Self {
+        RoleSet(Role::ALL.to_vec())
+    }
+    pub fn contains(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+}
+
+pub fn parse_roles(value: &str) -> Result<RoleSet, String> {
+    if value.trim() == "all" {
+        return Ok(RoleSet::all());
+    }
+    let mut roles: Vec<Role> = value
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        return Err("name at least one role, or 'all'".into());
+    }
+    Ok(RoleSet(roles))
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| value.split_at(i))
+        .unwrap_or((value, "s"));
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 500ms, 30s or 5m"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {value:?}: use ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{value:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `gorgon run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Roles to run: all, or a list of web, auth, app, store, provider, notify, stats.
+    #[arg(long, env = "GORGON_ROLES", default_value = "all", value_parser = parse_roles)]
+    pub roles: RoleSet,
+    /// HTTP address of the web role (port 0 picks a free port).
+    #[arg(long, env = "GORGON_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Directory of the embedded store.
+    #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
+    pub data: PathBuf,
+    /// Redis URL for durable mailboxes between processes (not in this build yet).
+    #[arg(long, env = "GORGON_REDIS_URL")]
+    pub redis: Option<String>,
+    /// MongoDB URI for the shared store (not in this build yet).
+    #[arg(long, env = "GORGON_MONGODB_URI")]
+    pub mongodb: Option<String>,
+    /// Address of this node's cluster listener (not in this build yet).
+    #[arg(long, env = "GORGON_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// Seed nodes to join (not in this build yet).
+    #[arg(long, env = "GORGON_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Creates (or promotes) this admin at start-up; needs --admin-password.
+    #[arg(long, env = "GORGON_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Password of --admin-email (prefer the environment variable).
+    #[arg(long, env = "GORGON_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Limits and sizes; the defaults suit a 2-core laptop.
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// HTTP worker threads.
+    #[arg(long, env = "GORGON_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "GORGON_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest page size of listings.
+    #[arg(long, env = "GORGON_MAX_PAGE_SIZE", default_value_t = 100)]
+    pub max_page_size: u32,
+    /// Largest offset of listings.
+    #[arg(long, env = "GORGON_MAX_OFFSET", default_value_t = 100_000)]
+    pub max_offset: u32,
+    /// Deadline of direct calls between roles (reads, token checks).
+    #[arg(long, env = "GORGON_DIRECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub direct_timeout: Duration,
+    /// Deadline of durable calls between roles (writes).
+    #[arg(long, env = "GORGON_DURABLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub durable_timeout: Duration,
+    /// How long graceful shutdown waits for in-flight HTTP requests.
+    #[arg(long, env = "GORGON_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Requests a role instance works on at once.
+    #[arg(long, env = "GORGON_ROLE_CONCURRENCY", default_value_t = 1024)]
+    pub role_concurrency: usize,
+    /// Read connections of the embedded store.
+    #[arg(long, env = "GORGON_STORE_READERS", default_value_t = 4)]
+    pub store_readers: usize,
+    /// Most writes committed together by the embedded store.
+    #[arg(long, env = "GORGON_STORE_MAX_BATCH", default_value_t = 512)]
+    pub store_max_batch: usize,
+    /// fsync every commit (survives power loss; default survives process crashes).
+    #[arg(long, env = "GORGON_STORE_SYNC_FULL", default_value_t = false)]
+    pub store_sync_full: bool,
+    /// Lifetime of login tokens.
+    #[arg(long, env = "GORGON_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// How long a validated token is trusted without asking the store.
+    #[arg(long, env = "GORGON_TOKEN_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub token_cache_ttl: Duration,
+    /// Login attempts allowed per email per minute.
+    #[arg(long, env = "GORGON_LOGIN_PER_MINUTE", default_value_t = 10)]
+    pub login_per_minute: u32,
+    /// Items per second inserted by the random provider (0: off).
+    #[arg(long, env = "GORGON_PROVIDER_RATE", default_value_t = 0.0)]
+    pub provider_rate: f64,
+    /// Events buffered per streaming client before it is dropped as too slow.
+    #[arg(long, env = "GORGON_CLIENT_BUFFER", default_value_t = 1024)]
+    pub client_buffer: usize,
+    /// Events kept for clients resuming with Last-Event-ID.
+    #[arg(long, env = "GORGON_EVENT_REPLAY", default_value_t = 10_000)]
+    pub event_replay: usize,
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "GORGON_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
+}
+
+impl RunArgs {
+    pub fn bus_config(&self) -> BusConfig {
+        BusConfig {
+            direct_timeout: self.tuning.direct_timeout,
+            durable_timeout: self.tuning.durable_timeout,
+            ..BusConfig::default()
+        }
+    }
+
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.tuning.max_body_bytes,
+            max_page_size: self.tuning.max_page_size.max(1),
+            max_offset: self.tuning.max_offset,
+            shutdown_timeout: self.tuning.shutdown_timeout,
+            sse_heartbeat: self.tuning.sse_heartbeat.max(Duration::from_millis(100)),
+            ..HttpLimits::default()
+        }
+    }
+
+    pub fn sqlite_options(&self) -> SqliteOptions {
+        SqliteOptions {
+            readers: self.tuning.store_readers.max(1),
+            max_write_batch: self.tuning.store_max_batch.max(1),
+            sync_full: self.tuning.store_sync_full,
+            ..SqliteOptions::default()
+        }
+    }
+
+    pub fn auth_config(&self) -> AuthConfig {
+        AuthConfig {
+            token_ttl: self.tuning.token_ttl,
+            cache_ttl: self.tuning.token_cache_ttl,
+            login_per_minute: self.tuning.login_per_minute,
+            concurrency: self.tuning.role_concurrency,
+            ..AuthConfig::default()
+        }
+    }
+
+    pub fn provider_config(&self) -> ProviderConfig {
+        ProviderConfig {
+            rate: self.tuning.provider_rate.max(0.0),
+            ..ProviderConfig::default()
+        }
+    }
+}
+
+/// `gorgon seed`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    /// Users to create.
+    #[arg(long, env = "GORGON_SEED_USERS", default_value_t = 10_000)]
+    pub users: u64,
+    /// Items to create, spread over the users.
+    #[arg(long, env = "GORGON_SEED_ITEMS", default_value_t = 1_000_000)]
+    pub items: u64,
+    /// Directory of the embedded store.
+    #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
+    pub data: PathBuf,
+    /// Rows per transaction.
+    #[arg(long, env = "GORGON_SEED_BATCH", default_value_t = 50_000)]
+    pub batch: usize,
+    /// Password shared by all seeded users (they share one precomputed hash).
+    #[arg(long, env = "GORGON_SEED_PASSWORD", default_value = "gorgon-password")]
+    pub password: String,
+    /// Hide the progress bar.
+    #[arg(long, default_value_t = false)]
+    pub quiet: bool,
+    /// Write up to 100,000 ids of seeded items to this file (one per line), e.g. for load tools.
+    #[arg(long)]
+    pub item_ids_out: Option<PathBuf>,
+    /// Write the ids of the seeded users to this file (one per line).
+    #[arg(long)]
+    pub user_ids_out: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn roles_parse_and_reject_unknown_names() {
+        assert_eq!(parse_roles("all"), Ok(RoleSet::all()));
+        assert_eq!(
+            parse_roles("web,store"),
+            Ok(RoleSet(vec![Role::Web, Role::Store]))
+        );
+        assert!(parse_roles("web,databse").is_err());
+        assert!(parse_roles(",").is_err());
+    }
+}

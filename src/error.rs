@@ -1,0 +1,75 @@
+//! The one error type of Gorgon.
+//!
+//! Errors cross role boundaries (and later process boundaries), so they are plain serde data:
+//! a kind that maps to exactly one HTTP status, and a message for humans. The mapping to HTTP
+//! lives in `http::error`, in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure a request can meet, by the class a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// The request is malformed (unparsable JSON, bad path parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No token, or a token that is unknown or expired.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed to touch this resource.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The write clashes with existing data (e.g. an email already registered).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Well-formed, but a field's value is not acceptable.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    RateLimited(String),
+    /// A role this request needs is not reachable right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A role did not answer within its deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// A bug or an I/O failure on our side; details go to the log, not the client.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Error::NotFound(format!("{what} not found"))
+    }
+
+    /// The stable, machine-readable code sent to clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "bad_request",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::Invalid { .. } => "invalid",
+            Error::RateLimited(_) => "rate_limited",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout(_) => "timeout",
+            Error::Internal(_) => "internal",
+        }
+    }
+}

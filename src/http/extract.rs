@@ -1,0 +1,107 @@
+//! Extractors: the bearer token, and the error handlers that turn bad JSON, paths and queries
+//! into precise 4xx answers.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use serde::{Deserialize, Deserializer};
+
+use super::HttpState;
+use crate::actors::auth;
+use crate::domain::{Principal, Token};
+use crate::error::Error;
+
+/// The caller, authenticated by `Authorization: Bearer <token>` through the auth role.
+pub struct Authenticated(pub Principal);
+
+/// The raw bearer token (for logout).
+pub struct BearerToken(pub Token);
+
+fn bearer(req: &HttpRequest) -> Result<Token, Error> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer token".into()))?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::Unauthorized("invalid Authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Error::Unauthorized("expected Authorization: Bearer <token>".into()))?;
+    Token::parse(token.trim())
+}
+
+impl FromRequest for BearerToken {
+    type Error = Error;
+    type Future = std::future::Ready<Result<Self, Error>>;
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(bearer(req).map(BearerToken))
+    }
+}
+
+impl FromRequest for Authenticated {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = bearer(req);
+        let state = req.app_data::<web::Data<HttpState>>().cloned();
+        Box::pin(async move {
+            let token = token?;
+            let state = state.ok_or_else(|| Error::Internal("HTTP state missing".into()))?;
+            auth::validate(&state.bus, token).await.map(Authenticated)
+        })
+    }
+}
+
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .content_type_required(false)
+        .error_handler(|err, _req| {
+            let error = match &err {
+                JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                    Error::PayloadTooLarge(format!("body larger than {limit} bytes"))
+                }
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    Error::invalid(field_of(&e.to_string()), e.to_string())
+                }
+                JsonPayloadError::Deserialize(e) => Error::BadRequest(format!("malformed JSON: {e}")),
+                other => Error::BadRequest(format!("cannot read the body: {other}")),
+            };
+            error.into()
+        })
+}
+
+/// Names the field serde complained about, when its message says (`missing field `x``).
+fn field_of(message: &str) -> String {
+    message
+        .split('`')
+        .nth(1)
+        .filter(|f| f.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        .unwrap_or("body")
+        .to_string()
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err: PathError, _req| {
+        Error::BadRequest(format!("invalid path parameter: {err}")).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
+        Error::BadRequest(format!("invalid query string: {err}")).into()
+    })
+}
+
+/// For PATCH bodies: tells "absent" (`None`) from "null" (`Some(None)`).
+pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,62 @@
+//! `/healthz` (the process is alive) and `/readyz` (it can serve: its roles answer).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::HttpState;
+use crate::actors::store;
+use crate::bus::Role;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok", "ready" or "not_ready".
+    pub status: String,
+    /// Each check and what it found ("ok" or why not).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+/// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        checks: Default::default(),
+    })
+}
+
+/// Readiness: the auth, app and store roles are reachable and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready", body = Health),
+    ))]
+pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    let mut checks = std::collections::BTreeMap::new();
+    for role in [Role::Auth, Role::App] {
+        let found = if state.bus.has_role(role) { "ok" } else { "unreachable" };
+        checks.insert(role.name().to_string(), found.to_string());
+    }
+    let store_check = match store::ping(&state.bus).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    checks.insert("store".into(), store_check);
+    let ready = checks.values().all(|v| v == "ok");
+    let body = Health {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        checks,
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,219 @@
+//! `/api/v1/items`: create, read, partial update, delete, keyword search.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ErrorBody;
+use super::extract::{nullable, Authenticated};
+use super::users::{page, ItemPage};
+use super::HttpState;
+use crate::actors::app;
+use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url};
+use crate::domain::{Extra, Item, ItemPatch, Location, NewItem};
+use crate::error::Error;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/items")
+            .route(web::post().to(create_item))
+            .route(web::get().to(search_items)),
+    )
+    .service(
+        web::resource("/items/{id}")
+            .route(web::get().to(get_item))
+            .route(web::patch().to(update_item))
+            .route(web::delete().to(delete_item)),
+    );
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateItemRequest {
+    /// 1 to 300 characters.
+    pub title: String,
+    /// Up to 65536 characters.
+    #[serde(default)]
+    pub body: String,
+    /// An absolute http(s) URL.
+    pub url: Option<String>,
+    pub location: Option<Location>,
+    /// Up to 32 keywords of 1 to 64 characters; stored lower-case.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl CreateItemRequest {
+    pub fn parse(self) -> Result<NewItem, Error> {
+        Ok(NewItem {
+            title: parse_title(&self.title)?,
+            body: parse_body(&self.body)?,
+            url: self.url.as_deref().map(parse_url).transpose()?,
+            location: self.location.map(Location::parse).transpose()?,
+            keywords: parse_keywords(&self.keywords)?,
+            extra: Extra::parse(self.extra.unwrap_or_default())?,
+        })
+    }
+}
+
+/// Only the fields given change; `url` and `location` are cleared with `null`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateItemRequest {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub location: Option<Option<Location>>,
+    pub keywords: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl UpdateItemRequest {
+    pub fn parse(self) -> Result<ItemPatch, Error> {
+        Ok(ItemPatch {
+            title: self.title.as_deref().map(parse_title).transpose()?,
+            body: self.body.as_deref().map(parse_body).transpose()?,
+            url: match self.url {
+                Some(Some(url)) => Some(Some(parse_url(&url)?)),
+                other => other,
+            },
+            location: match self.location {
+                Some(Some(l)) => Some(Some(l.parse()?)),
+                other => other,
+            },
+            keywords: self.keywords.as_deref().map(parse_keywords).transpose()?,
+            extra: self.extra.map(Extra::parse).transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Words to look for in title, body and keywords (all must match).
+    pub q: String,
+    /// 1 to 100 (default 10).
+    pub limit: Option<u32>,
+    /// 0 to 100000 (default 0).
+    pub offset: Option<u32>,
+}
+
+fn item_location(id: Uuid) -> String {
+    format!("/api/v1/items/{id}")
+}
+
+/// Publishes an item owned by the caller.
+#[utoipa::path(post, path = "/api/v1/items", tag = "items", request_body = CreateItemRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Item, headers(("Location" = String))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn create_item(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    body: web::Json<CreateItemRequest>,
+) -> Result<HttpResponse, Error> {
+    let new = body.into_inner().parse()?;
+    let item = app::create_item(&state.bus, caller.0, new).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", item_location(item.id)))
+        .json(item))
+}
+
+/// Reads an item (public).
+#[utoipa::path(get, path = "/api/v1/items/{id}", tag = "items",
+    params(("id" = Uuid, Path, description = "Item id")),
+    responses(
+        (status = 200, description = "The item", body = Item),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such item", body = ErrorBody),
+    ))]
+pub async fn get_item(
+    state: web::Data<HttpState>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
+    let item = app::get_item(&state.bus, id.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+/// Changes the given fields of an item (owner only).
+#[utoipa::path(patch, path = "/api/v1/items/{id}", tag = "items", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Item id")),
+    request_body = UpdateItemRequest,
+    responses(
+        (status = 200, description = "The updated item", body = Item),
+        (status = 400, description = "Malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such item", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn update_item(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateItemRequest>,
+) -> Result<HttpResponse, Error> {
+    let patch = body.into_inner().parse()?;
+    let item = app::update_item(&state.bus, caller.0, id.into_inner(), patch).await?;
+    Ok(HttpResponse::Ok().json(item))
+}
+
+/// Deletes an item (owner only).
+#[utoipa::path(delete, path = "/api/v1/items/{id}", tag = "items", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Item id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such item", body = ErrorBody),
+    ))]
+pub async fn delete_item(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
+    app::delete_item(&state.bus, caller.0, id.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Keyword search over title, body and keywords, newest first (public).
+#[utoipa::path(get, path = "/api/v1/items", tag = "items", params(SearchQuery),
+    responses(
+        (status = 200, description = "A page of matching items", body = ItemPage),
+        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 422, description = "No word to search for, or limit/offset out of range", body = ErrorBody),
+    ))]
+pub async fn search_items(
+    state: web::Data<HttpState>,
+    query: web::Query<SearchQuery>,
+) -> Result<HttpResponse, Error> {
+    let query = query.into_inner();
+    let page = page(query.limit, query.offset, &state.limits)?;
+    if query.q.chars().count() > 500 {
+        return Err(Error::invalid("q", "must be at most 500 characters"));
+    }
+    // Validate here too, so an empty query is a 422 before any hop.
+    crate::store::sqlite::fts_query(&query.q)?;
+    let items = app::search_items(&state.bus, query.q, page).await?;
+    Ok(HttpResponse::Ok().json(ItemPage {
+        items,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}

@@ -1,0 +1,142 @@
+//! The HTTP API (v1): one file per resource, errors and extractors beside them.
+//!
+//! | route | file |
+//! | --- | --- |
+//! | `/api/v1/auth/{register,login,logout}` | `auth.rs` |
+//! | `/api/v1/users`, `/api/v1/users/{id}`, `/api/v1/users/{id}/items` | `users.rs` |
+//! | `/api/v1/items`, `/api/v1/items/{id}` | `items.rs` |
+//! | `/info/{uid}[/{limit}/{offset}]` (the original system's read route) | `info.rs` |
+//! | `/api/v1/events` (SSE) | `events.rs` |
+//! | `/metrics`, `/api/v1/stats` | `observability.rs` |
+//! | `/healthz`, `/readyz` | `health.rs` |
+//! | `/api/v1/openapi.json` | `openapi.rs` |
+
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod info;
+pub mod items;
+pub mod observability;
+pub mod openapi;
+pub mod users;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::actors::notify::NotifyHub;
+use crate::bus::Bus;
+
+/// Limits of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    pub max_offset: u32,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Interval of SSE keep-alive comments.
+    pub sse_heartbeat: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 256 * 1024,
+            default_page_size: 10,
+            max_page_size: 100,
+            max_offset: 100_000,
+            shutdown_timeout: Duration::from_secs(10),
+            sse_heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct HttpState {
+    pub bus: Bus,
+    pub limits: HttpLimits,
+    pub metrics: PrometheusHandle,
+    /// Present when the notify role runs in this process.
+    pub notify: Option<Arc<NotifyHub>>,
+}
+
+/// Routes and per-app configuration, shared by the server and in-process tests.
+pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        let limit = state.limits.max_body_bytes;
+        cfg.app_data(web::Data::new(state))
+            .app_data(extract::json_config(limit))
+            .app_data(web::PayloadConfig::new(limit))
+            .app_data(extract::path_config())
+            .app_data(extract::query_config())
+            .service(
+                web::scope("/api/v1")
+                    .configure(auth::routes)
+                    .configure(users::routes)
+                    .configure(items::routes)
+                    .configure(events::routes)
+                    .configure(observability::api_routes)
+                    .configure(openapi::routes),
+            )
+            .configure(info::routes)
+            .configure(health::routes)
+            .configure(observability::routes)
+            .default_service(web::to(error::not_found));
+    }
+}
+
+/// Builds the HTTP server on an already bound listener.
+pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::io::Result<Server> {
+    let shutdown = state.limits.shutdown_timeout;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(record_request))
+            .configure(configure(state.clone()))
+    })
+    .workers(workers.max(1))
+    .shutdown_timeout(shutdown.as_secs().max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Counts every request and times it, labelled by route pattern (never by id).
+async fn record_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let response = next.call(req).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        "gorgon_http_request_duration_seconds",
+        "method" => method.clone(),
+        "route" => route.clone(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "gorgon_http_requests_total",
+        "method" => method,
+        "route" => route,
+        "status" => status,
+    )
+    .increment(1);
+    Ok(response)
+}

@@ -1,0 +1,235 @@
+//! `/api/v1/users`: admin creation, read, partial update, delete, and a user's items.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::{created_user, RegisterRequest};
+use super::error::ErrorBody;
+use super::extract::Authenticated;
+use super::HttpState;
+use crate::actors::app;
+use crate::domain::password::Password;
+use crate::domain::user::parse_group;
+use crate::domain::{Email, Extra, Item, User, UserName, UserPatchInput};
+use crate::error::Error;
+use crate::store::Page;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/users", web::post().to(create_user))
+        .service(
+            web::resource("/users/{id}")
+                .route(web::get().to(get_user))
+                .route(web::patch().to(update_user))
+                .route(web::delete().to(delete_user)),
+        )
+        .route("/users/{id}/items", web::get().to(list_user_items));
+}
+
+/// A user created by an admin; may itself be an admin.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub name: String,
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub group: i64,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Only the fields given change. `admin` may be changed by admins only.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub group: Option<i64>,
+    /// Replaces the whole `extra` object.
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    pub admin: Option<bool>,
+}
+
+impl UpdateUserRequest {
+    pub fn parse(self) -> Result<UserPatchInput, Error> {
+        if let Some(p) = &self.password {
+            Password::parse(p)?;
+        }
+        Ok(UserPatchInput {
+            name: self.name.as_deref().map(UserName::parse).transpose()?,
+            email: self.email.as_deref().map(Email::parse).transpose()?,
+            password: self.password,
+            group: self.group.map(parse_group).transpose()?,
+            extra: self.extra.map(Extra::parse).transpose()?,
+            admin: self.admin,
+        })
+    }
+}
+
+/// `?limit=&offset=` of a listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1 to 100 (default 10).
+    pub limit: Option<u32>,
+    /// 0 to 100000 (default 0).
+    pub offset: Option<u32>,
+}
+
+impl PageQuery {
+    pub fn parse(&self, limits: &super::HttpLimits) -> Result<Page, Error> {
+        page(self.limit, self.offset, limits)
+    }
+}
+
+pub(super) fn page(limit: Option<u32>, offset: Option<u32>, limits: &super::HttpLimits) -> Result<Page, Error> {
+    let limit = limit.unwrap_or(limits.default_page_size);
+    let offset = offset.unwrap_or(0);
+    if limit == 0 || limit > limits.max_page_size {
+        return Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {}", limits.max_page_size),
+        ));
+    }
+    if offset > limits.max_offset {
+        return Err(Error::invalid(
+            "offset",
+            format!("must be at most {}", limits.max_offset),
+        ));
+    }
+    Ok(Page { limit, offset })
+}
+
+/// A page of items, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Creates a user (admin only).
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUserRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = User, headers(("Location" = String))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn create_user(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    body: web::Json<CreateUserRequest>,
+) -> Result<HttpResponse, Error> {
+    if !caller.0.admin {
+        return Err(Error::Forbidden("only admins may create users".into()));
+    }
+    let body = body.into_inner();
+    let admin = body.admin;
+    let input = RegisterRequest {
+        name: body.name,
+        email: body.email,
+        password: body.password,
+        group: body.group,
+        extra: body.extra,
+    }
+    .parse(admin)?;
+    let user = app::create_user(&state.bus, caller.0, input).await?;
+    Ok(created_user(user))
+}
+
+/// Reads a user (self or admin).
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Another user", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
+pub async fn get_user(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
+    let user = app::get_user(&state.bus, caller.0, id.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+/// Changes the given fields of a user (self or admin).
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")),
+    request_body = UpdateUserRequest,
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 400, description = "Malformed JSON or id", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Another user, or admin flag by a non-admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn update_user(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateUserRequest>,
+) -> Result<HttpResponse, Error> {
+    let patch = body.into_inner().parse()?;
+    let user = app::update_user(&state.bus, caller.0, id.into_inner(), patch).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+/// Deletes a user with their items and tokens (self or admin).
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Another user", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
+pub async fn delete_user(
+    state: web::Data<HttpState>,
+    caller: Authenticated,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
+    app::delete_user(&state.bus, caller.0, id.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A user's items, newest first (public).
+#[utoipa::path(get, path = "/api/v1/users/{id}/items", tag = "items",
+    params(("id" = Uuid, Path, description = "User id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of items", body = ItemPage),
+        (status = 400, description = "Malformed id or query", body = ErrorBody),
+        (status = 422, description = "limit or offset out of range", body = ErrorBody),
+    ))]
+pub async fn list_user_items(
+    state: web::Data<HttpState>,
+    id: web::Path<Uuid>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Error> {
+    let page = query.parse(&state.limits)?;
+    let items = app::list_user_items(&state.bus, id.into_inner(), page).await?;
+    Ok(HttpResponse::Ok().json(ItemPage {
+        items,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}

@@ -1,0 +1,27 @@
+//! Gorgon: a message-driven web application platform.
+//!
+//! One binary runs a whole application: every role (`web`, `auth`, `app`, `store`, `provider`,
+//! `notify`, `stats`) is a `ractor` actor, and roles talk only through the [`bus`], addressed by
+//! role name. On a laptop every role lives in one process over the embedded store; the same code
+//! runs as one node of a cluster when the bus is given a transport between processes.
+//!
+//! Where to look:
+//! - a role: `src/actors/<role>.rs`
+//! - a route: `src/http/<resource>.rs`
+//! - a message or queue: the `*Request` enum beside the role that receives it
+//! - the database: `src/store/`
+
+pub mod actors;
+pub mod bus;
+pub mod cluster;
+pub mod configuration;
+pub mod domain;
+pub mod error;
+pub mod fake;
+pub mod http;
+pub mod seed;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use error::Error;

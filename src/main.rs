@@ -1,0 +1,33 @@
+//! The `gorgon` binary: parses the command line and runs a node, a seed or the simulator.
+
+use clap::Parser;
+
+use gorgon::configuration::{Cli, Command};
+use gorgon::startup::{shutdown_signal, Node};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> std::process::ExitCode {
+    gorgon::telemetry::init_logging();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Seed(args) => gorgon::seed::run(args).await.map(|_| ()),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: gorgon::configuration::RunArgs) -> anyhow::Result<()> {
+    let node = Node::start(args).await?;
+    if let Some(addr) = node.local_addr() {
+        println!("gorgon listening on http://{addr}");
+    }
+    shutdown_signal().await;
+    node.shutdown().await;
+    Ok(())
+}

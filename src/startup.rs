@@ -1,0 +1,258 @@
+//! Starting and stopping a node: the bus, the store, one actor per role, the HTTP server.
+//!
+//! Shutdown order matters: stop accepting HTTP and let in-flight requests finish, stop the
+//! producers (provider), drain the roles (each waits for its running requests), and close the
+//! store last so every acknowledged write is committed before the process exits.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::{Actor, ActorCell};
+use tokio::task::JoinHandle;
+
+use crate::actors::app::{AppActor, AppArgs};
+use crate::actors::auth::{self, AuthActor, AuthArgs, AuthShared};
+use crate::actors::notify::{NotifyActor, NotifyArgs, NotifyHub};
+use crate::actors::provider::{ProviderActor, ProviderArgs};
+use crate::actors::stats::{StatsActor, StatsArgs};
+use crate::actors::store::{self as store_role, StoreActor, StoreArgs};
+use crate::actors::web::{WebActor, WebArgs};
+use crate::bus::{Bus, Role};
+use crate::configuration::RunArgs;
+use crate::domain::{Email, Extra, UserInput, UserName};
+use crate::http::HttpState;
+use crate::store::{SqliteStore, Store};
+
+/// A running node.
+pub struct Node {
+    bus: Bus,
+    addr: Option<SocketAddr>,
+    /// Actors in start order; stopped in the order of `STOP_ORDER`.
+    actors: Vec<(Role, ActorCell, JoinHandle<()>)>,
+    store: Option<Arc<dyn Store>>,
+    hub: Option<Arc<NotifyHub>>,
+    upkeep: JoinHandle<()>,
+    stop_timeout: Duration,
+}
+
+const STOP_ORDER: [Role; 7] = [
+    Role::Web,
+    Role::Provider,
+    Role::App,
+    Role::Auth,
+    Role::Notify,
+    Role::Stats,
+    Role::Store,
+];
+
+async fn spawn<A: Actor>(
+    actors: &mut Vec<(Role, ActorCell, JoinHandle<()>)>,
+    role: Role,
+    actor: A,
+    args: A::Arguments,
+) -> anyhow::Result<()> {
+    let (actor_ref, handle) = Actor::spawn(None, actor, args)
+        .await
+        .with_context(|| format!("the {role} role failed to start"))?;
+    actors.push((role, actor_ref.get_cell(), handle));
+    Ok(())
+}
+
+impl Node {
+    /// Starts the roles named in `args` and, with the web role, serves HTTP.
+    pub async fn start(args: RunArgs) -> anyhow::Result<Node> {
+        crate::cluster::check_supported(&args).map_err(anyhow::Error::msg)?;
+        let metrics = crate::telemetry::metrics();
+        let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
+        let bus = Bus::new(args.bus_config());
+        let roles = &args.roles;
+        let concurrency = args.tuning.role_concurrency;
+        let mut actors = Vec::new();
+
+        let mut store: Option<Arc<dyn Store>> = None;
+        if roles.contains(Role::Store) {
+            let dir = args.data.clone();
+            let options = args.sqlite_options();
+            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(dir, options))
+                .await
+                .context("opening the embedded store")?
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot open the embedded store in {}", args.data.display()))?;
+            let opened: Arc<dyn Store> = Arc::new(opened);
+            store = Some(opened.clone());
+            spawn(
+                &mut actors,
+                Role::Store,
+                StoreActor,
+                StoreArgs {
+                    store: opened,
+                    bus: bus.clone(),
+                    concurrency,
+                },
+            )
+            .await?;
+        }
+        if roles.contains(Role::Auth) {
+            let shared = AuthShared::new(args.auth_config());
+            spawn(&mut actors, Role::Auth, AuthActor, AuthArgs { bus: bus.clone(), shared }).await?;
+        }
+        if roles.contains(Role::App) {
+            spawn(&mut actors, Role::App, AppActor, AppArgs { bus: bus.clone(), concurrency }).await?;
+        }
+        let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+        if roles.contains(Role::Stats) {
+            spawn(
+                &mut actors,
+                Role::Stats,
+                StatsActor,
+                StatsArgs {
+                    bus: bus.clone(),
+                    node_id,
+                    roles: roles.0.clone(),
+                },
+            )
+            .await?;
+        }
+        let mut hub = None;
+        if roles.contains(Role::Notify) {
+            let notify_hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
+            hub = Some(notify_hub.clone());
+            spawn(&mut actors, Role::Notify, NotifyActor, NotifyArgs { bus: bus.clone(), hub: notify_hub }).await?;
+        }
+        if roles.contains(Role::Provider) {
+            spawn(
+                &mut actors,
+                Role::Provider,
+                ProviderActor,
+                ProviderArgs {
+                    bus: bus.clone(),
+                    config: args.provider_config(),
+                },
+            )
+            .await?;
+        }
+        if let Some(email) = &args.admin_email {
+            bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
+        }
+        let mut addr = None;
+        if roles.contains(Role::Web) {
+            let listener = TcpListener::bind(&args.listen)
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            listener.set_nonblocking(true)?;
+            addr = Some(listener.local_addr()?);
+            let state = HttpState {
+                bus: bus.clone(),
+                limits: args.http_limits(),
+                metrics,
+                notify: hub.clone(),
+            };
+            spawn(
+                &mut actors,
+                Role::Web,
+                WebActor,
+                WebArgs {
+                    listener,
+                    state,
+                    workers: args.tuning.http_workers,
+                },
+            )
+            .await?;
+        }
+        tracing::info!(
+            roles = ?roles.0.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            addr = ?addr,
+            data = %args.data.display(),
+            "node started"
+        );
+        Ok(Node {
+            bus,
+            addr,
+            actors,
+            store,
+            hub,
+            upkeep,
+            stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
+        })
+    }
+
+    /// The HTTP address, when this node runs the web role.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Graceful shutdown: stop accepting, drain in-flight work, commit, close.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        if let Some(hub) = &self.hub {
+            hub.close();
+        }
+        for role in STOP_ORDER {
+            let (stopping, rest): (Vec<_>, Vec<_>) =
+                self.actors.drain(..).partition(|(r, _, _)| *r == role);
+            self.actors = rest;
+            for (_, cell, handle) in stopping {
+                // Drain: the mailbox is worked off before the actor stops, so no caller is dropped.
+                if let Err(e) = cell.drain_and_wait(Some(self.stop_timeout)).await {
+                    tracing::warn!(%role, error = %e, "role did not stop in time");
+                    cell.kill();
+                }
+                let _ = handle.await;
+            }
+        }
+        if let Some(store) = self.store.take() {
+            store.close().await;
+        }
+        self.upkeep.abort();
+        tracing::info!("stopped");
+    }
+}
+
+/// Creates the first admin (or promotes an existing user) from configuration.
+async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyhow::Result<()> {
+    let password = password.context("--admin-email needs --admin-password (GORGON_ADMIN_PASSWORD)")?;
+    let input = UserInput {
+        name: UserName::parse("admin").map_err(|e| anyhow::anyhow!("{e}"))?,
+        email: Email::parse(email).map_err(|e| anyhow::anyhow!("admin email: {e}"))?,
+        password: password.to_string(),
+        group: 0,
+        extra: Extra::default(),
+        admin: true,
+    };
+    let user = auth::new_user(input)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin password: {e}"))?;
+    let created = store_role::ensure_admin(bus, user)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the admin: {e}"))?;
+    tracing::info!(%email, created, "admin account ready");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,84 @@
+//! Storage: the `Store` trait every backend implements, and the backends.
+//!
+//! Only the `store` role touches a `Store`. The trait is the contract: `contract` holds the test
+//! suite every backend must pass (run by `tests/store_contract.rs`).
+
+pub mod contract;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{Item, ItemPatch, NewUser, Principal, TokenHash, User, UserPatch};
+use crate::error::Result;
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// A user together with what is needed to check their password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// The database, as the store role sees it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails with `Conflict` when the email is taken.
+    async fn insert_user(&self, user: NewUser) -> Result<User>;
+    async fn get_user(&self, id: Uuid) -> Result<User>;
+    async fn get_credentials(&self, email: &str) -> Result<Credentials>;
+    async fn update_user(&self, id: Uuid, patch: UserPatch) -> Result<User>;
+    /// Removes the user with their items and tokens.
+    async fn delete_user(&self, id: Uuid) -> Result<()>;
+    /// Creates the user unless one with that email exists; returns whether it was created.
+    async fn ensure_admin(&self, user: NewUser) -> Result<bool>;
+
+    async fn insert_token(&self, hash: TokenHash, user_id: Uuid, expires_at: DateTime<Utc>)
+        -> Result<()>;
+    /// The token's owner, if the token exists and has not expired.
+    async fn get_session(&self, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>>;
+    async fn delete_token(&self, hash: TokenHash) -> Result<()>;
+
+    /// Idempotent by id: inserting an item whose id exists with the same owner returns the
+    /// stored item (a redelivered message never writes twice).
+    async fn insert_item(&self, item: Item) -> Result<Item>;
+    /// Inserts a batch in one transaction; items whose id exists are skipped.
+    async fn insert_items(&self, items: Vec<Item>) -> Result<usize>;
+    async fn get_item(&self, id: Uuid) -> Result<Item>;
+    /// Applies `patch` if the item belongs to `owner`; `Forbidden` otherwise.
+    async fn update_item(&self, id: Uuid, owner: Uuid, patch: ItemPatch) -> Result<Item>;
+    /// Deletes the item if it belongs to `owner`; returns it as it was.
+    async fn delete_item(&self, id: Uuid, owner: Uuid) -> Result<Item>;
+    /// A user's items, newest first.
+    async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>>;
+    /// Items matching every word of `query` in title, body or keywords, newest first.
+    async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>>;
+    /// Up to `limit` user ids (used by the random provider to pick authors).
+    async fn sample_user_ids(&self, limit: u32) -> Result<Vec<Uuid>>;
+    /// Counts of users and items, for stats and seeding reports.
+    async fn counts(&self) -> Result<(u64, u64)>;
+    /// Cheap round trip proving the backend answers (readiness).
+    async fn ping(&self) -> Result<()>;
+    /// Flushes and closes; later calls fail with `Unavailable`.
+    async fn close(&self);
+}
+
+/// Bulk loading for `gorgon seed`: bypasses per-request work, keeps the same guarantees once
+/// `finish_bulk` returns.
+#[async_trait]
+pub trait BulkLoad: Store {
+    async fn begin_bulk(&self) -> Result<()>;
+    async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()>;
+    async fn bulk_items(&self, items: Vec<Item>) -> Result<()>;
+    /// Rebuilds what `begin_bulk` set aside (secondary indexes, the search index).
+    async fn finish_bulk(&self) -> Result<()>;
+}

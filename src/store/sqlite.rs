@@ -1,0 +1,772 @@
+//! The embedded store: SQLite in WAL mode, one writer thread with group commit, pooled readers.
+//!
+//! Why this shape:
+//! - SQLite allows one writer at a time, so all writes go to one thread that drains its queue into
+//!   a single transaction (group commit): many concurrent writers share one fsync.
+//! - Each write runs in its own savepoint, so one failing write (say, a duplicate email) does not
+//!   undo the others in its batch, and a caller gets its reply only after the batch committed:
+//!   a 2xx always means the write is on disk (WAL; `synchronous=NORMAL` survives a process crash,
+//!   `--sync full` also a power loss).
+//! - Reads use a small pool of connections and run on the calling task: point reads take
+//!   microseconds, less than a hop to a blocking thread would cost.
+//! - Items are keyed by time-ordered UUIDv7 (`id`) with an integer `seq` that the FTS5 search
+//!   index points at; a user's newest items come from the `(user_id, id)` index.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{BulkLoad, Credentials, Page, Store};
+use crate::domain::{
+    from_millis, to_millis, Extra, Item, ItemPatch, Location, NewUser, Principal, TokenHash, User,
+    UserPatch,
+};
+use crate::error::{Error, Result};
+
+const DB_FILE: &str = "gorgon.db";
+const LOCK_FILE: &str = "gorgon.lock";
+
+/// Tunables of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Number of read connections.
+    pub readers: usize,
+    /// Most writes committed in one transaction.
+    pub max_write_batch: usize,
+    /// `synchronous=FULL`: survive power loss, not only a process crash.
+    pub sync_full: bool,
+    /// SQLite page cache per connection, in MiB.
+    pub cache_mib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            readers: 4,
+            max_write_batch: 512,
+            sync_full: false,
+            cache_mib: 64,
+        }
+    }
+}
+
+type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+type WriteJob = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+/// The embedded store. Owns its data directory exclusively (a lock file) while open.
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    id BLOB PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    grp INTEGER NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    extra TEXT NOT NULL,
+    password_hash TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users(email);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY NOT NULL,
+    user_id BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user_id);
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    user_id BLOB NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    url TEXT,
+    ts INTEGER NOT NULL,
+    lat REAL,
+    lon REAL,
+    keywords TEXT NOT NULL,
+    extra TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
+    title, body, keywords, content='items', content_rowid='seq'
+);
+"#;
+
+/// Secondary structures that bulk loading sets aside and rebuilds.
+const SECONDARY: &str = r#"
+CREATE INDEX IF NOT EXISTS items_user ON items(user_id, id);
+CREATE TRIGGER IF NOT EXISTS items_ai AFTER INSERT ON items BEGIN
+    INSERT INTO items_fts(rowid, title, body, keywords) VALUES (new.seq, new.title, new.body, new.keywords);
+END;
+CREATE TRIGGER IF NOT EXISTS items_ad AFTER DELETE ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, title, body, keywords) VALUES ('delete', old.seq, old.title, old.body, old.keywords);
+END;
+CREATE TRIGGER IF NOT EXISTS items_au AFTER UPDATE ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, title, body, keywords) VALUES ('delete', old.seq, old.title, old.body, old.keywords);
+    INSERT INTO items_fts(rowid, title, body, keywords) VALUES (new.seq, new.title, new.body, new.keywords);
+END;
+"#;
+
+const DROP_SECONDARY: &str = r#"
+DROP TRIGGER IF EXISTS items_ai;
+DROP TRIGGER IF EXISTS items_ad;
+DROP TRIGGER IF EXISTS items_au;
+DROP INDEX IF EXISTS items_user;
+"#;
+
+const ITEM_COLUMNS: &str = "id, user_id, title, body, url, ts, lat, lon, keywords, extra";
+const USER_COLUMNS: &str = "id, name, email, grp, admin, created_at, extra";
+
+fn db_error(e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            Error::Conflict("conflicts with existing data".into())
+        }
+        _ => {
+            tracing::error!(error = %e, "embedded store error");
+            Error::Internal(format!("store error: {e}"))
+        }
+    }
+}
+
+fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db_error)?;
+    let sync = if options.sync_full { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous={sync};
+         PRAGMA busy_timeout=5000;
+         PRAGMA temp_store=MEMORY;
+         PRAGMA mmap_size=1073741824;
+         PRAGMA cache_size=-{};",
+        options.cache_mib as u64 * 1024
+    ))
+    .map_err(db_error)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        email: row.get(2)?,
+        group: row.get(3)?,
+        admin: row.get::<_, i64>(4)? != 0,
+        created_at: from_millis(row.get(5)?),
+        extra: Extra::from_json(&row.get::<_, String>(6)?),
+    })
+}
+
+fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
+    let lat: Option<f64> = row.get(6)?;
+    let lon: Option<f64> = row.get(7)?;
+    let keywords: String = row.get(8)?;
+    Ok(Item {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        title: row.get(2)?,
+        body: row.get(3)?,
+        url: row.get(4)?,
+        ts: from_millis(row.get(5)?),
+        location: lat.zip(lon).map(|(lat, lon)| Location { lat, lon }),
+        keywords: serde_json::from_str(&keywords).unwrap_or_default(),
+        extra: Extra::from_json(&row.get::<_, String>(9)?),
+    })
+}
+
+fn keywords_json(keywords: &[String]) -> String {
+    serde_json::to_string(keywords).unwrap_or_else(|_| "[]".into())
+}
+
+fn insert_item_row(conn: &Connection, item: &Item, or_ignore: bool) -> rusqlite::Result<usize> {
+    let sql = if or_ignore {
+        "INSERT OR IGNORE INTO items (id, user_id, title, body, url, ts, lat, lon, keywords, extra)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    } else {
+        "INSERT INTO items (id, user_id, title, body, url, ts, lat, lon, keywords, extra)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        item.id,
+        item.user_id,
+        item.title,
+        item.body,
+        item.url,
+        to_millis(item.ts),
+        item.location.map(|l| l.lat),
+        item.location.map(|l| l.lon),
+        keywords_json(&item.keywords),
+        item.extra.to_json(),
+    ])
+}
+
+fn insert_user_row(conn: &Connection, user: &NewUser) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO users (id, name, email, grp, admin, created_at, extra, password_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        user.id,
+        user.name.as_str(),
+        user.email.as_str(),
+        user.group,
+        user.admin as i64,
+        to_millis(user.created_at),
+        user.extra.to_json(),
+        user.password_hash,
+    ])
+}
+
+fn select_user(conn: &Connection, id: Uuid) -> Result<User> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], user_from_row).optional())
+        .map_err(db_error)?
+        .ok_or_else(|| Error::not_found("user"))
+}
+
+fn select_item(conn: &Connection, id: Uuid) -> Result<Item> {
+    conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], item_from_row).optional())
+        .map_err(db_error)?
+        .ok_or_else(|| Error::not_found("item"))
+}
+
+/// Runs `f` in a savepoint: its changes are kept only if it succeeds.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT op").map_err(db_error)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end).map_err(db_error)?;
+    result
+}
+
+/// Turns free text into an FTS5 query that matches every word, with no operator syntax exposed.
+pub fn fts_query(text: &str) -> Result<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(16)
+        .map(|w| format!("\"{}\"", w.to_lowercase()))
+        .collect();
+    if words.is_empty() {
+        return Err(Error::invalid("q", "must contain at least one word"));
+    }
+    Ok(words.join(" "))
+}
+
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
+    while let Ok(first) = jobs.recv() {
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let mut finishes: Vec<Finish> = Vec::with_capacity(16);
+        finishes.push(first(&conn));
+        while finishes.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => finishes.push(job(&conn)),
+                Err(_) => break,
+            }
+        }
+        let outcome = began.and_then(|_| conn.execute_batch("COMMIT"));
+        metrics::histogram!("gorgon_store_write_batch_size").record(finishes.len() as f64);
+        match outcome {
+            Ok(()) => finishes.into_iter().for_each(|f| f(None)),
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                finishes.into_iter().for_each(|f| f(Some(&e)));
+            }
+        }
+    }
+    // Every sender is gone: fold the WAL back so the next start opens quickly.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`. Fails if another process holds it.
+    pub fn open(dir: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Internal(format!("cannot create data directory {}: {e}", dir.display()))
+        })?;
+        let lock = File::create(dir.join(LOCK_FILE))
+            .map_err(|e| Error::Internal(format!("cannot create lock file: {e}")))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Conflict(format!(
+                "the embedded store in {} is open in another process; one process owns it",
+                dir.display()
+            )));
+        }
+        let path = dir.join(DB_FILE);
+        let writer = open_connection(&path, &options)?;
+        writer.execute_batch(SCHEMA).map_err(db_error)?;
+        let interrupted_bulk: Option<String> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'bulk_load'", [], |r| r.get(0))
+            .optional()
+            .map_err(db_error)?;
+        writer.execute_batch(SECONDARY).map_err(db_error)?;
+        if interrupted_bulk.is_some() {
+            tracing::warn!("a bulk load was interrupted: rebuilding the search index");
+            writer
+                .execute_batch(
+                    "INSERT INTO items_fts(items_fts) VALUES('rebuild');
+                     DELETE FROM meta WHERE key = 'bulk_load';",
+                )
+                .map_err(db_error)?;
+        }
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_connection(&path, &options).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let max_batch = options.max_write_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("gorgon-store-writer".into())
+            .spawn(move || writer_loop(writer, rx, max_batch))
+            .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a free read connection (or waits for one).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Some(conn) = self.readers[(start + i) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        let conn = self.readers[start].lock();
+        f(&conn)
+    }
+
+    /// Queues `f` for the writer; resolves once its batch has committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let reply = match commit_error {
+                    None => result,
+                    Some(e) => Err(Error::Internal(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(reply);
+            })
+        });
+        {
+            let writer = self.writer.lock();
+            let sender = writer
+                .as_ref()
+                .ok_or_else(|| Error::Unavailable("the store is closed".into()))?;
+            sender
+                .send(job)
+                .map_err(|_| Error::Unavailable("the store writer stopped".into()))?;
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("the store writer stopped".into()))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_user(&self, user: NewUser) -> Result<User> {
+        self.write(move |conn| {
+            insert_user_row(conn, &user).map_err(|e| match db_error(e) {
+                Error::Conflict(_) => Error::Conflict("email already registered".into()),
+                other => other,
+            })?;
+            select_user(conn, user.id)
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: Uuid) -> Result<User> {
+        self.read(|conn| select_user(conn, id))
+    }
+
+    async fn get_credentials(&self, email: &str) -> Result<Credentials> {
+        self.read(|conn| {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
+                ))
+                .and_then(|mut s| {
+                    s.query_row([email], |row| {
+                        Ok(Credentials {
+                            user: user_from_row(row)?,
+                            password_hash: row.get(7)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_error)?;
+            found.ok_or_else(|| Error::not_found("user"))
+        })
+    }
+
+    async fn update_user(&self, id: Uuid, patch: UserPatch) -> Result<User> {
+        self.write(move |conn| {
+            let mut user = select_user(conn, id)?;
+            if let Some(name) = patch.name {
+                user.name = name.as_str().to_string();
+            }
+            if let Some(email) = patch.email {
+                user.email = email.as_str().to_string();
+            }
+            if let Some(group) = patch.group {
+                user.group = group;
+            }
+            if let Some(extra) = patch.extra {
+                user.extra = extra;
+            }
+            if let Some(admin) = patch.admin {
+                user.admin = admin;
+            }
+            conn.prepare_cached(
+                "UPDATE users SET name = ?2, email = ?3, grp = ?4, admin = ?5, extra = ?6,
+                 password_hash = COALESCE(?7, password_hash) WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    user.name,
+                    user.email,
+                    user.group,
+                    user.admin as i64,
+                    user.extra.to_json(),
+                    patch.password_hash,
+                ])
+            })
+            .map_err(|e| match db_error(e) {
+                Error::Conflict(_) => Error::Conflict("email already registered".into()),
+                other => other,
+            })?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: Uuid) -> Result<()> {
+        self.write(move |conn| {
+            let deleted = conn
+                .execute("DELETE FROM users WHERE id = ?1", [id])
+                .map_err(db_error)?;
+            if deleted == 0 {
+                return Err(Error::not_found("user"));
+            }
+            conn.execute("DELETE FROM items WHERE user_id = ?1", [id])
+                .map_err(db_error)?;
+            conn.execute("DELETE FROM tokens WHERE user_id = ?1", [id])
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ensure_admin(&self, user: NewUser) -> Result<bool> {
+        self.write(move |conn| {
+            let exists: Option<Uuid> = conn
+                .query_row(
+                    "SELECT id FROM users WHERE email = ?1",
+                    [user.email.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            match exists {
+                Some(id) => {
+                    conn.execute("UPDATE users SET admin = 1 WHERE id = ?1", [id])
+                        .map_err(db_error)?;
+                    Ok(false)
+                }
+                None => {
+                    insert_user_row(conn, &user).map_err(db_error)?;
+                    Ok(true)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn insert_token(
+        &self,
+        hash: TokenHash,
+        user_id: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = to_millis(Utc::now());
+        self.write(move |conn| {
+            // Expired tokens of this user go as a new one comes, which keeps the table bounded.
+            conn.prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND expires_at <= ?2")
+                .and_then(|mut s| s.execute(params![user_id, now]))
+                .map_err(db_error)?;
+            conn.prepare_cached("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![&hash.0[..], user_id, to_millis(expires_at)]))
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>> {
+        let now = to_millis(Utc::now());
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT t.user_id, u.admin, t.expires_at FROM tokens t
+                 JOIN users u ON u.id = t.user_id
+                 WHERE t.hash = ?1 AND t.expires_at > ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![&hash.0[..], now], |row| {
+                    Ok((
+                        Principal {
+                            user_id: row.get(0)?,
+                            admin: row.get::<_, i64>(1)? != 0,
+                        },
+                        from_millis(row.get(2)?),
+                    ))
+                })
+                .optional()
+            })
+            .map_err(db_error)
+        })
+    }
+
+    async fn delete_token(&self, hash: TokenHash) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM tokens WHERE hash = ?1")
+                .and_then(|mut s| s.execute([&hash.0[..]]))
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_item(&self, item: Item) -> Result<Item> {
+        self.write(move |conn| {
+            if insert_item_row(conn, &item, true).map_err(db_error)? == 1 {
+                return Ok(item);
+            }
+            let existing = select_item(conn, item.id)?;
+            if existing.user_id == item.user_id {
+                Ok(existing)
+            } else {
+                Err(Error::Conflict("an item with this id exists".into()))
+            }
+        })
+        .await
+    }
+
+    async fn insert_items(&self, items: Vec<Item>) -> Result<usize> {
+        self.write(move |conn| {
+            let mut inserted = 0;
+            for item in &items {
+                inserted += insert_item_row(conn, item, true).map_err(db_error)?;
+            }
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn get_item(&self, id: Uuid) -> Result<Item> {
+        self.read(|conn| select_item(conn, id))
+    }
+
+    async fn update_item(&self, id: Uuid, owner: Uuid, patch: ItemPatch) -> Result<Item> {
+        self.write(move |conn| {
+            let mut item = select_item(conn, id)?;
+            if item.user_id != owner {
+                return Err(Error::Forbidden("only the owner may change an item".into()));
+            }
+            patch.apply(&mut item);
+            conn.prepare_cached(
+                "UPDATE items SET title = ?2, body = ?3, url = ?4, lat = ?5, lon = ?6,
+                 keywords = ?7, extra = ?8 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    item.title,
+                    item.body,
+                    item.url,
+                    item.location.map(|l| l.lat),
+                    item.location.map(|l| l.lon),
+                    keywords_json(&item.keywords),
+                    item.extra.to_json(),
+                ])
+            })
+            .map_err(db_error)?;
+            Ok(item)
+        })
+        .await
+    }
+
+    async fn delete_item(&self, id: Uuid, owner: Uuid) -> Result<Item> {
+        self.write(move |conn| {
+            let item = select_item(conn, id)?;
+            if item.user_id != owner {
+                return Err(Error::Forbidden("only the owner may delete an item".into()));
+            }
+            conn.execute("DELETE FROM items WHERE id = ?1", [id])
+                .map_err(db_error)?;
+            Ok(item)
+        })
+        .await
+    }
+
+    async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM items WHERE user_id = ?1
+                     ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+                ))
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![user_id, page.limit, page.offset], item_from_row)
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+    }
+
+    async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>> {
+        let query = fts_query(query)?;
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT i.id, i.user_id, i.title, i.body, i.url, i.ts, i.lat, i.lon, i.keywords, i.extra
+                     FROM items_fts f JOIN items i ON i.seq = f.rowid
+                     WHERE items_fts MATCH ?1 ORDER BY f.rowid DESC LIMIT ?2 OFFSET ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![query, page.limit, page.offset], item_from_row)
+                .map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+    }
+
+    async fn sample_user_ids(&self, limit: u32) -> Result<Vec<Uuid>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id FROM users LIMIT ?1")
+                .map_err(db_error)?;
+            let rows = stmt.query_map([limit], |r| r.get(0)).map_err(db_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+        })
+    }
+
+    async fn counts(&self) -> Result<(u64, u64)> {
+        self.read(|conn| {
+            let users: i64 = conn
+                .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+                .map_err(db_error)?;
+            let items: i64 = conn
+                .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                .map_err(db_error)?;
+            Ok((users as u64, items as u64))
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        if self.writer.lock().is_none() {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(db_error)
+        })
+    }
+
+    async fn close(&self) {
+        drop(self.writer.lock().take());
+        let thread = self.writer_thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl BulkLoad for SqliteStore {
+    async fn begin_bulk(&self) -> Result<()> {
+        self.write(|conn| {
+            conn.execute_batch(DROP_SECONDARY).map_err(db_error)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')",
+                [],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()> {
+        self.write(move |conn| {
+            for user in &users {
+                insert_user_row(conn, user).map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bulk_items(&self, items: Vec<Item>) -> Result<()> {
+        self.write(move |conn| {
+            for item in &items {
+                insert_item_row(conn, item, false).map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_bulk(&self) -> Result<()> {
+        self.write(|conn| {
+            conn.execute_batch(SECONDARY).map_err(db_error)?;
+            conn.execute_batch(
+                "INSERT INTO items_fts(items_fts) VALUES('rebuild');
+                 DELETE FROM meta WHERE key = 'bulk_load';
+                 ANALYZE;",
+            )
+            .map_err(db_error)
+        })
+        .await
+    }
+}
