@@ -134,7 +134,11 @@ impl Node {
             .await?;
         }
         if let Some(email) = &args.admin_email {
-            bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
+            if bus.has_role(Role::Store) {
+                bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
+            } else {
+                tracing::info!("no store role here: the admin is created by a node that has one");
+            }
         }
         let mut addr = None;
         if roles.contains(Role::Web) {

@@ -1,0 +1,169 @@
+//! Test support: a real node on a random loopback port, over a real embedded store, and an
+//! HTTP client. Nothing is mocked.
+
+#![allow(dead_code)]
+
+use clap::Parser;
+use gorgon::configuration::{Cli, Command, RunArgs};
+use gorgon::startup::Node;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    node: Option<Node>,
+    pub dir: TempDir,
+}
+
+pub fn run_args(dir: &std::path::Path, extra: &[&str]) -> RunArgs {
+    let mut argv = vec![
+        "gorgon".to_string(),
+        "run".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data".into(),
+        dir.display().to_string(),
+        "--admin-email".into(),
+        ADMIN_EMAIL.into(),
+        "--admin-password".into(),
+        ADMIN_PASSWORD.into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    match Cli::parse_from(argv).command {
+        Command::Run(args) => args,
+        _ => unreachable!("parsed a run command"),
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(extra: &[&str]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn_in(dir, extra).await
+    }
+
+    pub async fn spawn_in(dir: TempDir, extra: &[&str]) -> TestApp {
+        let node = Node::start(run_args(dir.path(), extra))
+            .await
+            .expect("node starts");
+        let addr = node.local_addr().expect("web role listens");
+        TestApp {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            node: Some(node),
+            dir,
+        }
+    }
+
+    /// Stops the node gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+        self.dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, name: &str, email: &str) -> Value {
+        let resp = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                &json!({"name": name, "email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "register {email}");
+        resp.json().await.expect("user json")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let resp = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                &json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "login {email}");
+        let body: Value = resp.json().await.expect("login json");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Registers and logs in a user; returns (user id, token).
+    pub async fn user(&self, email: &str) -> (String, String) {
+        let user = self.register("Test User", email).await;
+        let token = self.login(email, PASSWORD).await;
+        (user["id"].as_str().expect("id").to_string(), token)
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    pub async fn create_item(&self, token: &str, body: &Value) -> Value {
+        let resp = self.post("/api/v1/items", Some(token), body).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json().await.expect("item json")
+    }
+}
+
+/// Asserts the status and the error shape `{"error": {"code", "message"}}`; returns the body.
+pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(resp.status(), status, "status");
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "error code in {body}");
+    assert!(body["error"]["message"].is_string(), "message in {body}");
+    body
+}

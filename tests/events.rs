@@ -1,0 +1,91 @@
+//! SSE: a real client on a real socket receives the events of writes made through the API, and
+//! resumes with Last-Event-ID.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestApp;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Reads SSE frames until `n` non-comment events arrived (or a timeout).
+async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(u64, String, Value)> {
+    let mut stream = resp.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream open")
+            .expect("chunk");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let mut id = 0;
+            let mut kind = String::new();
+            let mut data = Value::Null;
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().unwrap();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    kind = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).unwrap();
+                }
+            }
+            if !kind.is_empty() {
+                events.push((id, kind, data));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_item_events_and_resumes() {
+    let app = TestApp::spawn().await;
+    let (ada, token) = app.user("ada@example.com").await;
+    let (_, bob_token) = app.user("bob@example.com").await;
+
+    let all = app.get("/api/v1/events").await;
+    assert_eq!(all.status(), StatusCode::OK);
+    assert_eq!(all.headers()["content-type"], "text/event-stream");
+    let only_ada = app.get(&format!("/api/v1/events?topic=items&user_id={ada}")).await;
+
+    let item = app.create_item(&token, &json!({"title": "first"})).await;
+    app.create_item(&bob_token, &json!({"title": "bob"})).await;
+    let path = format!("/api/v1/items/{}", item["id"].as_str().unwrap());
+    app.patch(&path, &token, &json!({"title": "changed"})).await;
+    app.delete(&path, &token).await;
+
+    let events = read_events(all, 4).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(kinds, ["item.created", "item.created", "item.updated", "item.deleted"]);
+    assert_eq!(events[0].2["data"]["title"], "first");
+    assert_eq!(events[2].2["data"]["title"], "changed");
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+
+    let ada_events = read_events(only_ada, 3).await;
+    assert!(ada_events.iter().all(|e| e.2["user_id"] == ada.as_str()));
+
+    // Resume after the first event: the three later ones are replayed.
+    let resumed = app
+        .client
+        .get(app.url("/api/v1/events"))
+        .header("Last-Event-ID", events[0].0.to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(resumed, 3).await;
+    let ids: Vec<u64> = replayed.iter().map(|e| e.0).collect();
+    assert_eq!(ids, events[1..].iter().map(|e| e.0).collect::<Vec<_>>());
+
+    let bad = app.client.get(app.url("/api/v1/events")).header("Last-Event-ID", "abc").send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let bad = app.get("/api/v1/events?topic=weather").await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
