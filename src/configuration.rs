@@ -12,7 +12,11 @@ use crate::http::HttpLimits;
 use crate::store::SqliteOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "gorgon", version, about = "A message-driven web application platform")]
+#[command(
+    name = "gorgon",
+    version,
+    about = "A message-driven web application platform"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a node: the chosen roles, serving HTTP.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Bulk-loads synthetic users and items into the embedded store.
     Seed(SeedArgs),
 }

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     gorgon::telemetry::init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Seed(args) => gorgon::seed::run(args).await.map(|_| ()),
     };
     match outcome {

@@ -45,7 +45,8 @@ fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let template = format!("{what:>6} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec}} eta {{eta}}");
+    let template =
+        format!("{what:>6} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec}} eta {{eta}}");
     bar.set_style(
         ProgressStyle::with_template(&template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -87,7 +88,10 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
-    store.begin_bulk().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    store
+        .begin_bulk()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Users.
     let run_tag = &Uuid::now_v7().simple().to_string()[20..];
@@ -138,7 +142,9 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
                 let size = (total - n).min(batch as u64);
                 let items: Vec<Item> = (n..n + size)
                     .map(|i| {
-                        let ts = crate::domain::from_millis(start + (i as i128 * span_ms as i128 / total as i128) as i64);
+                        let ts = crate::domain::from_millis(
+                            start + (i as i128 * span_ms as i128 / total as i128) as i64,
+                        );
                         let author = authors[rng.random_range(0..authors.len())];
                         crate::fake::item(&mut rng, crate::domain::id_at(ts), author, ts)
                     })
@@ -153,7 +159,7 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
         let mut seen = 0u64;
         while let Some(items) = rx.recv().await {
             for item in &items {
-                if seen % every == 0 {
+                if seen.is_multiple_of(every) {
                     sampled_items.push(item.id);
                 }
                 seen += 1;
@@ -177,7 +183,10 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
     };
     spinner.enable_steady_tick(Duration::from_millis(200));
     let indexing = Instant::now();
-    store.finish_bulk().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    store
+        .finish_bulk()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     spinner.finish_and_clear();
     let index_seconds = indexing.elapsed().as_secs_f64();
 
@@ -197,7 +206,8 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
 }
 
 fn write_ids(path: &Path, ids: &[Uuid]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     for id in ids {
         writeln!(out, "{id}")?;

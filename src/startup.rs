@@ -79,7 +79,9 @@ impl Node {
                 .await
                 .context("opening the embedded store")?
                 .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("cannot open the embedded store in {}", args.data.display()))?;
+                .with_context(|| {
+                    format!("cannot open the embedded store in {}", args.data.display())
+                })?;
             let opened: Arc<dyn Store> = Arc::new(opened);
             store = Some(opened.clone());
             spawn(
@@ -96,10 +98,28 @@ impl Node {
         }
         if roles.contains(Role::Auth) {
             let shared = AuthShared::new(args.auth_config());
-            spawn(&mut actors, Role::Auth, AuthActor, AuthArgs { bus: bus.clone(), shared }).await?;
+            spawn(
+                &mut actors,
+                Role::Auth,
+                AuthActor,
+                AuthArgs {
+                    bus: bus.clone(),
+                    shared,
+                },
+            )
+            .await?;
         }
         if roles.contains(Role::App) {
-            spawn(&mut actors, Role::App, AppActor, AppArgs { bus: bus.clone(), concurrency }).await?;
+            spawn(
+                &mut actors,
+                Role::App,
+                AppActor,
+                AppArgs {
+                    bus: bus.clone(),
+                    concurrency,
+                },
+            )
+            .await?;
         }
         let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
         if roles.contains(Role::Stats) {
@@ -119,7 +139,16 @@ impl Node {
         if roles.contains(Role::Notify) {
             let notify_hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
             hub = Some(notify_hub.clone());
-            spawn(&mut actors, Role::Notify, NotifyActor, NotifyArgs { bus: bus.clone(), hub: notify_hub }).await?;
+            spawn(
+                &mut actors,
+                Role::Notify,
+                NotifyActor,
+                NotifyArgs {
+                    bus: bus.clone(),
+                    hub: notify_hub,
+                },
+            )
+            .await?;
         }
         if roles.contains(Role::Provider) {
             spawn(
@@ -219,7 +248,8 @@ impl Node {
 
 /// Creates the first admin (or promotes an existing user) from configuration.
 async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyhow::Result<()> {
-    let password = password.context("--admin-email needs --admin-password (GORGON_ADMIN_PASSWORD)")?;
+    let password =
+        password.context("--admin-email needs --admin-password (GORGON_ADMIN_PASSWORD)")?;
     let input = UserInput {
         name: UserName::parse("admin").map_err(|e| anyhow::anyhow!("{e}"))?,
         email: Email::parse(email).map_err(|e| anyhow::anyhow!("admin email: {e}"))?,
@@ -243,13 +273,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

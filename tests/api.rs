@@ -19,7 +19,10 @@ async fn register_login_logout() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let user: Value = resp.json().await.unwrap();
-    assert_eq!(location, format!("/api/v1/users/{}", user["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/api/v1/users/{}", user["id"].as_str().unwrap())
+    );
     assert_eq!(user["name"], "Ada");
     assert_eq!(user["email"], "ada@example.com");
     assert_eq!(user["group"], 3);
@@ -31,12 +34,20 @@ async fn register_login_logout() {
     let me = app.get_auth(&location, &token).await;
     assert_eq!(me.status(), StatusCode::OK);
 
-    let resp = app.post("/api/v1/auth/logout", Some(&token), &json!({})).await;
+    let resp = app
+        .post("/api/v1/auth/logout", Some(&token), &json!({}))
+        .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     // The token is gone at once (the cache is invalidated, not just left to expire).
-    expect_error(app.get_auth(&location, &token).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
     expect_error(
-        app.post("/api/v1/auth/logout", Some(&token), &json!({})).await,
+        app.get_auth(&location, &token).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    expect_error(
+        app.post("/api/v1/auth/logout", Some(&token), &json!({}))
+            .await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     )
@@ -48,19 +59,47 @@ async fn registration_rejects_bad_input_and_duplicates() {
     let app = TestApp::spawn().await;
     app.register("Ada", "ada@example.com").await;
     let dup = app
-        .post("/api/v1/auth/register", None, &json!({"name": "Other", "email": "ADA@example.com", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/register",
+            None,
+            &json!({"name": "Other", "email": "ADA@example.com", "password": PASSWORD}),
+        )
         .await;
     expect_error(dup, StatusCode::CONFLICT, "conflict").await;
 
     let cases = [
-        (json!({"name": "", "email": "a@example.com", "password": PASSWORD}), "name"),
-        (json!({"name": "A", "email": "not-an-email", "password": PASSWORD}), "email"),
-        (json!({"name": "A", "email": "a@example.com", "password": "short"}), "password"),
-        (json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "group": -1}), "group"),
-        (json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "extra": [1]}), "body"),
-        (json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "admin": true}), "admin"),
-        (json!({"email": "a@example.com", "password": PASSWORD}), "name"),
-        (json!({"name": 5, "email": "a@example.com", "password": PASSWORD}), "body"),
+        (
+            json!({"name": "", "email": "a@example.com", "password": PASSWORD}),
+            "name",
+        ),
+        (
+            json!({"name": "A", "email": "not-an-email", "password": PASSWORD}),
+            "email",
+        ),
+        (
+            json!({"name": "A", "email": "a@example.com", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "group": -1}),
+            "group",
+        ),
+        (
+            json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "extra": [1]}),
+            "body",
+        ),
+        (
+            json!({"name": "A", "email": "a@example.com", "password": PASSWORD, "admin": true}),
+            "admin",
+        ),
+        (
+            json!({"email": "a@example.com", "password": PASSWORD}),
+            "name",
+        ),
+        (
+            json!({"name": 5, "email": "a@example.com", "password": PASSWORD}),
+            "body",
+        ),
     ];
     for (body, field) in cases {
         let resp = app.post("/api/v1/auth/register", None, &body).await;
@@ -71,7 +110,11 @@ async fn registration_rejects_bad_input_and_duplicates() {
     }
     // Nothing was created by the rejected requests.
     let login = app
-        .post("/api/v1/auth/login", None, &json!({"email": "a@example.com", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/login",
+            None,
+            &json!({"email": "a@example.com", "password": PASSWORD}),
+        )
         .await;
     expect_error(login, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
@@ -98,11 +141,25 @@ async fn malformed_bodies_are_400_and_oversized_413() {
     expect_error(resp, StatusCode::BAD_REQUEST, "bad_request").await;
     let big = "x".repeat(4096);
     let resp = app
-        .post("/api/v1/auth/register", None, &json!({"name": big, "email": "b@example.com", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/register",
+            None,
+            &json!({"name": big, "email": "b@example.com", "password": PASSWORD}),
+        )
         .await;
     expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    expect_error(app.get("/api/v1/items/not-a-uuid").await, StatusCode::BAD_REQUEST, "bad_request").await;
-    expect_error(app.get("/no/such/route").await, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(
+        app.get("/api/v1/items/not-a-uuid").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        app.get("/no/such/route").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +177,11 @@ async fn login_failures_are_401_then_rate_limited_429() {
     app.register("Bob", "bob@example.com").await;
     app.login("bob@example.com", PASSWORD).await;
     let unknown = app
-        .post("/api/v1/auth/login", None, &json!({"email": "nobody@example.com", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/login",
+            None,
+            &json!({"email": "nobody@example.com", "password": PASSWORD}),
+        )
         .await;
     expect_error(unknown, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
@@ -129,7 +190,13 @@ async fn login_failures_are_401_then_rate_limited_429() {
 async fn bad_tokens_are_401() {
     let app = TestApp::spawn().await;
     let item = json!({"title": "t"});
-    for header in ["", "Bearer", "Bearer not-a-token", "Basic abc", "Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+    for header in [
+        "",
+        "Bearer",
+        "Bearer not-a-token",
+        "Basic abc",
+        "Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
         let mut req = app.client.post(app.url("/api/v1/items")).json(&item);
         if !header.is_empty() {
             req = req.header("authorization", header);
@@ -148,11 +215,22 @@ async fn users_self_or_admin() {
     let admin = app.admin_token().await;
 
     let path = format!("/api/v1/users/{ada}");
-    expect_error(app.get_auth(&path, &bob_token).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(
+        app.get_auth(&path, &bob_token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     assert_eq!(app.get_auth(&path, &admin).await.status(), StatusCode::OK);
 
     // PATCH changes only what is given.
-    let resp = app.patch(&path, &ada_token, &json!({"name": "Ada L.", "extra": {"k": 1}})).await;
+    let resp = app
+        .patch(
+            &path,
+            &ada_token,
+            &json!({"name": "Ada L.", "extra": {"k": 1}}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let patched: Value = resp.json().await.unwrap();
     assert_eq!(patched["name"], "Ada L.");
@@ -161,25 +239,54 @@ async fn users_self_or_admin() {
     let again: Value = app.get_auth(&path, &ada_token).await.json().await.unwrap();
     assert_eq!(again, patched);
 
-    expect_error(app.patch(&path, &ada_token, &json!({"admin": true})).await, StatusCode::FORBIDDEN, "forbidden").await;
-    expect_error(app.patch(&path, &bob_token, &json!({"name": "x"})).await, StatusCode::FORBIDDEN, "forbidden").await;
     expect_error(
-        app.patch(&path, &ada_token, &json!({"email": "bob@example.com"})).await,
+        app.patch(&path, &ada_token, &json!({"admin": true})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.patch(&path, &bob_token, &json!({"name": "x"})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.patch(&path, &ada_token, &json!({"email": "bob@example.com"}))
+            .await,
         StatusCode::CONFLICT,
         "conflict",
     )
     .await;
-    expect_error(app.patch(&path, &ada_token, &json!({"group": "x"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    expect_error(app.patch(&path, &ada_token, &json!({"nmae": "typo"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
+    expect_error(
+        app.patch(&path, &ada_token, &json!({"group": "x"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    expect_error(
+        app.patch(&path, &ada_token, &json!({"nmae": "typo"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
 
     // Password change takes effect.
-    let resp = app.patch(&path, &ada_token, &json!({"password": "a new password"})).await;
+    let resp = app
+        .patch(&path, &ada_token, &json!({"password": "a new password"}))
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     app.login("ada@example.com", "a new password").await;
 
     // Admin creates users, others may not.
-    let new_user = json!({"name": "Carol", "email": "carol@example.com", "password": PASSWORD, "admin": true});
-    expect_error(app.post("/api/v1/users", Some(&bob_token), &new_user).await, StatusCode::FORBIDDEN, "forbidden").await;
+    let new_user =
+        json!({"name": "Carol", "email": "carol@example.com", "password": PASSWORD, "admin": true});
+    expect_error(
+        app.post("/api/v1/users", Some(&bob_token), &new_user).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     let resp = app.post("/api/v1/users", Some(&admin), &new_user).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert!(resp.headers().contains_key("location"));
@@ -187,14 +294,37 @@ async fn users_self_or_admin() {
     assert_eq!(carol["admin"], true);
 
     // Delete: self or admin; items go too.
-    let bob_item = app.create_item(&bob_token, &json!({"title": "bob's"})).await;
+    let bob_item = app
+        .create_item(&bob_token, &json!({"title": "bob's"}))
+        .await;
     let bob_path = format!("/api/v1/users/{bob}");
-    expect_error(app.delete(&bob_path, &ada_token).await, StatusCode::FORBIDDEN, "forbidden").await;
-    assert_eq!(app.delete(&bob_path, &admin).await.status(), StatusCode::NO_CONTENT);
-    expect_error(app.get_auth(&bob_path, &admin).await, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(
+        app.delete(&bob_path, &ada_token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        app.delete(&bob_path, &admin).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_error(
+        app.get_auth(&bob_path, &admin).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     let item_path = format!("/api/v1/items/{}", bob_item["id"].as_str().unwrap());
-    expect_error(app.get(&item_path).await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_eq!(app.delete(&path, &ada_token).await.status(), StatusCode::NO_CONTENT);
+    expect_error(
+        app.get(&item_path).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        app.delete(&path, &ada_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let _ = ADMIN_EMAIL;
 }
 
@@ -216,7 +346,10 @@ async fn items_crud_owner_only() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let item: Value = resp.json().await.unwrap();
-    assert_eq!(location, format!("/api/v1/items/{}", item["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/api/v1/items/{}", item["id"].as_str().unwrap())
+    );
     assert_eq!(item["user_id"], ada.as_str());
     assert_eq!(item["keywords"], json!(["sea", "light"]));
     assert_eq!(item["location"]["lat"], 48.4);
@@ -224,10 +357,27 @@ async fn items_crud_owner_only() {
     let fetched: Value = app.get(&location).await.json().await.unwrap();
     assert_eq!(fetched, item);
 
-    expect_error(app.patch(&location, &bob_token, &json!({"title": "mine now"})).await, StatusCode::FORBIDDEN, "forbidden").await;
-    expect_error(app.delete(&location, &bob_token).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(
+        app.patch(&location, &bob_token, &json!({"title": "mine now"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.delete(&location, &bob_token).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 
-    let resp = app.patch(&location, &ada_token, &json!({"title": "Lighthouse at dusk", "url": null})).await;
+    let resp = app
+        .patch(
+            &location,
+            &ada_token,
+            &json!({"title": "Lighthouse at dusk", "url": null}),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let patched: Value = resp.json().await.unwrap();
     assert_eq!(patched["title"], "Lighthouse at dusk");
@@ -243,10 +393,27 @@ async fn items_crud_owner_only() {
         (json!({"location": {"lat": 91, "lon": 0}}), "location.lat"),
         (json!({"keywords": vec!["a"; 33]}), "keywords"),
     ] {
-        let err = expect_error(app.patch(&location, &ada_token, &bad).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
+        let err = expect_error(
+            app.patch(&location, &ada_token, &bad).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        )
+        .await;
         assert_eq!(err["error"]["field"], field);
         let err = expect_error(
-            app.post("/api/v1/items", Some(&ada_token), &json!({"title": "ok"}).as_object().unwrap().clone().into_iter().chain(bad.as_object().unwrap().clone()).collect::<serde_json::Map<_, _>>().into()).await,
+            app.post(
+                "/api/v1/items",
+                Some(&ada_token),
+                &json!({"title": "ok"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+                    .into_iter()
+                    .chain(bad.as_object().unwrap().clone())
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            )
+            .await,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         )
@@ -256,9 +423,17 @@ async fn items_crud_owner_only() {
     let unchanged: Value = app.get(&location).await.json().await.unwrap();
     assert_eq!(unchanged, patched, "rejected writes change nothing");
 
-    assert_eq!(app.delete(&location, &ada_token).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete(&location, &ada_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
     expect_error(app.get(&location).await, StatusCode::NOT_FOUND, "not_found").await;
-    expect_error(app.delete(&location, &ada_token).await, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(
+        app.delete(&location, &ada_token).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,31 +449,109 @@ async fn listings_info_and_search() {
     }
     ids.reverse();
 
-    let page: Value = app.get(&format!("/api/v1/users/{ada}/items?limit=10")).await.json().await.unwrap();
-    let got: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
-    assert_eq!(got, ids[..10].iter().map(String::as_str).collect::<Vec<_>>());
-    let page: Value = app.get(&format!("/api/v1/users/{ada}/items?limit=10&offset=10")).await.json().await.unwrap();
+    let page: Value = app
+        .get(&format!("/api/v1/users/{ada}/items?limit=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids[..10].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let page: Value = app
+        .get(&format!("/api/v1/users/{ada}/items?limit=10&offset=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
 
     let info: Value = app.get(&format!("/info/{ada}")).await.json().await.unwrap();
     assert_eq!(info["items"].as_array().unwrap().len(), 10);
     assert_eq!(info["items"][0]["id"], ids[0].as_str());
-    let info: Value = app.get(&format!("/info/{ada}/3/1")).await.json().await.unwrap();
-    let got: Vec<&str> = info["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
-    assert_eq!(got, ids[1..4].iter().map(String::as_str).collect::<Vec<_>>());
+    let info: Value = app
+        .get(&format!("/info/{ada}/3/1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = info["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids[1..4].iter().map(String::as_str).collect::<Vec<_>>()
+    );
 
-    let found: Value = app.get("/api/v1/items?q=harbor").await.json().await.unwrap();
+    let found: Value = app
+        .get("/api/v1/items?q=harbor")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["items"].as_array().unwrap().len(), 3);
-    let found: Value = app.get("/api/v1/items?q=harbor%20view&limit=1").await.json().await.unwrap();
+    let found: Value = app
+        .get("/api/v1/items?q=harbor%20view&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
 
-    expect_error(app.get(&format!("/api/v1/users/{ada}/items?limit=0")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    expect_error(app.get(&format!("/api/v1/users/{ada}/items?limit=1000")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    expect_error(app.get(&format!("/api/v1/users/{ada}/items?limit=abc")).await, StatusCode::BAD_REQUEST, "bad_request").await;
-    expect_error(app.get(&format!("/info/{ada}/0/0")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    expect_error(app.get("/info/nope").await, StatusCode::BAD_REQUEST, "bad_request").await;
-    expect_error(app.get("/api/v1/items?q=%20%2B%2B").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    expect_error(app.get("/api/v1/items").await, StatusCode::BAD_REQUEST, "bad_request").await;
+    expect_error(
+        app.get(&format!("/api/v1/users/{ada}/items?limit=0")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    expect_error(
+        app.get(&format!("/api/v1/users/{ada}/items?limit=1000"))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    expect_error(
+        app.get(&format!("/api/v1/users/{ada}/items?limit=abc"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        app.get(&format!("/info/{ada}/0/0")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    expect_error(
+        app.get("/info/nope").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        app.get("/api/v1/items?q=%20%2B%2B").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    expect_error(
+        app.get("/api/v1/items").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,17 +569,34 @@ async fn health_readiness_stats_metrics_openapi() {
     assert_eq!(stats["roles"].as_array().unwrap().len(), 7);
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("gorgon_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "gorgon_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("gorgon_bus_calls_total"));
 
     let doc: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     for path in [
-        "/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/logout", "/api/v1/users",
-        "/api/v1/users/{id}", "/api/v1/users/{id}/items", "/api/v1/items", "/api/v1/items/{id}",
-        "/api/v1/events", "/api/v1/stats", "/api/v1/openapi.json", "/metrics", "/healthz", "/readyz",
-        "/info/{uid}", "/info/{uid}/{limit}/{offset}",
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/logout",
+        "/api/v1/users",
+        "/api/v1/users/{id}",
+        "/api/v1/users/{id}/items",
+        "/api/v1/items",
+        "/api/v1/items/{id}",
+        "/api/v1/events",
+        "/api/v1/stats",
+        "/api/v1/openapi.json",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/info/{uid}",
+        "/info/{uid}/{limit}/{offset}",
     ] {
         assert!(paths.contains_key(path), "openapi lacks {path}");
     }
@@ -342,7 +612,8 @@ async fn readiness_fails_without_the_store_role() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "not_ready");
     expect_error(
-        app.get(&format!("/api/v1/items/{}", uuid::Uuid::now_v7())).await,
+        app.get(&format!("/api/v1/items/{}", uuid::Uuid::now_v7()))
+            .await,
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
     )

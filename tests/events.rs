@@ -54,7 +54,9 @@ async fn sse_streams_item_events_and_resumes() {
     let all = app.get("/api/v1/events").await;
     assert_eq!(all.status(), StatusCode::OK);
     assert_eq!(all.headers()["content-type"], "text/event-stream");
-    let only_ada = app.get(&format!("/api/v1/events?topic=items&user_id={ada}")).await;
+    let only_ada = app
+        .get(&format!("/api/v1/events?topic=items&user_id={ada}"))
+        .await;
 
     let item = app.create_item(&token, &json!({"title": "first"})).await;
     app.create_item(&bob_token, &json!({"title": "bob"})).await;
@@ -64,7 +66,15 @@ async fn sse_streams_item_events_and_resumes() {
 
     let events = read_events(all, 4).await;
     let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(kinds, ["item.created", "item.created", "item.updated", "item.deleted"]);
+    assert_eq!(
+        kinds,
+        [
+            "item.created",
+            "item.created",
+            "item.updated",
+            "item.deleted"
+        ]
+    );
     assert_eq!(events[0].2["data"]["title"], "first");
     assert_eq!(events[2].2["data"]["title"], "changed");
     assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
@@ -84,7 +94,13 @@ async fn sse_streams_item_events_and_resumes() {
     let ids: Vec<u64> = replayed.iter().map(|e| e.0).collect();
     assert_eq!(ids, events[1..].iter().map(|e| e.0).collect::<Vec<_>>());
 
-    let bad = app.client.get(app.url("/api/v1/events")).header("Last-Event-ID", "abc").send().await.unwrap();
+    let bad = app
+        .client
+        .get(app.url("/api/v1/events"))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let bad = app.get("/api/v1/events?topic=weather").await;
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);

@@ -10,23 +10,58 @@ use uuid::Uuid;
 use super::{auth, reply, store, unexpected, Inflight};
 use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
 use crate::domain::password::{self, Password};
-use crate::domain::{Item, ItemPatch, NewItem, Principal, User, UserInput, UserPatch, UserPatchInput};
+use crate::domain::{
+    Item, ItemPatch, NewItem, Principal, User, UserInput, UserPatch, UserPatchInput,
+};
 use crate::error::{Error, Result};
 use crate::store::Page;
 
 /// Requests the app role answers. `actor` is the authenticated caller.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AppRequest {
-    CreateUser { actor: Principal, input: UserInput },
-    GetUser { actor: Principal, id: Uuid },
-    UpdateUser { actor: Principal, id: Uuid, patch: UserPatchInput },
-    DeleteUser { actor: Principal, id: Uuid },
-    CreateItem { actor: Principal, item: NewItem },
-    GetItem { id: Uuid },
-    UpdateItem { actor: Principal, id: Uuid, patch: ItemPatch },
-    DeleteItem { actor: Principal, id: Uuid },
-    ListUserItems { user_id: Uuid, limit: u32, offset: u32 },
-    SearchItems { query: String, limit: u32, offset: u32 },
+    CreateUser {
+        actor: Principal,
+        input: UserInput,
+    },
+    GetUser {
+        actor: Principal,
+        id: Uuid,
+    },
+    UpdateUser {
+        actor: Principal,
+        id: Uuid,
+        patch: UserPatchInput,
+    },
+    DeleteUser {
+        actor: Principal,
+        id: Uuid,
+    },
+    CreateItem {
+        actor: Principal,
+        item: NewItem,
+    },
+    GetItem {
+        id: Uuid,
+    },
+    UpdateItem {
+        actor: Principal,
+        id: Uuid,
+        patch: ItemPatch,
+    },
+    DeleteItem {
+        actor: Principal,
+        id: Uuid,
+    },
+    ListUserItems {
+        user_id: Uuid,
+        limit: u32,
+        offset: u32,
+    },
+    SearchItems {
+        query: String,
+        limit: u32,
+        offset: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,7 +141,10 @@ impl Actor for AppActor {
         message: Self::Msg,
         state: &mut AppState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         let bus = state.bus.clone();
         state
             .inflight
@@ -230,23 +268,43 @@ fn done(reply: AppReply, kind: &str) -> Result<()> {
 }
 
 pub async fn create_user(bus: &Bus, actor: Principal, input: UserInput) -> Result<User> {
-    user(call(bus, AppRequest::CreateUser { actor, input }).await?, "create_user")
+    user(
+        call(bus, AppRequest::CreateUser { actor, input }).await?,
+        "create_user",
+    )
 }
 
 pub async fn get_user(bus: &Bus, actor: Principal, id: Uuid) -> Result<User> {
-    user(call(bus, AppRequest::GetUser { actor, id }).await?, "get_user")
+    user(
+        call(bus, AppRequest::GetUser { actor, id }).await?,
+        "get_user",
+    )
 }
 
-pub async fn update_user(bus: &Bus, actor: Principal, id: Uuid, patch: UserPatchInput) -> Result<User> {
-    user(call(bus, AppRequest::UpdateUser { actor, id, patch }).await?, "update_user")
+pub async fn update_user(
+    bus: &Bus,
+    actor: Principal,
+    id: Uuid,
+    patch: UserPatchInput,
+) -> Result<User> {
+    user(
+        call(bus, AppRequest::UpdateUser { actor, id, patch }).await?,
+        "update_user",
+    )
 }
 
 pub async fn delete_user(bus: &Bus, actor: Principal, id: Uuid) -> Result<()> {
-    done(call(bus, AppRequest::DeleteUser { actor, id }).await?, "delete_user")
+    done(
+        call(bus, AppRequest::DeleteUser { actor, id }).await?,
+        "delete_user",
+    )
 }
 
 pub async fn create_item(bus: &Bus, actor: Principal, new: NewItem) -> Result<Item> {
-    item(call(bus, AppRequest::CreateItem { actor, item: new }).await?, "create_item")
+    item(
+        call(bus, AppRequest::CreateItem { actor, item: new }).await?,
+        "create_item",
+    )
 }
 
 pub async fn get_item(bus: &Bus, id: Uuid) -> Result<Item> {
@@ -254,23 +312,45 @@ pub async fn get_item(bus: &Bus, id: Uuid) -> Result<Item> {
 }
 
 pub async fn update_item(bus: &Bus, actor: Principal, id: Uuid, patch: ItemPatch) -> Result<Item> {
-    item(call(bus, AppRequest::UpdateItem { actor, id, patch }).await?, "update_item")
+    item(
+        call(bus, AppRequest::UpdateItem { actor, id, patch }).await?,
+        "update_item",
+    )
 }
 
 pub async fn delete_item(bus: &Bus, actor: Principal, id: Uuid) -> Result<()> {
-    done(call(bus, AppRequest::DeleteItem { actor, id }).await?, "delete_item")
+    done(
+        call(bus, AppRequest::DeleteItem { actor, id }).await?,
+        "delete_item",
+    )
 }
 
 pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
     items(
-        call(bus, AppRequest::ListUserItems { user_id, limit: page.limit, offset: page.offset }).await?,
+        call(
+            bus,
+            AppRequest::ListUserItems {
+                user_id,
+                limit: page.limit,
+                offset: page.offset,
+            },
+        )
+        .await?,
         "list_user_items",
     )
 }
 
 pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<Item>> {
     items(
-        call(bus, AppRequest::SearchItems { query, limit: page.limit, offset: page.offset }).await?,
+        call(
+            bus,
+            AppRequest::SearchItems {
+                query,
+                limit: page.limit,
+                offset: page.offset,
+            },
+        )
+        .await?,
         "search_items",
     )
 }

@@ -152,7 +152,10 @@ impl Actor for AuthActor {
         message: Self::Msg,
         state: &mut AuthState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         // The hot path: a cached token is answered without leaving the actor.
         if let AuthRequest::Validate { token } = &request {
             if let Some((principal, expires_at)) = state.shared.cache.get(&token.hash()) {
@@ -262,7 +265,10 @@ async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result
 // ---- typed client -------------------------------------------------------------------------
 
 pub async fn register(bus: &Bus, input: UserInput) -> Result<User> {
-    match bus.call::<AuthProtocol>(AuthRequest::Register(input)).await? {
+    match bus
+        .call::<AuthProtocol>(AuthRequest::Register(input))
+        .await?
+    {
         AuthReply::Registered(user) => Ok(user),
         _ => Err(unexpected("auth", "register")),
     }
@@ -279,14 +285,20 @@ pub async fn login(bus: &Bus, email: String, password: String) -> Result<Session
 }
 
 pub async fn logout(bus: &Bus, token: Token) -> Result<()> {
-    match bus.call::<AuthProtocol>(AuthRequest::Logout { token }).await? {
+    match bus
+        .call::<AuthProtocol>(AuthRequest::Logout { token })
+        .await?
+    {
         AuthReply::LoggedOut => Ok(()),
         _ => Err(unexpected("auth", "logout")),
     }
 }
 
 pub async fn validate(bus: &Bus, token: Token) -> Result<Principal> {
-    match bus.call::<AuthProtocol>(AuthRequest::Validate { token }).await? {
+    match bus
+        .call::<AuthProtocol>(AuthRequest::Validate { token })
+        .await?
+    {
         AuthReply::Valid(principal) => Ok(principal),
         _ => Err(unexpected("auth", "validate")),
     }

@@ -82,9 +82,17 @@ impl NotifyHub {
             return (receiver, Resume::From(Vec::new()));
         };
         let replay = self.replay.lock();
-        let oldest = replay.front().map(|e| e.id).unwrap_or(self.next_id.load(Ordering::Relaxed));
+        let oldest = replay
+            .front()
+            .map(|e| e.id)
+            .unwrap_or(self.next_id.load(Ordering::Relaxed));
         if last_id + 1 < oldest {
-            return (receiver, Resume::TooOld { oldest_available: oldest });
+            return (
+                receiver,
+                Resume::TooOld {
+                    oldest_available: oldest,
+                },
+            );
         }
         let missed = replay.iter().filter(|e| e.id > last_id).cloned().collect();
         (receiver, Resume::From(missed))
@@ -199,7 +207,10 @@ impl Actor for NotifyActor {
         message: Self::Msg,
         state: &mut NotifyState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         match request {
             NotifyRequest::Status => reply(
                 port,

@@ -130,7 +130,10 @@ impl Actor for ProviderActor {
         message: Self::Msg,
         state: &mut ProviderState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         match request {
             ProviderRequest::Status => {
                 let inserted = state.counters.inserted.load(Ordering::Relaxed);

@@ -94,7 +94,10 @@ impl Actor for StatsActor {
         message: Self::Msg,
         state: &mut StatsState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         match request {
             StatsRequest::Snapshot => {
                 let uptime = state.started.elapsed().as_secs_f64();

@@ -21,22 +21,58 @@ use crate::store::{Page, Store};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum StoreRequest {
     InsertUser(NewUser),
-    GetUser { id: Uuid },
-    GetCredentials { email: String },
-    UpdateUser { id: Uuid, patch: UserPatch },
-    DeleteUser { id: Uuid },
+    GetUser {
+        id: Uuid,
+    },
+    GetCredentials {
+        email: String,
+    },
+    UpdateUser {
+        id: Uuid,
+        patch: UserPatch,
+    },
+    DeleteUser {
+        id: Uuid,
+    },
     EnsureAdmin(NewUser),
-    InsertToken { hash: TokenHash, user_id: Uuid, expires_at: DateTime<Utc> },
-    GetSession { hash: TokenHash },
-    DeleteToken { hash: TokenHash },
+    InsertToken {
+        hash: TokenHash,
+        user_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    GetSession {
+        hash: TokenHash,
+    },
+    DeleteToken {
+        hash: TokenHash,
+    },
     InsertItem(Item),
     InsertItems(Vec<Item>),
-    GetItem { id: Uuid },
-    UpdateItem { id: Uuid, owner: Uuid, patch: ItemPatch },
-    DeleteItem { id: Uuid, owner: Uuid },
-    ListUserItems { user_id: Uuid, limit: u32, offset: u32 },
-    SearchItems { query: String, limit: u32, offset: u32 },
-    SampleUserIds { limit: u32 },
+    GetItem {
+        id: Uuid,
+    },
+    UpdateItem {
+        id: Uuid,
+        owner: Uuid,
+        patch: ItemPatch,
+    },
+    DeleteItem {
+        id: Uuid,
+        owner: Uuid,
+    },
+    ListUserItems {
+        user_id: Uuid,
+        limit: u32,
+        offset: u32,
+    },
+    SearchItems {
+        query: String,
+        limit: u32,
+        offset: u32,
+    },
+    SampleUserIds {
+        limit: u32,
+    },
     Counts,
     Ping,
 }
@@ -91,9 +127,16 @@ impl Protocol for StoreProtocol {
     fn delivery(request: &StoreRequest) -> Delivery {
         use StoreRequest::*;
         match request {
-            InsertUser(_) | UpdateUser { .. } | DeleteUser { .. } | EnsureAdmin(_)
-            | InsertToken { .. } | DeleteToken { .. } | InsertItem(_) | InsertItems(_)
-            | UpdateItem { .. } | DeleteItem { .. } => Delivery::Durable,
+            InsertUser(_)
+            | UpdateUser { .. }
+            | DeleteUser { .. }
+            | EnsureAdmin(_)
+            | InsertToken { .. }
+            | DeleteToken { .. }
+            | InsertItem(_)
+            | InsertItems(_)
+            | UpdateItem { .. }
+            | DeleteItem { .. } => Delivery::Durable,
             _ => Delivery::Direct,
         }
     }
@@ -138,7 +181,10 @@ impl Actor for StoreActor {
         message: Self::Msg,
         state: &mut StoreState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         let store = state.store.clone();
         let bus = state.bus.clone();
         state

@@ -87,7 +87,10 @@ impl Actor for WebActor {
         message: Self::Msg,
         state: &mut WebState,
     ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call { request, reply: port } = message;
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
         match request {
             WebRequest::LocalAddr => reply(port, Ok(WebReply::LocalAddr(state.addr))),
         }

@@ -35,10 +35,7 @@ pub(super) async fn call<P: Protocol>(
     let index = bus.next_index(P::ROLE, members.len());
     let actor: ActorRef<RoleMessage<P>> = members[index].clone().into();
     let outcome = actor
-        .call(
-            |reply| RoleMessage::Call { request, reply },
-            Some(timeout),
-        )
+        .call(|reply| RoleMessage::Call { request, reply }, Some(timeout))
         .await;
     match outcome {
         Ok(CallResult::Success(reply)) => reply,

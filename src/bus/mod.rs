@@ -86,7 +86,9 @@ impl std::str::FromStr for Role {
             .into_iter()
             .find(|r| r.name() == s.trim())
             .ok_or_else(|| {
-                format!("unknown role {s:?} (known: web, auth, app, store, provider, notify, stats)")
+                format!(
+                    "unknown role {s:?} (known: web, auth, app, store, provider, notify, stats)"
+                )
             })
     }
 }

@@ -16,7 +16,9 @@ pub struct Extra(serde_json::Map<String, serde_json::Value>);
 
 impl Extra {
     pub fn parse(value: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
-        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_EXTRA_BYTES {
             return Err(Error::invalid(
                 "extra",
@@ -55,7 +57,10 @@ impl Location {
             return Err(Error::invalid("location.lat", "must be between -90 and 90"));
         }
         if !(-180.0..=180.0).contains(&self.lon) {
-            return Err(Error::invalid("location.lon", "must be between -180 and 180"));
+            return Err(Error::invalid(
+                "location.lon",
+                "must be between -180 and 180",
+            ));
         }
         Ok(self)
     }
@@ -76,7 +81,10 @@ pub(crate) fn text(field: &str, value: &str, min: usize, max: usize) -> Result<S
         ));
     }
     if len > max {
-        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if value
         .chars()

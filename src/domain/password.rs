@@ -3,7 +3,9 @@
 //! Hashing is deliberately slow (tens of milliseconds), so callers run it on the blocking pool,
 //! never on an async worker thread.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 use crate::error::{Error, Result};

@@ -39,14 +39,21 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, e: &ClientEvent) -> bool {
-        self.topic.as_deref().is_none_or(|t| t == e.event.kind.topic())
+        self.topic
+            .as_deref()
+            .is_none_or(|t| t == e.event.kind.topic())
             && self.user_id.is_none_or(|u| u == e.event.user_id)
     }
 }
 
 fn frame(e: &ClientEvent) -> Bytes {
     let data = serde_json::to_string(&*e.event).unwrap_or_else(|_| "{}".into());
-    Bytes::from(format!("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.event.kind.name(), data))
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        e.id,
+        e.event.kind.name(),
+        data
+    ))
 }
 
 /// Streams item events (`item.created`, `item.updated`, `item.deleted`).
@@ -108,7 +115,9 @@ pub async fn events(
         done: false,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_frame().await.map(|b| (Ok::<_, actix_web::Error>(b), s))
+        s.next_frame()
+            .await
+            .map(|b| (Ok::<_, actix_web::Error>(b), s))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

@@ -62,13 +62,16 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
         .content_type_required(false)
         .error_handler(|err, _req| {
             let error = match &err {
-                JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                JsonPayloadError::Overflow { limit }
+                | JsonPayloadError::OverflowKnownLength { limit, .. } => {
                     Error::PayloadTooLarge(format!("body larger than {limit} bytes"))
                 }
                 JsonPayloadError::Deserialize(e) if e.is_data() => {
                     Error::invalid(field_of(&e.to_string()), e.to_string())
                 }
-                JsonPayloadError::Deserialize(e) => Error::BadRequest(format!("malformed JSON: {e}")),
+                JsonPayloadError::Deserialize(e) => {
+                    Error::BadRequest(format!("malformed JSON: {e}"))
+                }
                 other => Error::BadRequest(format!("cannot read the body: {other}")),
             };
             error.into()

@@ -41,7 +41,11 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     let mut checks = std::collections::BTreeMap::new();
     for role in [Role::Auth, Role::App] {
-        let found = if state.bus.has_role(role) { "ok" } else { "unreachable" };
+        let found = if state.bus.has_role(role) {
+            "ok"
+        } else {
+            "unreachable"
+        };
         checks.insert(role.name().to_string(), found.to_string());
     }
     let store_check = match store::ping(&state.bus).await {

@@ -26,7 +26,12 @@ pub struct InfoResponse {
     pub items: Vec<Item>,
 }
 
-async fn respond(state: &HttpState, uid: Uuid, limit: Option<u32>, offset: Option<u32>) -> Result<HttpResponse, Error> {
+async fn respond(
+    state: &HttpState,
+    uid: Uuid,
+    limit: Option<u32>,
+    offset: Option<u32>,
+) -> Result<HttpResponse, Error> {
     let page = page(limit, offset, &state.limits)?;
     let items = app::list_user_items(&state.bus, uid, page).await?;
     Ok(HttpResponse::Ok().json(InfoResponse {
@@ -44,7 +49,10 @@ async fn respond(state: &HttpState, uid: Uuid, limit: Option<u32>, offset: Optio
         (status = 200, description = "The user's newest items", body = InfoResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
     ))]
-pub async fn info(state: web::Data<HttpState>, uid: web::Path<Uuid>) -> Result<HttpResponse, Error> {
+pub async fn info(
+    state: web::Data<HttpState>,
+    uid: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
     respond(&state, uid.into_inner(), None, None).await
 }
 

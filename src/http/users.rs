@@ -89,7 +89,11 @@ impl PageQuery {
     }
 }
 
-pub(super) fn page(limit: Option<u32>, offset: Option<u32>, limits: &super::HttpLimits) -> Result<Page, Error> {
+pub(super) fn page(
+    limit: Option<u32>,
+    offset: Option<u32>,
+    limits: &super::HttpLimits,
+) -> Result<Page, Error> {
     let limit = limit.unwrap_or(limits.default_page_size);
     let offset = offset.unwrap_or(0);
     if limit == 0 || limit > limits.max_page_size {

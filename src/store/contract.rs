@@ -22,16 +22,36 @@ type Check = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Every check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
     ("users_round_trip", |s| Box::pin(users_round_trip(s))),
-    ("duplicate_email_conflicts", |s| Box::pin(duplicate_email_conflicts(s))),
-    ("user_patch_changes_only_given_fields", |s| Box::pin(user_patch_changes_only_given_fields(s))),
-    ("delete_user_removes_items_and_tokens", |s| Box::pin(delete_user_removes_items_and_tokens(s))),
-    ("tokens_expire_and_revoke", |s| Box::pin(tokens_expire_and_revoke(s))),
-    ("items_round_trip_and_idempotent", |s| Box::pin(items_round_trip_and_idempotent(s))),
-    ("item_writes_are_owner_only", |s| Box::pin(item_writes_are_owner_only(s))),
-    ("listing_is_newest_first_and_paged", |s| Box::pin(listing_is_newest_first_and_paged(s))),
-    ("search_matches_title_body_keywords", |s| Box::pin(search_matches_title_body_keywords(s))),
-    ("missing_things_are_not_found", |s| Box::pin(missing_things_are_not_found(s))),
-    ("batch_insert_skips_existing", |s| Box::pin(batch_insert_skips_existing(s))),
+    ("duplicate_email_conflicts", |s| {
+        Box::pin(duplicate_email_conflicts(s))
+    }),
+    ("user_patch_changes_only_given_fields", |s| {
+        Box::pin(user_patch_changes_only_given_fields(s))
+    }),
+    ("delete_user_removes_items_and_tokens", |s| {
+        Box::pin(delete_user_removes_items_and_tokens(s))
+    }),
+    ("tokens_expire_and_revoke", |s| {
+        Box::pin(tokens_expire_and_revoke(s))
+    }),
+    ("items_round_trip_and_idempotent", |s| {
+        Box::pin(items_round_trip_and_idempotent(s))
+    }),
+    ("item_writes_are_owner_only", |s| {
+        Box::pin(item_writes_are_owner_only(s))
+    }),
+    ("listing_is_newest_first_and_paged", |s| {
+        Box::pin(listing_is_newest_first_and_paged(s))
+    }),
+    ("search_matches_title_body_keywords", |s| {
+        Box::pin(search_matches_title_body_keywords(s))
+    }),
+    ("missing_things_are_not_found", |s| {
+        Box::pin(missing_things_are_not_found(s))
+    }),
+    ("batch_insert_skips_existing", |s| {
+        Box::pin(batch_insert_skips_existing(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`.
@@ -55,8 +75,13 @@ fn user(email: &str) -> NewUser {
         email: Email::parse(email).expect("valid email"),
         group: 7,
         admin: false,
-        extra: Extra::parse(serde_json::json!({"city": "Paris"}).as_object().cloned().unwrap_or_default())
-            .expect("small extra"),
+        extra: Extra::parse(
+            serde_json::json!({"city": "Paris"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .expect("small extra"),
         password_hash: "phc-hash".into(),
         created_at: now(),
     }
@@ -70,13 +95,19 @@ fn item(user_id: Uuid, title: &str, body: &str, keywords: &[&str]) -> Item {
         body: body.into(),
         url: Some("https://example.com/a".into()),
         ts: now(),
-        location: Some(Location { lat: 48.85, lon: 2.35 }),
+        location: Some(Location {
+            lat: 48.85,
+            lon: 2.35,
+        }),
         keywords: keywords.iter().map(|k| k.to_string()).collect(),
         extra: Extra::default(),
     }
 }
 
-const PAGE: Page = Page { limit: 10, offset: 0 };
+const PAGE: Page = Page {
+    limit: 10,
+    offset: 0,
+};
 
 async fn users_round_trip(store: Arc<dyn Store>) {
     let new = user("ada@example.com");
@@ -85,16 +116,25 @@ async fn users_round_trip(store: Arc<dyn Store>) {
     assert_eq!(created.email, "ada@example.com");
     assert_eq!(created.group, 7);
     assert_eq!(store.get_user(new.id).await.expect("get user"), created);
-    let creds = store.get_credentials("ada@example.com").await.expect("credentials");
+    let creds = store
+        .get_credentials("ada@example.com")
+        .await
+        .expect("credentials");
     assert_eq!(creds.user.id, new.id);
     assert_eq!(creds.password_hash, "phc-hash");
 }
 
 async fn duplicate_email_conflicts(store: Arc<dyn Store>) {
-    store.insert_user(user("dup@example.com")).await.expect("first");
+    store
+        .insert_user(user("dup@example.com"))
+        .await
+        .expect("first");
     let second = store.insert_user(user("dup@example.com")).await;
     assert!(matches!(second, Err(Error::Conflict(_))), "got {second:?}");
-    let other = store.insert_user(user("other@example.com")).await.expect("other");
+    let other = store
+        .insert_user(user("other@example.com"))
+        .await
+        .expect("other");
     let clash = store
         .update_user(
             other.id,
@@ -105,11 +145,17 @@ async fn duplicate_email_conflicts(store: Arc<dyn Store>) {
         )
         .await;
     assert!(matches!(clash, Err(Error::Conflict(_))), "got {clash:?}");
-    assert_eq!(store.get_user(other.id).await.expect("unchanged").email, "other@example.com");
+    assert_eq!(
+        store.get_user(other.id).await.expect("unchanged").email,
+        "other@example.com"
+    );
 }
 
 async fn user_patch_changes_only_given_fields(store: Arc<dyn Store>) {
-    let created = store.insert_user(user("patch@example.com")).await.expect("insert");
+    let created = store
+        .insert_user(user("patch@example.com"))
+        .await
+        .expect("insert");
     let patched = store
         .update_user(
             created.id,
@@ -125,32 +171,66 @@ async fn user_patch_changes_only_given_fields(store: Arc<dyn Store>) {
     assert_eq!(patched.group, created.group);
     assert_eq!(patched.extra, created.extra);
     assert_eq!(store.get_user(created.id).await.expect("get"), patched);
-    let creds = store.get_credentials("patch@example.com").await.expect("creds");
+    let creds = store
+        .get_credentials("patch@example.com")
+        .await
+        .expect("creds");
     assert_eq!(creds.password_hash, "phc-hash", "password untouched");
 }
 
 async fn delete_user_removes_items_and_tokens(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("gone@example.com")).await.expect("insert");
-    let it = store.insert_item(item(u.id, "t", "b", &[])).await.expect("item");
+    let u = store
+        .insert_user(user("gone@example.com"))
+        .await
+        .expect("insert");
+    let it = store
+        .insert_item(item(u.id, "t", "b", &[]))
+        .await
+        .expect("item");
     let token = Token::generate();
     store
         .insert_token(token.hash(), u.id, now() + Duration::hours(1))
         .await
         .expect("token");
     store.delete_user(u.id).await.expect("delete");
-    assert!(matches!(store.get_user(u.id).await, Err(Error::NotFound(_))));
-    assert!(matches!(store.get_item(it.id).await, Err(Error::NotFound(_))));
-    assert_eq!(store.get_session(token.hash()).await.expect("session"), None);
-    assert!(matches!(store.delete_user(u.id).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.get_user(u.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.get_item(it.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store.get_session(token.hash()).await.expect("session"),
+        None
+    );
+    assert!(matches!(
+        store.delete_user(u.id).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn tokens_expire_and_revoke(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("tok@example.com")).await.expect("insert");
+    let u = store
+        .insert_user(user("tok@example.com"))
+        .await
+        .expect("insert");
     let live = Token::generate();
     let expired = Token::generate();
-    store.insert_token(live.hash(), u.id, now() + Duration::hours(1)).await.expect("live");
-    store.insert_token(expired.hash(), u.id, now() - Duration::seconds(1)).await.expect("expired");
-    let (principal, _) = store.get_session(live.hash()).await.expect("get").expect("live session");
+    store
+        .insert_token(live.hash(), u.id, now() + Duration::hours(1))
+        .await
+        .expect("live");
+    store
+        .insert_token(expired.hash(), u.id, now() - Duration::seconds(1))
+        .await
+        .expect("expired");
+    let (principal, _) = store
+        .get_session(live.hash())
+        .await
+        .expect("get")
+        .expect("live session");
     assert_eq!(principal.user_id, u.id);
     assert!(!principal.admin);
     assert_eq!(store.get_session(expired.hash()).await.expect("get"), None);
@@ -159,7 +239,10 @@ async fn tokens_expire_and_revoke(store: Arc<dyn Store>) {
 }
 
 async fn items_round_trip_and_idempotent(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("items@example.com")).await.expect("insert");
+    let u = store
+        .insert_user(user("items@example.com"))
+        .await
+        .expect("insert");
     let new = item(u.id, "Hello", "World", &["greeting"]);
     let stored = store.insert_item(new.clone()).await.expect("insert item");
     assert_eq!(stored, new);
@@ -167,17 +250,32 @@ async fn items_round_trip_and_idempotent(store: Arc<dyn Store>) {
     // A redelivered insert returns the stored item and writes nothing twice.
     let again = store.insert_item(new.clone()).await.expect("idempotent");
     assert_eq!(again, new);
-    assert_eq!(store.list_user_items(u.id, PAGE).await.expect("list").len(), 1);
+    assert_eq!(
+        store.list_user_items(u.id, PAGE).await.expect("list").len(),
+        1
+    );
     // The same id for another owner is a conflict.
     let mut foreign = new.clone();
     foreign.user_id = Uuid::now_v7();
-    assert!(matches!(store.insert_item(foreign).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        store.insert_item(foreign).await,
+        Err(Error::Conflict(_))
+    ));
 }
 
 async fn item_writes_are_owner_only(store: Arc<dyn Store>) {
-    let owner = store.insert_user(user("owner@example.com")).await.expect("owner");
-    let other = store.insert_user(user("other2@example.com")).await.expect("other");
-    let it = store.insert_item(item(owner.id, "mine", "body", &[])).await.expect("item");
+    let owner = store
+        .insert_user(user("owner@example.com"))
+        .await
+        .expect("owner");
+    let other = store
+        .insert_user(user("other2@example.com"))
+        .await
+        .expect("other");
+    let it = store
+        .insert_item(item(owner.id, "mine", "body", &[]))
+        .await
+        .expect("item");
     let patch = ItemPatch {
         title: Some("stolen".into()),
         ..Default::default()
@@ -186,8 +284,14 @@ async fn item_writes_are_owner_only(store: Arc<dyn Store>) {
         store.update_item(it.id, other.id, patch.clone()).await,
         Err(Error::Forbidden(_))
     ));
-    assert!(matches!(store.delete_item(it.id, other.id).await, Err(Error::Forbidden(_))));
-    assert_eq!(store.get_item(it.id).await.expect("unchanged").title, "mine");
+    assert!(matches!(
+        store.delete_item(it.id, other.id).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert_eq!(
+        store.get_item(it.id).await.expect("unchanged").title,
+        "mine"
+    );
     let updated = store
         .update_item(
             it.id,
@@ -202,24 +306,74 @@ async fn item_writes_are_owner_only(store: Arc<dyn Store>) {
     assert_eq!(updated.title, "stolen");
     assert_eq!(updated.url, None, "null clears the url");
     assert_eq!(updated.body, "body", "untouched field kept");
-    store.delete_item(it.id, owner.id).await.expect("owner delete");
-    assert!(matches!(store.get_item(it.id).await, Err(Error::NotFound(_))));
+    store
+        .delete_item(it.id, owner.id)
+        .await
+        .expect("owner delete");
+    assert!(matches!(
+        store.get_item(it.id).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn listing_is_newest_first_and_paged(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("list@example.com")).await.expect("insert");
-    let other = store.insert_user(user("list2@example.com")).await.expect("insert");
+    let u = store
+        .insert_user(user("list@example.com"))
+        .await
+        .expect("insert");
+    let other = store
+        .insert_user(user("list2@example.com"))
+        .await
+        .expect("insert");
     let mut ids = Vec::new();
     for n in 0..25 {
-        let it = store.insert_item(item(u.id, &format!("item {n}"), "", &[])).await.expect("item");
+        let it = store
+            .insert_item(item(u.id, &format!("item {n}"), "", &[]))
+            .await
+            .expect("item");
         ids.push(it.id);
-        store.insert_item(item(other.id, "noise", "", &[])).await.expect("noise");
+        store
+            .insert_item(item(other.id, "noise", "", &[]))
+            .await
+            .expect("noise");
     }
     ids.reverse();
-    let first = store.list_user_items(u.id, Page { limit: 10, offset: 0 }).await.expect("page 1");
-    let second = store.list_user_items(u.id, Page { limit: 10, offset: 10 }).await.expect("page 2");
-    let last = store.list_user_items(u.id, Page { limit: 10, offset: 20 }).await.expect("page 3");
-    let got: Vec<Uuid> = first.iter().chain(&second).chain(&last).map(|i| i.id).collect();
+    let first = store
+        .list_user_items(
+            u.id,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .expect("page 1");
+    let second = store
+        .list_user_items(
+            u.id,
+            Page {
+                limit: 10,
+                offset: 10,
+            },
+        )
+        .await
+        .expect("page 2");
+    let last = store
+        .list_user_items(
+            u.id,
+            Page {
+                limit: 10,
+                offset: 20,
+            },
+        )
+        .await
+        .expect("page 3");
+    let got: Vec<Uuid> = first
+        .iter()
+        .chain(&second)
+        .chain(&last)
+        .map(|i| i.id)
+        .collect();
     assert_eq!(got, ids, "newest first, no gaps, no repeats");
     assert!(first.iter().all(|i| i.user_id == u.id));
     assert!(store
@@ -230,11 +384,26 @@ async fn listing_is_newest_first_and_paged(store: Arc<dyn Store>) {
 }
 
 async fn search_matches_title_body_keywords(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("search@example.com")).await.expect("insert");
-    let a = store.insert_item(item(u.id, "Lighthouse keeper", "stormy night", &["sea"])).await.expect("a");
-    let b = store.insert_item(item(u.id, "Bakery", "fresh lighthouse bread", &["food"])).await.expect("b");
-    let c = store.insert_item(item(u.id, "Garden", "roses", &["lighthouse"])).await.expect("c");
-    store.insert_item(item(u.id, "Unrelated", "nothing here", &["misc"])).await.expect("d");
+    let u = store
+        .insert_user(user("search@example.com"))
+        .await
+        .expect("insert");
+    let a = store
+        .insert_item(item(u.id, "Lighthouse keeper", "stormy night", &["sea"]))
+        .await
+        .expect("a");
+    let b = store
+        .insert_item(item(u.id, "Bakery", "fresh lighthouse bread", &["food"]))
+        .await
+        .expect("b");
+    let c = store
+        .insert_item(item(u.id, "Garden", "roses", &["lighthouse"]))
+        .await
+        .expect("c");
+    store
+        .insert_item(item(u.id, "Unrelated", "nothing here", &["misc"]))
+        .await
+        .expect("d");
     let found: Vec<Uuid> = store
         .search_items("lighthouse", PAGE)
         .await
@@ -242,41 +411,89 @@ async fn search_matches_title_body_keywords(store: Arc<dyn Store>) {
         .iter()
         .map(|i| i.id)
         .collect();
-    assert_eq!(found, vec![c.id, b.id, a.id], "all three fields, newest first");
-    let both = store.search_items("stormy LIGHTHOUSE", PAGE).await.expect("and");
+    assert_eq!(
+        found,
+        vec![c.id, b.id, a.id],
+        "all three fields, newest first"
+    );
+    let both = store
+        .search_items("stormy LIGHTHOUSE", PAGE)
+        .await
+        .expect("and");
     assert_eq!(both.len(), 1, "every word must match, case-insensitively");
     assert_eq!(both[0].id, a.id);
     // Operator syntax is treated as words, never as a query language.
     assert!(store.search_items("NEAR(\"x", PAGE).await.is_ok());
     // Updates and deletes keep the index in step.
     store
-        .update_item(a.id, u.id, ItemPatch { title: Some("Harbour".into()), ..Default::default() })
+        .update_item(
+            a.id,
+            u.id,
+            ItemPatch {
+                title: Some("Harbour".into()),
+                ..Default::default()
+            },
+        )
         .await
         .expect("update");
-    assert_eq!(store.search_items("keeper", PAGE).await.expect("after update").len(), 0);
+    assert_eq!(
+        store
+            .search_items("keeper", PAGE)
+            .await
+            .expect("after update")
+            .len(),
+        0
+    );
     store.delete_item(b.id, u.id).await.expect("delete");
-    assert_eq!(store.search_items("bread", PAGE).await.expect("after delete").len(), 0);
+    assert_eq!(
+        store
+            .search_items("bread", PAGE)
+            .await
+            .expect("after delete")
+            .len(),
+        0
+    );
 }
 
 async fn missing_things_are_not_found(store: Arc<dyn Store>) {
     let id = Uuid::now_v7();
     assert!(matches!(store.get_user(id).await, Err(Error::NotFound(_))));
     assert!(matches!(store.get_item(id).await, Err(Error::NotFound(_))));
-    assert!(matches!(store.get_credentials("nobody@example.com").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.get_credentials("nobody@example.com").await,
+        Err(Error::NotFound(_))
+    ));
     assert!(matches!(
         store.update_item(id, id, ItemPatch::default()).await,
         Err(Error::NotFound(_))
     ));
-    assert!(matches!(store.delete_item(id, id).await, Err(Error::NotFound(_))));
-    assert!(matches!(store.update_user(id, UserPatch::default()).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.delete_item(id, id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_user(id, UserPatch::default()).await,
+        Err(Error::NotFound(_))
+    ));
     store.ping().await.expect("ping");
 }
 
 async fn batch_insert_skips_existing(store: Arc<dyn Store>) {
-    let u = store.insert_user(user("batch@example.com")).await.expect("insert");
-    let items: Vec<Item> = (0..50).map(|n| item(u.id, &format!("b{n}"), "", &[])).collect();
+    let u = store
+        .insert_user(user("batch@example.com"))
+        .await
+        .expect("insert");
+    let items: Vec<Item> = (0..50)
+        .map(|n| item(u.id, &format!("b{n}"), "", &[]))
+        .collect();
     assert_eq!(store.insert_items(items.clone()).await.expect("batch"), 50);
-    assert_eq!(store.insert_items(items[..10].to_vec()).await.expect("replay"), 0);
+    assert_eq!(
+        store
+            .insert_items(items[..10].to_vec())
+            .await
+            .expect("replay"),
+        0
+    );
     let (users, count) = store.counts().await.expect("counts");
     assert_eq!(users, 1);
     assert_eq!(count, 50);

@@ -42,8 +42,12 @@ pub trait Store: Send + Sync + 'static {
     /// Creates the user unless one with that email exists; returns whether it was created.
     async fn ensure_admin(&self, user: NewUser) -> Result<bool>;
 
-    async fn insert_token(&self, hash: TokenHash, user_id: Uuid, expires_at: DateTime<Utc>)
-        -> Result<()>;
+    async fn insert_token(
+        &self,
+        hash: TokenHash,
+        user_id: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
     /// The token's owner, if the token exists and has not expired.
     async fn get_session(&self, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>>;
     async fn delete_token(&self, hash: TokenHash) -> Result<()>;

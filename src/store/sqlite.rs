@@ -307,7 +307,10 @@ impl SqliteStore {
     pub fn open(dir: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Internal(format!("cannot create data directory {}: {e}", dir.display()))
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let lock = File::create(dir.join(LOCK_FILE))
             .map_err(|e| Error::Internal(format!("cannot create lock file: {e}")))?;
@@ -321,7 +324,9 @@ impl SqliteStore {
         let writer = open_connection(&path, &options)?;
         writer.execute_batch(SCHEMA).map_err(db_error)?;
         let interrupted_bulk: Option<String> = writer
-            .query_row("SELECT value FROM meta WHERE key = 'bulk_load'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'bulk_load'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(db_error)?;
         writer.execute_batch(SECONDARY).map_err(db_error)?;
@@ -534,9 +539,11 @@ impl Store for SqliteStore {
             conn.prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND expires_at <= ?2")
                 .and_then(|mut s| s.execute(params![user_id, now]))
                 .map_err(db_error)?;
-            conn.prepare_cached("INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute(params![&hash.0[..], user_id, to_millis(expires_at)]))
-                .map_err(db_error)?;
+            conn.prepare_cached(
+                "INSERT INTO tokens (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![&hash.0[..], user_id, to_millis(expires_at)]))
+            .map_err(db_error)?;
             Ok(())
         })
         .await

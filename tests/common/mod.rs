@@ -36,7 +36,7 @@ pub fn run_args(dir: &std::path::Path, extra: &[&str]) -> RunArgs {
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::parse_from(argv).command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         _ => unreachable!("parsed a run command"),
     }
 }
@@ -77,7 +77,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client.get(self.url(path)).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get_auth(&self, path: &str, token: &str) -> Response {
