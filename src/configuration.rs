@@ -28,6 +28,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Bulk-loads synthetic users and items into the embedded store.
     Seed(SeedArgs),
+    /// Simulates a workload: seeds, starts every role (or targets --target), drives load, reports.
+    Sim(crate::sim::SimArgs),
 }
 
 /// The roles a node runs.
@@ -60,7 +62,8 @@ pub fn parse_roles(value: &str) -> Result<RoleSet, String> {
     Ok(RoleSet(roles))
 }
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
+/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let (number, unit) = value
         .find(|c: char| !c.is_ascii_digit() && c != '.')

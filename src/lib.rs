@@ -20,6 +20,7 @@ pub mod error;
 pub mod fake;
 pub mod http;
 pub mod seed;
+pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

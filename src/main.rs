@@ -10,11 +10,14 @@ async fn main() -> std::process::ExitCode {
     gorgon::telemetry::init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Run(args) => run(*args).await,
-        Command::Seed(args) => gorgon::seed::run(args).await.map(|_| ()),
+        Command::Run(args) => run(*args).await.map(|_| true),
+        Command::Seed(args) => gorgon::seed::run(args).await.map(|_| true),
+        Command::Sim(args) => gorgon::sim::run(args).await,
     };
     match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        // A simulation whose invariants failed has already said why.
+        Ok(false) => std::process::ExitCode::from(2),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
