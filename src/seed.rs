@@ -1,8 +1,8 @@
 //! `gorgon seed`: bulk-loads synthetic users and items into the embedded store, fast.
 //!
-//! Item ids are time-ordered and generated in ascending order, so rows append to the key order;
-//! the secondary index and the search index are set aside during the load and built once at the
-//! end, which is much faster than maintaining them row by row. Generation runs on its own thread
+//! Items are generated user by user, each user's in time order, so rows append in the store's
+//! `(user, id)` key order; the secondary indexes and the search index are set aside during the
+//! load and built once at the end, which is much faster than maintaining them row by row. Generation runs on its own thread
 //! while the store's writer commits the previous batch. Seeded users share one precomputed
 //! password hash: seeding must not be bound by argon2 (real registrations always hash).
 
@@ -134,25 +134,39 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
         let total = args.items;
         let generator = tokio::task::spawn_blocking(move || {
             let mut rng = rand::rng();
-            // Spread the items over the last 30 days, in ascending time (and so key) order.
+            // Each item goes to a random user; items are then generated user by user, each
+            // user's in time order, so rows arrive in the store's (user, id) key order.
+            let mut per_user = vec![0u32; authors.len()];
+            for _ in 0..total {
+                per_user[rng.random_range(0..authors.len())] += 1;
+            }
+            // Spread over the last 30 days.
             let span_ms = 30 * 24 * 3600 * 1000_i64;
             let start = Utc::now().timestamp_millis() - span_ms;
-            let mut n = 0u64;
-            while n < total {
-                let size = (total - n).min(batch as u64);
-                let items: Vec<Item> = (n..n + size)
-                    .map(|i| {
-                        let ts = crate::domain::from_millis(
-                            start + (i as i128 * span_ms as i128 / total as i128) as i64,
-                        );
-                        let author = authors[rng.random_range(0..authors.len())];
-                        crate::fake::item(&mut rng, crate::domain::id_at(ts), author, ts)
-                    })
+            let mut batch_items = Vec::with_capacity(batch);
+            for (author, count) in authors.iter().zip(per_user) {
+                let mut times: Vec<i64> = (0..count)
+                    .map(|_| start + rng.random_range(0..span_ms))
                     .collect();
-                n += size;
-                if tx.blocking_send(items).is_err() {
-                    break;
+                times.sort_unstable();
+                for ms in times {
+                    let ts = crate::domain::from_millis(ms);
+                    batch_items.push(crate::fake::item(
+                        &mut rng,
+                        crate::domain::id_at(ts),
+                        *author,
+                        ts,
+                    ));
+                    if batch_items.len() == batch {
+                        let full = std::mem::replace(&mut batch_items, Vec::with_capacity(batch));
+                        if tx.blocking_send(full).is_err() {
+                            return;
+                        }
+                    }
                 }
+            }
+            if !batch_items.is_empty() {
+                let _ = tx.blocking_send(batch_items);
             }
         });
         let every = (args.items / MAX_ID_SAMPLE).max(1);

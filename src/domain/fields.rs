@@ -29,7 +29,7 @@ impl Extra {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::Value::Object(self.0.clone()).to_string()
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
     }
 
     /// Reads back what `to_json` stored; a damaged value becomes an empty object rather than an error.

@@ -37,7 +37,8 @@ pub async fn acknowledged_writes_readable(
             if resp.status() != reqwest::StatusCode::OK {
                 return Err(format!("{}: status {}", w.id, resp.status()));
             }
-            let item: serde_json::Value = resp.json().await.map_err(|e| format!("{}: {e}", w.id))?;
+            let item: serde_json::Value =
+                resp.json().await.map_err(|e| format!("{}: {e}", w.id))?;
             if item["title"] != w.title.as_str() || item["body"] != w.body.as_str() {
                 return Err(format!("{}: content differs from what was written", w.id));
             }
@@ -57,7 +58,12 @@ pub async fn acknowledged_writes_readable(
                 "{} of {} missing or wrong, e.g. {}",
                 failures.len(),
                 acked.len(),
-                failures.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                failures
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )
         },
     }
@@ -68,7 +74,10 @@ pub fn all_answered(sent: u64, unanswered: u64) -> Check {
     Check {
         name: "every request answered".into(),
         passed: unanswered == 0,
-        detail: format!("{} sent, {} without an answer (timeout or broken connection)", sent, unanswered),
+        detail: format!(
+            "{} sent, {} without an answer (timeout or broken connection)",
+            sent, unanswered
+        ),
     }
 }
 

@@ -124,7 +124,11 @@ pub struct Scenario {
     pub target: Option<String>,
 }
 
-fn duration_of(flag: Option<Duration>, file: Option<&String>, default: Duration) -> anyhow::Result<Duration> {
+fn duration_of(
+    flag: Option<Duration>,
+    file: Option<&String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
     match (flag, file) {
         (Some(d), _) => Ok(d),
         (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
@@ -138,32 +142,57 @@ impl Scenario {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read scenario {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid scenario {}", path.display()))?
             }
             None => ScenarioFile::default(),
         };
         let rates = match (&args.rate, &args.rates) {
             (Some(r), _) => vec![*r],
             (None, Some(rs)) => rs.clone(),
-            (None, None) => file.rate.map(|r| vec![r]).or(file.rates.clone()).unwrap_or_default(),
+            (None, None) => file
+                .rate
+                .map(|r| vec![r])
+                .or(file.rates.clone())
+                .unwrap_or_default(),
         };
         if rates.iter().any(|r| Schedule::new(*r).is_none()) {
             anyhow::bail!("every rate must be a positive number of requests per second");
         }
-        let mix = args.mix.clone().or(file.mix).unwrap_or_else(|| "read=90,write=5,search=5".into());
+        let mix = args
+            .mix
+            .clone()
+            .or(file.mix)
+            .unwrap_or_else(|| "read=90,write=5,search=5".into());
         Mix::parse(&mix).map_err(anyhow::Error::msg)?;
         let scenario = Scenario {
             users: args.users.or(file.users).unwrap_or(10_000),
             items: args.items.or(file.items).unwrap_or(1_000_000),
-            provider_rate: args.provider_rate.or(file.provider_rate).unwrap_or(1000.0).max(0.0),
+            provider_rate: args
+                .provider_rate
+                .or(file.provider_rate)
+                .unwrap_or(1000.0)
+                .max(0.0),
             clients: args.clients.or(file.clients).unwrap_or(64).max(1),
             rates,
-            step_seconds: duration_of(args.step, file.step.as_ref(), Duration::from_secs(10))?.as_secs_f64(),
-            duration_seconds: duration_of(args.duration, file.duration.as_ref(), Duration::from_secs(30))?.as_secs_f64(),
-            warmup_seconds: duration_of(args.warmup, file.warmup.as_ref(), Duration::from_secs(3))?.as_secs_f64(),
+            step_seconds: duration_of(args.step, file.step.as_ref(), Duration::from_secs(10))?
+                .as_secs_f64(),
+            duration_seconds: duration_of(
+                args.duration,
+                file.duration.as_ref(),
+                Duration::from_secs(30),
+            )?
+            .as_secs_f64(),
+            warmup_seconds: duration_of(args.warmup, file.warmup.as_ref(), Duration::from_secs(3))?
+                .as_secs_f64(),
             mix,
             writers: args.writers.or(file.writers).unwrap_or(16).max(1),
-            timeout_seconds: duration_of(args.timeout, file.timeout.as_ref(), Duration::from_secs(10))?.as_secs_f64(),
+            timeout_seconds: duration_of(
+                args.timeout,
+                file.timeout.as_ref(),
+                Duration::from_secs(10),
+            )?
+            .as_secs_f64(),
             target: args.target.clone(),
         };
         if scenario.users == 0 && scenario.target.is_none() {
@@ -221,7 +250,12 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
             (tmp.path().to_path_buf(), Some(tmp))
         }
     };
-    println!("seeding {} users and {} items into {}", scenario.users, scenario.items, dir.display());
+    println!(
+        "seeding {} users and {} items into {}",
+        scenario.users,
+        scenario.items,
+        dir.display()
+    );
     let seeded = crate::seed::run(SeedArgs {
         users: scenario.users,
         items: scenario.items,
@@ -261,7 +295,11 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
 }
 
 /// Seeds a running node through its API: registers users, then writes items as them.
-async fn remote_target(scenario: &Scenario, base: &str, client: &reqwest::Client) -> anyhow::Result<Target> {
+async fn remote_target(
+    scenario: &Scenario,
+    base: &str,
+    client: &reqwest::Client,
+) -> anyhow::Result<Target> {
     let base = base.trim_end_matches('/').to_string();
     let started = Instant::now();
     let tag = &Uuid::now_v7().simple().to_string()[20..];
@@ -282,7 +320,10 @@ async fn remote_target(scenario: &Scenario, base: &str, client: &reqwest::Client
         .await;
     bar.finish();
     let user_ids: Vec<Uuid> = registered.into_iter().flatten().collect();
-    anyhow::ensure!(!user_ids.is_empty(), "could not register any user at {base}");
+    anyhow::ensure!(
+        !user_ids.is_empty(),
+        "could not register any user at {base}"
+    );
     let writers = writer_tokens(client, &base, scenario.writers).await?;
     let bar = bar_for(scenario.items, "items");
     let workload = Workload::new(client.clone(), base.clone(), user_ids.clone(), writers);
@@ -319,27 +360,52 @@ fn bar(total: u64, what: &str) -> ProgressBar {
 fn bar_for(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     let template = format!("{what:>6} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec}}");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     bar
 }
 
 /// Registers `count` writer accounts and logs them in.
-async fn writer_tokens(client: &reqwest::Client, base: &str, count: usize) -> anyhow::Result<Vec<String>> {
+async fn writer_tokens(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
     let tag = &Uuid::now_v7().simple().to_string()[20..];
     let mut tokens = Vec::with_capacity(count);
     for n in 0..count {
         let email = format!("writer{n}.{tag}@sim.gorgon.test");
         let creds = serde_json::json!({"name": format!("Writer {n}"), "email": email, "password": "gorgon-password"});
-        let resp = client.post(format!("{base}/api/v1/auth/register")).json(&creds).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "registering a writer failed: {}", resp.status());
+        let resp = client
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&creds)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "registering a writer failed: {}",
+            resp.status()
+        );
         let resp = client
             .post(format!("{base}/api/v1/auth/login"))
             .json(&serde_json::json!({"email": email, "password": "gorgon-password"}))
             .send()
             .await?;
-        anyhow::ensure!(resp.status().is_success(), "writer login failed: {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "writer login failed: {}",
+            resp.status()
+        );
         let body: serde_json::Value = resp.json().await?;
-        tokens.push(body["token"].as_str().context("login answered without a token")?.to_string());
+        tokens.push(
+            body["token"]
+                .as_str()
+                .context("login answered without a token")?
+                .to_string(),
+        );
     }
     Ok(tokens)
 }
@@ -361,11 +427,23 @@ async fn send(workload: &Workload, recorder: &Recorder, tally: &Tally, op: Op, i
 }
 
 /// C clients, each sending its next request as soon as the previous one is answered.
-async fn closed_loop(workload: Arc<Workload>, recorder: Arc<Recorder>, tally: Arc<Tally>, mix: Mix, clients: usize, length: Duration) {
+async fn closed_loop(
+    workload: Arc<Workload>,
+    recorder: Arc<Recorder>,
+    tally: Arc<Tally>,
+    mix: Mix,
+    clients: usize,
+    length: Duration,
+) {
     let deadline = Instant::now() + length;
     let mut tasks = JoinSet::new();
     for _ in 0..clients {
-        let (workload, recorder, tally, mix) = (workload.clone(), recorder.clone(), tally.clone(), mix.clone());
+        let (workload, recorder, tally, mix) = (
+            workload.clone(),
+            recorder.clone(),
+            tally.clone(),
+            mix.clone(),
+        );
         tasks.spawn(async move {
             while Instant::now() < deadline {
                 let op = mix.pick(&mut rand::rng());
@@ -377,8 +455,18 @@ async fn closed_loop(workload: Arc<Workload>, recorder: Arc<Recorder>, tally: Ar
 }
 
 /// Requests at a fixed rate, each timed from when it was meant to be sent.
-async fn open_loop(workload: Arc<Workload>, recorder: Arc<Recorder>, tally: Arc<Tally>, mix: Mix, rate: f64, max_in_flight: usize, length: Duration) {
-    let Some(schedule) = Schedule::new(rate) else { return };
+async fn open_loop(
+    workload: Arc<Workload>,
+    recorder: Arc<Recorder>,
+    tally: Arc<Tally>,
+    mix: Mix,
+    rate: f64,
+    max_in_flight: usize,
+    length: Duration,
+) {
+    let Some(schedule) = Schedule::new(rate) else {
+        return;
+    };
     let total = schedule.count(length);
     let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now();
@@ -389,10 +477,17 @@ async fn open_loop(workload: Arc<Workload>, recorder: Arc<Recorder>, tally: Arc<
         while n < due {
             let intended = start + schedule.due(n);
             let op = mix.pick(&mut rand::rng());
-            let (workload, recorder, tally, slots) = (workload.clone(), recorder.clone(), tally.clone(), slots.clone());
+            let (workload, recorder, tally, slots) = (
+                workload.clone(),
+                recorder.clone(),
+                tally.clone(),
+                slots.clone(),
+            );
             tasks.spawn(async move {
                 // Waiting for a slot counts as latency: the clock started at `intended`.
-                let Ok(_slot) = slots.acquire_owned().await else { return };
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
                 send(&workload, &recorder, &tally, op, intended).await;
             });
             n += 1;
@@ -406,7 +501,14 @@ async fn open_loop(workload: Arc<Workload>, recorder: Arc<Recorder>, tally: Arc<
 }
 
 /// Prints a line per second until `stop` is dropped; returns the series.
-fn per_second(recorder: Arc<Recorder>, bar: ProgressBar, label: String) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<SecondSample>>) {
+fn per_second(
+    recorder: Arc<Recorder>,
+    bar: ProgressBar,
+    label: String,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Vec<SecondSample>>,
+) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let mut series = Vec::new();
@@ -451,7 +553,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
     } else {
         Vec::new()
     };
-    let workload = Workload::new(client.clone(), target.base.clone(), target.user_ids.clone(), writers);
+    let workload = Workload::new(
+        client.clone(),
+        target.base.clone(),
+        target.user_ids.clone(),
+        writers,
+    );
     let recorder = Arc::new(Recorder::default());
     let tally = Arc::new(Tally::default());
 
@@ -460,8 +567,29 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
         println!("warming up for {:.0} s", scenario.warmup_seconds);
         let warmup = Duration::from_secs_f64(scenario.warmup_seconds);
         match scenario.rates.first() {
-            None => closed_loop(workload.clone(), recorder.clone(), tally.clone(), mix.clone(), scenario.clients, warmup).await,
-            Some(rate) => open_loop(workload.clone(), recorder.clone(), tally.clone(), mix.clone(), *rate, 4096, warmup).await,
+            None => {
+                closed_loop(
+                    workload.clone(),
+                    recorder.clone(),
+                    tally.clone(),
+                    mix.clone(),
+                    scenario.clients,
+                    warmup,
+                )
+                .await
+            }
+            Some(rate) => {
+                open_loop(
+                    workload.clone(),
+                    recorder.clone(),
+                    tally.clone(),
+                    mix.clone(),
+                    *rate,
+                    4096,
+                    warmup,
+                )
+                .await
+            }
         }
         recorder.reset();
     }
@@ -469,23 +597,66 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
     let mut phases = Vec::new();
     let mut series = Vec::new();
     let plan: Vec<(String, Option<f64>, Duration)> = if scenario.rates.is_empty() {
-        vec![(format!("closed loop, {} clients", scenario.clients), None, Duration::from_secs_f64(scenario.duration_seconds))]
+        vec![(
+            format!("closed loop, {} clients", scenario.clients),
+            None,
+            Duration::from_secs_f64(scenario.duration_seconds),
+        )]
     } else {
-        let length = if scenario.rates.len() == 1 { scenario.duration_seconds } else { scenario.step_seconds };
-        scenario.rates.iter().map(|r| (format!("open loop at {r} req/s"), Some(*r), Duration::from_secs_f64(length))).collect()
+        let length = if scenario.rates.len() == 1 {
+            scenario.duration_seconds
+        } else {
+            scenario.step_seconds
+        };
+        scenario
+            .rates
+            .iter()
+            .map(|r| {
+                (
+                    format!("open loop at {r} req/s"),
+                    Some(*r),
+                    Duration::from_secs_f64(length),
+                )
+            })
+            .collect()
     };
     for (name, rate, length) in plan {
         println!("== {name} for {:.0} s", length.as_secs_f64());
         recorder.reset();
         let bar = ProgressBar::new(length.as_secs()).with_style(
-            ProgressStyle::with_template("       [{bar:40}] {pos}/{len} s").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+            ProgressStyle::with_template("       [{bar:40}] {pos}/{len} s")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
-        let label = rate.map(|r| format!("@{r}/s")).unwrap_or_else(|| "closed".into());
+        let label = rate
+            .map(|r| format!("@{r}/s"))
+            .unwrap_or_else(|| "closed".into());
         let (stop, ticker) = per_second(recorder.clone(), bar.clone(), label);
         let started = Instant::now();
         match rate {
-            None => closed_loop(workload.clone(), recorder.clone(), tally.clone(), mix.clone(), scenario.clients, length).await,
-            Some(r) => open_loop(workload.clone(), recorder.clone(), tally.clone(), mix.clone(), r, 4096, length).await,
+            None => {
+                closed_loop(
+                    workload.clone(),
+                    recorder.clone(),
+                    tally.clone(),
+                    mix.clone(),
+                    scenario.clients,
+                    length,
+                )
+                .await
+            }
+            Some(r) => {
+                open_loop(
+                    workload.clone(),
+                    recorder.clone(),
+                    tally.clone(),
+                    mix.clone(),
+                    r,
+                    4096,
+                    length,
+                )
+                .await
+            }
         }
         let elapsed = started.elapsed();
         let _ = stop.send(());
@@ -497,7 +668,11 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
         };
         let operations = recorder.summaries(elapsed, &targets);
         print!("{}", report::table(&operations));
-        phases.push(Phase { name, seconds: elapsed.as_secs_f64(), operations });
+        phases.push(Phase {
+            name,
+            seconds: elapsed.as_secs_f64(),
+            operations,
+        });
     }
 
     // Provider figures, from the in-process node.
@@ -511,8 +686,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
 
     // Invariants.
     let acked = workload.acked.lock().clone();
-    let mut checks = vec![invariants::acknowledged_writes_readable(&client, &target.base, &acked, 32).await];
-    checks.push(invariants::all_answered(tally.sent.load(Ordering::Relaxed), tally.unanswered.load(Ordering::Relaxed)));
+    let mut checks =
+        vec![invariants::acknowledged_writes_readable(&client, &target.base, &acked, 32).await];
+    checks.push(invariants::all_answered(
+        tally.sent.load(Ordering::Relaxed),
+        tally.unanswered.load(Ordering::Relaxed),
+    ));
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     for phase in &phases {
         for op in &phase.operations {
@@ -521,8 +700,16 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    let server_errors: u64 = by_status.iter().filter(|(s, _)| s.starts_with('5')).map(|(_, n)| n).sum();
-    let by_status_text = by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>().join(", ");
+    let server_errors: u64 = by_status
+        .iter()
+        .filter(|(s, _)| s.starts_with('5'))
+        .map(|(_, n)| n)
+        .sum();
+    let by_status_text = by_status
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     checks.push(invariants::no_server_errors(server_errors, &by_status_text));
     println!("== invariants");
     for check in &checks {
@@ -549,12 +736,20 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
         println!("peak RSS: {rss:.0} MiB");
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("report written to {}", path.display());
     }
     if let Some(node) = target.node {
         node.shutdown().await;
     }
-    println!("{}", if passed { "RESULT: PASS" } else { "RESULT: FAIL" });
+    println!(
+        "{}",
+        if passed {
+            "RESULT: PASS"
+        } else {
+            "RESULT: FAIL"
+        }
+    );
     Ok(passed)
 }

@@ -122,8 +122,14 @@ impl Default for Recorder {
 impl Recorder {
     pub fn record(&self, op: Op, latency: Duration, outcome: &Outcome) {
         let mut w = self.inner.lock();
-        w.second.entry(op).or_insert_with(OpWindow::new).record(latency, outcome);
-        w.total.entry(op).or_insert_with(OpWindow::new).record(latency, outcome);
+        w.second
+            .entry(op)
+            .or_insert_with(OpWindow::new)
+            .record(latency, outcome);
+        w.total
+            .entry(op)
+            .or_insert_with(OpWindow::new)
+            .record(latency, outcome);
     }
 
     /// Closes the current second and returns its summary over all operations.
@@ -171,7 +177,11 @@ impl Recorder {
                     p99_ms: ms(window.latency.value_at_quantile(0.99)),
                     max_ms: ms(window.latency.max()),
                     errors,
-                    error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                    error_rate: if requests == 0 {
+                        0.0
+                    } else {
+                        errors as f64 / requests as f64
+                    },
                     errors_by_status: window.errors.clone(),
                 }
             })
@@ -190,7 +200,9 @@ pub fn table(rows: &[OpSummary]) -> String {
             "{:<8} {:<28} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}%\n",
             r.op,
             r.route,
-            r.target_rate.map(|t| format!("{t:.0}")).unwrap_or_else(|| "closed".into()),
+            r.target_rate
+                .map(|t| format!("{t:.0}"))
+                .unwrap_or_else(|| "closed".into()),
             r.achieved_rate,
             r.p50_ms,
             r.p90_ms,

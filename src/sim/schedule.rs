@@ -66,7 +66,9 @@ mod tests {
         // measured from its own intended time, so request 0 waited 50 ms, request 49 about 1 ms.
         let s = Schedule::new(1000.0).unwrap();
         let released = Duration::from_millis(50);
-        let latencies: Vec<Duration> = (0..50).map(|n| corrected_latency(s.due(n), released)).collect();
+        let latencies: Vec<Duration> = (0..50)
+            .map(|n| corrected_latency(s.due(n), released))
+            .collect();
         assert_eq!(latencies[0], Duration::from_millis(50));
         assert_eq!(latencies[49], Duration::from_millis(1));
         assert!(latencies.windows(2).all(|w| w[0] > w[1]));

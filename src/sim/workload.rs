@@ -108,7 +108,9 @@ pub struct AckedWrite {
     pub body: String,
 }
 
-const SEARCH_WORDS: &[&str] = &["river", "harbor", "lantern", "comet", "meadow", "station", "copper"];
+const SEARCH_WORDS: &[&str] = &[
+    "river", "harbor", "lantern", "comet", "meadow", "station", "copper",
+];
 
 /// Everything a simulated client needs to send requests.
 pub struct Workload {
@@ -122,7 +124,12 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(client: reqwest::Client, base: String, user_ids: Vec<Uuid>, writer_tokens: Vec<String>) -> Arc<Self> {
+    pub fn new(
+        client: reqwest::Client,
+        base: String,
+        user_ids: Vec<Uuid>,
+        writer_tokens: Vec<String>,
+    ) -> Arc<Self> {
         Arc::new(Workload {
             client,
             base,
@@ -144,11 +151,18 @@ impl Workload {
                 }
                 Op::Search => {
                     let word = SEARCH_WORDS.choose(&mut rng).unwrap_or(&"river");
-                    Sent::Plain(self.client.get(format!("{}/api/v1/items?q={word}", self.base)))
+                    Sent::Plain(
+                        self.client
+                            .get(format!("{}/api/v1/items?q={word}", self.base)),
+                    )
                 }
                 Op::Write => {
                     let n = self.next_write.fetch_add(1, Ordering::Relaxed);
-                    let token = self.writer_tokens.choose(&mut rng).cloned().unwrap_or_default();
+                    let token = self
+                        .writer_tokens
+                        .choose(&mut rng)
+                        .cloned()
+                        .unwrap_or_default();
                     let title = format!("sim write {n} {}", rng.random::<u32>());
                     let body = format!("written by the simulator, write number {n}");
                     Sent::Write {
@@ -175,13 +189,21 @@ impl Workload {
                 }
                 Err(e) => error_outcome(&e),
             },
-            Sent::Write { request, title, body } => match request.send().await {
+            Sent::Write {
+                request,
+                title,
+                body,
+            } => match request.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     match resp.json::<serde_json::Value>().await {
                         Ok(created) if status == 201 => {
                             if let Some(id) = created["id"].as_str() {
-                                self.acked.lock().push(AckedWrite { id: id.to_string(), title, body });
+                                self.acked.lock().push(AckedWrite {
+                                    id: id.to_string(),
+                                    title,
+                                    body,
+                                });
                             }
                             Outcome::Status(status)
                         }
@@ -222,8 +244,13 @@ mod tests {
         assert_eq!(mix.ops().collect::<Vec<_>>(), vec![Op::Read, Op::Write]);
         assert!((mix.share(Op::Write) - 0.1).abs() < 1e-9);
         let mut rng = rand::rng();
-        let writes = (0..10_000).filter(|_| mix.pick(&mut rng) == Op::Write).count();
-        assert!((700..1300).contains(&writes), "about 10% writes, got {writes}");
+        let writes = (0..10_000)
+            .filter(|_| mix.pick(&mut rng) == Op::Write)
+            .count();
+        assert!(
+            (700..1300).contains(&writes),
+            "about 10% writes, got {writes}"
+        );
         assert!(Mix::parse("read=0").is_err());
         assert!(Mix::parse("reed=5").is_err());
         assert!(Mix::parse("read=x").is_err());
