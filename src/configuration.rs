@@ -147,11 +147,19 @@ pub struct Tuning {
     #[arg(long, env = "GORGON_ROLE_CONCURRENCY", default_value_t = 1024)]
     pub role_concurrency: usize,
     /// Read connections of the embedded store.
-    #[arg(long, env = "GORGON_STORE_READERS", default_value_t = 4)]
+    #[arg(long, env = "GORGON_STORE_READERS", default_value_t = 2)]
     pub store_readers: usize,
     /// Most writes committed together by the embedded store.
     #[arg(long, env = "GORGON_STORE_MAX_BATCH", default_value_t = 512)]
     pub store_max_batch: usize,
+    /// Page cache of each embedded-store connection, in MiB.
+    #[arg(long, env = "GORGON_STORE_CACHE_MIB", default_value_t = 16)]
+    pub store_cache_mib: u32,
+    /// Memory-mapped bytes of the database per connection, in MiB (0: off). Reads by id are
+    /// about 1.6x faster mapped; resident memory then counts the mapped file pages once per
+    /// connection (page cache, shared and reclaimable, not heap).
+    #[arg(long, env = "GORGON_STORE_MMAP_MIB", default_value_t = 1024)]
+    pub store_mmap_mib: u32,
     /// fsync every commit (survives power loss; default survives process crashes).
     #[arg(long, env = "GORGON_STORE_SYNC_FULL", default_value_t = false)]
     pub store_sync_full: bool,
@@ -203,7 +211,8 @@ impl RunArgs {
             readers: self.tuning.store_readers.max(1),
             max_write_batch: self.tuning.store_max_batch.max(1),
             sync_full: self.tuning.store_sync_full,
-            ..SqliteOptions::default()
+            cache_mib: self.tuning.store_cache_mib,
+            mmap_mib: self.tuning.store_mmap_mib,
         }
     }
 

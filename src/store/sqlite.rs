@@ -16,6 +16,7 @@
 //! - The search index keeps only which rows hold a word (`detail='none'`): search matches all
 //!   words anywhere, which needs no positions, and the index builds several times faster.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -52,21 +53,111 @@ pub struct SqliteOptions {
     pub sync_full: bool,
     /// SQLite page cache per connection, in MiB.
     pub cache_mib: u32,
+    /// Bytes of the database file each connection maps into memory (0: plain reads).
+    /// A mapping is per connection, so resident memory counts shared pages once per reader.
+    pub mmap_mib: u32,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
-            readers: 4,
+            readers: 2,
             max_write_batch: 512,
             sync_full: false,
-            cache_mib: 64,
+            cache_mib: 16,
+            mmap_mib: 1024,
         }
     }
 }
 
 type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-type WriteJob = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+type WriteJob = Box<dyn FnOnce(&Tx<'_>) -> Finish + Send>;
+
+/// A change to the search index, applied when its batch commits.
+enum SearchChange {
+    Add(SearchRow),
+    Remove(SearchRow),
+}
+
+/// What the search index holds of an item, exactly as stored.
+struct SearchRow {
+    seq: i64,
+    title: String,
+    body: String,
+    keywords: String,
+}
+
+/// The writer's connection during one batch, with the search-index changes of its writes.
+///
+/// Why not triggers: FTS5 flushes its pending terms to a new segment at every savepoint, and
+/// every write runs in one, so triggers made each write flush and merge the index (a third of
+/// the writer's time under load). Collected here, the changes of a whole batch are applied
+/// together just before its commit: one flush per batch.
+struct Tx<'c> {
+    conn: &'c Connection,
+    search: RefCell<Vec<SearchChange>>,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Tx<'_> {
+    fn index(&self, seq: i64, item: &Item) {
+        self.search.borrow_mut().push(SearchChange::Add(SearchRow {
+            seq,
+            title: item.title.clone(),
+            body: item.body.clone(),
+            keywords: keywords_json(&item.keywords),
+        }));
+    }
+
+    fn unindex(&self, row: SearchRow) {
+        self.search.borrow_mut().push(SearchChange::Remove(row));
+    }
+
+    fn apply_search_changes(&self) -> rusqlite::Result<()> {
+        let changes = std::mem::take(&mut *self.search.borrow_mut());
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut add = self.conn.prepare_cached(
+            "INSERT INTO items_fts(rowid, title, body, keywords) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut remove = self.conn.prepare_cached(
+            "INSERT INTO items_fts(items_fts, rowid, title, body, keywords)
+             VALUES ('delete', ?1, ?2, ?3, ?4)",
+        )?;
+        for change in changes {
+            let (statement, row) = match &change {
+                SearchChange::Add(row) => (&mut add, row),
+                SearchChange::Remove(row) => (&mut remove, row),
+            };
+            statement.execute(params![row.seq, row.title, row.body, row.keywords])?;
+        }
+        Ok(())
+    }
+}
+
+fn search_rows(conn: &Connection, sql: &str, key: impl rusqlite::Params) -> Result<Vec<SearchRow>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db_error)?;
+    let rows = stmt
+        .query_map(key, |r| {
+            Ok(SearchRow {
+                seq: r.get(0)?,
+                title: r.get(1)?,
+                body: r.get(2)?,
+                keywords: r.get(3)?,
+            })
+        })
+        .map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+}
+
+const SEARCH_ROW_BY_ID: &str = "SELECT seq, title, body, keywords FROM items WHERE id = ?1";
 
 /// The embedded store. Owns its data directory exclusively (a lock file) while open.
 pub struct SqliteStore {
@@ -118,26 +209,14 @@ CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
 );
 "#;
 
-/// Secondary structures that bulk loading sets aside and rebuilds.
+/// Secondary indexes, which bulk loading sets aside and rebuilds (the search index is kept in
+/// step by the writer, see [`Tx`], and rebuilt after a bulk load).
 const SECONDARY: &str = r#"
 CREATE UNIQUE INDEX IF NOT EXISTS items_id ON items(id);
 CREATE UNIQUE INDEX IF NOT EXISTS items_seq ON items(seq);
-CREATE TRIGGER IF NOT EXISTS items_ai AFTER INSERT ON items BEGIN
-    INSERT INTO items_fts(rowid, title, body, keywords) VALUES (new.seq, new.title, new.body, new.keywords);
-END;
-CREATE TRIGGER IF NOT EXISTS items_ad AFTER DELETE ON items BEGIN
-    INSERT INTO items_fts(items_fts, rowid, title, body, keywords) VALUES ('delete', old.seq, old.title, old.body, old.keywords);
-END;
-CREATE TRIGGER IF NOT EXISTS items_au AFTER UPDATE ON items BEGIN
-    INSERT INTO items_fts(items_fts, rowid, title, body, keywords) VALUES ('delete', old.seq, old.title, old.body, old.keywords);
-    INSERT INTO items_fts(rowid, title, body, keywords) VALUES (new.seq, new.title, new.body, new.keywords);
-END;
 "#;
 
 const DROP_SECONDARY: &str = r#"
-DROP TRIGGER IF EXISTS items_ai;
-DROP TRIGGER IF EXISTS items_ad;
-DROP TRIGGER IF EXISTS items_au;
 DROP INDEX IF EXISTS items_id;
 DROP INDEX IF EXISTS items_seq;
 "#;
@@ -165,8 +244,9 @@ fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
          PRAGMA synchronous={sync};
          PRAGMA busy_timeout=5000;
          PRAGMA temp_store=MEMORY;
-         PRAGMA mmap_size=1073741824;
+         PRAGMA mmap_size={};
          PRAGMA cache_size=-{};",
+        options.mmap_mib as u64 * 1024 * 1024,
         options.cache_mib as u64 * 1024
     ))
     .map_err(db_error)?;
@@ -271,16 +351,18 @@ fn select_item(conn: &Connection, id: Uuid) -> Result<Item> {
         .ok_or_else(|| Error::not_found("item"))
 }
 
-/// Runs `f` in a savepoint: its changes are kept only if it succeeds.
-fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT op").map_err(db_error)?;
-    let result = f(conn);
+/// Runs `f` in a savepoint: its changes (search changes included) are kept only if it succeeds.
+fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    let mark = tx.search.borrow().len();
+    tx.execute_batch("SAVEPOINT op").map_err(db_error)?;
+    let result = f(tx);
     let end = if result.is_ok() {
         "RELEASE op"
     } else {
+        tx.search.borrow_mut().truncate(mark);
         "ROLLBACK TO op; RELEASE op"
     };
-    conn.execute_batch(end).map_err(db_error)?;
+    tx.execute_batch(end).map_err(db_error)?;
     result
 }
 
@@ -301,15 +383,21 @@ pub fn fts_query(text: &str) -> Result<String> {
 fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
     while let Ok(first) = jobs.recv() {
         let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let tx = Tx {
+            conn: &conn,
+            search: RefCell::new(Vec::new()),
+        };
         let mut finishes: Vec<Finish> = Vec::with_capacity(16);
-        finishes.push(first(&conn));
+        finishes.push(first(&tx));
         while finishes.len() < max_batch {
             match jobs.try_recv() {
-                Ok(job) => finishes.push(job(&conn)),
+                Ok(job) => finishes.push(job(&tx)),
                 Err(_) => break,
             }
         }
-        let outcome = began.and_then(|_| conn.execute_batch("COMMIT"));
+        let outcome = began
+            .and_then(|_| tx.apply_search_changes())
+            .and_then(|_| conn.execute_batch("COMMIT"));
         metrics::histogram!("gorgon_store_write_batch_size").record(finishes.len() as f64);
         match outcome {
             Ok(()) => finishes.into_iter().for_each(|f| f(None)),
@@ -407,7 +495,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: WriteJob = Box::new(move |conn| {
@@ -521,6 +609,12 @@ impl Store for SqliteStore {
             if deleted == 0 {
                 return Err(Error::not_found("user"));
             }
+            let rows = search_rows(
+                conn,
+                "SELECT seq, title, body, keywords FROM items WHERE user_id = ?1",
+                [id],
+            )?;
+            rows.into_iter().for_each(|row| conn.unindex(row));
             conn.execute("DELETE FROM items WHERE user_id = ?1", [id])
                 .map_err(db_error)?;
             conn.execute("DELETE FROM tokens WHERE user_id = ?1", [id])
@@ -616,6 +710,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let seq = seqs.fetch_add(1, Ordering::Relaxed);
             if insert_item_row(conn, &item, seq, true).map_err(db_error)? == 1 {
+                conn.index(seq, &item);
                 return Ok(item);
             }
             let existing = select_item(conn, item.id)?;
@@ -634,7 +729,10 @@ impl Store for SqliteStore {
             let mut inserted = 0;
             for item in &items {
                 let seq = seqs.fetch_add(1, Ordering::Relaxed);
-                inserted += insert_item_row(conn, item, seq, true).map_err(db_error)?;
+                if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
+                    conn.index(seq, item);
+                    inserted += 1;
+                }
             }
             Ok(inserted)
         })
@@ -652,6 +750,11 @@ impl Store for SqliteStore {
                 return Err(Error::Forbidden("only the owner may change an item".into()));
             }
             patch.apply(&mut item);
+            for old in search_rows(conn, SEARCH_ROW_BY_ID, [id])? {
+                let seq = old.seq;
+                conn.unindex(old);
+                conn.index(seq, &item);
+            }
             conn.prepare_cached(
                 "UPDATE items SET title = ?2, body = ?3, url = ?4, lat = ?5, lon = ?6,
                  keywords = ?7, extra = ?8 WHERE user_id = ?9 AND id = ?1",
@@ -680,6 +783,9 @@ impl Store for SqliteStore {
             let item = select_item(conn, id)?;
             if item.user_id != owner {
                 return Err(Error::Forbidden("only the owner may delete an item".into()));
+            }
+            for old in search_rows(conn, SEARCH_ROW_BY_ID, [id])? {
+                conn.unindex(old);
             }
             conn.execute(
                 "DELETE FROM items WHERE user_id = ?1 AND id = ?2",
