@@ -89,7 +89,7 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     store
-        .begin_bulk()
+        .begin_bulk(args.items)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -129,34 +129,27 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
     let mut sampled_items = Vec::new();
     if args.items > 0 && !user_ids.is_empty() {
         let bar = progress(args.items, "items", args.quiet);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Item>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(u64, Item)>>(2);
         let authors = user_ids.clone();
         let total = args.items;
         let generator = tokio::task::spawn_blocking(move || {
             let mut rng = rand::rng();
-            // Each item goes to a random user; items are then generated user by user, each
-            // user's in time order, so rows arrive in the store's (user, id) key order.
-            let mut per_user = vec![0u32; authors.len()];
-            for _ in 0..total {
-                per_user[rng.random_range(0..authors.len())] += 1;
+            // Item n (in time order, spread evenly over the last 30 days) goes to a random user;
+            // items are then generated user by user, each user's in time order, so rows arrive
+            // in the store's (user, id) key order, each with its position in time order.
+            let mut per_user: Vec<Vec<u32>> = vec![Vec::new(); authors.len()];
+            for n in 0..total as u32 {
+                per_user[rng.random_range(0..authors.len())].push(n);
             }
-            // Spread over the last 30 days.
             let span_ms = 30 * 24 * 3600 * 1000_i64;
             let start = Utc::now().timestamp_millis() - span_ms;
             let mut batch_items = Vec::with_capacity(batch);
-            for (author, count) in authors.iter().zip(per_user) {
-                let mut times: Vec<i64> = (0..count)
-                    .map(|_| start + rng.random_range(0..span_ms))
-                    .collect();
-                times.sort_unstable();
-                for ms in times {
+            for (author, positions) in authors.iter().zip(per_user) {
+                for n in positions {
+                    let ms = start + (n as i128 * span_ms as i128 / total.max(1) as i128) as i64;
                     let ts = crate::domain::from_millis(ms);
-                    batch_items.push(crate::fake::item(
-                        &mut rng,
-                        crate::domain::id_at(ts),
-                        *author,
-                        ts,
-                    ));
+                    let item = crate::fake::item(&mut rng, crate::domain::id_at(ts), *author, ts);
+                    batch_items.push((n as u64, item));
                     if batch_items.len() == batch {
                         let full = std::mem::replace(&mut batch_items, Vec::with_capacity(batch));
                         if tx.blocking_send(full).is_err() {
@@ -172,7 +165,7 @@ pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Resul
         let every = (args.items / MAX_ID_SAMPLE).max(1);
         let mut seen = 0u64;
         while let Some(items) = rx.recv().await {
-            for item in &items {
+            for (_, item) in &items {
                 if seen.is_multiple_of(every) {
                     sampled_items.push(item.id);
                 }

@@ -444,6 +444,11 @@ async fn search_matches_title_body_keywords(store: Arc<dyn Store>) {
             .len(),
         0
     );
+    // Words in both the old and the new text stay findable; new words are found.
+    let kept = store.search_items("stormy", PAGE).await.expect("kept word");
+    assert_eq!(kept.iter().map(|i| i.id).collect::<Vec<_>>(), vec![a.id]);
+    let new_word = store.search_items("harbour", PAGE).await.expect("new word");
+    assert_eq!(new_word.len(), 1);
     store.delete_item(b.id, u.id).await.expect("delete");
     assert_eq!(
         store

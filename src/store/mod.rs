@@ -80,9 +80,12 @@ pub trait Store: Send + Sync + 'static {
 /// `finish_bulk` returns.
 #[async_trait]
 pub trait BulkLoad: Store {
-    async fn begin_bulk(&self) -> Result<()>;
+    /// Starts a load of up to `items` items.
+    async fn begin_bulk(&self, items: u64) -> Result<()>;
     async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()>;
-    async fn bulk_items(&self, items: Vec<Item>) -> Result<()>;
+    /// Each item comes with its position in time order within this load (0 the oldest), so the
+    /// backend can keep newest-first orders without sorting, whatever order items arrive in.
+    async fn bulk_items(&self, items: Vec<(u64, Item)>) -> Result<()>;
     /// Rebuilds what `begin_bulk` set aside (secondary indexes, the search index).
     async fn finish_bulk(&self) -> Result<()>;
 }

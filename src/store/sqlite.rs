@@ -120,10 +120,16 @@ impl Tx<'_> {
     }
 
     fn apply_search_changes(&self) -> rusqlite::Result<()> {
-        let changes = std::mem::take(&mut *self.search.borrow_mut());
+        let mut changes = std::mem::take(&mut *self.search.borrow_mut());
         if changes.is_empty() {
             return Ok(());
         }
+        // FTS5 flushes its pending terms whenever a rowid is lower than the last one written;
+        // in ascending order the whole batch is flushed once, at commit. The sort is stable, so
+        // a removal and re-add of one row keep their order.
+        changes.sort_by_key(|c| match c {
+            SearchChange::Add(row) | SearchChange::Remove(row) => row.seq,
+        });
         let mut add = self.conn.prepare_cached(
             "INSERT INTO items_fts(rowid, title, body, keywords) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -164,8 +170,12 @@ pub struct SqliteStore {
     path: PathBuf,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    /// Next `seq` for a new item; only the writer thread takes from it.
+    /// Next `seq` for a new item; only the writer thread takes from it. `seq` counts down,
+    /// so that ascending `seq` is newest first: the order in which FTS5 walks a match lazily
+    /// (descending would make it load a common word's whole list for every search).
     next_seq: Arc<AtomicI64>,
+    /// `seq` of position 0 of the running bulk load.
+    bulk_base: AtomicI64,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     _lock: File,
@@ -220,6 +230,13 @@ const DROP_SECONDARY: &str = r#"
 DROP INDEX IF EXISTS items_id;
 DROP INDEX IF EXISTS items_seq;
 "#;
+
+/// Rebuilds the search index in `seq` order: FTS5 flushes its in-memory terms whenever a rowid
+/// comes out of order, so its own 'rebuild' (which reads in table order) would flush per row.
+const REBUILD_SEARCH: &str = "
+    INSERT INTO items_fts(items_fts) VALUES('delete-all');
+    INSERT INTO items_fts(rowid, title, body, keywords)
+        SELECT seq, title, body, keywords FROM items ORDER BY seq;";
 
 const ITEM_COLUMNS: &str = "id, user_id, title, body, url, ts, lat, lon, keywords, extra";
 const USER_COLUMNS: &str = "id, name, email, grp, admin, created_at, extra";
@@ -443,14 +460,13 @@ impl SqliteStore {
         if interrupted_bulk.is_some() {
             tracing::warn!("a bulk load was interrupted: rebuilding the search index");
             writer
-                .execute_batch(
-                    "INSERT INTO items_fts(items_fts) VALUES('rebuild');
-                     DELETE FROM meta WHERE key = 'bulk_load';",
-                )
+                .execute_batch(&format!(
+                    "{REBUILD_SEARCH} DELETE FROM meta WHERE key = 'bulk_load';"
+                ))
                 .map_err(db_error)?;
         }
         let next_seq: i64 = writer
-            .query_row("SELECT coalesce(max(seq), 0) + 1 FROM items", [], |r| {
+            .query_row("SELECT coalesce(min(seq), 0) - 1 FROM items", [], |r| {
                 r.get(0)
             })
             .map_err(db_error)?;
@@ -468,6 +484,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             next_seq: Arc::new(AtomicI64::new(next_seq)),
+            bulk_base: AtomicI64::new(next_seq),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             _lock: lock,
@@ -708,7 +725,7 @@ impl Store for SqliteStore {
     async fn insert_item(&self, item: Item) -> Result<Item> {
         let seqs = self.next_seq.clone();
         self.write(move |conn| {
-            let seq = seqs.fetch_add(1, Ordering::Relaxed);
+            let seq = seqs.fetch_sub(1, Ordering::Relaxed);
             if insert_item_row(conn, &item, seq, true).map_err(db_error)? == 1 {
                 conn.index(seq, &item);
                 return Ok(item);
@@ -728,7 +745,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let mut inserted = 0;
             for item in &items {
-                let seq = seqs.fetch_add(1, Ordering::Relaxed);
+                let seq = seqs.fetch_sub(1, Ordering::Relaxed);
                 if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
                     conn.index(seq, item);
                     inserted += 1;
@@ -819,7 +836,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT i.id, i.user_id, i.title, i.body, i.url, i.ts, i.lat, i.lon, i.keywords, i.extra
                      FROM items_fts f JOIN items i ON i.seq = f.rowid
-                     WHERE items_fts MATCH ?1 ORDER BY f.rowid DESC LIMIT ?2 OFFSET ?3",
+                     WHERE items_fts MATCH ?1 ORDER BY f.rowid LIMIT ?2 OFFSET ?3",
                 )
                 .map_err(db_error)?;
             let rows = stmt
@@ -873,9 +890,20 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl BulkLoad for SqliteStore {
-    async fn begin_bulk(&self) -> Result<()> {
+    async fn begin_bulk(&self, items: u64) -> Result<()> {
+        // Reserve `items` seqs: position p of the load gets base - p, newest lowest.
+        let base = self.next_seq.fetch_sub(items as i64, Ordering::Relaxed);
+        self.bulk_base.store(base, Ordering::Relaxed);
         self.write(|conn| {
             conn.execute_batch(DROP_SECONDARY).map_err(db_error)?;
+            // Each batch of the load is one sorted run of the search index: let it stay in
+            // memory until the commit instead of flushing every megabyte.
+            // No merging while loading: one merge of all the runs at the end is cheaper.
+            conn.execute_batch(
+                "INSERT INTO items_fts(items_fts, rank) VALUES('hashsize', 268435456);
+                 INSERT INTO items_fts(items_fts, rank) VALUES('automerge', 0);",
+            )
+            .map_err(db_error)?;
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')",
                 [],
@@ -896,12 +924,13 @@ impl BulkLoad for SqliteStore {
         .await
     }
 
-    async fn bulk_items(&self, items: Vec<Item>) -> Result<()> {
-        let seqs = self.next_seq.clone();
+    async fn bulk_items(&self, items: Vec<(u64, Item)>) -> Result<()> {
+        let base = self.bulk_base.load(Ordering::Relaxed);
         self.write(move |conn| {
-            for item in &items {
-                let seq = seqs.fetch_add(1, Ordering::Relaxed);
+            for (position, item) in &items {
+                let seq = base - *position as i64;
                 insert_item_row(conn, item, seq, false).map_err(db_error)?;
+                conn.index(seq, item);
             }
             Ok(())
         })
@@ -916,12 +945,11 @@ impl BulkLoad for SqliteStore {
             conn.execute_batch(SECONDARY).map_err(db_error)?;
             conn.execute_batch("PRAGMA threads = 0").map_err(db_error)?;
             let indexed = started.elapsed();
-            // A bigger in-memory term hash while rebuilding means fewer, larger segments and
-            // much less merging; the default comes back for everyday writes.
+            // The search index was filled batch by batch during the load.
             conn.execute_batch(
-                "INSERT INTO items_fts(items_fts, rank) VALUES('hashsize', 67108864);
-                 INSERT INTO items_fts(items_fts) VALUES('rebuild');
+                "INSERT INTO items_fts(items_fts) VALUES('optimize');
                  INSERT INTO items_fts(items_fts, rank) VALUES('hashsize', 1048576);
+                 INSERT INTO items_fts(items_fts, rank) VALUES('automerge', 4);
                  DELETE FROM meta WHERE key = 'bulk_load';",
             )
             .map_err(db_error)?;
