@@ -65,6 +65,6 @@ for f in item_urls user_urls; do
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '/50.00% in/ {print $3, $4}' <<<"$out")
   p99=$(awk '/99.00% in/ {print $3, $4}' <<<"$out")
-  codes=$(awk '/\[[0-9]+\]/ {printf "%s ", $0}' <<<"$out")
+  codes=$(grep -oE '\[[0-9]+\] [0-9]+ responses' <<<"$out" | tr '\n' ' ')
   printf '%-28s %10s req/s  p50 %-14s p99 %-14s %s\n' "$f@$RATE/s" "$rps" "$p50" "$p99" "$codes"
 done

@@ -8,6 +8,7 @@
 //!
 //! Scenario files (`sim/*.toml`) hold the same settings as the flags; flags win.
 
+pub mod connections;
 pub mod invariants;
 pub mod report;
 pub mod schedule;
@@ -326,7 +327,9 @@ async fn remote_target(
     );
     let writers = writer_tokens(client, &base, scenario.writers).await?;
     let bar = bar_for(scenario.items, "items");
-    let workload = Workload::new(client.clone(), base.clone(), user_ids.clone(), writers);
+    let timeout = Duration::from_secs_f64(scenario.timeout_seconds);
+    let connections = connections::Connections::new(&base, 64, timeout)?;
+    let workload = Workload::new(connections, user_ids.clone(), writers);
     let done = Arc::new(AtomicU64::new(0));
     futures::stream::iter(0..scenario.items)
         .map(|_| {
@@ -553,12 +556,16 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
     } else {
         Vec::new()
     };
-    let workload = Workload::new(
-        client.clone(),
-        target.base.clone(),
-        target.user_ids.clone(),
-        writers,
-    );
+    // Closed loop: a connection per client. Open loop: enough for the highest rate at a few
+    // milliseconds each, like a load tool's connection count.
+    let connection_count = if scenario.rates.is_empty() {
+        scenario.clients
+    } else {
+        scenario.clients.max(256)
+    };
+    let timeout = Duration::from_secs_f64(scenario.timeout_seconds);
+    let connections = connections::Connections::new(&target.base, connection_count, timeout)?;
+    let workload = Workload::new(connections, target.user_ids.clone(), writers);
     let recorder = Arc::new(Recorder::default());
     let tally = Arc::new(Tally::default());
 

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use super::connections::{Connections, Reply};
 use super::report::Outcome;
 
 /// One kind of request.
@@ -114,25 +118,21 @@ const SEARCH_WORDS: &[&str] = &[
 
 /// Everything a simulated client needs to send requests.
 pub struct Workload {
-    pub client: reqwest::Client,
-    pub base: String,
+    pub connections: Connections,
     pub user_ids: Vec<Uuid>,
     pub writer_tokens: Vec<String>,
     pub acked: Mutex<Vec<AckedWrite>>,
-    /// Writes only recorded as acknowledged during the measured run (not warm-up) count here too.
     next_write: AtomicU64,
 }
 
 impl Workload {
     pub fn new(
-        client: reqwest::Client,
-        base: String,
+        connections: Connections,
         user_ids: Vec<Uuid>,
         writer_tokens: Vec<String>,
     ) -> Arc<Self> {
         Arc::new(Workload {
-            client,
-            base,
+            connections,
             user_ids,
             writer_tokens,
             acked: Mutex::new(Vec::new()),
@@ -142,19 +142,16 @@ impl Workload {
 
     /// Sends one request of kind `op` and says how it ended.
     pub async fn execute(&self, op: Op) -> Outcome {
-        let request = {
+        let (path, token, write) = {
             let mut rng = rand::rng();
             match op {
                 Op::Read => {
                     let uid = self.user_ids.choose(&mut rng).copied().unwrap_or_default();
-                    Sent::Plain(self.client.get(format!("{}/info/{uid}", self.base)))
+                    (format!("/info/{uid}"), None, None)
                 }
                 Op::Search => {
                     let word = SEARCH_WORDS.choose(&mut rng).unwrap_or(&"river");
-                    Sent::Plain(
-                        self.client
-                            .get(format!("{}/api/v1/items?q={word}", self.base)),
-                    )
+                    (format!("/api/v1/items?q={word}"), None, None)
                 }
                 Op::Write => {
                     let n = self.next_write.fetch_add(1, Ordering::Relaxed);
@@ -165,39 +162,31 @@ impl Workload {
                         .unwrap_or_default();
                     let title = format!("sim write {n} {}", rng.random::<u32>());
                     let body = format!("written by the simulator, write number {n}");
-                    Sent::Write {
-                        request: self
-                            .client
-                            .post(format!("{}/api/v1/items", self.base))
-                            .bearer_auth(token)
-                            .json(&json!({"title": title, "body": body, "keywords": ["sim"]})),
-                        title,
-                        body,
-                    }
+                    (
+                        "/api/v1/items".to_string(),
+                        Some(token),
+                        Some((title, body)),
+                    )
                 }
             }
         };
-        match request {
-            Sent::Plain(request) => match request.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    // Read the whole body: the request is not done until it has arrived.
-                    match resp.bytes().await {
-                        Ok(_) => Outcome::Status(status),
-                        Err(_) => Outcome::Failed,
-                    }
-                }
-                Err(e) => error_outcome(&e),
-            },
-            Sent::Write {
-                request,
-                title,
-                body,
-            } => match request.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match resp.json::<serde_json::Value>().await {
-                        Ok(created) if status == 201 => {
+        let json = write.as_ref().map(|(title, body)| {
+            Bytes::from(json!({"title": title, "body": body, "keywords": ["sim"]}).to_string())
+        });
+        let method = if write.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        match self
+            .connections
+            .send(method, &path, token.as_deref(), json)
+            .await
+        {
+            Reply::Answered(status, bytes) => {
+                if let (Some((title, body)), StatusCode::CREATED) = (write, status) {
+                    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(created) => {
                             if let Some(id) = created["id"].as_str() {
                                 self.acked.lock().push(AckedWrite {
                                     id: id.to_string(),
@@ -205,32 +194,15 @@ impl Workload {
                                     body,
                                 });
                             }
-                            Outcome::Status(status)
                         }
-                        Ok(_) => Outcome::Status(status),
-                        Err(_) => Outcome::Failed,
+                        Err(_) => return Outcome::Failed,
                     }
                 }
-                Err(e) => error_outcome(&e),
-            },
+                Outcome::Status(status.as_u16())
+            }
+            Reply::TimedOut => Outcome::Timeout,
+            Reply::Broken => Outcome::Failed,
         }
-    }
-}
-
-enum Sent {
-    Plain(reqwest::RequestBuilder),
-    Write {
-        request: reqwest::RequestBuilder,
-        title: String,
-        body: String,
-    },
-}
-
-fn error_outcome(e: &reqwest::Error) -> Outcome {
-    if e.is_timeout() {
-        Outcome::Timeout
-    } else {
-        Outcome::Failed
     }
 }
 

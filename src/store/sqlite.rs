@@ -949,7 +949,7 @@ impl BulkLoad for SqliteStore {
             conn.execute_batch(
                 "INSERT INTO items_fts(items_fts) VALUES('optimize');
                  INSERT INTO items_fts(items_fts, rank) VALUES('hashsize', 1048576);
-                 INSERT INTO items_fts(items_fts, rank) VALUES('automerge', 4);
+                 INSERT INTO items_fts(items_fts, rank) VALUES('automerge', 8);
                  DELETE FROM meta WHERE key = 'bulk_load';",
             )
             .map_err(db_error)?;
