@@ -5,7 +5,6 @@
 //! every microsecond the client spends is taken from the server. A bare hyper connection per
 //! slot costs about half what a pooled general-purpose client does per request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Mutex;
+use tokio::sync::Semaphore;
 
 /// How a request ended, before the simulator classifies it.
 pub enum Reply {
@@ -24,13 +23,16 @@ pub enum Reply {
 
 pub struct Connections {
     authority: String,
-    slots: Vec<Mutex<Option<SendRequest<Full<Bytes>>>>>,
-    next: AtomicUsize,
+    /// Open connections not in use, most recently used last: a light load reuses one warm
+    /// connection instead of cycling through all of them.
+    idle: parking_lot::Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// At most this many connections exist (busy or idle).
+    slots: Semaphore,
     timeout: Duration,
 }
 
 impl Connections {
-    /// `base` is `http://host:port`; connections are opened on first use.
+    /// `base` is `http://host:port`; connections are opened as needed, up to `count`.
     pub fn new(base: &str, count: usize, timeout: Duration) -> anyhow::Result<Self> {
         let uri: http::Uri = base.parse()?;
         anyhow::ensure!(
@@ -43,8 +45,8 @@ impl Connections {
             .ok_or_else(|| anyhow::anyhow!("no host in {base}"))?;
         Ok(Connections {
             authority,
-            slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            idle: parking_lot::Mutex::new(Vec::new()),
+            slots: Semaphore::new(count.max(1)),
             timeout,
         })
     }
@@ -61,7 +63,7 @@ impl Connections {
         Some(sender)
     }
 
-    /// Sends one request on the next free connection (waiting for one if all are busy).
+    /// Sends one request on a free connection (waiting for one if all are busy).
     pub async fn send(
         &self,
         method: Method,
@@ -69,13 +71,15 @@ impl Connections {
         bearer: Option<&str>,
         json: Option<Bytes>,
     ) -> Reply {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[index].lock().await;
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Reply::Broken;
+        };
+        let reused = self.idle.lock().pop().filter(|s| !s.is_closed());
         let attempt = tokio::time::timeout(self.timeout, async {
-            if slot.as_ref().is_none_or(|s| s.is_closed()) {
-                *slot = self.connect().await;
-            }
-            let sender = slot.as_mut()?;
+            let mut sender = match reused {
+                Some(sender) => sender,
+                None => self.connect().await?,
+            };
             sender.ready().await.ok()?;
             let mut request = Request::builder()
                 .method(method)
@@ -94,20 +98,17 @@ impl Connections {
             let response = sender.send_request(request.body(body).ok()?).await.ok()?;
             let status = response.status();
             let bytes = response.into_body().collect().await.ok()?.to_bytes();
-            Some((status, bytes))
+            Some((sender, status, bytes))
         })
         .await;
         match attempt {
-            Ok(Some((status, bytes))) => Reply::Answered(status, bytes),
-            Ok(None) => {
-                *slot = None;
-                Reply::Broken
+            Ok(Some((sender, status, bytes))) => {
+                self.idle.lock().push(sender);
+                Reply::Answered(status, bytes)
             }
-            Err(_) => {
-                // The connection may still carry the late answer: never reuse it.
-                *slot = None;
-                Reply::TimedOut
-            }
+            Ok(None) => Reply::Broken,
+            // A timed-out connection may still carry the late answer: it is dropped, not reused.
+            Err(_) => Reply::TimedOut,
         }
     }
 }
