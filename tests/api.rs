@@ -541,11 +541,29 @@ async fn listings_info_and_search() {
     )
     .await;
     expect_error(
-        app.get("/api/v1/items?q=%20%2B%2B").await,
+        app.get("/api/v1/items?q=").await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid",
     )
     .await;
+    let punctuation: Value = app
+        .get("/api/v1/items?q=%20%2B%2B")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        punctuation["items"].as_array().unwrap().is_empty(),
+        "no word, no match"
+    );
+    let resp = app
+        .client
+        .put(app.url("/api/v1/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "GET, POST");
+    expect_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     expect_error(
         app.get("/api/v1/items").await,
         StatusCode::BAD_REQUEST,

@@ -46,8 +46,10 @@ impl Extra {
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude, -90 to 90.
+    #[schema(minimum = -90, maximum = 90)]
     pub lat: f64,
     /// Longitude, -180 to 180.
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
 }
 

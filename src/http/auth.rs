@@ -16,9 +16,9 @@ use crate::domain::{Email, Extra, User, UserInput, UserName};
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/register", web::post().to(register))
-        .route("/auth/login", web::post().to(login))
-        .route("/auth/logout", web::post().to(logout));
+    cfg.service(super::resource("/auth/register", "POST").route(web::post().to(register)))
+        .service(super::resource("/auth/login", "POST").route(web::post().to(login)))
+        .service(super::resource("/auth/logout", "POST").route(web::post().to(logout)));
 }
 
 /// A new account.
@@ -26,12 +26,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 1 to 100 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\u0000-\\u001F\\u007F-\\u009F]{1,64}@[^@\\s.\\u0000-\\u001F\\u007F-\\u009F][^@\\s\\u0000-\\u001F\\u007F-\\u009F]*\\.[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*[^@\\s.\\u0000-\\u001F\\u007F-\\u009F]$"
+    )]
     pub email: String,
     /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// 0 to 1000000000; defaults to 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::integer")]
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub group: i64,
     /// Any JSON object, up to 16 KiB.
     #[serde(default)]

@@ -16,7 +16,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// payload_too_large, invalid, rate_limited, unavailable, timeout, internal.
+    /// method_not_allowed, payload_too_large, invalid, rate_limited, unavailable, timeout, internal.
     pub code: String,
     pub message: String,
     /// The offending field, for `invalid`.
@@ -31,6 +31,7 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -62,6 +63,21 @@ impl ResponseError for Error {
             },
         })
     }
+}
+
+/// The answer for a method a route does not serve; `allow` lists those it does.
+pub async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
+    let mut response = Error::MethodNotAllowed(format!(
+        "{} is not allowed on {}; allowed: {allow}",
+        req.method(),
+        req.path()
+    ))
+    .error_response();
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    response
 }
 
 /// The answer for any route that does not exist.

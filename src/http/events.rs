@@ -20,7 +20,7 @@ use crate::actors::notify::{ClientEvent, ConnectedClient, Resume};
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(events));
+    cfg.service(super::resource("/events", "GET").route(web::get().to(events)));
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

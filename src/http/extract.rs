@@ -108,3 +108,31 @@ where
 {
     Option::<T>::deserialize(deserializer).map(Some)
 }
+
+/// An integer that JSON may write as `7` or `7.0` (JSON Schema's `integer` allows both).
+pub fn integer<'de, D>(deserializer: D) -> Result<i64, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    whole_number(serde_json::Number::deserialize(deserializer)?)
+}
+
+/// `integer` for optional fields (`null` is absent).
+pub fn optional_integer<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Option::<serde_json::Number>::deserialize(deserializer)?
+        .map(whole_number)
+        .transpose()
+}
+
+fn whole_number<E: serde::de::Error>(value: serde_json::Number) -> Result<i64, E> {
+    if let Some(n) = value.as_i64() {
+        return Ok(n);
+    }
+    match value.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(E::custom(format!("expected an integer, got {value}"))),
+    }
+}

@@ -9,8 +9,8 @@ use crate::actors::store;
 use crate::bus::Role;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+    cfg.service(super::resource("/healthz", "GET").route(web::get().to(healthz)))
+        .service(super::resource("/readyz", "GET").route(web::get().to(readyz)));
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -14,8 +14,10 @@ use crate::domain::Item;
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/info/{uid}", web::get().to(info))
-        .route("/info/{uid}/{limit}/{offset}", web::get().to(info_page));
+    cfg.service(super::resource("/info/{uid}", "GET").route(web::get().to(info)))
+        .service(
+            super::resource("/info/{uid}/{limit}/{offset}", "GET").route(web::get().to(info_page)),
+        );
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -60,8 +62,8 @@ pub async fn info(
 #[utoipa::path(get, path = "/info/{uid}/{limit}/{offset}", tag = "items",
     params(
         ("uid" = Uuid, Path, description = "User id"),
-        ("limit" = u32, Path, description = "1 to 100"),
-        ("offset" = u32, Path, description = "0 to 100000"),
+        ("limit" = u32, Path, description = "1 to 100", minimum = 1, maximum = 100),
+        ("offset" = u32, Path, description = "0 to 100000", minimum = 0, maximum = 100000),
     ),
     responses(
         (status = 200, description = "A page of the user's items", body = InfoResponse),

@@ -16,12 +16,12 @@ use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/items")
+        super::resource("/items", "GET, POST")
             .route(web::post().to(create_item))
             .route(web::get().to(search_items)),
     )
     .service(
-        web::resource("/items/{id}")
+        super::resource("/items/{id}", "GET, PATCH, DELETE")
             .route(web::get().to(get_item))
             .route(web::patch().to(update_item))
             .route(web::delete().to(delete_item)),
@@ -32,15 +32,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct CreateItemRequest {
     /// 1 to 300 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 300,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub title: String,
     /// Up to 65536 characters.
     #[serde(default)]
+    #[schema(
+        max_length = 65536,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub body: String,
     /// An absolute http(s) URL.
+    #[schema(
+        max_length = 2048,
+        pattern = "^https?://[^\\s/\\u0000-\\u001F\\u007F-\\u009F][^\\s\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub url: Option<String>,
     pub location: Option<Location>,
     /// Up to 32 keywords of 1 to 64 characters; stored lower-case.
     #[serde(default)]
+    #[schema(max_items = 32, value_type = Vec<Keyword>)]
     pub keywords: Vec<String>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -64,14 +78,28 @@ impl CreateItemRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateItemRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 300,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub title: Option<String>,
+    #[schema(
+        max_length = 65536,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub body: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[schema(
+        nullable,
+        max_length = 2048,
+        pattern = "^https?://[^\\s/\\u0000-\\u001F\\u007F-\\u009F][^\\s\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub url: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(nullable)]
     pub location: Option<Option<Location>>,
+    #[schema(max_items = 32, value_type = Option<Vec<Keyword>>)]
     pub keywords: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
@@ -100,12 +128,31 @@ impl UpdateItemRequest {
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words to look for in title, body and keywords (all must match).
+    #[param(min_length = 1, max_length = 500)]
     pub q: String,
     /// 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// 0 to 100000 (default 0).
+    #[param(minimum = 0, maximum = 100000)]
     pub offset: Option<u32>,
 }
+
+/// A keyword, 1 to 64 characters (documentation only: keywords travel as strings).
+pub struct Keyword;
+
+impl utoipa::PartialSchema for Keyword {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"))
+            .into()
+    }
+}
+
+impl ToSchema for Keyword {}
 
 fn item_location(id: Uuid) -> String {
     format!("/api/v1/items/{id}")
@@ -208,9 +255,15 @@ pub async fn search_items(
     if query.q.chars().count() > 500 {
         return Err(Error::invalid("q", "must be at most 500 characters"));
     }
-    // Validate here too, so an empty query is a 422 before any hop.
-    crate::store::sqlite::fts_query(&query.q)?;
-    let items = app::search_items(&state.bus, query.q, page).await?;
+    if query.q.is_empty() {
+        return Err(Error::invalid("q", "must not be empty"));
+    }
+    // Text with no word in it (only punctuation, say) matches nothing.
+    let items = if crate::store::sqlite::fts_query(&query.q).is_ok() {
+        app::search_items(&state.bus, query.q, page).await?
+    } else {
+        Vec::new()
+    };
     Ok(HttpResponse::Ok().json(ItemPage {
         items,
         limit: page.limit,

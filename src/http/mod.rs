@@ -96,6 +96,13 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
+/// A route's resource: a method it does not serve gets a JSON 405 naming the ones it does.
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: actix_web::HttpRequest| {
+        error::method_not_allowed(req, allow)
+    }))
+}
+
 /// Builds the HTTP server on an already bound listener.
 pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::io::Result<Server> {
     let shutdown = state.limits.shutdown_timeout;

@@ -8,11 +8,11 @@ use crate::actors::stats::{self, NodeStats};
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(prometheus_metrics));
+    cfg.service(super::resource("/metrics", "GET").route(web::get().to(prometheus_metrics)));
 }
 
 pub fn api_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/stats", web::get().to(node_stats));
+    cfg.service(super::resource("/stats", "GET").route(web::get().to(node_stats)));
 }
 
 /// Prometheus metrics of this node.

@@ -17,24 +17,35 @@ use crate::error::Error;
 use crate::store::Page;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/users", web::post().to(create_user))
+    cfg.service(super::resource("/users", "POST").route(web::post().to(create_user)))
         .service(
-            web::resource("/users/{id}")
+            super::resource("/users/{id}", "GET, PATCH, DELETE")
                 .route(web::get().to(get_user))
                 .route(web::patch().to(update_user))
                 .route(web::delete().to(delete_user)),
         )
-        .route("/users/{id}/items", web::get().to(list_user_items));
+        .service(super::resource("/users/{id}/items", "GET").route(web::get().to(list_user_items)));
 }
 
 /// A user created by an admin; may itself be an admin.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\u0000-\\u001F\\u007F-\\u009F]{1,64}@[^@\\s.\\u0000-\\u001F\\u007F-\\u009F][^@\\s\\u0000-\\u001F\\u007F-\\u009F]*\\.[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*[^@\\s.\\u0000-\\u001F\\u007F-\\u009F]$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::integer")]
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub group: i64,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -47,9 +58,21 @@ pub struct CreateUserRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\u0000-\\u001F\\u007F-\\u009F]{1,64}@[^@\\s.\\u0000-\\u001F\\u007F-\\u009F][^@\\s\\u0000-\\u001F\\u007F-\\u009F]*\\.[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*[^@\\s.\\u0000-\\u001F\\u007F-\\u009F]$"
+    )]
     pub email: Option<String>,
+    #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::optional_integer")]
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub group: Option<i64>,
     /// Replaces the whole `extra` object.
     #[schema(value_type = Option<Object>)]
@@ -78,8 +101,10 @@ impl UpdateUserRequest {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// 0 to 100000 (default 0).
+    #[param(minimum = 0, maximum = 100000)]
     pub offset: Option<u32>,
 }
 
