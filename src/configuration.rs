@@ -181,6 +181,12 @@ pub struct Tuning {
     /// Events kept for clients resuming with Last-Event-ID.
     #[arg(long, env = "GORGON_EVENT_REPLAY", default_value_t = 10_000)]
     pub event_replay: usize,
+    /// Seconds of per-second traffic history kept for /api/v1/stats and the dashboard.
+    #[arg(long, env = "GORGON_STATS_SECONDS", default_value_t = 3600)]
+    pub stats_seconds: usize,
+    /// Minutes of per-minute roll-ups kept.
+    #[arg(long, env = "GORGON_STATS_MINUTES", default_value_t = 1440)]
+    pub stats_minutes: usize,
     /// Interval of SSE keep-alive comments.
     #[arg(long, env = "GORGON_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,

@@ -16,7 +16,7 @@ use crate::actors::app::{AppActor, AppArgs};
 use crate::actors::auth::{self, AuthActor, AuthArgs, AuthShared};
 use crate::actors::notify::{NotifyActor, NotifyArgs, NotifyHub};
 use crate::actors::provider::{ProviderActor, ProviderArgs};
-use crate::actors::stats::{StatsActor, StatsArgs};
+use crate::actors::stats::{StatsActor, StatsArgs, StatsHub};
 use crate::actors::store::{self as store_role, StoreActor, StoreArgs};
 use crate::actors::web::{WebActor, WebArgs};
 use crate::bus::{Bus, Role};
@@ -122,6 +122,7 @@ impl Node {
             .await?;
         }
         let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+        let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
         if roles.contains(Role::Stats) {
             spawn(
                 &mut actors,
@@ -131,6 +132,7 @@ impl Node {
                     bus: bus.clone(),
                     node_id,
                     roles: roles.0.clone(),
+                    hub: stats_hub.clone(),
                 },
             )
             .await?;
@@ -180,6 +182,7 @@ impl Node {
                 limits: args.http_limits(),
                 metrics,
                 notify: hub.clone(),
+                stats: stats_hub.clone(),
             };
             spawn(
                 &mut actors,

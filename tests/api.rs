@@ -637,3 +637,59 @@ async fn readiness_fails_without_the_store_role() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_history_and_dashboard() {
+    let app = TestApp::spawn().await;
+    for _ in 0..20 {
+        app.get("/healthz").await;
+    }
+    // The stats role closes a second once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    let stats: Value = app.get("/api/v1/stats?last=10").await.json().await.unwrap();
+    let bounds = stats["bucket_bounds_ms"].as_array().unwrap();
+    let seconds = stats["seconds"].as_array().unwrap();
+    assert!(!seconds.is_empty() && seconds.len() <= 10, "{stats}");
+    let counted: u64 = seconds
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert!(counted >= 20, "the 20 requests were counted: {counted}");
+    for s in seconds {
+        assert_eq!(s["buckets"].as_array().unwrap().len(), bounds.len() + 1);
+        let in_buckets: u64 = s["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .sum();
+        assert_eq!(in_buckets, s["requests"].as_u64().unwrap());
+    }
+    let minutes = stats["minutes"].as_array().unwrap();
+    let in_minutes: u64 = minutes
+        .iter()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .sum();
+    assert!(in_minutes >= counted, "minutes roll the seconds up");
+    expect_error(
+        app.get("/api/v1/stats?last=5000").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+
+    let resp = app.get("/dashboard").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("<canvas id=\"heatmap\""));
+    assert!(page.contains("/api/v1/stats"));
+    // Self-contained: nothing is loaded from anywhere else.
+    assert!(
+        !page.contains("http://") && !page.contains("https://") && !page.contains("src="),
+        "external reference in the dashboard"
+    );
+}

@@ -7,7 +7,7 @@
 //! | `/api/v1/items`, `/api/v1/items/{id}` | `items.rs` |
 //! | `/info/{uid}[/{limit}/{offset}]` (the original system's read route) | `info.rs` |
 //! | `/api/v1/events` (SSE) | `events.rs` |
-//! | `/metrics`, `/api/v1/stats` | `observability.rs` |
+//! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
 
@@ -33,6 +33,7 @@ use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::notify::NotifyHub;
+use crate::actors::stats::StatsHub;
 use crate::bus::Bus;
 
 /// Limits of the HTTP edge.
@@ -69,6 +70,8 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// Present when the notify role runs in this process.
     pub notify: Option<Arc<NotifyHub>>,
+    /// Where every answered request is counted for the per-second history.
+    pub stats: Arc<StatsHub>,
 }
 
 /// Routes and per-app configuration, shared by the server and in-process tests.
@@ -126,7 +129,13 @@ async fn record_request(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().as_str().to_string();
+    let hub = req
+        .app_data::<web::Data<HttpState>>()
+        .map(|state| state.stats.clone());
     let response = next.call(req).await?;
+    if let Some(hub) = hub {
+        hub.record(started.elapsed(), response.status().is_server_error());
+    }
     let route = response
         .request()
         .match_pattern()
