@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn seconds_close_into_history_and_minutes() {
         let hub = StatsHub::new(3, 2);
-        let at = DateTime::<Utc>::from_timestamp(1_800_000_000 - 1_800_000_000 % 60, 0).unwrap();
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_020 - 20, 0).unwrap();
         for n in 0..5 {
             hub.record(Duration::from_micros(700), false);
             hub.record(Duration::from_secs(20), true);
