@@ -48,6 +48,7 @@ pub fn metrics() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
+            describe_metrics();
             handle
         })
         .clone()
@@ -62,4 +63,70 @@ pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle
             handle.run_upkeep();
         }
     })
+}
+
+/// Help texts and units of every metric the node exports (one place to find them all).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "gorgon_http_requests_total",
+        "HTTP requests answered, by method, route pattern and status."
+    );
+    describe_histogram!(
+        "gorgon_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by method and route pattern."
+    );
+    describe_counter!(
+        "gorgon_bus_calls_total",
+        "Calls between roles over the bus, by role, request kind and outcome."
+    );
+    describe_histogram!(
+        "gorgon_bus_call_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a request to a role until its reply, by role and kind."
+    );
+    describe_counter!(
+        "gorgon_events_published_total",
+        "Events published on the bus, by topic."
+    );
+    describe_histogram!(
+        "gorgon_store_op_duration_seconds",
+        Unit::Seconds,
+        "Time the store role took per operation, by operation."
+    );
+    describe_histogram!(
+        "gorgon_store_write_batch_size",
+        Unit::Count,
+        "Writes committed together in one transaction (group commit)."
+    );
+    describe_counter!(
+        "gorgon_auth_login_total",
+        "Login attempts, by outcome (ok, denied, rate_limited)."
+    );
+    describe_counter!(
+        "gorgon_provider_items_total",
+        "Items inserted by providers, by provider and outcome."
+    );
+    describe_gauge!(
+        "gorgon_notify_clients",
+        "Streaming (SSE) clients connected to this node."
+    );
+    describe_counter!(
+        "gorgon_notify_clients_dropped_total",
+        "Streaming clients disconnected for falling behind, by reason."
+    );
+    describe_counter!(
+        "gorgon_notify_events_lost_total",
+        "Bus events the notify role missed because it fell behind."
+    );
+    describe_gauge!(
+        "gorgon_node_uptime_seconds",
+        Unit::Seconds,
+        "Seconds since this node started."
+    );
+    describe_gauge!(
+        "gorgon_build_info",
+        "Always 1; the version label says which build runs."
+    );
 }

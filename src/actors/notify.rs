@@ -180,6 +180,8 @@ impl Actor for NotifyActor {
         args: NotifyArgs,
     ) -> Result<NotifyState, ActorProcessingErr> {
         args.bus.join(Role::Notify, myself.get_cell());
+        // Exported from the start, so dashboards see 0 rather than no series.
+        metrics::gauge!("gorgon_notify_clients").set(args.hub.connected() as f64);
         let mut events = args.bus.subscribe();
         let hub = args.hub.clone();
         let forwarder = tokio::spawn(async move {

@@ -1,0 +1,207 @@
+//! Observability against a running node: `/metrics` passes `promtool check metrics`, every metric
+//! the Grafana dashboard and Prometheus config name is really exported, and headless Chromium
+//! sees the dashboard draw its heatmap.
+//!
+//! `promtool` (Debian's `prometheus`) and `chromium` are installed by `scripts/test.sh`, which
+//! sets `GORGON_REQUIRE_TOOLS=1`: then a missing tool fails the test. Under a bare `cargo test`
+//! without them these tests say they were skipped.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestApp;
+use serde_json::json;
+
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("GORGON_REQUIRE_TOOLS").is_none(),
+            "{name} is required (scripts/test.sh installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A node with a provider, a user, items, reads and an SSE client, so every series exists.
+async fn busy_app() -> TestApp {
+    let app = TestApp::spawn_with(&["--provider-rate", "50"]).await;
+    let (uid, token) = app.user("metrics@example.com").await;
+    let item = app.create_item(&token, &json!({"title": "metrics"})).await;
+    app.get(&format!("/api/v1/items/{}", item["id"].as_str().unwrap()))
+        .await;
+    app.get(&format!("/info/{uid}")).await;
+    app.get("/api/v1/items?q=metrics").await;
+    app.get("/nope").await;
+    app.get("/api/v1/stats").await;
+    // Let the provider insert and the stats role close a second or two.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    if !tool("promtool") {
+        return;
+    }
+    let app = busy_app().await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("gorgon_http_request_duration_seconds_bucket"));
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every `gorgon_*` name in a file under `dashboards/`.
+fn dashboard_metric_names() -> Vec<String> {
+    let mut names = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("gorgon_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    // The dashboard's own uid and datasource ids are not metrics.
+    names.retain(|n| n != "gorgon_prometheus" && n != "gorgon_overview");
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_metric_is_exported() {
+    let names = dashboard_metric_names();
+    assert!(
+        names.len() >= 8,
+        "the dashboard uses the node's metrics: {names:?}"
+    );
+    let app = busy_app().await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named in dashboards/ but not exported: {missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_sees_the_heatmap_drawn() {
+    if !tool("chromium") {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    // Light load for a few seconds, so several columns of the heatmap fill.
+    let (base, client) = (app.base.clone(), app.client.clone());
+    let load = tokio::spawn(async move {
+        for _ in 0..300 {
+            let _ = client.get(format!("{base}/healthz")).send().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let shot = tempfile::tempdir().unwrap();
+    let png = shot.path().join("dashboard.png");
+    let status = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,900",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            shot.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("{}/dashboard", app.base))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .await
+        .expect("chromium finished")
+        .unwrap();
+    load.abort();
+    assert!(status.success(), "chromium failed: {status:?}");
+
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    // The heatmap canvas spans about x 80..1080, y 190..480 at this window size. Its background
+    // and labels are greys; drawn cells are saturated blues and ambers.
+    let mut coloured = 0;
+    for y in 190..480.min(info.height as usize) {
+        for x in 80..1080.min(info.width as usize) {
+            let at = (y * info.width as usize + x) * channels;
+            let (r, g, b) = (
+                pixels[at] as i32,
+                pixels[at + 1] as i32,
+                pixels[at + 2] as i32,
+            );
+            if r.max(g).max(b) - r.min(g).min(b) > 60 {
+                coloured += 1;
+            }
+        }
+    }
+    assert!(
+        coloured > 200,
+        "the heatmap shows drawn cells ({coloured} coloured pixels)"
+    );
+}
