@@ -40,7 +40,8 @@ impl SeedReport {
 
 const MAX_ID_SAMPLE: u64 = 100_000;
 
-fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
+/// A progress bar for `total` things, hidden when `quiet` (also used by the simulator).
+pub(crate) fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

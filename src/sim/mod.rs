@@ -304,7 +304,7 @@ async fn remote_target(
     let base = base.trim_end_matches('/').to_string();
     let started = Instant::now();
     let tag = &Uuid::now_v7().simple().to_string()[20..];
-    let bar = bar(scenario.users, "users");
+    let bar = crate::seed::progress(scenario.users, "users", false);
     let registered: Vec<Option<Uuid>> = futures::stream::iter(0..scenario.users)
         .map(|n| {
             let (client, base, bar) = (client.clone(), base.clone(), bar.clone());
@@ -326,7 +326,7 @@ async fn remote_target(
         "could not register any user at {base}"
     );
     let writers = writer_tokens(client, &base, scenario.writers).await?;
-    let bar = bar_for(scenario.items, "items");
+    let bar = crate::seed::progress(scenario.items, "items", false);
     let timeout = Duration::from_secs_f64(scenario.timeout_seconds);
     let connections = connections::Connections::new(&base, 64, timeout)?;
     let workload = Workload::new(connections, user_ids.clone(), writers);
@@ -354,21 +354,6 @@ async fn remote_target(
         seed_seconds: Some(seconds),
         seed_rate: Some(done.load(Ordering::Relaxed) as f64 / seconds.max(1e-9)),
     })
-}
-
-fn bar(total: u64, what: &str) -> ProgressBar {
-    bar_for(total, what)
-}
-
-fn bar_for(total: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    let template = format!("{what:>6} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec}}");
-    bar.set_style(
-        ProgressStyle::with_template(&template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Registers `count` writer accounts and logs them in.
