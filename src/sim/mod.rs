@@ -285,6 +285,7 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
     };
     let node = Node::start(*args).await?;
     let addr = node.local_addr().context("the node has no web role")?;
+    println!("node listening on http://{addr} (live dashboard: http://{addr}/dashboard)");
     Ok(Target {
         base: format!("http://{addr}"),
         seed_seconds: Some(seeded.load_seconds + seeded.index_seconds),
