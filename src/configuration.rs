@@ -227,7 +227,6 @@ impl RunArgs {
             token_ttl: self.tuning.token_ttl,
             cache_ttl: self.tuning.token_cache_ttl,
             login_per_minute: self.tuning.login_per_minute,
-            concurrency: self.tuning.role_concurrency,
             ..AuthConfig::default()
         }
     }

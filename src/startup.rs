@@ -12,13 +12,14 @@ use anyhow::Context;
 use ractor::{Actor, ActorCell};
 use tokio::task::JoinHandle;
 
-use crate::actors::app::{AppActor, AppArgs};
-use crate::actors::auth::{self, AuthActor, AuthArgs, AuthShared};
+use crate::actors::app::AppHandler;
+use crate::actors::auth::{self, AuthHandler, AuthShared};
 use crate::actors::notify::{NotifyActor, NotifyArgs, NotifyHub};
 use crate::actors::provider::{ProviderActor, ProviderArgs};
 use crate::actors::stats::{StatsActor, StatsArgs, StatsHub};
-use crate::actors::store::{self as store_role, StoreActor, StoreArgs};
+use crate::actors::store::{self as store_role, StoreHandler};
 use crate::actors::web::{WebActor, WebArgs};
+use crate::actors::{RoleActor, RoleArgs};
 use crate::bus::{Bus, Role};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName};
@@ -87,9 +88,12 @@ impl Node {
             spawn(
                 &mut actors,
                 Role::Store,
-                StoreActor,
-                StoreArgs {
-                    store: opened,
+                RoleActor::default(),
+                RoleArgs {
+                    handler: StoreHandler {
+                        store: opened,
+                        bus: bus.clone(),
+                    },
                     bus: bus.clone(),
                     concurrency,
                 },
@@ -101,10 +105,14 @@ impl Node {
             spawn(
                 &mut actors,
                 Role::Auth,
-                AuthActor,
-                AuthArgs {
+                RoleActor::default(),
+                RoleArgs {
+                    handler: AuthHandler {
+                        bus: bus.clone(),
+                        shared,
+                    },
                     bus: bus.clone(),
-                    shared,
+                    concurrency,
                 },
             )
             .await?;
@@ -113,8 +121,9 @@ impl Node {
             spawn(
                 &mut actors,
                 Role::App,
-                AppActor,
-                AppArgs {
+                RoleActor::default(),
+                RoleArgs {
+                    handler: AppHandler { bus: bus.clone() },
                     bus: bus.clone(),
                     concurrency,
                 },

@@ -3,12 +3,13 @@
 //! It decides who may do what (self or admin for users, owner for item writes), builds the
 //! records to store, and asks the store role to read or write them.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{auth, reply, store, unexpected, Inflight};
-use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
+use super::{auth, store, unexpected, RoleHandler};
+use crate::bus::{Bus, Delivery, Protocol, Role};
 use crate::domain::password::{self, Password};
 use crate::domain::{
     Item, ItemPatch, NewItem, Principal, User, UserInput, UserPatch, UserPatchInput,
@@ -106,61 +107,16 @@ impl Protocol for AppProtocol {
     }
 }
 
-pub struct AppActor;
-
-pub struct AppArgs {
+/// The app role's handler.
+pub struct AppHandler {
     pub bus: Bus,
-    pub concurrency: usize,
 }
 
-pub struct AppState {
-    bus: Bus,
-    inflight: Inflight,
-}
+impl RoleHandler for AppHandler {
+    type Protocol = AppProtocol;
 
-impl Actor for AppActor {
-    type Msg = RoleMessage<AppProtocol>;
-    type State = AppState;
-    type Arguments = AppArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: AppArgs,
-    ) -> Result<AppState, ActorProcessingErr> {
-        args.bus.join(Role::App, myself.get_cell());
-        Ok(AppState {
-            bus: args.bus,
-            inflight: Inflight::new(args.concurrency),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut AppState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        let bus = state.bus.clone();
-        state
-            .inflight
-            .spawn(async move { reply(port, execute(&bus, request).await) })
-            .await;
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut AppState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::App, myself.get_cell());
-        state.inflight.drain().await;
-        Ok(())
+    async fn handle(self: Arc<Self>, request: AppRequest) -> Result<AppReply> {
+        execute(&self.bus, request).await
     }
 }
 

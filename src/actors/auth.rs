@@ -11,11 +11,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
-use super::{reply, store, unexpected, Inflight};
-use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
+use super::{store, unexpected, RoleHandler};
+use crate::bus::{Bus, Delivery, Protocol, Role};
 use crate::domain::password::{self, Password};
 use crate::domain::{NewUser, Principal, Token, TokenHash, User, UserInput};
 use crate::error::{Error, Result};
@@ -77,7 +76,6 @@ pub struct AuthConfig {
     pub cache_capacity: u64,
     /// Login attempts allowed per email per minute (with the same burst).
     pub login_per_minute: u32,
-    pub concurrency: usize,
 }
 
 impl Default for AuthConfig {
@@ -87,7 +85,6 @@ impl Default for AuthConfig {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             login_per_minute: 10,
-            concurrency: 256,
         }
     }
 }
@@ -114,74 +111,32 @@ impl AuthShared {
     }
 }
 
-pub struct AuthActor;
-
-pub struct AuthArgs {
+/// The auth role's handler.
+pub struct AuthHandler {
     pub bus: Bus,
     pub shared: AuthShared,
 }
 
-pub struct AuthState {
-    bus: Bus,
-    shared: AuthShared,
-    inflight: Inflight,
-}
+impl RoleHandler for AuthHandler {
+    type Protocol = AuthProtocol;
 
-impl Actor for AuthActor {
-    type Msg = RoleMessage<AuthProtocol>;
-    type State = AuthState;
-    type Arguments = AuthArgs;
-
-    async fn pre_start(
+    /// The hot path: a cached token is answered without a task or a store round trip.
+    fn answer_now(
         &self,
-        myself: ActorRef<Self::Msg>,
-        args: AuthArgs,
-    ) -> Result<AuthState, ActorProcessingErr> {
-        args.bus.join(Role::Auth, myself.get_cell());
-        let inflight = Inflight::new(args.shared.config.concurrency);
-        Ok(AuthState {
-            bus: args.bus,
-            shared: args.shared,
-            inflight,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut AuthState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        // The hot path: a cached token is answered without leaving the actor.
+        request: AuthRequest,
+    ) -> std::result::Result<Result<AuthReply>, AuthRequest> {
         if let AuthRequest::Validate { token } = &request {
-            if let Some((principal, expires_at)) = state.shared.cache.get(&token.hash()) {
+            if let Some((principal, expires_at)) = self.shared.cache.get(&token.hash()) {
                 if expires_at > Utc::now() {
-                    reply(port, Ok(AuthReply::Valid(principal)));
-                    return Ok(());
+                    return Ok(Ok(AuthReply::Valid(principal)));
                 }
             }
         }
-        let bus = state.bus.clone();
-        let shared = state.shared.clone();
-        state
-            .inflight
-            .spawn(async move { reply(port, execute(&bus, &shared, request).await) })
-            .await;
-        Ok(())
+        Err(request)
     }
 
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut AuthState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::Auth, myself.get_cell());
-        state.inflight.drain().await;
-        Ok(())
+    async fn handle(self: Arc<Self>, request: AuthRequest) -> Result<AuthReply> {
+        execute(&self.bus, &self.shared, request).await
     }
 }
 

@@ -12,6 +12,10 @@
 //!
 //! Each role file also holds a small typed client (`pub async fn ...(bus, ...)`) that other roles
 //! and the HTTP layer use, so no caller builds requests or unpacks replies by hand.
+//!
+//! auth, app and store only answer requests: each is a [`RoleHandler`] inside the same
+//! [`RoleActor`]. web, provider, notify and stats own timers, servers or streams, so they are
+//! actors of their own.
 
 pub mod app;
 pub mod auth;
@@ -22,11 +26,112 @@ pub mod store;
 pub mod web;
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
+use crate::bus::{Bus, Protocol, RoleMessage};
 use crate::error::{Error, Result};
+
+type Request<H> = <<H as RoleHandler>::Protocol as Protocol>::Request;
+type Reply<H> = <<H as RoleHandler>::Protocol as Protocol>::Reply;
+
+/// What a request-answering role does; [`RoleActor`] is the same around every one of them.
+pub trait RoleHandler: Send + Sync + 'static {
+    type Protocol: Protocol;
+
+    /// Answers on the spot when that needs no waiting (a cache hit, say); otherwise hands the
+    /// request back to be handled on a task.
+    fn answer_now(
+        &self,
+        request: Request<Self>,
+    ) -> std::result::Result<Result<Reply<Self>>, Request<Self>> {
+        Err(request)
+    }
+
+    /// Handles one request (on its own task, see [`Inflight`]).
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Self>,
+    ) -> impl Future<Output = Result<Reply<Self>>> + Send;
+}
+
+/// The actor of a request-answering role: joins the role's group, hands each request to its
+/// handler on a bounded task, and on stop leaves the group and waits for running requests.
+pub struct RoleActor<H>(PhantomData<fn() -> H>);
+
+impl<H> Default for RoleActor<H> {
+    fn default() -> Self {
+        RoleActor(PhantomData)
+    }
+}
+
+pub struct RoleArgs<H> {
+    pub handler: H,
+    pub bus: Bus,
+    /// Requests handled at once.
+    pub concurrency: usize,
+}
+
+pub struct RoleState<H> {
+    handler: Arc<H>,
+    bus: Bus,
+    inflight: Inflight,
+}
+
+impl<H: RoleHandler> Actor for RoleActor<H> {
+    type Msg = RoleMessage<H::Protocol>;
+    type State = RoleState<H>;
+    type Arguments = RoleArgs<H>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RoleArgs<H>,
+    ) -> std::result::Result<RoleState<H>, ActorProcessingErr> {
+        args.bus.join(H::Protocol::ROLE, myself.get_cell());
+        Ok(RoleState {
+            handler: Arc::new(args.handler),
+            bus: args.bus,
+            inflight: Inflight::new(args.concurrency),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut RoleState<H>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let RoleMessage::Call {
+            request,
+            reply: port,
+        } = message;
+        match state.handler.answer_now(request) {
+            Ok(answer) => reply(port, answer),
+            Err(request) => {
+                let handler = state.handler.clone();
+                state
+                    .inflight
+                    .spawn(async move { reply(port, handler.handle(request).await) })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut RoleState<H>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        state.bus.leave(H::Protocol::ROLE, myself.get_cell());
+        state.inflight.drain().await;
+        Ok(())
+    }
+}
 
 /// Runs a role's requests on their own tasks, at most `limit` at a time.
 ///

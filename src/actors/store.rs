@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{reply, unexpected, Inflight};
-use crate::bus::{Bus, Delivery, Event, EventKind, Protocol, Role, RoleMessage};
+use super::{unexpected, RoleHandler};
+use crate::bus::{Bus, Delivery, Event, EventKind, Protocol, Role};
 use crate::domain::{Item, ItemPatch, NewUser, Principal, TokenHash, User, UserPatch};
 use crate::error::Result;
 use crate::store::{Page, Store};
@@ -142,73 +141,22 @@ impl Protocol for StoreProtocol {
     }
 }
 
-/// The store actor: dispatches requests to the backend, publishes events after writes.
-pub struct StoreActor;
-
-pub struct StoreArgs {
+/// The store role's handler: runs requests against the backend, publishes events after writes.
+pub struct StoreHandler {
     pub store: Arc<dyn Store>,
     pub bus: Bus,
-    pub concurrency: usize,
 }
 
-pub struct StoreState {
-    store: Arc<dyn Store>,
-    bus: Bus,
-    inflight: Inflight,
-}
+impl RoleHandler for StoreHandler {
+    type Protocol = StoreProtocol;
 
-impl Actor for StoreActor {
-    type Msg = RoleMessage<StoreProtocol>;
-    type State = StoreState;
-    type Arguments = StoreArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: StoreArgs,
-    ) -> Result<StoreState, ActorProcessingErr> {
-        args.bus.join(Role::Store, myself.get_cell());
-        Ok(StoreState {
-            store: args.store,
-            bus: args.bus,
-            inflight: Inflight::new(args.concurrency),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut StoreState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        let store = state.store.clone();
-        let bus = state.bus.clone();
-        state
-            .inflight
-            .spawn(async move {
-                let kind = StoreProtocol::kind(&request);
-                let started = Instant::now();
-                let result = execute(store.as_ref(), &bus, request).await;
-                metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
-                    .record(started.elapsed().as_secs_f64());
-                reply(port, result);
-            })
-            .await;
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut StoreState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::Store, myself.get_cell());
-        state.inflight.drain().await;
-        Ok(())
+    async fn handle(self: Arc<Self>, request: StoreRequest) -> Result<StoreReply> {
+        let kind = StoreProtocol::kind(&request);
+        let started = Instant::now();
+        let result = execute(self.store.as_ref(), &self.bus, request).await;
+        metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 
