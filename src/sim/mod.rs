@@ -51,7 +51,7 @@ pub struct SimArgs {
     /// Items per second inserted by the random provider during the run (default 1000).
     #[arg(long)]
     pub provider_rate: Option<f64>,
-    /// Concurrent clients of the closed loop (default 64).
+    /// Concurrent clients of the closed loop (default 16: on 2 cores more only queue).
     #[arg(long)]
     pub clients: Option<usize>,
     /// Open loop at this many requests per second instead of the closed loop.
@@ -174,7 +174,7 @@ impl Scenario {
                 .or(file.provider_rate)
                 .unwrap_or(1000.0)
                 .max(0.0),
-            clients: args.clients.or(file.clients).unwrap_or(64).max(1),
+            clients: args.clients.or(file.clients).unwrap_or(16).max(1),
             rates,
             step_seconds: duration_of(args.step, file.step.as_ref(), Duration::from_secs(10))?
                 .as_secs_f64(),
