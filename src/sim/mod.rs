@@ -36,11 +36,14 @@ use report::{OpSummary, Outcome, Recorder, SecondSample};
 use schedule::Schedule;
 use workload::{Mix, Op, Workload};
 
-/// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults. A scenario
+/// file (TOML) holds the same settings by the same names, durations as text (`"30s"`).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SimArgs {
     /// A scenario file (TOML) with any of the settings below.
     #[arg(long, env = "GORGON_SIM_SCENARIO")]
+    #[serde(skip)]
     pub scenario: Option<PathBuf>,
     /// Users to seed (default 10000).
     #[arg(long)]
@@ -62,49 +65,38 @@ pub struct SimArgs {
     pub rates: Option<Vec<f64>>,
     /// Length of each open-loop step (default 10s).
     #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
     pub step: Option<Duration>,
     /// Length of the measured run (default 30s).
     #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
     pub duration: Option<Duration>,
     /// Unmeasured warm-up before it (default 3s).
     #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
     pub warmup: Option<Duration>,
     /// Operation mix, e.g. read=90,write=5,search=5 (the default).
     #[arg(long)]
     pub mix: Option<String>,
     /// Drive this running node instead of starting one (seeding through the API).
     #[arg(long)]
+    #[serde(skip)]
     pub target: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
+    #[serde(skip)]
     pub json: Option<PathBuf>,
     /// Data directory for the in-process node (default: a fresh temporary one).
     #[arg(long)]
+    #[serde(skip)]
     pub data: Option<PathBuf>,
     /// Per-request timeout (default 10s).
     #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
     pub timeout: Option<Duration>,
     /// Writer accounts the simulated clients write as (default 16).
     #[arg(long)]
     pub writers: Option<usize>,
-}
-
-/// The settings a scenario file may hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScenarioFile {
-    pub users: Option<u64>,
-    pub items: Option<u64>,
-    pub provider_rate: Option<f64>,
-    pub clients: Option<usize>,
-    pub rate: Option<f64>,
-    pub rates: Option<Vec<f64>>,
-    pub step: Option<String>,
-    pub duration: Option<String>,
-    pub warmup: Option<String>,
-    pub mix: Option<String>,
-    pub writers: Option<usize>,
-    pub timeout: Option<String>,
 }
 
 /// A resolved scenario.
@@ -125,28 +117,26 @@ pub struct Scenario {
     pub target: Option<String>,
 }
 
-fn duration_of(
-    flag: Option<Duration>,
-    file: Option<&String>,
-    default: Duration,
-) -> anyhow::Result<Duration> {
-    match (flag, file) {
-        (Some(d), _) => Ok(d),
-        (None, Some(text)) => parse_duration(text).map_err(anyhow::Error::msg),
-        (None, None) => Ok(default),
-    }
+/// A duration written as text in a scenario file.
+fn duration_text<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 impl Scenario {
     pub fn resolve(args: &SimArgs) -> anyhow::Result<Scenario> {
-        let file: ScenarioFile = match &args.scenario {
+        let file: SimArgs = match &args.scenario {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read scenario {}", path.display()))?;
                 toml::from_str(&text)
                     .with_context(|| format!("invalid scenario {}", path.display()))?
             }
-            None => ScenarioFile::default(),
+            None => SimArgs::default(),
         };
         let rates = match (&args.rate, &args.rates) {
             (Some(r), _) => vec![*r],
@@ -176,24 +166,28 @@ impl Scenario {
                 .max(0.0),
             clients: args.clients.or(file.clients).unwrap_or(16).max(1),
             rates,
-            step_seconds: duration_of(args.step, file.step.as_ref(), Duration::from_secs(10))?
+            step_seconds: args
+                .step
+                .or(file.step)
+                .unwrap_or(Duration::from_secs(10))
                 .as_secs_f64(),
-            duration_seconds: duration_of(
-                args.duration,
-                file.duration.as_ref(),
-                Duration::from_secs(30),
-            )?
-            .as_secs_f64(),
-            warmup_seconds: duration_of(args.warmup, file.warmup.as_ref(), Duration::from_secs(3))?
+            duration_seconds: args
+                .duration
+                .or(file.duration)
+                .unwrap_or(Duration::from_secs(30))
+                .as_secs_f64(),
+            warmup_seconds: args
+                .warmup
+                .or(file.warmup)
+                .unwrap_or(Duration::from_secs(3))
                 .as_secs_f64(),
             mix,
             writers: args.writers.or(file.writers).unwrap_or(16).max(1),
-            timeout_seconds: duration_of(
-                args.timeout,
-                file.timeout.as_ref(),
-                Duration::from_secs(10),
-            )?
-            .as_secs_f64(),
+            timeout_seconds: args
+                .timeout
+                .or(file.timeout)
+                .unwrap_or(Duration::from_secs(10))
+                .as_secs_f64(),
             target: args.target.clone(),
         };
         if scenario.users == 0 && scenario.target.is_none() {
@@ -745,4 +739,55 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
         }
     );
     Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_files_resolve_and_flags_win() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sim/smoke.toml");
+        let from_file = Scenario::resolve(&SimArgs {
+            scenario: Some(path.into()),
+            ..SimArgs::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.users, 100);
+        assert_eq!(from_file.duration_seconds, 5.0);
+        assert_eq!(from_file.warmup_seconds, 1.0);
+        assert!(from_file.rates.is_empty(), "closed loop");
+        let overridden = Scenario::resolve(&SimArgs {
+            scenario: Some(path.into()),
+            users: Some(7),
+            duration: Some(Duration::from_millis(1500)),
+            rate: Some(50.0),
+            ..SimArgs::default()
+        })
+        .unwrap();
+        assert_eq!(overridden.users, 7);
+        assert_eq!(overridden.duration_seconds, 1.5);
+        assert_eq!(overridden.rates, vec![50.0]);
+        assert_eq!(overridden.items, 10_000, "the rest still from the file");
+        for file in ["default.toml", "open-loop-steps.toml", "reads-only.toml"] {
+            let path = format!("{}/sim/{file}", env!("CARGO_MANIFEST_DIR"));
+            Scenario::resolve(&SimArgs {
+                scenario: Some(path.into()),
+                ..SimArgs::default()
+            })
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn scenario_files_reject_unknown_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typo.toml");
+        std::fs::write(&path, "userz = 5\n").unwrap();
+        let err = Scenario::resolve(&SimArgs {
+            scenario: Some(path),
+            ..SimArgs::default()
+        });
+        assert!(err.is_err());
+    }
 }
