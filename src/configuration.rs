@@ -193,6 +193,19 @@ pub struct Tuning {
 }
 
 impl RunArgs {
+    /// A node on a free loopback port over `data`, with `extra` flags as on the command line
+    /// (used by the simulator and the tests to start a node in-process).
+    pub fn local(data: &std::path::Path, extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["gorgon", "run", "--listen", "127.0.0.1:0", "--data"];
+        let data = data.display().to_string();
+        argv.push(&data);
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            _ => Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand)),
+        }
+    }
+
     pub fn bus_config(&self) -> BusConfig {
         BusConfig {
             direct_timeout: self.tuning.direct_timeout,

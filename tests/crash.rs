@@ -124,10 +124,11 @@ async fn verify(base: &str, acked: &[(String, String)]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_writes_loses_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut gorgon = start(dir.path());
+/// Starts the binary on `dir` and 8 writers against it (they stop when it stops answering).
+async fn start_with_burst(
+    dir: &std::path::Path,
+) -> (Gorgon, tokio::task::JoinHandle<Vec<(String, String)>>) {
+    let gorgon = start(dir);
     let token = user_token(&Client::new(), &gorgon.base).await;
     let writes = tokio::spawn(burst(
         gorgon.base.clone(),
@@ -135,6 +136,21 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         8,
         Duration::from_secs(20),
     ));
+    (gorgon, writes)
+}
+
+/// Starts the binary again on `dir` and checks every acknowledged write.
+async fn restart_and_verify(dir: &std::path::Path, acked: &[(String, String)]) {
+    let mut restarted = start(dir);
+    verify(&restarted.base, acked).await;
+    restarted.child.kill().ok();
+    restarted.child.wait().ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gorgon, writes) = start_with_burst(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     gorgon.child.kill().expect("SIGKILL");
     gorgon.child.wait().expect("reaped");
@@ -145,27 +161,17 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         acked.len()
     );
 
-    let mut restarted = start(dir.path());
-    verify(&restarted.base, &acked).await;
+    restart_and_verify(dir.path(), &acked).await;
     eprintln!(
         "{} acknowledged writes all present after SIGKILL",
         acked.len()
     );
-    restarted.child.kill().ok();
-    restarted.child.wait().ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_writes_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut gorgon = start(dir.path());
-    let token = user_token(&Client::new(), &gorgon.base).await;
-    let writes = tokio::spawn(burst(
-        gorgon.base.clone(),
-        token,
-        8,
-        Duration::from_secs(20),
-    ));
+    let (mut gorgon, writes) = start_with_burst(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let status = Command::new("kill")
         .args(["-TERM", &gorgon.child.id().to_string()])
@@ -177,8 +183,5 @@ async fn sigterm_drains_in_flight_writes_and_exits_cleanly() {
     let acked = writes.await.unwrap();
     assert!(!acked.is_empty());
 
-    let mut restarted = start(dir.path());
-    verify(&restarted.base, &acked).await;
-    restarted.child.kill().ok();
-    restarted.child.wait().ok();
+    restart_and_verify(dir.path(), &acked).await;
 }

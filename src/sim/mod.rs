@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -29,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::configuration::{parse_duration, Cli, Command, SeedArgs};
+use crate::configuration::{parse_duration, RunArgs, SeedArgs};
 use crate::startup::Node;
 use invariants::Check;
 use report::{OpSummary, Outcome, Recorder, SecondSample};
@@ -262,22 +261,12 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
         user_ids_out: None,
     })
     .await?;
-    let argv = [
-        "gorgon".to_string(),
-        "run".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data".into(),
-        dir.display().to_string(),
-        "--provider-rate".into(),
-        scenario.provider_rate.to_string(),
-        "--login-per-minute".into(),
-        "100000".into(),
-    ];
-    let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
-        anyhow::bail!("internal: not a run command");
-    };
-    let node = Node::start(*args).await?;
+    let rate = scenario.provider_rate.to_string();
+    let args = RunArgs::local(
+        &dir,
+        &["--provider-rate", &rate, "--login-per-minute", "100000"],
+    )?;
+    let node = Node::start(args).await?;
     let addr = node.local_addr().context("the node has no web role")?;
     println!("node listening on http://{addr} (live dashboard: http://{addr}/dashboard)");
     Ok(Target {

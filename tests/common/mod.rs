@@ -3,8 +3,7 @@
 
 #![allow(dead_code)]
 
-use clap::Parser;
-use gorgon::configuration::{Cli, Command, RunArgs};
+use gorgon::configuration::RunArgs;
 use gorgon::startup::Node;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -22,23 +21,14 @@ pub struct TestApp {
 }
 
 pub fn run_args(dir: &std::path::Path, extra: &[&str]) -> RunArgs {
-    let mut argv = vec![
-        "gorgon".to_string(),
-        "run".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data".into(),
-        dir.display().to_string(),
-        "--admin-email".into(),
-        ADMIN_EMAIL.into(),
-        "--admin-password".into(),
-        ADMIN_PASSWORD.into(),
+    let mut flags = vec![
+        "--admin-email",
+        ADMIN_EMAIL,
+        "--admin-password",
+        ADMIN_PASSWORD,
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    match Cli::parse_from(argv).command {
-        Command::Run(args) => *args,
-        _ => unreachable!("parsed a run command"),
-    }
+    flags.extend_from_slice(extra);
+    RunArgs::local(dir, &flags).expect("valid run flags")
 }
 
 impl TestApp {
