@@ -9,6 +9,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool checks /metrics
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # renders /dashboard
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # Redis mailbox tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

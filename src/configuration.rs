@@ -30,6 +30,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Simulates a workload: seeds, starts every role (or targets --target), drives load, reports.
     Sim(crate::sim::SimArgs),
+    /// Inspects and repairs a Redis dead-letter list: list, replay or purge.
+    Dlq(DlqArgs),
 }
 
 /// The roles a node runs.
@@ -97,9 +99,15 @@ pub struct RunArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
     pub data: PathBuf,
-    /// Redis URL for durable mailboxes between processes (not in this build yet).
+    /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS): roles that are
+    /// not in this process are reached through durable Redis mailboxes.
     #[arg(long, env = "GORGON_REDIS_URL")]
     pub redis: Option<String>,
+    /// Namespace of this application's Redis keys (`gorgon:{namespace}:…`).
+    #[arg(long, env = "GORGON_REDIS_NAMESPACE", default_value = "default")]
+    pub redis_namespace: String,
+    #[command(flatten)]
+    pub queues: QueueTuning,
     /// MongoDB URI for the shared store (not in this build yet).
     #[arg(long, env = "GORGON_MONGODB_URI")]
     pub mongodb: Option<String>,
@@ -192,6 +200,67 @@ pub struct Tuning {
     pub sse_heartbeat: Duration,
 }
 
+/// Limits of the Redis mailboxes.
+#[derive(Debug, Clone, Args)]
+pub struct QueueTuning {
+    /// Deliveries of a durable message before it goes to the dead-letter list.
+    #[arg(long, env = "GORGON_QUEUE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub queue_max_attempts: u32,
+    /// Lifetime of a consumer's heartbeat: a consumer silent this long is dead and its in-flight
+    /// messages are delivered again.
+    #[arg(long, env = "GORGON_QUEUE_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub queue_heartbeat: Duration,
+    /// First retry delay of a failed durable message (doubles per attempt, with jitter).
+    #[arg(long, env = "GORGON_QUEUE_RETRY_BASE", default_value = "200ms", value_parser = parse_duration)]
+    pub queue_retry_base: Duration,
+    /// Messages a consumer takes from Redis in one round trip.
+    #[arg(long, env = "GORGON_QUEUE_BATCH", default_value_t = 64)]
+    pub queue_batch: usize,
+    /// Messages a consumer works on at once (per queue).
+    #[arg(long, env = "GORGON_QUEUE_INFLIGHT", default_value_t = 256)]
+    pub queue_inflight: usize,
+}
+
+impl QueueTuning {
+    pub fn redis_config(&self, url: &str, namespace: &str) -> crate::bus::RedisConfig {
+        crate::bus::RedisConfig {
+            url: url.to_string(),
+            namespace: namespace.to_string(),
+            max_attempts: self.queue_max_attempts.max(1),
+            heartbeat: self.queue_heartbeat.max(Duration::from_millis(300)),
+            retry_base: self.queue_retry_base,
+            batch: self.queue_batch.clamp(1, 10_000),
+            inflight: self.queue_inflight.clamp(1, 100_000),
+        }
+    }
+}
+
+/// `gorgon dlq`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[arg(value_enum)]
+    pub action: DlqAction,
+    /// The queue, e.g. `store`, `app`, `auth` (durable) or `store.direct`.
+    pub queue: String,
+    #[arg(long, env = "GORGON_REDIS_URL")]
+    pub redis: String,
+    #[arg(long, env = "GORGON_REDIS_NAMESPACE", default_value = "default")]
+    pub redis_namespace: String,
+    /// Most records listed or replayed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DlqAction {
+    /// Prints each dead message as one JSON line.
+    List,
+    /// Puts dead messages back on their queue, as first attempts.
+    Replay,
+    /// Deletes every dead message of the queue.
+    Purge,
+}
+
 impl RunArgs {
     /// A node on a free loopback port over `data`, with `extra` flags as on the command line
     /// (used by the simulator and the tests to start a node in-process).
@@ -212,6 +281,13 @@ impl RunArgs {
             durable_timeout: self.tuning.durable_timeout,
             ..BusConfig::default()
         }
+    }
+
+    /// The Redis link's settings, when `--redis` is given.
+    pub fn redis_config(&self) -> Option<crate::bus::RedisConfig> {
+        self.redis
+            .as_deref()
+            .map(|url| self.queues.redis_config(url, &self.redis_namespace))
     }
 
     pub fn http_limits(&self) -> HttpLimits {

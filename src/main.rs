@@ -13,6 +13,7 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => run(*args).await.map(|_| true),
         Command::Seed(args) => gorgon::seed::run(args).await.map(|_| true),
         Command::Sim(args) => gorgon::sim::run(args).await,
+        Command::Dlq(args) => gorgon::bus::redis::dlq::run(args).await.map(|_| true),
     };
     match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -30,6 +31,7 @@ async fn run(args: gorgon::configuration::RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = node.local_addr() {
         println!("gorgon listening on http://{addr}");
     }
+    println!("gorgon node ready");
     shutdown_signal().await;
     node.shutdown().await;
     Ok(())

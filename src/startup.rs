@@ -1,8 +1,9 @@
 //! Starting and stopping a node: the bus, the store, one actor per role, the HTTP server.
 //!
-//! Shutdown order matters: stop accepting HTTP and let in-flight requests finish, stop the
-//! producers (provider), drain the roles (each waits for its running requests), and close the
-//! store last so every acknowledged write is committed before the process exits.
+//! Shutdown order matters: stop accepting HTTP and let in-flight requests finish, stop taking
+//! messages from Redis and finish (and acknowledge) those taken, stop the producers (provider),
+//! drain the roles (each waits for its running requests), and close the store last so every
+//! acknowledged write is committed before the process exits.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -12,15 +13,15 @@ use anyhow::Context;
 use ractor::{Actor, ActorCell};
 use tokio::task::JoinHandle;
 
-use crate::actors::app::AppHandler;
-use crate::actors::auth::{self, AuthHandler, AuthShared};
+use crate::actors::app::{AppHandler, AppProtocol};
+use crate::actors::auth::{self, AuthHandler, AuthProtocol, AuthShared};
 use crate::actors::notify::{NotifyActor, NotifyArgs, NotifyHub};
-use crate::actors::provider::{ProviderActor, ProviderArgs};
-use crate::actors::stats::{StatsActor, StatsArgs, StatsHub};
-use crate::actors::store::{self as store_role, StoreHandler};
+use crate::actors::provider::{ProviderActor, ProviderArgs, ProviderProtocol};
+use crate::actors::stats::{StatsActor, StatsArgs, StatsHub, StatsProtocol};
+use crate::actors::store::{self as store_role, StoreHandler, StoreProtocol};
 use crate::actors::web::{WebActor, WebArgs};
 use crate::actors::{RoleActor, RoleArgs};
-use crate::bus::{Bus, Role};
+use crate::bus::{Bus, RedisLink, Role};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName};
 use crate::http::HttpState;
@@ -34,6 +35,7 @@ pub struct Node {
     actors: Vec<(Role, ActorCell, JoinHandle<()>)>,
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
+    redis: Option<Arc<RedisLink>>,
     upkeep: JoinHandle<()>,
     stop_timeout: Duration,
 }
@@ -67,7 +69,15 @@ impl Node {
         crate::cluster::check_supported(&args).map_err(anyhow::Error::msg)?;
         let metrics = crate::telemetry::metrics();
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
-        let bus = Bus::new(args.bus_config());
+        let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+        let redis = match args.redis_config() {
+            Some(config) => Some(RedisLink::connect(config, &node_id).await?),
+            None => None,
+        };
+        let bus = match &redis {
+            Some(link) => Bus::with_redis(args.bus_config(), link.clone()),
+            None => Bus::new(args.bus_config()),
+        };
         let roles = &args.roles;
         let concurrency = args.tuning.role_concurrency;
         let mut actors = Vec::new();
@@ -130,7 +140,6 @@ impl Node {
             )
             .await?;
         }
-        let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
         let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
         if roles.contains(Role::Stats) {
             spawn(
@@ -139,7 +148,7 @@ impl Node {
                 StatsActor,
                 StatsArgs {
                     bus: bus.clone(),
-                    node_id,
+                    node_id: node_id.clone(),
                     roles: roles.0.clone(),
                     hub: stats_hub.clone(),
                 },
@@ -173,8 +182,28 @@ impl Node {
             )
             .await?;
         }
+        if let Some(link) = &redis {
+            // Roles here take their share of the work other processes put on Redis.
+            let local = |role| roles.contains(role);
+            if local(Role::Store) {
+                link.serve::<StoreProtocol>(bus.clone());
+            }
+            if local(Role::Auth) {
+                link.serve::<AuthProtocol>(bus.clone());
+            }
+            if local(Role::App) {
+                link.serve::<AppProtocol>(bus.clone());
+            }
+            if local(Role::Provider) {
+                link.serve::<ProviderProtocol>(bus.clone());
+            }
+            if local(Role::Stats) {
+                link.serve::<StatsProtocol>(bus.clone());
+            }
+            link.relay_events(bus.clone());
+        }
         if let Some(email) = &args.admin_email {
-            if bus.has_role(Role::Store) {
+            if roles.contains(Role::Store) {
                 bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
             } else {
                 tracing::info!("no store role here: the admin is created by a node that has one");
@@ -206,8 +235,10 @@ impl Node {
             .await?;
         }
         tracing::info!(
+            node = %node_id,
             roles = ?roles.0.iter().map(|r| r.name()).collect::<Vec<_>>(),
             addr = ?addr,
+            redis = redis.is_some(),
             data = %args.data.display(),
             "node started"
         );
@@ -217,6 +248,7 @@ impl Node {
             actors,
             store,
             hub,
+            redis,
             upkeep,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
@@ -238,6 +270,13 @@ impl Node {
             hub.close();
         }
         for role in STOP_ORDER {
+            if role == Role::Provider {
+                // HTTP has drained; now stop taking work from Redis and finish what was taken,
+                // while the roles that work needs are still running.
+                if let Some(link) = &self.redis {
+                    link.stop_consumers().await;
+                }
+            }
             let (stopping, rest): (Vec<_>, Vec<_>) =
                 self.actors.drain(..).partition(|(r, _, _)| *r == role);
             self.actors = rest;
@@ -252,6 +291,9 @@ impl Node {
         }
         if let Some(store) = self.store.take() {
             store.close().await;
+        }
+        if let Some(link) = self.redis.take() {
+            link.close().await;
         }
         self.upkeep.abort();
         tracing::info!("stopped");

@@ -10,15 +10,18 @@
 //! - **event** fan-out goes through [`Bus::publish`] / [`Bus::subscribe`].
 //!
 //! In one process, instances are local `ractor` actors found in the node's process groups
-//! (`role:{name}`, scoped per node so several nodes can share a test process). Cross-process
-//! transports (Redis mailboxes, `ractor_cluster`) plug in behind [`Bus::call`] without the roles
-//! changing: requests and replies are already serializable.
+//! (`role:{name}`, scoped per node so several nodes can share a test process). A role that is
+//! not in this process is reached through Redis mailboxes ([`redis`], with `--redis`): the
+//! request is serialized onto the role's queue and the reply comes back on this node's reply
+//! list. Local instances are always preferred; the roles never know which path was taken.
 
 mod event;
 mod local;
+pub mod redis;
 
 pub use event::{Event, EventKind};
 pub use local::RoleMessage;
+pub use redis::{RedisConfig, RedisLink};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,10 +145,22 @@ struct BusInner {
     config: BusConfig,
     events: broadcast::Sender<Arc<Event>>,
     round_robin: [AtomicUsize; Role::ALL.len()],
+    /// The way to roles in other processes, when the node runs with `--redis`.
+    redis: Option<Arc<RedisLink>>,
 }
 
 impl Bus {
+    /// A bus for one process: every role it calls must be local.
     pub fn new(config: BusConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A bus that reaches roles missing from this process through Redis.
+    pub fn with_redis(config: BusConfig, link: Arc<RedisLink>) -> Self {
+        Self::build(config, Some(link))
+    }
+
+    fn build(config: BusConfig, redis: Option<Arc<RedisLink>>) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(16));
         Bus {
             inner: Arc::new(BusInner {
@@ -153,8 +168,13 @@ impl Bus {
                 config,
                 events,
                 round_robin: Default::default(),
+                redis,
             }),
         }
+    }
+
+    pub fn redis(&self) -> Option<&Arc<RedisLink>> {
+        self.inner.redis.as_ref()
     }
 
     pub fn config(&self) -> &BusConfig {
@@ -169,7 +189,12 @@ impl Bus {
             Delivery::Durable => self.inner.config.durable_timeout,
         };
         let started = std::time::Instant::now();
-        let result = local::call::<P>(self, request, timeout).await;
+        let (transport, result) = match &self.inner.redis {
+            Some(link) if !local::has_members(self, P::ROLE) => {
+                ("redis", link.call::<P>(request, timeout).await)
+            }
+            _ => ("local", local::call::<P>(self, request, timeout).await),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(Error::Timeout(_)) => "timeout",
@@ -187,15 +212,25 @@ impl Bus {
             "role" => P::ROLE.name(),
             "kind" => kind,
             "outcome" => outcome,
+            "transport" => transport,
         )
         .increment(1);
         result
     }
 
-    /// Fans an event out to every subscriber; nobody listening is not an error.
+    /// Fans an event out to every subscriber, on this node and (with Redis) on every other;
+    /// nobody listening is not an error.
     pub fn publish(&self, event: Event) {
         metrics::counter!("gorgon_events_published_total", "topic" => event.kind.topic())
             .increment(1);
+        if let Some(link) = &self.inner.redis {
+            link.publish(&event);
+        }
+        self.broadcast_local(event);
+    }
+
+    /// Delivers an event to this node's subscribers only (events from other nodes arrive so).
+    pub fn broadcast_local(&self, event: Event) {
         let _ = self.inner.events.send(Arc::new(event));
     }
 
@@ -203,9 +238,15 @@ impl Bus {
         self.inner.events.subscribe()
     }
 
-    /// Whether an instance of `role` is reachable from this node.
-    pub fn has_role(&self, role: Role) -> bool {
+    /// Whether an instance of `role` is in this process.
+    pub fn has_local(&self, role: Role) -> bool {
         local::has_members(self, role)
+    }
+
+    /// Whether `role` can be reached from this node: in this process, or through a Redis that
+    /// answers (where a consumer of the role may be).
+    pub fn has_role(&self, role: Role) -> bool {
+        self.has_local(role) || self.inner.redis.as_ref().is_some_and(|l| l.is_healthy())
     }
 
     /// Registers a local actor as an instance of `role`.

@@ -32,7 +32,8 @@ pub async fn healthz() -> HttpResponse {
     })
 }
 
-/// Readiness: the auth, app and store roles are reachable and the store answers.
+/// Readiness: the auth, app and store roles are reachable (with `--redis`: Redis answers) and
+/// the store answers.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -47,6 +48,14 @@ pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
             "unreachable"
         };
         checks.insert(role.name().to_string(), found.to_string());
+    }
+    if let Some(link) = state.bus.redis() {
+        let found = if link.is_healthy() {
+            "ok"
+        } else {
+            "unreachable"
+        };
+        checks.insert("redis".into(), found.to_string());
     }
     let store_check = match store::ping(&state.bus).await {
         Ok(()) => "ok".to_string(),

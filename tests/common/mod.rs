@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+pub mod redis;
+
 use gorgon::configuration::RunArgs;
 use gorgon::startup::Node;
 use reqwest::{Client, Response, StatusCode};

@@ -1,0 +1,356 @@
+//! Consumers: take a role's messages from Redis, hand them to the local role, reply, acknowledge.
+//!
+//! A durable message moves atomically from `q:{queue}` to this consumer's processing list
+//! `p:{queue}:{node}` (a batch per round trip, or one blocking `BLMOVE` when idle) and leaves it
+//! only when it has been answered (`LREM`, in the same `MULTI` as the reply), retried later
+//! (`ZADD delayed`) or dead-lettered (`LPUSH dlq`). If the process dies first, the message stays
+//! in the processing list until the reaper gives it back (see `upkeep`). Direct messages are
+//! popped (at most once) and dropped unhandled once their caller's deadline has passed.
+//!
+//! At most `inflight` messages per queue are worked on at once; the rest wait in Redis, where
+//! any other consumer of the queue can take them.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::envelope::{now_ms, DeadLetter, RawEnvelope, ReplyFrame};
+use super::replies::REPLY_TTL_MS;
+use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
+use crate::bus::{local, Bus, Delivery, Protocol};
+use crate::error::{Error, Result};
+
+/// Moves up to ARGV[1] messages from the queue to the processing list, oldest first.
+static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
+",
+    )
+});
+
+/// Moves everything in a processing list back to the head of its queue.
+static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do n = n + 1 end
+return n
+",
+    )
+});
+
+/// Starts the consumers of `P`'s two queues.
+pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>> {
+    [Delivery::Direct, Delivery::Durable]
+        .into_iter()
+        .map(|delivery| {
+            let queue = queue_name(P::ROLE, delivery);
+            link.consuming.lock().insert(queue.clone());
+            let ctx = Arc::new(Consumer {
+                qkey: link.keys.queue(&queue),
+                pkey: link.keys.processing(&queue, &link.node),
+                durable: delivery == Delivery::Durable,
+                timeout: match delivery {
+                    Delivery::Direct => bus.config().direct_timeout,
+                    Delivery::Durable => bus.config().durable_timeout,
+                },
+                link: link.clone(),
+                bus: bus.clone(),
+                queue,
+            });
+            tokio::spawn(run::<P>(ctx))
+        })
+        .collect()
+}
+
+struct Consumer {
+    link: Arc<RedisLink>,
+    bus: Bus,
+    queue: String,
+    qkey: String,
+    pkey: String,
+    durable: bool,
+    /// How long the local role may take.
+    timeout: Duration,
+}
+
+async fn run<P: Protocol>(ctx: Arc<Consumer>) {
+    let link = &ctx.link;
+    let limit = link.config.inflight;
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut stop = link.stopping_consumers();
+    let mut blocking: Option<MultiplexedConnection> = None;
+    let mut failures = 0;
+    while !*stop.borrow() {
+        let free = slots.available_permits();
+        if free == 0 {
+            // Full: wait for a slot (or the stop signal) before taking more.
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => drop(permit),
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let taken = match take(&ctx, free.min(link.config.batch)).await {
+            Ok(batch) if !batch.is_empty() => Ok(batch),
+            Ok(_) => take_blocking(&ctx, &mut blocking).await,
+            Err(e) => Err(e),
+        };
+        let batch = match taken {
+            Ok(batch) => {
+                failures = 0;
+                batch
+            }
+            Err(e) => {
+                blocking = None;
+                failures += 1;
+                tracing::debug!(queue = %ctx.queue, error = %e, "consumer cannot reach Redis");
+                if sleep_or_stop(&mut stop, backoff(failures)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        for raw in batch {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
+        }
+    }
+    // Drain: every message taken is answered (or given back) before the consumer ends.
+    if let Ok(all) = slots.acquire_many_owned(limit as u32).await {
+        all.forget();
+    }
+}
+
+async fn take(ctx: &Consumer, n: usize) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut conn = ctx.link.conn();
+    if ctx.durable {
+        TAKE.key(&ctx.qkey)
+            .key(&ctx.pkey)
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await
+    } else {
+        Ok(redis::cmd("RPOP")
+            .arg(&ctx.qkey)
+            .arg(n)
+            .query_async::<Option<Vec<Vec<u8>>>>(&mut conn)
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+/// Waits up to [`BLOCK`] for one message, on a connection of its own.
+async fn take_blocking(
+    ctx: &Consumer,
+    slot: &mut Option<MultiplexedConnection>,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let conn = match slot {
+        Some(conn) => conn,
+        None => slot.insert(ctx.link.blocking_conn().await?),
+    };
+    let block = BLOCK.as_secs_f64();
+    if ctx.durable {
+        let one: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&ctx.qkey)
+            .arg(&ctx.pkey)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(block)
+            .query_async(conn)
+            .await?;
+        Ok(one.into_iter().collect())
+    } else {
+        let one: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
+            .arg(&ctx.qkey)
+            .arg(block)
+            .query_async(conn)
+            .await?;
+        Ok(one.into_iter().map(|(_, raw)| raw).collect())
+    }
+}
+
+/// Whether a failure may go away on another try (then a durable message is retried).
+fn retryable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Unavailable(_) | Error::Timeout(_) | Error::Internal(_)
+    )
+}
+
+async fn handle<P: Protocol>(ctx: Arc<Consumer>, raw: Vec<u8>, _slot: OwnedSemaphorePermit) {
+    let inflight = metrics::gauge!("gorgon_queue_inflight", "queue" => ctx.queue.clone());
+    inflight.increment(1.0);
+    handle_one::<P>(&ctx, &raw).await;
+    inflight.decrement(1.0);
+}
+
+async fn handle_one<P: Protocol>(ctx: &Consumer, raw: &[u8]) {
+    let envelope = match RawEnvelope::decode(raw) {
+        Ok(envelope) => envelope,
+        Err(reason) => return dead_letter(ctx, raw, None, reason).await,
+    };
+    if envelope.attempt > 1 {
+        metrics::counter!("gorgon_queue_redelivered_total", "queue" => ctx.queue.clone())
+            .increment(1);
+    }
+    let request = match serde_json::from_str::<P::Request>(envelope.body.get()) {
+        Ok(request) => request,
+        Err(e) => {
+            let reason = format!("not a {} request ({}): {e}", P::ROLE, envelope.kind);
+            return dead_letter(ctx, raw, Some(&envelope), reason).await;
+        }
+    };
+    if !ctx.durable && envelope.deadline.is_some_and(|d| d < now_ms()) {
+        // The caller has given up on this read; answering would be wasted work.
+        count(ctx, "expired");
+        return;
+    }
+    let result = local::call::<P>(&ctx.bus, request, ctx.timeout).await;
+    if ctx.durable {
+        if let Err(error) = &result {
+            if retryable(error) {
+                if envelope.attempt >= ctx.link.config.max_attempts {
+                    let reason = format!("failed {} times, last: {error}", envelope.attempt);
+                    return dead_letter(ctx, raw, Some(&envelope), reason).await;
+                }
+                return retry_later(ctx, raw, &envelope, error).await;
+            }
+        }
+    }
+    count(ctx, if result.is_ok() { "ok" } else { "error" });
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    push_reply(&mut pipe, &envelope, &result);
+    ack(ctx, &mut pipe, raw);
+    commit(ctx, pipe, "acknowledge").await;
+}
+
+fn count(ctx: &Consumer, outcome: &'static str) {
+    metrics::counter!("gorgon_queue_messages_total", "queue" => ctx.queue.clone(), "outcome" => outcome)
+        .increment(1);
+}
+
+fn push_reply<T: serde::Serialize>(
+    pipe: &mut redis::Pipeline,
+    envelope: &RawEnvelope,
+    result: &Result<T>,
+) {
+    let Some(reply_to) = &envelope.reply_to else {
+        return;
+    };
+    let frame = ReplyFrame {
+        id: envelope.id,
+        result,
+    };
+    match serde_json::to_vec(&frame) {
+        Ok(bytes) => {
+            pipe.cmd("LPUSH").arg(reply_to).arg(bytes).ignore();
+            pipe.cmd("PEXPIRE").arg(reply_to).arg(REPLY_TTL_MS).ignore();
+        }
+        Err(e) => tracing::error!(error = %e, kind = %envelope.kind, "cannot encode a reply"),
+    }
+}
+
+fn ack(ctx: &Consumer, pipe: &mut redis::Pipeline, raw: &[u8]) {
+    if ctx.durable {
+        // From the tail: the oldest messages sit there, and they are acknowledged first.
+        pipe.cmd("LREM").arg(&ctx.pkey).arg(-1).arg(raw).ignore();
+    }
+}
+
+async fn retry_later(ctx: &Consumer, raw: &[u8], envelope: &RawEnvelope, error: &Error) {
+    let base = ctx.link.config.retry_base.as_millis() as f64;
+    let exponent = envelope.attempt.saturating_sub(1).min(16) as i32;
+    let jitter = rand::rng().random_range(0.5..1.5);
+    let delay_ms = (base * 2f64.powi(exponent) * jitter).min(60_000.0) as i64;
+    tracing::debug!(queue = %ctx.queue, kind = %envelope.kind, attempt = envelope.attempt, delay_ms, %error, "retrying later");
+    count(ctx, "retried");
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("ZADD")
+        .arg(ctx.link.keys.delayed(&ctx.queue))
+        .arg(now_ms() + delay_ms)
+        .arg(envelope.next_attempt())
+        .ignore();
+    ack(ctx, &mut pipe, raw);
+    commit(ctx, pipe, "schedule a retry").await;
+}
+
+async fn dead_letter(ctx: &Consumer, raw: &[u8], envelope: Option<&RawEnvelope>, reason: String) {
+    tracing::warn!(queue = %ctx.queue, %reason, "message dead-lettered");
+    count(ctx, "dead");
+    let attempts = envelope.map(|e| e.attempt).unwrap_or(0);
+    let letter = DeadLetter::new(&ctx.queue, raw, attempts, reason.clone());
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("LPUSH")
+        .arg(ctx.link.keys.dead(&ctx.queue))
+        .arg(letter.encode())
+        .ignore();
+    if let Some(envelope) = envelope {
+        let failed: Result<()> = Err(Error::Unavailable(format!(
+            "the request could not be handled and was set aside: {reason}"
+        )));
+        push_reply(&mut pipe, envelope, &failed);
+    }
+    ack(ctx, &mut pipe, raw);
+    commit(ctx, pipe, "dead-letter").await;
+}
+
+/// How long an acknowledgement keeps being retried while Redis is away. Past it the message
+/// stays in the processing list, and the reaper delivers it again once this consumer is gone.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs a reply/ack pipeline, retrying while Redis is unreachable: a handled message must not
+/// stay in the processing list just because Redis blinked.
+async fn commit(ctx: &Consumer, pipe: redis::Pipeline, what: &str) {
+    let started = tokio::time::Instant::now();
+    let mut failures = 0;
+    loop {
+        let mut conn = ctx.link.conn();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => return,
+            Err(e) if started.elapsed() < COMMIT_PATIENCE => {
+                failures += 1;
+                tracing::debug!(queue = %ctx.queue, error = %e, "cannot {what} yet; retrying");
+                tokio::time::sleep(backoff(failures)).await;
+            }
+            Err(e) => {
+                tracing::error!(queue = %ctx.queue, error = %e, "gave up trying to {what}; the reaper will redeliver");
+                return;
+            }
+        }
+    }
+}
+
+/// Moves what is left in this node's processing list of `queue` back to the queue.
+pub(super) async fn give_back(link: &RedisLink, queue: &str) {
+    if !super::keys::is_durable(queue) {
+        return;
+    }
+    let mut conn = link.conn();
+    let moved: redis::RedisResult<i64> = GIVE_BACK
+        .key(link.keys.processing(queue, &link.node))
+        .key(link.keys.queue(queue))
+        .invoke_async(&mut conn)
+        .await;
+    match moved {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(queue, n, "gave unfinished messages back to the queue"),
+        Err(e) => tracing::warn!(queue, error = %e, "could not give messages back; the reaper will"),
+    }
+}

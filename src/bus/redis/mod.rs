@@ -1,0 +1,388 @@
+//! The Redis transport: durable mailboxes between processes (lists), replies, and events
+//! (pub/sub), as in the design's "Redis reliable queue".
+//!
+//! - [`RedisLink::call`] puts a request on the role's queue (`LPUSH q:{queue}`) with a correlation
+//!   id and a deadline, and waits for the reply on this node's reply list; a missing reply is a
+//!   clean [`Error::Timeout`], and a late one is dropped (the waiter is gone, nothing leaks).
+//! - [`consumer`] takes messages in batches into a per-consumer processing list, hands them to
+//!   the local role, replies, and acknowledges; durable failures are retried with backoff through
+//!   a delayed set, then dead-lettered after `max_attempts`.
+//! - [`upkeep`] keeps the heartbeat, lets one reaper at a time give a dead consumer's messages
+//!   back to the queue, moves due retries, and samples queue depths into metrics.
+//! - [`events`] fans events out through pub/sub so every node's notify role sees every change.
+//! - [`dlq`] lists, replays and purges dead letters (`gorgon dlq`).
+//!
+//! When Redis goes away nothing here stops: calls fail fast with [`Error::Unavailable`] (503),
+//! background loops retry with backoff, and everything resumes when Redis answers again.
+
+pub mod consumer;
+pub mod dlq;
+mod envelope;
+mod events;
+pub mod keys;
+mod replies;
+mod upkeep;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use envelope::{DeadLetter, Envelope, RawEnvelope};
+pub use keys::{queue_name, Keys};
+
+use super::{Bus, Event, Protocol};
+use crate::error::{Error, Result};
+
+/// Settings of the link (see `QueueTuning` for the flags).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub namespace: String,
+    pub max_attempts: u32,
+    /// Lifetime of a consumer's heartbeat key; it is refreshed three times per lifetime.
+    pub heartbeat: Duration,
+    pub retry_base: Duration,
+    pub batch: usize,
+    pub inflight: usize,
+}
+
+impl RedisConfig {
+    pub fn new(url: &str, namespace: &str) -> Self {
+        RedisConfig {
+            url: url.to_string(),
+            namespace: namespace.to_string(),
+            max_attempts: 5,
+            heartbeat: Duration::from_secs(5),
+            retry_base: Duration::from_millis(200),
+            batch: 64,
+            inflight: 256,
+        }
+    }
+}
+
+/// How long a blocking take waits before looking at the stop flag again.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// A node's connection to Redis; shared by the bus, the consumers and the upkeep tasks.
+pub struct RedisLink {
+    config: RedisConfig,
+    client: redis::Client,
+    /// For every non-blocking command; reconnects by itself.
+    conn: ConnectionManager,
+    keys: Keys,
+    /// This node's id: its consumer name and its reply list.
+    node: String,
+    reply_key: String,
+    replies: replies::Pending,
+    healthy: AtomicBool,
+    /// Queues this node consumes (heartbeat and reaper scope).
+    consuming: Mutex<HashSet<String>>,
+    events: events::Publisher,
+    /// Tells consumers to stop taking (first) and background tasks to stop (at close).
+    stop_consumers: watch::Sender<bool>,
+    stop_all: watch::Sender<bool>,
+    consumer_tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisLink {
+    /// Connects (lazily: a node starts even while Redis is down) and starts the reply listener,
+    /// the health check and the upkeep tasks.
+    pub async fn connect(config: RedisConfig, node: &str) -> anyhow::Result<Arc<RedisLink>> {
+        // rustls needs one process-wide crypto provider for `rediss://`; another component may
+        // have installed it first, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| anyhow::anyhow!("bad --redis URL: {e}"))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client
+            .get_connection_manager_lazy(manager)
+            .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
+        let keys = Keys::new(&config.namespace);
+        let reply_key = keys.replies(node);
+        let (stop_consumers, _) = watch::channel(false);
+        let (stop_all, _) = watch::channel(false);
+        let link = Arc::new(RedisLink {
+            events: events::Publisher::new(),
+            config,
+            client,
+            conn,
+            keys,
+            node: node.to_string(),
+            reply_key,
+            replies: replies::Pending::default(),
+            healthy: AtomicBool::new(false),
+            consuming: Mutex::new(HashSet::new()),
+            stop_consumers,
+            stop_all,
+            consumer_tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        link.check_health().await;
+        if !link.is_healthy() {
+            tracing::warn!(url = %redact(&link.config.url), "Redis is not reachable yet; retrying in the background");
+        }
+        let background = vec![
+            tokio::spawn(replies::listen(link.clone())),
+            tokio::spawn(upkeep::health(link.clone())),
+            tokio::spawn(upkeep::heartbeat(link.clone())),
+            tokio::spawn(upkeep::reaper(link.clone())),
+            tokio::spawn(upkeep::sample_depths(link.clone())),
+        ];
+        link.tasks.lock().extend(background);
+        Ok(link)
+    }
+
+    /// Starts relaying events between this node's bus and every other node's.
+    pub fn relay_events(self: &Arc<Self>, bus: Bus) {
+        let tasks = [
+            tokio::spawn(events::subscribe(self.clone(), bus)),
+            tokio::spawn(events::publish(self.clone())),
+        ];
+        self.tasks.lock().extend(tasks);
+    }
+
+    /// Starts consuming `P`'s queues (direct and durable) for the local role instances.
+    pub fn serve<P: Protocol>(self: &Arc<Self>, bus: Bus) {
+        let handles = consumer::start::<P>(self.clone(), bus);
+        self.consumer_tasks.lock().extend(handles);
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Whether the last health check reached Redis.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// A connection for ordinary commands (a cheap clone of the shared one).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A connection of its own, for a blocking command (which would stall a shared one).
+    pub(crate) async fn blocking_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(2)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    async fn check_health(&self) {
+        let mut conn = self.conn();
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("Redis is reachable");
+            } else {
+                tracing::warn!("Redis is unreachable; retrying");
+            }
+        }
+        metrics::gauge!("gorgon_redis_up").set(if ok { 1.0 } else { 0.0 });
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+        tracing::debug!(error = %e, "Redis command failed");
+        Error::Unavailable("the message bus (Redis) is unreachable; try again shortly".into())
+    }
+
+    fn ensure_healthy(&self) -> Result<()> {
+        if self.is_healthy() {
+            Ok(())
+        } else {
+            Err(self.unavailable("health check failed"))
+        }
+    }
+
+    /// Sends `request` to `P`'s queue and waits up to `timeout` for the reply.
+    pub async fn call<P: Protocol>(&self, request: P::Request, timeout: Duration) -> Result<P::Reply> {
+        self.ensure_healthy()?;
+        let delivery = P::delivery(&request);
+        let queue = queue_name(P::ROLE, delivery);
+        let id = Uuid::now_v7();
+        let now = envelope::now_ms();
+        let envelope = Envelope {
+            id,
+            kind: P::kind(&request).to_string(),
+            attempt: 1,
+            enqueued_at: now,
+            reply_to: Some(self.reply_key.clone()),
+            deadline: Some(now + timeout.as_millis() as i64),
+            body: &request,
+        };
+        let bytes = serde_json::to_vec(&envelope)
+            .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
+        // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
+        let waiter = self.replies.register(id);
+        let mut conn = self.conn();
+        redis::cmd("LPUSH")
+            .arg(self.keys.queue(&queue))
+            .arg(bytes)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let frame = waiter.wait(timeout).await.ok_or_else(|| {
+            Error::Timeout(format!(
+                "the {} role did not answer within {} ms",
+                P::ROLE,
+                timeout.as_millis()
+            ))
+        })?;
+        serde_json::from_str::<Result<P::Reply>>(frame.get()).map_err(|e| {
+            Error::Internal(format!("undecodable reply from the {} role: {e}", P::ROLE))
+        })?
+    }
+
+    /// Puts a durable message on `P`'s queue without waiting for it to be handled: once this
+    /// returns, the message is in Redis (and survives a crash as far as Redis's AOF policy
+    /// allows). Takes many at once, in one round trip.
+    pub async fn enqueue<P: Protocol>(&self, requests: &[P::Request]) -> Result<()> {
+        let mut by_queue: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+        let now = envelope::now_ms();
+        for request in requests {
+            let envelope = Envelope {
+                id: Uuid::now_v7(),
+                kind: P::kind(request).to_string(),
+                attempt: 1,
+                enqueued_at: now,
+                reply_to: None,
+                deadline: None,
+                body: request,
+            };
+            let bytes = serde_json::to_vec(&envelope)
+                .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
+            let queue = queue_name(P::ROLE, P::delivery(request));
+            by_queue.entry(queue).or_default().push(bytes);
+        }
+        let mut pipe = redis::pipe();
+        for (queue, messages) in by_queue {
+            pipe.cmd("LPUSH").arg(self.keys.queue(&queue)).arg(messages).ignore();
+        }
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Sends an event to every other node (best effort; see [`events`]).
+    pub fn publish(&self, event: &Event) {
+        self.events.send(&self.node, event);
+    }
+
+    /// Stops taking messages, finishes and acknowledges those in flight, gives back any left,
+    /// and stops the heartbeat: the first half of a graceful shutdown, before the roles stop.
+    pub async fn stop_consumers(&self) {
+        let _ = self.stop_consumers.send(true);
+        let handles: Vec<_> = self.consumer_tasks.lock().drain(..).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+        let queues: Vec<String> = self.consuming.lock().iter().cloned().collect();
+        for queue in &queues {
+            consumer::give_back(self, queue).await;
+        }
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(self.keys.heartbeat(&self.node)).ignore();
+        for queue in &queues {
+            pipe.cmd("SREM")
+                .arg(self.keys.consumers(queue))
+                .arg(&self.node)
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "could not deregister from Redis; the reaper will");
+        }
+    }
+
+    /// Stops the background tasks; call after the roles have stopped.
+    pub async fn close(&self) {
+        let _ = self.stop_all.send(true);
+        let handles: Vec<_> = self.tasks.lock().drain(..).collect();
+        for handle in handles {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    fn stopping_consumers(&self) -> watch::Receiver<bool> {
+        self.stop_consumers.subscribe()
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop_all.subscribe()
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Waits `delay` or until `stop` fires; true when it fired.
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Exponential backoff for reconnect loops: 100 ms doubling to 2 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(30), Duration::from_secs(2));
+    }
+}
