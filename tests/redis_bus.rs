@@ -185,16 +185,15 @@ fn client(timeout: Duration) -> Client {
 async fn wait_readyz(base: &str, want: StatusCode, within: Duration) {
     let client = client(Duration::from_secs(5));
     let deadline = Instant::now() + within;
-    let mut last = String::from("no answer");
     loop {
-        match client.get(format!("{base}/readyz")).send().await {
+        let last = match client.get(format!("{base}/readyz")).send().await {
             Ok(resp) if resp.status() == want => return,
             Ok(resp) => {
                 let status = resp.status();
-                last = format!("{status}: {}", resp.text().await.unwrap_or_default());
+                format!("{status}: {}", resp.text().await.unwrap_or_default())
             }
-            Err(e) => last = e.to_string(),
-        }
+            Err(e) => e.to_string(),
+        };
         if Instant::now() >= deadline {
             panic!(
                 "{base}/readyz did not answer {want} within {} s (last: {last})",

@@ -1,0 +1,227 @@
+//! The Redis mailboxes from the library side, against a real `redis-server`: a failing durable
+//! message is retried with backoff and then succeeds once; one that always fails ends in the
+//! dead-letter list after `max_attempts` and replays from there; a consumer that died with a
+//! message in its processing list has it delivered again by the reaper.
+//!
+//! A small test protocol (on the provider role's queue name, in a namespace of its own) stands in
+//! for a role, so the handler can be told to fail.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::{Fsync, RedisServer};
+use gorgon::actors::{RoleActor, RoleArgs, RoleHandler};
+use gorgon::bus::redis::{dlq, Keys};
+use gorgon::bus::{Bus, BusConfig, Delivery, Protocol, RedisConfig, RedisLink, Role};
+use gorgon::error::{Error, Result};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+struct Flaky;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Work {
+    n: u32,
+}
+
+impl Protocol for Flaky {
+    const ROLE: Role = Role::Provider;
+    type Request = Work;
+    type Reply = u32;
+
+    fn kind(_: &Work) -> &'static str {
+        "work"
+    }
+
+    fn delivery(_: &Work) -> Delivery {
+        Delivery::Durable
+    }
+}
+
+#[derive(Default)]
+struct Behaviour {
+    /// Failures still to produce before succeeding.
+    fail_next: AtomicU32,
+    fail_always: AtomicBool,
+    attempts: AtomicU32,
+    handled: Mutex<Vec<u32>>,
+}
+
+struct FlakyHandler(Arc<Behaviour>);
+
+impl RoleHandler for FlakyHandler {
+    type Protocol = Flaky;
+
+    async fn handle(self: Arc<Self>, work: Work) -> Result<u32> {
+        let b = &self.0;
+        b.attempts.fetch_add(1, Ordering::SeqCst);
+        if b.fail_always.load(Ordering::SeqCst)
+            || b.fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(Error::Internal("the handler failed on purpose".into()));
+        }
+        b.handled.lock().push(work.n);
+        Ok(work.n * 2)
+    }
+}
+
+fn config(redis: &RedisServer, ns: &str) -> RedisConfig {
+    RedisConfig {
+        max_attempts: 3,
+        heartbeat: Duration::from_millis(600),
+        retry_base: Duration::from_millis(50),
+        ..RedisConfig::new(&redis.url(), ns)
+    }
+}
+
+fn bus_config() -> BusConfig {
+    BusConfig {
+        direct_timeout: Duration::from_secs(2),
+        durable_timeout: Duration::from_secs(5),
+        ..BusConfig::default()
+    }
+}
+
+/// A node consuming the test protocol's queue; returns its link and the handler's record.
+async fn consumer_node(redis: &RedisServer, ns: &str) -> (Arc<RedisLink>, Arc<Behaviour>) {
+    let link = RedisLink::connect(config(redis, ns), &format!("worker-{ns}"))
+        .await
+        .expect("link");
+    let bus = Bus::with_redis(bus_config(), link.clone());
+    let behaviour = Arc::new(Behaviour::default());
+    ractor::Actor::spawn(
+        None,
+        RoleActor::<FlakyHandler>::default(),
+        RoleArgs {
+            handler: FlakyHandler(behaviour.clone()),
+            bus: bus.clone(),
+            concurrency: 16,
+        },
+    )
+    .await
+    .expect("spawn the test role");
+    link.serve::<Flaky>(bus);
+    (link, behaviour)
+}
+
+/// A node without the role: its calls go through Redis.
+async fn caller_node(redis: &RedisServer, ns: &str) -> Bus {
+    let link = RedisLink::connect(config(redis, ns), &format!("caller-{ns}"))
+        .await
+        .expect("link");
+    Bus::with_redis(bus_config(), link)
+}
+
+async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_is_retried_with_backoff_then_answered_once() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("retry{}", uuid::Uuid::now_v7().simple());
+    let (_worker, behaviour) = consumer_node(&redis, &ns).await;
+    behaviour.fail_next.store(2, Ordering::SeqCst);
+    let caller = caller_node(&redis, &ns).await;
+    let started = Instant::now();
+    let reply = caller.call::<Flaky>(Work { n: 21 }).await;
+    assert_eq!(reply, Ok(42), "answered after two retries");
+    // Two backoffs of at least 50 ms and 100 ms (times a jitter of at least 0.5).
+    assert!(started.elapsed() >= Duration::from_millis(75));
+    assert_eq!(behaviour.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(*behaviour.handled.lock(), vec![21]);
+    let keys = Keys::new(&ns);
+    assert_eq!(redis.llen(&keys.dead("provider")).await, 0);
+    assert_eq!(redis.llen(&keys.queue("provider")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_always_fails_is_dead_lettered_and_replays() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("dlq{}", uuid::Uuid::now_v7().simple());
+    let (_worker, behaviour) = consumer_node(&redis, &ns).await;
+    behaviour.fail_always.store(true, Ordering::SeqCst);
+    let caller = caller_node(&redis, &ns).await;
+    let reply = caller.call::<Flaky>(Work { n: 7 }).await;
+    assert!(
+        matches!(&reply, Err(Error::Unavailable(m)) if m.contains("set aside")),
+        "the caller is told: {reply:?}"
+    );
+    assert_eq!(behaviour.attempts.load(Ordering::SeqCst), 3, "max_attempts");
+    let keys = Keys::new(&ns);
+    let mut conn = dlq::connect(&redis.url()).await.expect("connect");
+    let dead = dlq::list(&mut conn, &keys, "provider", 10).await.expect("list");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter: serde_json::Value = serde_json::from_str(&dead[0]).expect("JSON record");
+    assert_eq!(letter["attempts"], 3);
+    assert!(letter["reason"].as_str().is_some_and(|r| r.contains("failed 3 times")));
+
+    // Fixed: replaying hands the message to the handler again, once.
+    behaviour.fail_always.store(false, Ordering::SeqCst);
+    let replayed = dlq::replay(&mut conn, &keys, "provider", 10).await.expect("replay");
+    assert_eq!((replayed.requeued, replayed.kept), (1, 0));
+    eventually("the replayed message is handled", Duration::from_secs(5), async || {
+        *behaviour.handled.lock() == vec![7]
+    })
+    .await;
+    assert_eq!(redis.llen(&keys.dead("provider")).await, 0);
+    assert_eq!(dlq::purge(&mut conn, &keys, "provider").await.expect("purge"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_delivers_a_dead_consumers_messages_again() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("reap{}", uuid::Uuid::now_v7().simple());
+    let keys = Keys::new(&ns);
+    // A consumer that took a message and died: its processing list holds it, it has no
+    // heartbeat any more.
+    let envelope = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "kind": "work", "attempt": 1,
+        "enqueued_at": 0, "body": {"n": 5}
+    });
+    redis
+        .lpush(&keys.processing("provider", "dead-node"), &envelope.to_string())
+        .await;
+    let mut conn = redis.connection().await;
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(keys.consumers("provider"))
+        .arg("dead-node")
+        .cmd("SADD")
+        .arg(keys.queues())
+        .arg("provider")
+        .query_async(&mut conn)
+        .await
+        .expect("register the dead consumer");
+
+    let (_worker, behaviour) = consumer_node(&redis, &ns).await;
+    eventually("the dead consumer's message is handled", Duration::from_secs(10), async || {
+        *behaviour.handled.lock() == vec![5]
+    })
+    .await;
+    assert_eq!(redis.llen(&keys.processing("provider", "dead-node")).await, 0);
+    let consumers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.consumers("provider"))
+        .query_async(&mut conn)
+        .await
+        .expect("members");
+    assert!(
+        consumers.iter().all(|c| !c.starts_with("dead-node")),
+        "the dead consumer is forgotten: {consumers:?}"
+    );
+}
