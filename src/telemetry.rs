@@ -79,7 +79,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "gorgon_bus_calls_total",
-        "Calls between roles over the bus, by role, request kind and outcome."
+        "Calls between roles over the bus, by role, request kind, outcome and transport (local, redis)."
     );
     describe_histogram!(
         "gorgon_bus_call_duration_seconds",
@@ -119,6 +119,46 @@ fn describe_metrics() {
     describe_counter!(
         "gorgon_notify_events_lost_total",
         "Bus events the notify role missed because it fell behind."
+    );
+    describe_gauge!(
+        "gorgon_redis_up",
+        "1 while this node reaches Redis (its health check answers), else 0."
+    );
+    describe_gauge!(
+        "gorgon_queue_depth",
+        "Messages waiting in a Redis queue, by queue (sampled every second)."
+    );
+    describe_gauge!(
+        "gorgon_queue_delayed",
+        "Failed durable messages waiting for their retry, by queue."
+    );
+    describe_gauge!(
+        "gorgon_queue_dead",
+        "Dead letters in a queue's dead-letter list, by queue."
+    );
+    describe_gauge!(
+        "gorgon_queue_inflight",
+        "Messages this node has taken from a queue and not yet answered, by queue."
+    );
+    describe_counter!(
+        "gorgon_queue_messages_total",
+        "Messages this node took from Redis, by queue and outcome (ok, error, retried, dead, expired)."
+    );
+    describe_counter!(
+        "gorgon_queue_redelivered_total",
+        "Deliveries after the first (a retry, or a dead consumer's message given back), by queue."
+    );
+    describe_gauge!(
+        "gorgon_bus_pending_replies",
+        "Calls through Redis waiting for their reply on this node."
+    );
+    describe_counter!(
+        "gorgon_bus_late_replies_total",
+        "Replies that arrived after their caller had given up (dropped)."
+    );
+    describe_counter!(
+        "gorgon_events_dropped_total",
+        "Events not sent to other nodes, by reason (outbox_full, redis)."
     );
     describe_gauge!(
         "gorgon_node_uptime_seconds",

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::redis::{Fsync, RedisServer};
 use common::TestApp;
 use serde_json::json;
 
@@ -31,9 +32,44 @@ fn tool(name: &str) -> bool {
     found
 }
 
-/// A node with a provider, a user, items, reads and an SSE client, so every series exists.
-async fn busy_app() -> TestApp {
-    let app = TestApp::spawn_with(&["--provider-rate", "50"]).await;
+/// What keeps a busy node's Redis side alive: the server and a web-only node calling through it.
+type RedisSide = Option<(RedisServer, TestApp)>;
+
+/// A node with a provider, a user, items, reads and an SSE client, so every series exists; with
+/// `redis-server` installed, it also consumes Redis queues that a second, web-only node (in the
+/// same process, so the same metrics registry) sends requests to, so the queue series exist.
+async fn busy_app() -> (TestApp, RedisSide) {
+    let redis = RedisServer::start_or_skip(Fsync::EverySec).await;
+    let url = redis.as_ref().map(|r| r.url());
+    let mut flags = vec!["--provider-rate", "50"];
+    if let Some(url) = &url {
+        flags.extend([
+            "--redis",
+            url.as_str(),
+            "--redis-namespace",
+            "observability",
+        ]);
+    }
+    let app = TestApp::spawn_with(&flags).await;
+    let redis_side = match (redis, &url) {
+        (Some(redis), Some(url)) => {
+            let web = TestApp::spawn_with(&[
+                "--roles",
+                "web",
+                "--redis",
+                url.as_str(),
+                "--redis-namespace",
+                "observability",
+            ])
+            .await;
+            // Through Redis: a direct read (app), a durable write (auth register).
+            web.get(&format!("/api/v1/items/{}", uuid::Uuid::now_v7()))
+                .await;
+            web.register("Queue", "queue@example.com").await;
+            Some((redis, web))
+        }
+        _ => None,
+    };
     let (uid, token) = app.user("metrics@example.com").await;
     let item = app.create_item(&token, &json!({"title": "metrics"})).await;
     app.get(&format!("/api/v1/items/{}", item["id"].as_str().unwrap()))
@@ -42,9 +78,9 @@ async fn busy_app() -> TestApp {
     app.get("/api/v1/items?q=metrics").await;
     app.get("/nope").await;
     app.get("/api/v1/stats").await;
-    // Let the provider insert and the stats role close a second or two.
+    // Let the provider insert, the stats role close a second or two and queue depths be sampled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    app
+    (app, redis_side)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +88,7 @@ async fn metrics_pass_promtool() {
     if !tool("promtool") {
         return;
     }
-    let app = busy_app().await;
+    let (app, _redis) = busy_app().await;
     let text = app.get("/metrics").await.text().await.unwrap();
     assert!(text.contains("gorgon_http_request_duration_seconds_bucket"));
     let mut check = Command::new("promtool")
@@ -110,6 +146,17 @@ fn dashboard_metric_names() -> Vec<String> {
     names
 }
 
+fn is_redis_metric(name: &str) -> bool {
+    [
+        "gorgon_queue_",
+        "gorgon_redis_",
+        "gorgon_bus_pending",
+        "gorgon_bus_late",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_metric_is_exported() {
     let names = dashboard_metric_names();
@@ -117,11 +164,15 @@ async fn every_dashboard_metric_is_exported() {
         names.len() >= 8,
         "the dashboard uses the node's metrics: {names:?}"
     );
-    let app = busy_app().await;
+    let (app, redis_side) = busy_app().await;
     let text = app.get("/metrics").await.text().await.unwrap();
     let missing: Vec<&String> = names
         .iter()
         .filter(|name| {
+            if redis_side.is_none() && is_redis_metric(name) {
+                eprintln!("skipped: {name} needs redis-server, which is not installed");
+                return false;
+            }
             !text
                 .lines()
                 .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))

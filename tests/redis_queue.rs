@@ -163,22 +163,35 @@ async fn a_message_that_always_fails_is_dead_lettered_and_replays() {
     assert_eq!(behaviour.attempts.load(Ordering::SeqCst), 3, "max_attempts");
     let keys = Keys::new(&ns);
     let mut conn = dlq::connect(&redis.url()).await.expect("connect");
-    let dead = dlq::list(&mut conn, &keys, "provider", 10).await.expect("list");
+    let dead = dlq::list(&mut conn, &keys, "provider", 10)
+        .await
+        .expect("list");
     assert_eq!(dead.len(), 1, "{dead:?}");
     let letter: serde_json::Value = serde_json::from_str(&dead[0]).expect("JSON record");
     assert_eq!(letter["attempts"], 3);
-    assert!(letter["reason"].as_str().is_some_and(|r| r.contains("failed 3 times")));
+    assert!(letter["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("failed 3 times")));
 
     // Fixed: replaying hands the message to the handler again, once.
     behaviour.fail_always.store(false, Ordering::SeqCst);
-    let replayed = dlq::replay(&mut conn, &keys, "provider", 10).await.expect("replay");
+    let replayed = dlq::replay(&mut conn, &keys, "provider", 10)
+        .await
+        .expect("replay");
     assert_eq!((replayed.requeued, replayed.kept), (1, 0));
-    eventually("the replayed message is handled", Duration::from_secs(5), async || {
-        *behaviour.handled.lock() == vec![7]
-    })
+    eventually(
+        "the replayed message is handled",
+        Duration::from_secs(5),
+        async || *behaviour.handled.lock() == vec![7],
+    )
     .await;
     assert_eq!(redis.llen(&keys.dead("provider")).await, 0);
-    assert_eq!(dlq::purge(&mut conn, &keys, "provider").await.expect("purge"), 0);
+    assert_eq!(
+        dlq::purge(&mut conn, &keys, "provider")
+            .await
+            .expect("purge"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +208,10 @@ async fn the_reaper_delivers_a_dead_consumers_messages_again() {
         "enqueued_at": 0, "body": {"n": 5}
     });
     redis
-        .lpush(&keys.processing("provider", "dead-node"), &envelope.to_string())
+        .lpush(
+            &keys.processing("provider", "dead-node"),
+            &envelope.to_string(),
+        )
         .await;
     let mut conn = redis.connection().await;
     let _: () = redis::pipe()
@@ -210,11 +226,16 @@ async fn the_reaper_delivers_a_dead_consumers_messages_again() {
         .expect("register the dead consumer");
 
     let (_worker, behaviour) = consumer_node(&redis, &ns).await;
-    eventually("the dead consumer's message is handled", Duration::from_secs(10), async || {
-        *behaviour.handled.lock() == vec![5]
-    })
+    eventually(
+        "the dead consumer's message is handled",
+        Duration::from_secs(10),
+        async || *behaviour.handled.lock() == vec![5],
+    )
     .await;
-    assert_eq!(redis.llen(&keys.processing("provider", "dead-node")).await, 0);
+    assert_eq!(
+        redis.llen(&keys.processing("provider", "dead-node")).await,
+        0
+    );
     let consumers: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys.consumers("provider"))
         .query_async(&mut conn)

@@ -206,6 +206,9 @@ pub struct NodeStats {
     pub seconds: Vec<Interval>,
     /// Per-minute roll-ups, oldest first.
     pub minutes: Vec<Interval>,
+    /// Redis queues (with `--redis`), as last sampled.
+    #[serde(default)]
+    pub queues: Vec<crate::bus::redis::QueueFigures>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -307,6 +310,11 @@ impl Actor for StatsActor {
                     bucket_bounds_ms: LATENCY_BUCKETS.iter().map(|b| b * 1000.0).collect(),
                     seconds,
                     minutes,
+                    queues: state
+                        .bus
+                        .redis()
+                        .map(|link| link.queue_figures())
+                        .unwrap_or_default(),
                 };
                 let bus = state.bus.clone();
                 // Counting asks the store: answer from a task so the actor stays free.

@@ -5,7 +5,9 @@
 //! only when it has been answered (`LREM`, in the same `MULTI` as the reply), retried later
 //! (`ZADD delayed`) or dead-lettered (`LPUSH dlq`). If the process dies first, the message stays
 //! in the processing list until the reaper gives it back (see `upkeep`). Direct messages are
-//! popped (at most once) and dropped unhandled once their caller's deadline has passed.
+//! popped (at most once), or arrive on this node's channel (see `inbox`), and are dropped
+//! unhandled once their caller's deadline has passed. Replies are published on the caller's
+//! reply channel.
 //!
 //! At most `inflight` messages per queue are worked on at once; the rest wait in Redis, where
 //! any other consumer of the queue can take them.
@@ -19,7 +21,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::envelope::{now_ms, DeadLetter, RawEnvelope, ReplyFrame};
-use super::replies::REPLY_TTL_MS;
 use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
 use crate::bus::{local, Bus, Delivery, Protocol};
 use crate::error::{Error, Result};
@@ -57,6 +58,10 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
         .map(|delivery| {
             let queue = queue_name(P::ROLE, delivery);
             link.consuming.lock().insert(queue.clone());
+            // Exported from the start, so dashboards show a zero rather than nothing.
+            metrics::counter!("gorgon_queue_redelivered_total", "queue" => queue.clone())
+                .increment(0);
+            metrics::gauge!("gorgon_queue_inflight", "queue" => queue.clone()).increment(0.0);
             let ctx = Arc::new(Consumer {
                 qkey: link.keys.queue(&queue),
                 pkey: link.keys.processing(&queue, &link.node),
@@ -69,9 +74,27 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
                 bus: bus.clone(),
                 queue,
             });
-            tokio::spawn(run::<P>(ctx))
+            let slots = Arc::new(Semaphore::new(link.config.inflight));
+            if delivery == Delivery::Direct {
+                link.feed_direct(P::ROLE, direct_feed::<P>(ctx.clone(), slots.clone()));
+            }
+            tokio::spawn(run::<P>(ctx, slots))
         })
         .collect()
+}
+
+/// How direct requests published to this node's channel reach the consumer: each waits for a
+/// slot (so the inbox slows down rather than piling up work) and runs on a task of its own.
+fn direct_feed<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) -> super::DirectFeed {
+    Arc::new(move |raw: Vec<u8>| {
+        let ctx = ctx.clone();
+        let slots = slots.clone();
+        Box::pin(async move {
+            if let Ok(permit) = slots.acquire_owned().await {
+                tokio::spawn(handle::<P>(ctx, raw, permit));
+            }
+        })
+    })
 }
 
 struct Consumer {
@@ -85,10 +108,9 @@ struct Consumer {
     timeout: Duration,
 }
 
-async fn run<P: Protocol>(ctx: Arc<Consumer>) {
+async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
     let link = &ctx.link;
     let limit = link.config.inflight;
-    let slots = Arc::new(Semaphore::new(limit));
     let mut stop = link.stopping_consumers();
     let mut blocking: Option<MultiplexedConnection> = None;
     let mut failures = 0;
@@ -104,7 +126,7 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>) {
         }
         let taken = match take(&ctx, free.min(link.config.batch)).await {
             Ok(batch) if !batch.is_empty() => Ok(batch),
-            Ok(_) => take_blocking(&ctx, &mut blocking).await,
+            Ok(_) => take_blocking(&ctx, &mut blocking, free.min(link.config.batch)).await,
             Err(e) => Err(e),
         };
         let batch = match taken {
@@ -135,52 +157,62 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>) {
     }
 }
 
+/// Takes up to `n` durable messages without waiting (direct ones are taken only by
+/// [`take_blocking`], which returns a whole batch too).
 async fn take(ctx: &Consumer, n: usize) -> redis::RedisResult<Vec<Vec<u8>>> {
-    let mut conn = ctx.link.conn();
-    if ctx.durable {
-        TAKE.key(&ctx.qkey)
-            .key(&ctx.pkey)
-            .arg(n)
-            .invoke_async(&mut conn)
-            .await
-    } else {
-        Ok(redis::cmd("RPOP")
-            .arg(&ctx.qkey)
-            .arg(n)
-            .query_async::<Option<Vec<Vec<u8>>>>(&mut conn)
-            .await?
-            .unwrap_or_default())
+    if !ctx.durable {
+        return Ok(Vec::new());
     }
+    let mut conn = ctx.link.conn();
+    TAKE.key(&ctx.qkey)
+        .key(&ctx.pkey)
+        .arg(n)
+        .invoke_async(&mut conn)
+        .await
 }
 
-/// Waits up to [`BLOCK`] for one message, on a connection of its own.
+/// Waits up to [`BLOCK`] for messages, on a connection of its own: one durable message
+/// (`BLMOVE`), or up to `n` direct ones (`BLMPOP`, Redis 7).
 async fn take_blocking(
     ctx: &Consumer,
     slot: &mut Option<MultiplexedConnection>,
+    n: usize,
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
     let conn = match slot {
         Some(conn) => conn,
         None => slot.insert(ctx.link.blocking_conn().await?),
     };
-    let block = BLOCK.as_secs_f64();
     if ctx.durable {
         let one: Option<Vec<u8>> = redis::cmd("BLMOVE")
             .arg(&ctx.qkey)
             .arg(&ctx.pkey)
             .arg("RIGHT")
             .arg("LEFT")
-            .arg(block)
+            .arg(BLOCK.as_secs_f64())
             .query_async(conn)
             .await?;
         Ok(one.into_iter().collect())
     } else {
-        let one: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
-            .arg(&ctx.qkey)
-            .arg(block)
-            .query_async(conn)
-            .await?;
-        Ok(one.into_iter().map(|(_, raw)| raw).collect())
+        pop_many(conn, &ctx.qkey, n).await
     }
+}
+
+/// `BLMPOP`: up to `n` elements from the right of `key`, waiting up to [`BLOCK`] for the first.
+pub(super) async fn pop_many(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    n: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let popped: Option<(String, Vec<Vec<u8>>)> = redis::cmd("BLMPOP")
+        .arg(BLOCK.as_secs_f64())
+        .arg(1)
+        .arg(key)
+        .arg("RIGHT")
+        .arg("COUNT")
+        .arg(n)
+        .query_async(conn)
+        .await?;
+    Ok(popped.map(|(_, items)| items).unwrap_or_default())
 }
 
 /// Whether a failure may go away on another try (then a durable message is retried).
@@ -258,8 +290,7 @@ fn push_reply<T: serde::Serialize>(
     };
     match serde_json::to_vec(&frame) {
         Ok(bytes) => {
-            pipe.cmd("LPUSH").arg(reply_to).arg(bytes).ignore();
-            pipe.cmd("PEXPIRE").arg(reply_to).arg(REPLY_TTL_MS).ignore();
+            pipe.cmd("PUBLISH").arg(reply_to).arg(bytes).ignore();
         }
         Err(e) => tracing::error!(error = %e, kind = %envelope.kind, "cannot encode a reply"),
     }
@@ -351,6 +382,8 @@ pub(super) async fn give_back(link: &RedisLink, queue: &str) {
     match moved {
         Ok(0) => {}
         Ok(n) => tracing::info!(queue, n, "gave unfinished messages back to the queue"),
-        Err(e) => tracing::warn!(queue, error = %e, "could not give messages back; the reaper will"),
+        Err(e) => {
+            tracing::warn!(queue, error = %e, "could not give messages back; the reaper will")
+        }
     }
 }

@@ -23,10 +23,14 @@ struct Wire<E> {
     event: E,
 }
 
+/// An event ready to publish: its topic and its bytes.
+type Outgoing = (String, Vec<u8>);
+
 /// The sending half, used by `Bus::publish` (never waits).
 pub struct Publisher {
-    tx: mpsc::Sender<(String, Vec<u8>)>,
-    rx: parking_lot::Mutex<Option<mpsc::Receiver<(String, Vec<u8>)>>>,
+    tx: mpsc::Sender<Outgoing>,
+    /// Taken by the publishing task when it starts.
+    rx: parking_lot::Mutex<Option<mpsc::Receiver<Outgoing>>>,
 }
 
 impl Default for Publisher {

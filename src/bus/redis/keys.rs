@@ -9,12 +9,15 @@
 //! | `delayed:{queue}` | sorted set | messages waiting for a retry, scored by due time (ms) |
 //! | `dlq:{queue}` | list | dead letters: JSON records with the reason and the message |
 //! | `queues` | set | every queue name in use (for tools and metrics) |
-//! | `r:{node}` | list, TTL | replies to a node's requests |
+//! | `r:{node}` | pub/sub channel | replies to a node's requests |
+//! | `d:{role}:{node}` | pub/sub channel | direct requests for the role's instance on a node |
 //! | `events:{topic}` | pub/sub channel | events |
 //! | `lock:reaper` | string, TTL | one reaper at a time, cluster-wide |
 //!
 //! Queues are named after the role that consumes them: `store` carries its durable requests
-//! (writes), `store.direct` its direct ones (reads, at most once).
+//! (writes), `store.direct` its direct ones (reads, at most once). A direct request normally
+//! skips its list: the caller publishes it to one live consumer's channel (`d:store:{node}`),
+//! which costs Redis half the round trips; the list is the fallback when no consumer is known.
 
 use crate::bus::{Delivery, Role};
 
@@ -75,6 +78,20 @@ impl Keys {
         format!("{}r:{node}", self.prefix)
     }
 
+    /// The channel of direct requests for `role` on `node` (`*` as a pattern).
+    pub fn direct(&self, role: &str, node: &str) -> String {
+        format!("{}d:{role}:{node}", self.prefix)
+    }
+
+    /// The role named by a direct-request channel of `node`.
+    pub fn role_of_direct<'a>(&self, channel: &'a str, node: &str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("d:")?
+            .strip_suffix(node)?
+            .strip_suffix(':')
+    }
+
     pub fn events(&self, topic: &str) -> String {
         format!("{}events:{topic}", self.prefix)
     }
@@ -98,5 +115,9 @@ mod tests {
         assert_eq!(keys.queue("store"), "gorgon:shop:q:store");
         assert_eq!(keys.dead("app"), "gorgon:shop:dlq:app");
         assert_eq!(keys.processing("app", "n1/app"), "gorgon:shop:p:app:n1/app");
+        let channel = keys.direct("store", "node-1");
+        assert_eq!(channel, "gorgon:shop:d:store:node-1");
+        assert_eq!(keys.role_of_direct(&channel, "node-1"), Some("store"));
+        assert_eq!(keys.role_of_direct(&channel, "node-2"), None);
     }
 }

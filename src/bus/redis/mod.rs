@@ -1,9 +1,10 @@
 //! The Redis transport: durable mailboxes between processes (lists), replies, and events
 //! (pub/sub), as in the design's "Redis reliable queue".
 //!
-//! - [`RedisLink::call`] puts a request on the role's queue (`LPUSH q:{queue}`) with a correlation
-//!   id and a deadline, and waits for the reply on this node's reply list; a missing reply is a
-//!   clean [`Error::Timeout`], and a late one is dropped (the waiter is gone, nothing leaks).
+//! - [`RedisLink::call`] puts a durable request on the role's queue (`LPUSH q:{queue}`) with a
+//!   correlation id and a deadline, or publishes a direct one to a live consumer's channel, and
+//!   waits for the reply on this node's reply channel; a missing reply is a clean
+//!   [`Error::Timeout`], and a late one is dropped (the waiter is gone, nothing leaks).
 //! - [`consumer`] takes messages in batches into a per-consumer processing list, hands them to
 //!   the local role, replies, and acknowledges; durable failures are retried with backoff through
 //!   a delayed set, then dead-lettered after `max_attempts`.
@@ -23,22 +24,26 @@ pub mod keys;
 mod replies;
 mod upkeep;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
 pub use keys::{queue_name, Keys};
 
-use super::{Bus, Event, Protocol};
+use super::{Bus, Delivery, Event, Protocol, Role};
 use crate::error::{Error, Result};
 
 /// Settings of the link (see `QueueTuning` for the flags).
@@ -68,6 +73,22 @@ impl RedisConfig {
     }
 }
 
+/// A queue's figures, as last sampled (every second).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueFigures {
+    pub queue: String,
+    /// Messages waiting to be taken.
+    pub waiting: u64,
+    /// Failed messages waiting for their retry.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// Hands a direct request that arrived on this node's channel to its role's consumer.
+pub(crate) type DirectFeed =
+    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// How long a blocking take waits before looking at the stop flag again.
 const BLOCK: Duration = Duration::from_secs(1);
 
@@ -85,6 +106,13 @@ pub struct RedisLink {
     healthy: AtomicBool,
     /// Queues this node consumes (heartbeat and reaper scope).
     consuming: Mutex<HashSet<String>>,
+    /// Consumers of direct requests on this node, by role name.
+    feeds: parking_lot::RwLock<HashMap<String, DirectFeed>>,
+    /// Live nodes consuming each role's direct requests (refreshed by `upkeep`).
+    members: parking_lot::RwLock<HashMap<Role, Vec<String>>>,
+    round_robin: AtomicUsize,
+    /// The last queue sample, for the stats role.
+    figures: Mutex<Vec<QueueFigures>>,
     events: events::Publisher,
     /// Tells consumers to stop taking (first) and background tasks to stop (at close).
     stop_consumers: watch::Sender<bool>,
@@ -125,11 +153,16 @@ impl RedisLink {
             replies: replies::Pending::default(),
             healthy: AtomicBool::new(false),
             consuming: Mutex::new(HashSet::new()),
+            feeds: Default::default(),
+            members: Default::default(),
+            round_robin: AtomicUsize::new(0),
+            figures: Mutex::new(Vec::new()),
             stop_consumers,
             stop_all,
             consumer_tasks: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
+        metrics::counter!("gorgon_bus_late_replies_total").increment(0);
         link.check_health().await;
         if !link.is_healthy() {
             tracing::warn!(url = %redact(&link.config.url), "Redis is not reachable yet; retrying in the background");
@@ -140,6 +173,7 @@ impl RedisLink {
             tokio::spawn(upkeep::heartbeat(link.clone())),
             tokio::spawn(upkeep::reaper(link.clone())),
             tokio::spawn(upkeep::sample_depths(link.clone())),
+            tokio::spawn(upkeep::members(link.clone())),
         ];
         link.tasks.lock().extend(background);
         Ok(link)
@@ -158,6 +192,40 @@ impl RedisLink {
     pub fn serve<P: Protocol>(self: &Arc<Self>, bus: Bus) {
         let handles = consumer::start::<P>(self.clone(), bus);
         self.consumer_tasks.lock().extend(handles);
+    }
+
+    pub(crate) fn feed_direct(&self, role: Role, feed: DirectFeed) {
+        self.feeds.write().insert(role.name().to_string(), feed);
+    }
+
+    fn direct_feed(&self, role: &str) -> Option<DirectFeed> {
+        self.feeds.read().get(role).cloned()
+    }
+
+    /// Live consumers of `role`'s direct requests, starting at the next in round-robin order.
+    fn direct_members(&self, role: Role) -> Vec<String> {
+        let members = self.members.read();
+        let Some(list) = members.get(&role).filter(|l| !l.is_empty()) else {
+            return Vec::new();
+        };
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % list.len();
+        list[start..]
+            .iter()
+            .chain(&list[..start])
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets a member that no longer listens (until the next refresh says otherwise).
+    fn forget_member(&self, role: Role, node: &str) {
+        if let Some(list) = self.members.write().get_mut(&role) {
+            list.retain(|n| n != node);
+        }
+    }
+
+    /// Every queue's figures, as last sampled.
+    pub fn queue_figures(&self) -> Vec<QueueFigures> {
+        self.figures.lock().clone()
     }
 
     pub fn node(&self) -> &str {
@@ -226,7 +294,11 @@ impl RedisLink {
     }
 
     /// Sends `request` to `P`'s queue and waits up to `timeout` for the reply.
-    pub async fn call<P: Protocol>(&self, request: P::Request, timeout: Duration) -> Result<P::Reply> {
+    pub async fn call<P: Protocol>(
+        &self,
+        request: P::Request,
+        timeout: Duration,
+    ) -> Result<P::Reply> {
         self.ensure_healthy()?;
         let delivery = P::delivery(&request);
         let queue = queue_name(P::ROLE, delivery);
@@ -246,12 +318,31 @@ impl RedisLink {
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
         let waiter = self.replies.register(id);
         let mut conn = self.conn();
-        redis::cmd("LPUSH")
-            .arg(self.keys.queue(&queue))
-            .arg(bytes)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let mut sent = false;
+        if delivery == Delivery::Direct {
+            // Straight to a live consumer's channel; PUBLISH says whether anyone heard it.
+            for member in self.direct_members(P::ROLE).into_iter().take(3) {
+                let heard: i64 = redis::cmd("PUBLISH")
+                    .arg(self.keys.direct(P::ROLE.name(), &member))
+                    .arg(&bytes)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                if heard > 0 {
+                    sent = true;
+                    break;
+                }
+                self.forget_member(P::ROLE, &member);
+            }
+        }
+        if !sent {
+            redis::cmd("LPUSH")
+                .arg(self.keys.queue(&queue))
+                .arg(bytes)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
         let frame = waiter.wait(timeout).await.ok_or_else(|| {
             Error::Timeout(format!(
                 "the {} role did not answer within {} ms",
@@ -280,14 +371,18 @@ impl RedisLink {
                 deadline: None,
                 body: request,
             };
-            let bytes = serde_json::to_vec(&envelope)
-                .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
+            let bytes = serde_json::to_vec(&envelope).map_err(|e| {
+                Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE))
+            })?;
             let queue = queue_name(P::ROLE, P::delivery(request));
             by_queue.entry(queue).or_default().push(bytes);
         }
         let mut pipe = redis::pipe();
         for (queue, messages) in by_queue {
-            pipe.cmd("LPUSH").arg(self.keys.queue(&queue)).arg(messages).ignore();
+            pipe.cmd("LPUSH")
+                .arg(self.keys.queue(&queue))
+                .arg(messages)
+                .ignore();
         }
         let mut conn = self.conn();
         pipe.query_async::<()>(&mut conn)
@@ -304,6 +399,7 @@ impl RedisLink {
     /// and stops the heartbeat: the first half of a graceful shutdown, before the roles stop.
     pub async fn stop_consumers(&self) {
         let _ = self.stop_consumers.send(true);
+        self.feeds.write().clear();
         let handles: Vec<_> = self.consumer_tasks.lock().drain(..).collect();
         for handle in handles {
             let _ = handle.await;
@@ -314,7 +410,9 @@ impl RedisLink {
         }
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(self.keys.heartbeat(&self.node)).ignore();
+        pipe.cmd("DEL")
+            .arg(self.keys.heartbeat(&self.node))
+            .ignore();
         for queue in &queues {
             pipe.cmd("SREM")
                 .arg(self.keys.consumers(queue))
@@ -348,7 +446,9 @@ impl RedisLink {
 /// The URL without its password, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
@@ -375,7 +475,10 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_logs() {
-        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 

@@ -1,6 +1,8 @@
-//! Replies: each node has one reply list (`r:{node}`); a listener hands each reply to the call
+//! Replies: each node has one reply channel (`r:{node}`); its inbox hands each reply to the call
 //! waiting for its correlation id. A call that gives up removes its waiter, so a late reply finds
-//! nobody, is counted and dropped: nothing accumulates.
+//! nobody, is counted and dropped: nothing accumulates. Replies are not durable (a node that is
+//! disconnected when its reply is published gets a timeout, as for a lost reply); the work a
+//! durable request asked for is, and stays done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::envelope::ReplyFrame;
-use super::{backoff, sleep_or_stop, RedisLink, BLOCK};
+use futures::StreamExt;
+
+use super::{backoff, sleep_or_stop, RedisLink};
 
 type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Box<RawValue>>>>>;
 
@@ -66,19 +70,24 @@ impl Drop for Waiter {
     }
 }
 
-/// How long a reply list outlives its node's last reply (replies to a dead node then vanish).
-pub const REPLY_TTL_MS: i64 = 60_000;
-
-/// Reads this node's reply list and wakes the waiting calls.
+/// This node's inbox: one pub/sub connection receiving the replies to its calls
+/// (`r:{node}`) and the direct requests addressed to its roles (`d:{role}:{node}`).
 pub async fn listen(link: Arc<RedisLink>) {
     let mut stop = link.stopping();
     let mut failures = 0;
-    let key = link.reply_key.clone();
-    'connect: loop {
-        let mut conn = match link.blocking_conn().await {
-            Ok(conn) => conn,
+    let reply_channel = link.reply_key.clone();
+    let direct_pattern = link.keys.direct("*", &link.node);
+    loop {
+        let subscribed = async {
+            let mut pubsub = link.client.get_async_pubsub().await?;
+            pubsub.subscribe(&reply_channel).await?;
+            pubsub.psubscribe(&direct_pattern).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        let mut pubsub = match subscribed.await {
+            Ok(pubsub) => pubsub,
             Err(e) => {
-                tracing::debug!(error = %e, "reply listener cannot connect");
+                tracing::debug!(error = %e, "inbox cannot subscribe");
                 failures += 1;
                 if sleep_or_stop(&mut stop, backoff(failures)).await {
                     return;
@@ -86,47 +95,19 @@ pub async fn listen(link: Arc<RedisLink>) {
                 continue;
             }
         };
+        failures = 0;
+        let mut messages = pubsub.on_message();
         loop {
-            if *stop.borrow() {
-                return;
-            }
-            // A batch without blocking when replies are flowing; block for one when idle.
-            let batch = redis::cmd("RPOP")
-                .arg(&key)
-                .arg(512)
-                .query_async::<Option<Vec<Vec<u8>>>>(&mut conn)
-                .await;
-            let frames = match batch {
-                Ok(Some(frames)) => frames,
-                Ok(None) => match redis::cmd("BRPOP")
-                    .arg(&key)
-                    .arg(BLOCK.as_secs_f64())
-                    .query_async::<Option<(String, Vec<u8>)>>(&mut conn)
-                    .await
-                {
-                    Ok(Some((_, frame))) => vec![frame],
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "reply listener lost Redis");
-                        failures += 1;
-                        if sleep_or_stop(&mut stop, backoff(failures)).await {
-                            return;
-                        }
-                        continue 'connect;
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "reply listener lost Redis");
-                    failures += 1;
-                    if sleep_or_stop(&mut stop, backoff(failures)).await {
-                        return;
-                    }
-                    continue 'connect;
-                }
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = stop.changed() => return,
             };
-            failures = 0;
-            for frame in frames {
-                match serde_json::from_slice::<ReplyFrame<Box<RawValue>>>(&frame) {
+            let Some(message) = message else { break };
+            let channel = message.get_channel_name();
+            if channel == reply_channel {
+                match serde_json::from_slice::<ReplyFrame<Box<RawValue>>>(
+                    message.get_payload_bytes(),
+                ) {
                     Ok(reply) => {
                         if !link.replies.deliver(reply.id, reply.result) {
                             metrics::counter!("gorgon_bus_late_replies_total").increment(1);
@@ -134,8 +115,33 @@ pub async fn listen(link: Arc<RedisLink>) {
                     }
                     Err(e) => tracing::warn!(error = %e, "dropped an undecodable reply"),
                 }
+            } else if let Some(role) = link.keys.role_of_direct(channel, &link.node) {
+                let raw = message.get_payload_bytes().to_vec();
+                match link.direct_feed(role) {
+                    Some(feed) => feed(raw).await,
+                    // This node no longer serves the role (it is stopping): hand the request to
+                    // the role's list, where another consumer takes it.
+                    None => hand_over(&link, role, raw).await,
+                }
             }
         }
+        tracing::debug!("inbox connection lost; resubscribing");
+        if sleep_or_stop(&mut stop, Duration::from_millis(100)).await {
+            return;
+        }
+    }
+}
+
+async fn hand_over(link: &RedisLink, role: &str, raw: Vec<u8>) {
+    let mut conn = link.conn();
+    let queue = link.keys.queue(&format!("{role}.direct"));
+    if let Err(e) = redis::cmd("LPUSH")
+        .arg(queue)
+        .arg(raw)
+        .query_async::<i64>(&mut conn)
+        .await
+    {
+        tracing::debug!(error = %e, "a direct request could not be handed over");
     }
 }
 
@@ -151,7 +157,10 @@ mod tests {
         let raw = RawValue::from_string("{\"Ok\":\"Done\"}".into()).expect("raw");
         assert!(pending.deliver(id, raw.clone()));
         assert_eq!(
-            waiter.wait(Duration::from_secs(1)).await.map(|r| r.get().to_string()),
+            waiter
+                .wait(Duration::from_secs(1))
+                .await
+                .map(|r| r.get().to_string()),
             Some(raw.get().to_string())
         );
         // A waiter that timed out is gone: its reply is refused and nothing is kept.

@@ -67,19 +67,24 @@ pub async fn heartbeat(link: Arc<RedisLink>) {
                 .ignore();
             for queue in &queues {
                 pipe.cmd("SADD").arg(link.keys.queues()).arg(queue).ignore();
-                if is_durable(queue) {
-                    pipe.cmd("SADD")
-                        .arg(link.keys.consumers(queue))
-                        .arg(&link.node)
-                        .ignore();
-                }
+                pipe.cmd("SADD")
+                    .arg(link.keys.consumers(queue))
+                    .arg(&link.node)
+                    .ignore();
             }
             let mut conn = link.conn();
             if let Err(e) = pipe.query_async::<()>(&mut conn).await {
                 tracing::debug!(error = %e, "heartbeat not sent");
             }
         }
-        if sleep_or_stop(&mut stop, ttl / 3).await {
+        // Until this node consumes something, look again soon: a role served a moment after
+        // start-up should be registered at once.
+        let next = if queues.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            ttl / 3
+        };
+        if sleep_or_stop(&mut stop, next).await {
             return;
         }
     }
@@ -147,7 +152,7 @@ pub async fn reap(link: &RedisLink) -> redis::RedisResult<usize> {
         .arg(link.keys.queues())
         .query_async(&mut conn)
         .await?;
-    for queue in queues.iter().filter(|q| is_durable(q)) {
+    for queue in &queues {
         let consumers: Vec<String> = redis::cmd("SMEMBERS")
             .arg(link.keys.consumers(queue))
             .query_async(&mut conn)
@@ -163,6 +168,15 @@ pub async fn reap(link: &RedisLink) -> redis::RedisResult<usize> {
                 .query_async(&mut conn)
                 .await?;
             if alive {
+                continue;
+            }
+            if !is_durable(queue) {
+                // Direct requests are never in a processing list: just forget the consumer.
+                let _: i64 = redis::cmd("SREM")
+                    .arg(link.keys.consumers(queue))
+                    .arg(&consumer)
+                    .query_async(&mut conn)
+                    .await?;
                 continue;
             }
             recovered += recover(link, &mut conn, queue, &consumer).await?;
@@ -222,39 +236,103 @@ async fn recover(
                     envelope.attempt
                 );
                 let letter = DeadLetter::new(queue, raw, envelope.attempt, reason);
-                pipe.cmd("LPUSH").arg(link.keys.dead(queue)).arg(letter.encode()).ignore();
+                pipe.cmd("LPUSH")
+                    .arg(link.keys.dead(queue))
+                    .arg(letter.encode())
+                    .ignore();
                 dead += 1;
             }
             Err(reason) => {
                 let letter = DeadLetter::new(queue, raw, 0, reason);
-                pipe.cmd("LPUSH").arg(link.keys.dead(queue)).arg(letter.encode()).ignore();
+                pipe.cmd("LPUSH")
+                    .arg(link.keys.dead(queue))
+                    .arg(letter.encode())
+                    .ignore();
                 dead += 1;
             }
         }
     }
     pipe.cmd("DEL").arg(&list).ignore();
-    pipe.cmd("SREM").arg(link.keys.consumers(queue)).arg(&aside).ignore();
+    pipe.cmd("SREM")
+        .arg(link.keys.consumers(queue))
+        .arg(&aside)
+        .ignore();
     pipe.query_async::<()>(conn).await?;
     if requeued + dead > 0 {
-        tracing::warn!(queue, consumer, requeued, dead, "gave a dead consumer's messages back");
+        tracing::warn!(
+            queue,
+            consumer,
+            requeued,
+            dead,
+            "gave a dead consumer's messages back"
+        );
         metrics::counter!("gorgon_queue_redelivered_total", "queue" => queue.to_string())
             .increment(requeued as u64);
     }
     Ok(requeued + dead)
 }
 
+/// Refreshes the live consumers of every role's direct requests, twice a second.
+pub async fn members(link: Arc<RedisLink>) {
+    let mut stop = link.stopping();
+    loop {
+        if link.is_healthy() {
+            if let Err(e) = refresh_members(&link).await {
+                tracing::debug!(error = %e, "direct-request members not refreshed");
+            }
+        }
+        if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+}
+
+async fn refresh_members(link: &RedisLink) -> redis::RedisResult<()> {
+    use crate::bus::{Delivery, Role};
+    let mut conn = link.conn();
+    let mut pipe = redis::pipe();
+    for role in Role::ALL {
+        let queue = super::queue_name(role, Delivery::Direct);
+        pipe.cmd("SMEMBERS").arg(link.keys.consumers(&queue));
+    }
+    let listed: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+    let mut nodes: Vec<&String> = listed.iter().flatten().collect();
+    nodes.sort();
+    nodes.dedup();
+    let mut alive = std::collections::HashSet::new();
+    if !nodes.is_empty() {
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("EXISTS").arg(link.keys.heartbeat(node));
+        }
+        let exists: Vec<bool> = pipe.query_async(&mut conn).await?;
+        alive.extend(
+            nodes
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| *e)
+                .map(|(n, _)| (*n).clone()),
+        );
+    }
+    let mut members = link.members.write();
+    for (role, listed) in Role::ALL.into_iter().zip(listed) {
+        let live: Vec<String> = listed.into_iter().filter(|n| alive.contains(n)).collect();
+        members.insert(role, live);
+    }
+    Ok(())
+}
+
 /// Samples queue depth, retries waiting and dead letters of every queue, once a second.
 pub async fn sample_depths(link: Arc<RedisLink>) {
     let mut stop = link.stopping();
     loop {
+        if link.is_healthy() {
+            if let Err(e) = sample_once(&link).await {
+                tracing::debug!(error = %e, "queue depths not sampled");
+            }
+        }
         if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
             return;
-        }
-        if !link.is_healthy() {
-            continue;
-        }
-        if let Err(e) = sample_once(&link).await {
-            tracing::debug!(error = %e, "queue depths not sampled");
         }
     }
 }
@@ -275,12 +353,21 @@ async fn sample_once(link: &RedisLink) -> redis::RedisResult<()> {
         pipe.cmd("LLEN").arg(link.keys.dead(queue));
     }
     let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+    let mut sample = Vec::with_capacity(queues.len());
     for (queue, figures) in queues.iter().zip(counts.chunks(3)) {
         if let [depth, delayed, dead] = figures {
             metrics::gauge!("gorgon_queue_depth", "queue" => queue.clone()).set(*depth as f64);
             metrics::gauge!("gorgon_queue_delayed", "queue" => queue.clone()).set(*delayed as f64);
             metrics::gauge!("gorgon_queue_dead", "queue" => queue.clone()).set(*dead as f64);
+            sample.push(super::QueueFigures {
+                queue: queue.clone(),
+                waiting: *depth,
+                retrying: *delayed,
+                dead: *dead,
+            });
         }
     }
+    sample.sort_by(|a, b| a.queue.cmp(&b.queue));
+    *link.figures.lock() = sample;
     Ok(())
 }
