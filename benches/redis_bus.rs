@@ -288,8 +288,10 @@ fn redis_benchmark(redis: &RedisServer, extra: &[&str]) -> Option<f64> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` asks for a list; this bench only runs on purpose.
+    if !std::env::args().any(|a| a == "--bench") {
+        // Built by `cargo test --all-targets` too; it runs only under `cargo bench`.
+        println!("run me with: cargo bench --bench redis_bus");
+        return;
     }
     let messages = env_or("GORGON_BENCH_MESSAGES", 200_000);
     let calls = env_or("GORGON_BENCH_CALLS", 20_000);

@@ -103,8 +103,9 @@ fn backend(redis: &RedisServer, ns: &str, data: &Path, extra: &[String]) -> Gorg
 }
 
 /// The web role alone.
+/// A front: the web role and the notify role (its SSE clients get every node's events).
 fn web(redis: &RedisServer, ns: &str, data: &Path, extra: &[String]) -> GorgonProcess {
-    let node = start_node("web", redis, ns, data, extra, &[]);
+    let node = start_node("web,notify", redis, ns, data, extra, &[]);
     assert!(node.base.is_some(), "a web node prints its address");
     node
 }
@@ -911,6 +912,81 @@ async fn reply_timeout_is_a_clean_504() {
             "a web node without backend is not ready"
         );
         drop(node);
+    })
+    .await;
+}
+
+/// Reads SSE frames until `n` events arrived (at most 15 s); returns (event name, data).
+async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(String, Value)> {
+    let mut stream = resp.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while events.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{n} events within 15 s; got {events:?}"))
+            .expect("stream open")
+            .expect("chunk");
+        buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let mut kind = String::new();
+            let mut data = Value::Null;
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    kind = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).expect("event data is JSON");
+                }
+            }
+            if !kind.is_empty() {
+                events.push((kind, data));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_clients_of_every_front() {
+    bounded(async {
+        let Some(d) = Deployment::start(Fsync::EverySec, &[]).await else {
+            return;
+        };
+        let (other, _dir) = d.another_web();
+        let other_base = other.base();
+        wait_readyz(&other_base, StatusCode::OK, Duration::from_secs(30)).await;
+        let (uid, token) = user(&d.base, "events@example.com").await;
+        let http = client(Duration::from_secs(30));
+        // One SSE client on each front; the writes go through the first front only.
+        let mut streams = Vec::new();
+        for base in [&d.base, &other_base] {
+            let resp = http
+                .get(format!("{base}/api/v1/events?topic=items&user_id={uid}"))
+                .send()
+                .await
+                .expect("subscribe");
+            assert_eq!(resp.status(), StatusCode::OK);
+            streams.push(resp);
+        }
+        // Subscriptions are live once the response headers are in; give the relay a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let item = create_item(&d.base, &token, "seen everywhere").await;
+        let id = item["id"].as_str().expect("id").to_string();
+        let resp = http
+            .delete(format!("{}/api/v1/items/{id}", d.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        for stream in streams {
+            let events = read_events(stream, 2).await;
+            let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(kinds, ["item.created", "item.deleted"], "{events:?}");
+            assert_eq!(events[0].1["subject_id"], id.as_str());
+        }
     })
     .await;
 }
