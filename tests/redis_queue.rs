@@ -246,3 +246,31 @@ async fn the_reaper_delivers_a_dead_consumers_messages_again() {
         "the dead consumer is forgotten: {consumers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stranded_in_a_live_consumers_list_is_handled() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("strand{}", uuid::Uuid::now_v7().simple());
+    let keys = Keys::new(&ns);
+    let (worker, behaviour) = consumer_node(&redis, &ns).await;
+    // As if a take had moved it and its answer never reached the consumer (a timeout, a Redis
+    // restart): the message sits in the live consumer's own list, which no reaper visits.
+    let envelope = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "kind": "work", "attempt": 1,
+        "enqueued_at": 0, "body": {"n": 9}
+    });
+    let list = keys.processing("provider", worker.node());
+    redis.lpush(&list, &envelope.to_string()).await;
+    eventually(
+        "the stranded message is handled",
+        Duration::from_secs(10),
+        async || *behaviour.handled.lock() == vec![9],
+    )
+    .await;
+    eventually("and acknowledged", Duration::from_secs(5), async || {
+        redis.llen(&list).await == 0
+    })
+    .await;
+}

@@ -12,6 +12,7 @@
 //! At most `inflight` messages per queue are worked on at once; the rest wait in Redis, where
 //! any other consumer of the queue can take them.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -73,6 +74,7 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
                 link: link.clone(),
                 bus: bus.clone(),
                 queue,
+                held: Default::default(),
             });
             let slots = Arc::new(Semaphore::new(link.config.inflight));
             if delivery == Delivery::Direct {
@@ -83,18 +85,20 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
         .collect()
 }
 
-/// How direct requests published to this node's channel reach the consumer: each waits for a
-/// slot (so the inbox slows down rather than piling up work) and runs on a task of its own.
+/// How direct requests published to this node's channel reach the consumer. The inbox must
+/// never wait here (replies travel through it too, and a handler may be waiting for one), so a
+/// request that finds every slot taken goes to the role's list instead, for whichever consumer
+/// frees up first.
 fn direct_feed<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) -> super::DirectFeed {
-    Arc::new(move |raw: Vec<u8>| {
-        let ctx = ctx.clone();
-        let slots = slots.clone();
-        Box::pin(async move {
-            if let Ok(permit) = slots.acquire_owned().await {
-                tokio::spawn(handle::<P>(ctx, raw, permit));
+    Arc::new(
+        move |raw: Vec<u8>| match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
+                None
             }
-        })
-    })
+            Err(_) => Some(raw),
+        },
+    )
 }
 
 struct Consumer {
@@ -106,6 +110,8 @@ struct Consumer {
     durable: bool,
     /// How long the local role may take.
     timeout: Duration,
+    /// The messages being worked on (as taken, byte for byte).
+    held: parking_lot::Mutex<HashSet<Vec<u8>>>,
 }
 
 async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
@@ -114,7 +120,21 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
     let mut stop = link.stopping_consumers();
     let mut blocking: Option<MultiplexedConnection> = None;
     let mut failures = 0;
+    // Known to the reapers before the first take, so no message is ever in an unknown list.
+    while let Err(e) = register(&ctx).await {
+        failures += 1;
+        tracing::debug!(queue = %ctx.queue, error = %e, "consumer cannot register yet");
+        if sleep_or_stop(&mut stop, backoff(failures)).await {
+            return;
+        }
+    }
+    let mut last_scan = tokio::time::Instant::now();
+    let mut suspects = HashSet::new();
     while !*stop.borrow() {
+        if ctx.durable && last_scan.elapsed() >= link.config.heartbeat {
+            last_scan = tokio::time::Instant::now();
+            reclaim::<P>(&ctx, &slots, &mut suspects).await;
+        }
         let free = slots.available_permits();
         if free == 0 {
             // Full: wait for a slot (or the stop signal) before taking more.
@@ -148,12 +168,78 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
+            ctx.held.lock().insert(raw.clone());
             tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
         }
     }
     // Drain: every message taken is answered (or given back) before the consumer ends.
     if let Ok(all) = slots.acquire_many_owned(limit as u32).await {
         all.forget();
+    }
+}
+
+async fn register(ctx: &Consumer) -> redis::RedisResult<()> {
+    let link = &ctx.link;
+    let mut conn = link.conn();
+    redis::pipe()
+        .cmd("SET")
+        .arg(link.keys.heartbeat(&link.node))
+        .arg(now_ms())
+        .arg("PX")
+        .arg(link.config.heartbeat.as_millis() as u64)
+        .ignore()
+        .cmd("SADD")
+        .arg(link.keys.queues())
+        .arg(&ctx.queue)
+        .ignore()
+        .cmd("SADD")
+        .arg(link.keys.consumers(&ctx.queue))
+        .arg(&link.node)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+}
+
+/// Handles messages stranded in this consumer's own processing list: a take whose reply was
+/// lost (a timeout, Redis restarting between the move and the answer) or an acknowledgement
+/// that was given up on leaves a message there that nobody works on, and a reaper never looks
+/// at a live consumer's list. A message counts as stranded when two scans a heartbeat apart
+/// find it in the list and not among the messages being worked on.
+async fn reclaim<P: Protocol>(
+    ctx: &Arc<Consumer>,
+    slots: &Arc<Semaphore>,
+    suspects: &mut HashSet<Vec<u8>>,
+) {
+    let mut conn = ctx.link.conn();
+    let listed: Vec<Vec<u8>> = match redis::cmd("LRANGE")
+        .arg(&ctx.pkey)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(listed) => listed,
+        Err(_) => return,
+    };
+    let unheld: HashSet<Vec<u8>> = {
+        let held = ctx.held.lock();
+        listed.into_iter().filter(|m| !held.contains(m)).collect()
+    };
+    let stranded: Vec<Vec<u8>> = unheld.intersection(suspects).cloned().collect();
+    *suspects = unheld;
+    if stranded.is_empty() {
+        return;
+    }
+    tracing::warn!(queue = %ctx.queue, n = stranded.len(), "handling messages stranded in this consumer's processing list");
+    for raw in stranded {
+        suspects.remove(&raw);
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        metrics::counter!("gorgon_queue_redelivered_total", "queue" => ctx.queue.clone())
+            .increment(1);
+        ctx.held.lock().insert(raw.clone());
+        tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
     }
 }
 
@@ -227,6 +313,7 @@ async fn handle<P: Protocol>(ctx: Arc<Consumer>, raw: Vec<u8>, _slot: OwnedSemap
     let inflight = metrics::gauge!("gorgon_queue_inflight", "queue" => ctx.queue.clone());
     inflight.increment(1.0);
     handle_one::<P>(&ctx, &raw).await;
+    ctx.held.lock().remove(&raw);
     inflight.decrement(1.0);
 }
 
@@ -368,10 +455,11 @@ async fn commit(ctx: &Consumer, pipe: redis::Pipeline, what: &str) {
     }
 }
 
-/// Moves what is left in this node's processing list of `queue` back to the queue.
-pub(super) async fn give_back(link: &RedisLink, queue: &str) {
+/// Moves what is left in this node's processing list of `queue` back to the queue; false when
+/// it could not (the list then stays for the reaper).
+pub(super) async fn give_back(link: &RedisLink, queue: &str) -> bool {
     if !super::keys::is_durable(queue) {
-        return;
+        return true;
     }
     let mut conn = link.conn();
     let moved: redis::RedisResult<i64> = GIVE_BACK
@@ -380,10 +468,14 @@ pub(super) async fn give_back(link: &RedisLink, queue: &str) {
         .invoke_async(&mut conn)
         .await;
     match moved {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(queue, n, "gave unfinished messages back to the queue"),
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(queue, n, "gave unfinished messages back to the queue");
+            true
+        }
         Err(e) => {
-            tracing::warn!(queue, error = %e, "could not give messages back; the reaper will")
+            tracing::warn!(queue, error = %e, "could not give messages back; the reaper will");
+            false
         }
     }
 }

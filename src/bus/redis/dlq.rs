@@ -8,7 +8,7 @@ use super::Keys;
 /// A connection for the tools (no background tasks).
 pub async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("bad Redis URL: {e}"))?;
+    let client = super::open_client(url)?;
     client
         .get_multiplexed_async_connection()
         .await

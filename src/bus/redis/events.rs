@@ -95,7 +95,11 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
     let pattern = link.keys.events("*");
     let mut failures = 0;
     loop {
-        let mut pubsub = match link.client.get_async_pubsub().await {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), link.client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        let mut pubsub = match connected {
             Ok(p) => p,
             Err(e) => {
                 failures += 1;
@@ -106,7 +110,10 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
                 continue;
             }
         };
-        if let Err(e) = pubsub.psubscribe(&pattern).await {
+        let subscribed = tokio::time::timeout(Duration::from_secs(5), pubsub.psubscribe(&pattern))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        if let Err(e) = subscribed {
             failures += 1;
             tracing::debug!(error = %e, "event subscription failed");
             if sleep_or_stop(&mut stop, backoff(failures)).await {

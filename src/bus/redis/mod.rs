@@ -25,8 +25,6 @@ mod replies;
 mod upkeep;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,9 +83,12 @@ pub struct QueueFigures {
     pub dead: u64,
 }
 
-/// Hands a direct request that arrived on this node's channel to its role's consumer.
-pub(crate) type DirectFeed =
-    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// Hands a direct request that arrived on this node's channel to its role's consumer, without
+/// waiting; gives the request back when the consumer is full.
+pub(crate) type DirectFeed = Arc<dyn Fn(Vec<u8>) -> Option<Vec<u8>> + Send + Sync>;
+
+/// Most direct requests kept waiting in a role's fallback list.
+const DIRECT_BACKLOG: i64 = 10_000;
 
 /// How long a blocking take waits before looking at the stop flag again.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -104,6 +105,8 @@ pub struct RedisLink {
     reply_key: String,
     replies: replies::Pending,
     healthy: AtomicBool,
+    /// Since when Redis has answered every health check (None while it does not).
+    healthy_since: Mutex<Option<std::time::Instant>>,
     /// Queues this node consumes (heartbeat and reaper scope).
     consuming: Mutex<HashSet<String>>,
     /// Consumers of direct requests on this node, by role name.
@@ -116,7 +119,10 @@ pub struct RedisLink {
     events: events::Publisher,
     /// Tells consumers to stop taking (first) and background tasks to stop (at close).
     stop_consumers: watch::Sender<bool>,
+    /// Stops the heartbeat (after the consumers have finished and given back what they held).
+    stop_heartbeat: watch::Sender<bool>,
     stop_all: watch::Sender<bool>,
+    heartbeat_task: Mutex<Option<JoinHandle<()>>>,
     consumer_tasks: Mutex<Vec<JoinHandle<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -128,8 +134,7 @@ impl RedisLink {
         // rustls needs one process-wide crypto provider for `rediss://`; another component may
         // have installed it first, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| anyhow::anyhow!("bad --redis URL: {e}"))?;
+        let client = open_client(&config.url)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -142,6 +147,7 @@ impl RedisLink {
         let reply_key = keys.replies(node);
         let (stop_consumers, _) = watch::channel(false);
         let (stop_all, _) = watch::channel(false);
+        let (stop_heartbeat, _) = watch::channel(false);
         let link = Arc::new(RedisLink {
             events: events::Publisher::new(),
             config,
@@ -152,13 +158,16 @@ impl RedisLink {
             reply_key,
             replies: replies::Pending::default(),
             healthy: AtomicBool::new(false),
+            healthy_since: Mutex::new(None),
             consuming: Mutex::new(HashSet::new()),
             feeds: Default::default(),
             members: Default::default(),
             round_robin: AtomicUsize::new(0),
             figures: Mutex::new(Vec::new()),
             stop_consumers,
+            stop_heartbeat,
             stop_all,
+            heartbeat_task: Mutex::new(None),
             consumer_tasks: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
@@ -170,12 +179,12 @@ impl RedisLink {
         let background = vec![
             tokio::spawn(replies::listen(link.clone())),
             tokio::spawn(upkeep::health(link.clone())),
-            tokio::spawn(upkeep::heartbeat(link.clone())),
             tokio::spawn(upkeep::reaper(link.clone())),
             tokio::spawn(upkeep::sample_depths(link.clone())),
             tokio::spawn(upkeep::members(link.clone())),
         ];
         link.tasks.lock().extend(background);
+        *link.heartbeat_task.lock() = Some(tokio::spawn(upkeep::heartbeat(link.clone())));
         Ok(link)
     }
 
@@ -245,6 +254,14 @@ impl RedisLink {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// How long Redis has answered without a break (zero while it does not).
+    fn healthy_for(&self) -> Duration {
+        self.healthy_since
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
     /// A connection for ordinary commands (a cheap clone of the shared one).
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
@@ -270,6 +287,14 @@ impl RedisLink {
         .map(|r| r.is_ok())
         .unwrap_or(false);
         let was = self.healthy.swap(ok, Ordering::Relaxed);
+        {
+            let mut since = self.healthy_since.lock();
+            match (ok, since.is_some()) {
+                (true, false) => *since = Some(std::time::Instant::now()),
+                (false, _) => *since = None,
+                _ => {}
+            }
+        }
         if was != ok {
             if ok {
                 tracing::info!("Redis is reachable");
@@ -336,10 +361,23 @@ impl RedisLink {
             }
         }
         if !sent {
-            redis::cmd("LPUSH")
-                .arg(self.keys.queue(&queue))
-                .arg(bytes)
-                .query_async::<i64>(&mut conn)
+            let key = self.keys.queue(&queue);
+            let mut pipe = redis::pipe();
+            pipe.cmd("LPUSH").arg(&key).arg(bytes).ignore();
+            if delivery == Delivery::Direct {
+                // Nobody may be consuming: keep the fallback list of reads bounded in length
+                // and in time (its requests are useless once their callers gave up).
+                pipe.cmd("LTRIM")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(DIRECT_BACKLOG - 1)
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(timeout.as_millis() as u64 + 1000)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
@@ -405,15 +443,29 @@ impl RedisLink {
             let _ = handle.await;
         }
         let queues: Vec<String> = self.consuming.lock().iter().cloned().collect();
-        for queue in &queues {
-            consumer::give_back(self, queue).await;
+        let mut released = Vec::new();
+        for queue in queues {
+            if consumer::give_back(self, &queue).await {
+                released.push(queue);
+            }
+        }
+        // Deregistered only now, and only from the queues whose processing list is empty: while
+        // a heartbeat is alive no reaper touches our messages, and a list that could not be given
+        // back stays known to the reapers.
+        self.consuming.lock().retain(|q| !released.contains(q));
+        let _ = self.stop_heartbeat.send(true);
+        let heartbeat = self.heartbeat_task.lock().take();
+        if let Some(heartbeat) = heartbeat {
+            let _ = heartbeat.await;
         }
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.keys.heartbeat(&self.node))
-            .ignore();
-        for queue in &queues {
+        if self.consuming.lock().is_empty() {
+            pipe.cmd("DEL")
+                .arg(self.keys.heartbeat(&self.node))
+                .ignore();
+        }
+        for queue in &released {
             pipe.cmd("SREM")
                 .arg(self.keys.consumers(queue))
                 .arg(&self.node)
@@ -427,7 +479,9 @@ impl RedisLink {
     /// Stops the background tasks; call after the roles have stopped.
     pub async fn close(&self) {
         let _ = self.stop_all.send(true);
-        let handles: Vec<_> = self.tasks.lock().drain(..).collect();
+        let _ = self.stop_heartbeat.send(true);
+        let mut handles: Vec<_> = self.tasks.lock().drain(..).collect();
+        handles.extend(self.heartbeat_task.lock().take());
         for handle in handles {
             handle.abort();
             let _ = handle.await;
@@ -438,9 +492,36 @@ impl RedisLink {
         self.stop_consumers.subscribe()
     }
 
+    fn stopping_heartbeat(&self) -> watch::Receiver<bool> {
+        self.stop_heartbeat.subscribe()
+    }
+
     fn stopping(&self) -> watch::Receiver<bool> {
         self.stop_all.subscribe()
     }
+}
+
+/// A client for `url` whose sockets notice a dead peer: Nagle's algorithm off (every message is a
+/// small write that must not wait for the previous one's ACK), keepalive probes on idle sockets
+/// (a subscriber waits silently for hours), and a 5 s limit on unacknowledged data (a partition
+/// or a vanished host then breaks the connection, which is re-established, instead of leaving
+/// every command to time out for the kernel's 15 minutes).
+pub(crate) fn open_client(url: &str) -> anyhow::Result<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| anyhow::anyhow!("bad Redis URL: {e}"))?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    let tcp = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(Duration::from_secs(5));
+    redis::Client::open(info.set_tcp_settings(tcp))
+        .map_err(|e| anyhow::anyhow!("bad Redis URL: {e}"))
 }
 
 /// The URL without its password, for logs.

@@ -84,7 +84,10 @@ pub async fn listen(link: Arc<RedisLink>) {
             pubsub.psubscribe(&direct_pattern).await?;
             redis::RedisResult::Ok(pubsub)
         };
-        let mut pubsub = match subscribed.await {
+        let subscribed = tokio::time::timeout(Duration::from_secs(5), subscribed)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        let mut pubsub = match subscribed {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 tracing::debug!(error = %e, "inbox cannot subscribe");
@@ -117,11 +120,14 @@ pub async fn listen(link: Arc<RedisLink>) {
                 }
             } else if let Some(role) = link.keys.role_of_direct(channel, &link.node) {
                 let raw = message.get_payload_bytes().to_vec();
-                match link.direct_feed(role) {
-                    Some(feed) => feed(raw).await,
-                    // This node no longer serves the role (it is stopping): hand the request to
-                    // the role's list, where another consumer takes it.
-                    None => hand_over(&link, role, raw).await,
+                // Not served here any more (the node is stopping), or every slot is taken: the
+                // role's list holds the request for whichever consumer is free first.
+                let refused = match link.direct_feed(role) {
+                    Some(feed) => feed(raw),
+                    None => Some(raw),
+                };
+                if let Some(raw) = refused {
+                    hand_over(&link, role, raw).await;
                 }
             }
         }

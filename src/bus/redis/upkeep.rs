@@ -40,6 +40,16 @@ return #due
     )
 });
 
+/// Releases the reaper lock only if this node still holds it. KEYS: lock. ARGV: node.
+static UNLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
 pub async fn health(link: Arc<RedisLink>) {
     let mut stop = link.stopping();
     loop {
@@ -53,7 +63,7 @@ pub async fn health(link: Arc<RedisLink>) {
 
 /// Keeps this node's heartbeat alive and its consumer registrations in place.
 pub async fn heartbeat(link: Arc<RedisLink>) {
-    let mut stop = link.stopping_consumers();
+    let mut stop = link.stopping_heartbeat();
     let ttl = link.config.heartbeat;
     loop {
         let queues: Vec<String> = link.consuming.lock().iter().cloned().collect();
@@ -106,7 +116,9 @@ pub async fn reaper(link: Arc<RedisLink>) {
         if let Err(e) = move_due(&link).await {
             tracing::debug!(error = %e, "could not move due retries");
         }
-        if last_reap.elapsed() >= reap_every {
+        // After an outage every heartbeat has expired: wait one heartbeat's lifetime of steady
+        // health, so live consumers have renewed theirs, before judging anyone dead.
+        if last_reap.elapsed() >= reap_every && link.healthy_for() >= link.config.heartbeat {
             last_reap = tokio::time::Instant::now();
             if let Err(e) = reap(&link).await {
                 tracing::debug!(error = %e, "reaper pass failed");
@@ -141,7 +153,8 @@ pub async fn reap(link: &RedisLink) -> redis::RedisResult<usize> {
         .arg(&link.node)
         .arg("NX")
         .arg("PX")
-        .arg(link.config.heartbeat.as_millis() as u64)
+        // Longer than any pass; a reaper that dies holding it blocks the others this long.
+        .arg(link.config.heartbeat.as_millis() as u64 * 4)
         .query_async(&mut conn)
         .await?;
     if locked.is_none() {
@@ -158,17 +171,20 @@ pub async fn reap(link: &RedisLink) -> redis::RedisResult<usize> {
             .query_async(&mut conn)
             .await?;
         for consumer in consumers {
-            // `node~id` is a list already set aside by an earlier pass.
-            let owner = consumer.split('~').next().unwrap_or(&consumer);
-            if owner == link.node {
-                continue;
-            }
-            let alive: bool = redis::cmd("EXISTS")
-                .arg(link.keys.heartbeat(owner))
-                .query_async(&mut conn)
-                .await?;
-            if alive {
-                continue;
+            // `node~id` is a list an earlier pass set aside and did not finish: an orphan,
+            // whoever its node was and whether or not that node lives.
+            let orphan = consumer.contains('~');
+            if !orphan {
+                if consumer == link.node {
+                    continue;
+                }
+                let alive: bool = redis::cmd("EXISTS")
+                    .arg(link.keys.heartbeat(&consumer))
+                    .query_async(&mut conn)
+                    .await?;
+                if alive {
+                    continue;
+                }
             }
             if !is_durable(queue) {
                 // Direct requests are never in a processing list: just forget the consumer.
@@ -182,9 +198,10 @@ pub async fn reap(link: &RedisLink) -> redis::RedisResult<usize> {
             recovered += recover(link, &mut conn, queue, &consumer).await?;
         }
     }
-    let _: redis::RedisResult<i64> = redis::cmd("DEL")
-        .arg(link.keys.reaper_lock())
-        .query_async(&mut conn)
+    let _: redis::RedisResult<i64> = UNLOCK
+        .key(link.keys.reaper_lock())
+        .arg(&link.node)
+        .invoke_async(&mut conn)
         .await;
     Ok(recovered)
 }
