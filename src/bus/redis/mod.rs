@@ -122,6 +122,8 @@ pub struct RedisLink {
     /// Stops the heartbeat (after the consumers have finished and given back what they held).
     stop_heartbeat: watch::Sender<bool>,
     stop_all: watch::Sender<bool>,
+    /// Whether the inbox is subscribed: a reply published before that would reach nobody.
+    inbox_ready: watch::Sender<bool>,
     heartbeat_task: Mutex<Option<JoinHandle<()>>>,
     consumer_tasks: Mutex<Vec<JoinHandle<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -148,6 +150,7 @@ impl RedisLink {
         let (stop_consumers, _) = watch::channel(false);
         let (stop_all, _) = watch::channel(false);
         let (stop_heartbeat, _) = watch::channel(false);
+        let (inbox_ready, _) = watch::channel(false);
         let link = Arc::new(RedisLink {
             events: events::Publisher::new(),
             config,
@@ -167,6 +170,7 @@ impl RedisLink {
             stop_consumers,
             stop_heartbeat,
             stop_all,
+            inbox_ready,
             heartbeat_task: Mutex::new(None),
             consumer_tasks: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
@@ -184,6 +188,10 @@ impl RedisLink {
             tokio::spawn(upkeep::members(link.clone())),
         ];
         link.tasks.lock().extend(background);
+        if link.is_healthy() {
+            // Start serving with the reply channel subscribed (a moment, Redis being up).
+            link.wait_for_inbox(Duration::from_secs(2)).await;
+        }
         *link.heartbeat_task.lock() = Some(tokio::spawn(upkeep::heartbeat(link.clone())));
         Ok(link)
     }
@@ -318,6 +326,13 @@ impl RedisLink {
         }
     }
 
+    /// Waits up to `limit` for the inbox to be subscribed; true when it is.
+    async fn wait_for_inbox(&self, limit: Duration) -> bool {
+        let mut ready = self.inbox_ready.subscribe();
+        let subscribed = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        matches!(subscribed, Ok(Ok(_)))
+    }
+
     /// Sends `request` to `P`'s queue and waits up to `timeout` for the reply.
     pub async fn call<P: Protocol>(
         &self,
@@ -325,6 +340,14 @@ impl RedisLink {
         timeout: Duration,
     ) -> Result<P::Reply> {
         self.ensure_healthy()?;
+        // A reply published before the inbox subscribed would reach nobody.
+        if !*self.inbox_ready.borrow()
+            && !self
+                .wait_for_inbox(timeout.min(Duration::from_secs(1)))
+                .await
+        {
+            return Err(self.unavailable("the reply channel is not subscribed"));
+        }
         let delivery = P::delivery(&request);
         let queue = queue_name(P::ROLE, delivery);
         let id = Uuid::now_v7();
