@@ -3,6 +3,7 @@
 # responses match the schema, schema-valid requests accepted, invalid ones rejected, 405s with
 # Allow, stateful sequences). Targets 127.0.0.1 only and stops by itself.
 # usage: scripts/fuzz.sh [MAX_EXAMPLES]
+#        SPLIT=1 scripts/fuzz.sh   # the same against a front and a backend joined by Redis
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX=${1:-100}
@@ -10,10 +11,22 @@ PORT=${PORT:-18290}
 command -v schemathesis >/dev/null || pip install --quiet schemathesis
 cargo build --quiet
 DATA=$(mktemp -d)
-trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DATA"' EXIT
-RUST_LOG=warn GORGON_ADMIN_EMAIL=admin@example.com GORGON_ADMIN_PASSWORD=fuzz-admin-password \
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DATA"' EXIT
+export RUST_LOG=warn GORGON_ADMIN_EMAIL=admin@example.com GORGON_ADMIN_PASSWORD=fuzz-admin-password
+if [ "${SPLIT:-0}" = 1 ]; then
+  REDIS_PORT=$((PORT + 1))
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --dir "$DATA" >/dev/null &
+  PIDS+=($!)
+  export GORGON_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" GORGON_REDIS_NAMESPACE=fuzz
+  target/debug/gorgon run --roles auth,app,store,stats --data "$DATA" --login-per-minute 1000000 &
+  PIDS+=($!)
+  target/debug/gorgon run --roles web,notify --listen "127.0.0.1:$PORT" &
+  PIDS+=($!)
+else
   target/debug/gorgon run --data "$DATA" --listen "127.0.0.1:$PORT" --login-per-minute 1000000 &
-SERVER=$!
+  PIDS+=($!)
+fi
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
 TOKEN=$(curl -s -X POST "http://127.0.0.1:$PORT/api/v1/auth/login" \
   -d '{"email":"admin@example.com","password":"fuzz-admin-password"}' |
