@@ -28,9 +28,16 @@ else
   PIDS+=($!)
 fi
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
-TOKEN=$(curl -s -X POST "http://127.0.0.1:$PORT/api/v1/auth/login" \
-  -d '{"email":"admin@example.com","password":"fuzz-admin-password"}' |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+# The admin exists once the node with the store role has started (with SPLIT, maybe after the front).
+TOKEN=""
+for _ in $(seq 50); do
+  TOKEN=$(curl -s -X POST "http://127.0.0.1:$PORT/api/v1/auth/login" \
+    -d '{"email":"admin@example.com","password":"fuzz-admin-password"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin).get("token", ""))' 2>/dev/null || true)
+  [ -n "$TOKEN" ] && break
+  sleep 0.2
+done
+[ -n "$TOKEN" ] || { echo "could not log in as the admin" >&2; exit 1; }
 # /api/v1/events is an endless stream, which a request/response fuzzer cannot judge.
 schemathesis run "http://127.0.0.1:$PORT/api/v1/openapi.json" -H "Authorization: Bearer $TOKEN" \
   --checks all --max-examples "$MAX" --exclude-path /api/v1/events
