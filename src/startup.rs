@@ -312,7 +312,7 @@ async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyh
         extra: Extra::default(),
         admin: true,
     };
-    let user = auth::new_user(input)
+    let user = auth::new_user(crate::domain::new_id(), input)
         .await
         .map_err(|e| anyhow::anyhow!("admin password: {e}"))?;
     let created = store_role::ensure_admin(bus, user)

@@ -274,3 +274,32 @@ async fn a_message_stranded_in_a_live_consumers_list_is_handled() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_before_redis_serve_once_it_is_up() {
+    let Some(mut redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    redis.kill();
+    let ns = format!("late{}", uuid::Uuid::now_v7().simple());
+    let (_worker, behaviour) = consumer_node(&redis, &ns).await;
+    let caller = caller_node(&redis, &ns).await;
+    let refused = caller.call::<Flaky>(Work { n: 1 }).await;
+    assert!(
+        matches!(refused, Err(Error::Unavailable(_))),
+        "refused at once while Redis is down: {refused:?}"
+    );
+    redis.restart().await;
+    let mut answered = None;
+    eventually(
+        "a call succeeds once Redis is up",
+        Duration::from_secs(15),
+        async || {
+            answered = caller.call::<Flaky>(Work { n: 4 }).await.ok();
+            answered.is_some()
+        },
+    )
+    .await;
+    assert_eq!(answered, Some(8));
+    assert!(behaviour.handled.lock().contains(&4));
+}

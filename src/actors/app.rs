@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -20,8 +21,10 @@ use crate::store::Page;
 /// Requests the app role answers. `actor` is the authenticated caller.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AppRequest {
+    /// `id` is chosen by the caller, so a redelivered request creates nothing twice.
     CreateUser {
         actor: Principal,
+        id: Uuid,
         input: UserInput,
     },
     GetUser {
@@ -37,8 +40,11 @@ pub enum AppRequest {
         actor: Principal,
         id: Uuid,
     },
+    /// `id` and `ts` are chosen by the caller, so a redelivered request creates nothing twice.
     CreateItem {
         actor: Principal,
+        id: Uuid,
+        ts: DateTime<Utc>,
         item: NewItem,
     },
     GetItem {
@@ -131,9 +137,9 @@ fn forbid_unless(allowed: bool, what: &str) -> Result<()> {
 async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
     use AppRequest::*;
     Ok(match request {
-        CreateUser { actor, input } => {
+        CreateUser { actor, id, input } => {
             forbid_unless(actor.admin, "create users (admin only)")?;
-            AppReply::User(store::insert_user(bus, auth::new_user(input).await?).await?)
+            AppReply::User(store::insert_user(bus, auth::new_user(id, input).await?).await?)
         }
         GetUser { actor, id } => {
             forbid_unless(actor.may_manage(id), "read another user")?;
@@ -163,11 +169,12 @@ async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
             store::delete_user(bus, id).await?;
             AppReply::Done
         }
-        CreateItem { actor, item } => {
-            let id = crate::domain::new_id();
-            let ts = crate::domain::now();
-            AppReply::Item(store::insert_item(bus, item.into_item(id, actor.user_id, ts)).await?)
-        }
+        CreateItem {
+            actor,
+            id,
+            ts,
+            item,
+        } => AppReply::Item(store::insert_item(bus, item.into_item(id, actor.user_id, ts)).await?),
         GetItem { id } => AppReply::Item(store::get_item(bus, id).await?),
         UpdateItem { actor, id, patch } => {
             AppReply::Item(store::update_item(bus, id, actor.user_id, patch).await?)
@@ -225,7 +232,15 @@ fn done(reply: AppReply, kind: &str) -> Result<()> {
 
 pub async fn create_user(bus: &Bus, actor: Principal, input: UserInput) -> Result<User> {
     user(
-        call(bus, AppRequest::CreateUser { actor, input }).await?,
+        call(
+            bus,
+            AppRequest::CreateUser {
+                actor,
+                id: crate::domain::new_id(),
+                input,
+            },
+        )
+        .await?,
         "create_user",
     )
 }
@@ -258,7 +273,16 @@ pub async fn delete_user(bus: &Bus, actor: Principal, id: Uuid) -> Result<()> {
 
 pub async fn create_item(bus: &Bus, actor: Principal, new: NewItem) -> Result<Item> {
     item(
-        call(bus, AppRequest::CreateItem { actor, item: new }).await?,
+        call(
+            bus,
+            AppRequest::CreateItem {
+                actor,
+                id: crate::domain::new_id(),
+                ts: crate::domain::now(),
+                item: new,
+            },
+        )
+        .await?,
         "create_item",
     )
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::{store, unexpected, RoleHandler};
 use crate::bus::{Bus, Delivery, Protocol, Role};
@@ -22,10 +23,21 @@ use crate::error::{Error, Result};
 /// Requests the auth role answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AuthRequest {
-    Register(UserInput),
-    Login { email: String, password: String },
-    Logout { token: Token },
-    Validate { token: Token },
+    /// `id` is chosen by the caller, so a redelivered registration creates nothing twice.
+    Register {
+        id: Uuid,
+        input: UserInput,
+    },
+    Login {
+        email: String,
+        password: String,
+    },
+    Logout {
+        token: Token,
+    },
+    Validate {
+        token: Token,
+    },
 }
 
 /// A fresh session.
@@ -53,7 +65,7 @@ impl Protocol for AuthProtocol {
 
     fn kind(request: &AuthRequest) -> &'static str {
         match request {
-            AuthRequest::Register(_) => "register",
+            AuthRequest::Register { .. } => "register",
             AuthRequest::Login { .. } => "login",
             AuthRequest::Logout { .. } => "logout",
             AuthRequest::Validate { .. } => "validate",
@@ -141,10 +153,10 @@ impl RoleHandler for AuthHandler {
 }
 
 /// Turns a validated registration into a storable user (hashing on the blocking pool).
-pub async fn new_user(input: UserInput) -> Result<NewUser> {
+pub async fn new_user(id: Uuid, input: UserInput) -> Result<NewUser> {
     let hash = password::hash(Password::parse(&input.password)?).await?;
     Ok(NewUser {
-        id: crate::domain::new_id(),
+        id,
         name: input.name,
         email: input.email,
         group: input.group,
@@ -157,10 +169,10 @@ pub async fn new_user(input: UserInput) -> Result<NewUser> {
 
 async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result<AuthReply> {
     match request {
-        AuthRequest::Register(mut input) => {
+        AuthRequest::Register { id, mut input } => {
             // Self-registration never grants admin.
             input.admin = false;
-            let user = store::insert_user(bus, new_user(input).await?).await?;
+            let user = store::insert_user(bus, new_user(id, input).await?).await?;
             Ok(AuthReply::Registered(user))
         }
         AuthRequest::Login { email, password } => {
@@ -221,7 +233,10 @@ async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result
 
 pub async fn register(bus: &Bus, input: UserInput) -> Result<User> {
     match bus
-        .call::<AuthProtocol>(AuthRequest::Register(input))
+        .call::<AuthProtocol>(AuthRequest::Register {
+            id: crate::domain::new_id(),
+            input,
+        })
         .await?
     {
         AuthReply::Registered(user) => Ok(user),

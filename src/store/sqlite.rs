@@ -543,10 +543,16 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn insert_user(&self, user: NewUser) -> Result<User> {
         self.write(move |conn| {
-            insert_user_row(conn, &user).map_err(|e| match db_error(e) {
-                Error::Conflict(_) => Error::Conflict("email already registered".into()),
-                other => other,
-            })?;
+            if let Err(e) = insert_user_row(conn, &user) {
+                return match db_error(e) {
+                    Error::Conflict(_) => match select_user(conn, user.id) {
+                        // The same id and email again: a redelivered insert; nothing changes.
+                        Ok(existing) if existing.email == user.email.as_str() => Ok(existing),
+                        _ => Err(Error::Conflict("email already registered".into())),
+                    },
+                    other => Err(other),
+                };
+            }
             select_user(conn, user.id)
         })
         .await

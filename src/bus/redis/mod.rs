@@ -459,7 +459,7 @@ impl RedisLink {
     /// Stops taking messages, finishes and acknowledges those in flight, gives back any left,
     /// and stops the heartbeat: the first half of a graceful shutdown, before the roles stop.
     pub async fn stop_consumers(&self) {
-        let _ = self.stop_consumers.send(true);
+        self.stop_consumers.send_replace(true);
         self.feeds.write().clear();
         let handles: Vec<_> = self.consumer_tasks.lock().drain(..).collect();
         for handle in handles {
@@ -476,7 +476,7 @@ impl RedisLink {
         // a heartbeat is alive no reaper touches our messages, and a list that could not be given
         // back stays known to the reapers.
         self.consuming.lock().retain(|q| !released.contains(q));
-        let _ = self.stop_heartbeat.send(true);
+        self.stop_heartbeat.send_replace(true);
         let heartbeat = self.heartbeat_task.lock().take();
         if let Some(heartbeat) = heartbeat {
             let _ = heartbeat.await;
@@ -501,8 +501,8 @@ impl RedisLink {
 
     /// Stops the background tasks; call after the roles have stopped.
     pub async fn close(&self) {
-        let _ = self.stop_all.send(true);
-        let _ = self.stop_heartbeat.send(true);
+        self.stop_all.send_replace(true);
+        self.stop_heartbeat.send_replace(true);
         let mut handles: Vec<_> = self.tasks.lock().drain(..).collect();
         handles.extend(self.heartbeat_task.lock().take());
         for handle in handles {

@@ -99,7 +99,7 @@ pub async fn listen(link: Arc<RedisLink>) {
             }
         };
         failures = 0;
-        let _ = link.inbox_ready.send(true);
+        link.inbox_ready.send_replace(true);
         let mut messages = pubsub.on_message();
         loop {
             let message = tokio::select! {
@@ -132,7 +132,7 @@ pub async fn listen(link: Arc<RedisLink>) {
                 }
             }
         }
-        let _ = link.inbox_ready.send(false);
+        link.inbox_ready.send_replace(false);
         tracing::debug!("inbox connection lost; resubscribing");
         if sleep_or_stop(&mut stop, Duration::from_millis(100)).await {
             return;
