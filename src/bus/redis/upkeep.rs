@@ -289,19 +289,36 @@ async fn recover(
     Ok(requeued + dead)
 }
 
-/// Refreshes the live consumers of every role's direct requests, twice a second.
-pub async fn members(link: Arc<RedisLink>) {
+/// Runs `pass` now and then every `period` while Redis answers, until the link closes.
+async fn periodically(
+    link: Arc<RedisLink>,
+    period: Duration,
+    what: &str,
+    pass: impl AsyncFn(&RedisLink) -> redis::RedisResult<()>,
+) {
     let mut stop = link.stopping();
     loop {
         if link.is_healthy() {
-            if let Err(e) = refresh_members(&link).await {
-                tracing::debug!(error = %e, "direct-request members not refreshed");
+            if let Err(e) = pass(&link).await {
+                tracing::debug!(error = %e, "{what} failed");
             }
         }
-        if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+        if sleep_or_stop(&mut stop, period).await {
             return;
         }
     }
+}
+
+/// Refreshes the live consumers of every role's direct requests, twice a second.
+pub async fn members(link: Arc<RedisLink>) {
+    let period = Duration::from_millis(500);
+    periodically(
+        link,
+        period,
+        "refreshing direct-request members",
+        refresh_members,
+    )
+    .await
 }
 
 async fn refresh_members(link: &RedisLink) -> redis::RedisResult<()> {
@@ -341,17 +358,8 @@ async fn refresh_members(link: &RedisLink) -> redis::RedisResult<()> {
 
 /// Samples queue depth, retries waiting and dead letters of every queue, once a second.
 pub async fn sample_depths(link: Arc<RedisLink>) {
-    let mut stop = link.stopping();
-    loop {
-        if link.is_healthy() {
-            if let Err(e) = sample_once(&link).await {
-                tracing::debug!(error = %e, "queue depths not sampled");
-            }
-        }
-        if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-            return;
-        }
-    }
+    let period = Duration::from_secs(1);
+    periodically(link, period, "sampling queue depths", sample_once).await
 }
 
 async fn sample_once(link: &RedisLink) -> redis::RedisResult<()> {
