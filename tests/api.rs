@@ -608,6 +608,7 @@ async fn health_readiness_stats_metrics_openapi() {
         "/api/v1/items",
         "/api/v1/items/{id}",
         "/api/v1/events",
+        "/api/v1/ws",
         "/api/v1/stats",
         "/api/v1/openapi.json",
         "/metrics",

@@ -9,6 +9,8 @@ use common::TestApp;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Reads SSE frames until `n` non-comment events arrived (or a timeout).
 async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(u64, String, Value)> {
@@ -51,11 +53,17 @@ async fn sse_streams_item_events_and_resumes() {
     let (ada, token) = app.user("ada@example.com").await;
     let (_, bob_token) = app.user("bob@example.com").await;
 
-    let all = app.get("/api/v1/events").await;
+    // Streams are for authenticated clients only.
+    let anonymous = app.get("/api/v1/events").await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let all = app.get_auth("/api/v1/events", &token).await;
     assert_eq!(all.status(), StatusCode::OK);
     assert_eq!(all.headers()["content-type"], "text/event-stream");
     let only_ada = app
-        .get(&format!("/api/v1/events?topic=items&user_id={ada}"))
+        .get_auth(
+            &format!("/api/v1/events?topic=items&user_id={ada}"),
+            &bob_token,
+        )
         .await;
 
     let item = app.create_item(&token, &json!({"title": "first"})).await;
@@ -86,6 +94,7 @@ async fn sse_streams_item_events_and_resumes() {
     let resumed = app
         .client
         .get(app.url("/api/v1/events"))
+        .bearer_auth(&token)
         .header("Last-Event-ID", events[0].0.to_string())
         .send()
         .await
@@ -97,11 +106,64 @@ async fn sse_streams_item_events_and_resumes() {
     let bad = app
         .client
         .get(app.url("/api/v1/events"))
+        .bearer_auth(&token)
         .header("Last-Event-ID", "abc")
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    let bad = app.get("/api/v1/events?topic=weather").await;
+    let bad = app.get_auth("/api/v1/events?topic=weather", &token).await;
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Reads WebSocket text messages until `n` events arrived (at most 10 s).
+async fn ws_events<S>(socket: &mut S, n: usize) -> Vec<Value>
+where
+    S: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events.len() < n {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("messages arrive in time")
+            .expect("socket open")
+            .expect("a message");
+        if let WsMessage::Text(text) = message {
+            events.push(serde_json::from_str(text.as_str()).expect("JSON message"));
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_streams_item_events() {
+    let app = TestApp::spawn().await;
+    let (ada, token) = app.user("ada@example.com").await;
+    let ws_url = app.base.replace("http://", "ws://");
+
+    // Without a token the upgrade is refused with the API's 401.
+    let refused = app.get("/api/v1/ws").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let mut request = format!("{ws_url}/api/v1/ws?topic=items&user_id={ada}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket upgrade");
+
+    let item = app.create_item(&token, &json!({"title": "over ws"})).await;
+    let path = format!("/api/v1/items/{}", item["id"].as_str().unwrap());
+    app.delete(&path, &token).await;
+    let events = ws_events(&mut socket, 2).await;
+    assert_eq!(events[0]["event"], "item.created");
+    assert_eq!(events[0]["data"]["data"]["title"], "over ws");
+    assert_eq!(events[1]["event"], "item.deleted");
+    assert!(events[1]["id"].as_u64() > events[0]["id"].as_u64());
+    socket.close(None).await.expect("close");
 }

@@ -964,6 +964,7 @@ async fn events_reach_clients_of_every_front() {
         for base in [&d.base, &other_base] {
             let resp = http
                 .get(format!("{base}/api/v1/events?topic=items&user_id={uid}"))
+                .bearer_auth(&token)
                 .send()
                 .await
                 .expect("subscribe");

@@ -1,4 +1,5 @@
-//! `/api/v1/events`: item events as Server-Sent Events.
+//! `/api/v1/events`: item events as Server-Sent Events, for authenticated clients. The per-client
+//! feed (replay, filters, lag handling) is shared with the WebSocket route (`ws.rs`).
 //!
 //! Each event carries its id; a client that reconnects with `Last-Event-ID` gets what it missed
 //! from the notify role's replay buffer. A client too slow to keep up receives an `event: lagged`
@@ -15,6 +16,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::error::ErrorBody;
+use super::extract::Authenticated;
 use super::HttpState;
 use crate::actors::notify::{ClientEvent, ConnectedClient, Resume};
 use crate::error::Error;
@@ -56,30 +58,24 @@ fn frame(e: &ClientEvent) -> Bytes {
     ))
 }
 
-/// Streams item events (`item.created`, `item.updated`, `item.deleted`).
+/// Streams item events (`item.created`, `item.updated`, `item.deleted`) to an authenticated
+/// client.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed query or header", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 422, description = "Unknown topic", body = ErrorBody),
         (status = 503, description = "The notify role does not run on this node", body = ErrorBody),
     ))]
 pub async fn events(
     state: web::Data<HttpState>,
+    _who: Authenticated,
     req: HttpRequest,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, Error> {
-    let hub = state
-        .notify
-        .clone()
-        .ok_or_else(|| Error::Unavailable("the notify role does not run on this node".into()))?;
-    let query = query.into_inner();
-    if let Some(topic) = &query.topic {
-        if topic != "items" {
-            return Err(Error::invalid("topic", "known topics: items"));
-        }
-    }
     let last_id = match req.headers().get("Last-Event-ID") {
         None => None,
         Some(v) => Some(
@@ -89,35 +85,10 @@ pub async fn events(
                 .ok_or_else(|| Error::BadRequest("Last-Event-ID must be a number".into()))?,
         ),
     };
-    let (receiver, resume) = hub.subscribe(last_id);
-    let mut notice = None;
-    let backlog: VecDeque<ClientEvent> = match resume {
-        Resume::From(events) => events.into(),
-        Resume::TooOld { oldest_available } => {
-            notice = Some(Bytes::from(format!(
-                "event: lagged\ndata: {{\"reason\":\"resume point is older than the replay buffer\",\"oldest_available\":{oldest_available}}}\n\n"
-            )));
-            VecDeque::new()
-        }
-    };
-    let stream = SseStream {
-        notice,
-        backlog,
-        receiver,
-        filter: Filter {
-            topic: query.topic,
-            user_id: query.user_id,
-        },
-        last_sent: last_id.unwrap_or(0),
-        heartbeat: state.limits.sse_heartbeat,
-        closed: hub.closed(),
-        _client: hub.connect(),
-        done: false,
-    };
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_frame()
-            .await
-            .map(|b| (Ok::<_, actix_web::Error>(b), s))
+    let feed = Feed::open(&state, query.into_inner(), last_id)?;
+    let body = futures::stream::unfold(feed, |mut feed| async move {
+        let item = feed.next().await?;
+        Some((Ok::<_, actix_web::Error>(sse_frame(&item)), feed))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -126,8 +97,39 @@ pub async fn events(
         .streaming(body))
 }
 
-struct SseStream {
-    notice: Option<Bytes>,
+fn sse_frame(item: &FeedItem) -> Bytes {
+    match item {
+        FeedItem::Event(e) => frame(e),
+        FeedItem::TooOld { oldest_available } => Bytes::from(format!(
+            "event: lagged\ndata: {{\"reason\":\"resume point is older than the replay buffer\",\"oldest_available\":{oldest_available}}}\n\n"
+        )),
+        FeedItem::Lagged { missed, last_event_id } => Bytes::from(format!(
+            "event: lagged\ndata: {{\"reason\":\"client too slow\",\"missed\":{missed},\"last_event_id\":{last_event_id}}}\n\n"
+        )),
+        FeedItem::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
+    }
+}
+
+/// What a streaming client is sent next, whatever the transport (SSE here, WebSocket in `ws.rs`).
+pub(super) enum FeedItem {
+    Event(ClientEvent),
+    /// The resume point fell out of the replay buffer: the client missed events.
+    TooOld {
+        oldest_available: u64,
+    },
+    /// The client fell too far behind and is disconnected after this.
+    Lagged {
+        missed: u64,
+        last_event_id: u64,
+    },
+    /// Nothing happened for a while.
+    KeepAlive,
+}
+
+/// One client's view of the notify role: the replayed backlog, then live events, filtered, with
+/// keep-alives when idle; ends when the node shuts down or the client lagged.
+pub(super) struct Feed {
+    notice: Option<FeedItem>,
     backlog: VecDeque<ClientEvent>,
     receiver: tokio::sync::broadcast::Receiver<ClientEvent>,
     filter: Filter,
@@ -138,8 +140,45 @@ struct SseStream {
     done: bool,
 }
 
-impl SseStream {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+impl Feed {
+    /// Subscribes to this node's notify role (503 when it does not run here).
+    pub(super) fn open(
+        state: &HttpState,
+        query: EventsQuery,
+        last_id: Option<u64>,
+    ) -> Result<Feed, Error> {
+        let hub = state.notify.clone().ok_or_else(|| {
+            Error::Unavailable("the notify role does not run on this node".into())
+        })?;
+        if let Some(topic) = &query.topic {
+            if topic != "items" {
+                return Err(Error::invalid("topic", "known topics: items"));
+            }
+        }
+        let (receiver, resume) = hub.subscribe(last_id);
+        let (notice, backlog) = match resume {
+            Resume::From(events) => (None, events.into()),
+            Resume::TooOld { oldest_available } => {
+                (Some(FeedItem::TooOld { oldest_available }), VecDeque::new())
+            }
+        };
+        Ok(Feed {
+            notice,
+            backlog,
+            receiver,
+            filter: Filter {
+                topic: query.topic,
+                user_id: query.user_id,
+            },
+            last_sent: last_id.unwrap_or(0),
+            heartbeat: state.limits.sse_heartbeat,
+            closed: hub.closed(),
+            _client: hub.connect(),
+            done: false,
+        })
+    }
+
+    pub(super) async fn next(&mut self) -> Option<FeedItem> {
         if self.done {
             return None;
         }
@@ -149,7 +188,7 @@ impl SseStream {
         while let Some(e) = self.backlog.pop_front() {
             if e.id > self.last_sent && self.filter.accepts(&e) {
                 self.last_sent = e.id;
-                return Some(frame(&e));
+                return Some(FeedItem::Event(e));
             }
         }
         loop {
@@ -160,20 +199,17 @@ impl SseStream {
                 received = self.receiver.recv() => match received {
                     Ok(e) if e.id > self.last_sent && self.filter.accepts(&e) => {
                         self.last_sent = e.id;
-                        return Some(frame(&e));
+                        return Some(FeedItem::Event(e));
                     }
                     Ok(_) => continue,
                     Err(RecvError::Lagged(missed)) => {
                         metrics::counter!("gorgon_notify_clients_dropped_total", "reason" => "lagged").increment(1);
                         self.done = true;
-                        return Some(Bytes::from(format!(
-                            "event: lagged\ndata: {{\"reason\":\"client too slow\",\"missed\":{missed},\"last_event_id\":{}}}\n\n",
-                            self.last_sent
-                        )));
+                        return Some(FeedItem::Lagged { missed, last_event_id: self.last_sent });
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                _ = tokio::time::sleep(self.heartbeat) => return Some(FeedItem::KeepAlive),
                 _ = self.closed.changed() => return None,
             }
         }

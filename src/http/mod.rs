@@ -7,6 +7,7 @@
 //! | `/api/v1/items`, `/api/v1/items/{id}` | `items.rs` |
 //! | `/info/{uid}[/{limit}/{offset}]` (the original system's read route) | `info.rs` |
 //! | `/api/v1/events` (SSE) | `events.rs` |
+//! | `/api/v1/ws` (WebSocket) | `ws.rs` |
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
@@ -21,6 +22,7 @@ pub mod items;
 pub mod observability;
 pub mod openapi;
 pub mod users;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -89,6 +91,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(users::routes)
                     .configure(items::routes)
                     .configure(events::routes)
+                    .configure(ws::routes)
                     .configure(observability::api_routes)
                     .configure(openapi::routes),
             )

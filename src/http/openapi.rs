@@ -33,6 +33,7 @@ impl Modify for BearerAuth {
         super::items::delete_item, super::items::search_items,
         super::info::info, super::info::info_page,
         super::events::events,
+        super::ws::ws,
         super::observability::prometheus_metrics, super::observability::node_stats,
         super::observability::dashboard,
         super::health::healthz, super::health::readyz,
