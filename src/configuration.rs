@@ -108,6 +108,8 @@ pub struct RunArgs {
     pub redis_namespace: String,
     #[command(flatten)]
     pub queues: QueueTuning,
+    #[command(flatten)]
+    pub providers: ProviderTuning,
     /// MongoDB URI for the shared store (not in this build yet).
     #[arg(long, env = "GORGON_MONGODB_URI")]
     pub mongodb: Option<String>,
@@ -235,6 +237,58 @@ impl QueueTuning {
     }
 }
 
+/// External providers: signed ingest and outbound webhooks.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderTuning {
+    /// A provider allowed to ingest, as NAME=SECRET (repeat, or comma-separate in the env var).
+    #[arg(long = "provider-secret", env = "GORGON_PROVIDER_SECRETS", value_delimiter = ',',
+          value_parser = parse_secret, hide_env_values = true)]
+    pub provider_secrets: Vec<(String, String)>,
+    /// How old (or early) an ingest signature may be before it counts as a replay.
+    #[arg(long, env = "GORGON_INGEST_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub ingest_window: Duration,
+    /// Most items in one ingest request.
+    #[arg(long, env = "GORGON_INGEST_MAX_ITEMS", default_value_t = 1000)]
+    pub ingest_max_items: usize,
+    /// A URL that receives every item event as a signed POST (repeat, or comma-separate).
+    #[arg(long = "webhook", env = "GORGON_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Secret signing webhook deliveries (`X-Gorgon-Signature`); unsigned when absent.
+    #[arg(long, env = "GORGON_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Attempts per webhook delivery before it is given up.
+    #[arg(long, env = "GORGON_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+    /// First retry delay of a failed delivery (doubles per attempt, with jitter, at most 60 s).
+    #[arg(long, env = "GORGON_WEBHOOK_RETRY_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+    /// Events queued per webhook target; past it the newest are dropped (and counted).
+    #[arg(long, env = "GORGON_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
+    /// Deadline of one delivery attempt.
+    #[arg(long, env = "GORGON_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+}
+
+/// Parses `NAME=SECRET` (a provider name of letters, digits, `-` and `_`).
+pub fn parse_secret(value: &str) -> Result<(String, String), String> {
+    let (name, secret) = value
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=SECRET".to_string())?;
+    let name = name.trim();
+    if !crate::providers::valid_name(name) {
+        return Err(format!(
+            "{name:?}: a provider name is 1 to 64 of a-z, 0-9, - and _"
+        ));
+    }
+    if secret.len() < 16 {
+        return Err(format!(
+            "the secret of {name} is shorter than 16 characters"
+        ));
+    }
+    Ok((name.to_string(), secret.to_string()))
+}
+
 /// `gorgon dlq`.
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
@@ -321,8 +375,20 @@ impl RunArgs {
     }
 
     pub fn provider_config(&self) -> ProviderConfig {
+        let p = &self.providers;
         ProviderConfig {
             rate: self.tuning.provider_rate.max(0.0),
+            secrets: p.provider_secrets.iter().cloned().collect(),
+            ingest_window: p.ingest_window,
+            ingest_max_items: p.ingest_max_items.max(1),
+            webhooks: crate::providers::webhooks::WebhookConfig {
+                targets: p.webhooks.clone(),
+                secret: p.webhook_secret.clone(),
+                max_attempts: p.webhook_max_attempts.max(1),
+                retry_base: p.webhook_retry_base,
+                queue: p.webhook_queue.max(1),
+                timeout: p.webhook_timeout,
+            },
             ..ProviderConfig::default()
         }
     }

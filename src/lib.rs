@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 pub mod fake;
 pub mod http;
+pub mod providers;
 pub mod seed;
 pub mod sim;
 pub mod startup;

@@ -160,6 +160,22 @@ fn describe_metrics() {
         "gorgon_events_dropped_total",
         "Events not sent to other nodes, by reason (outbox_full, redis)."
     );
+    describe_counter!(
+        "gorgon_provider_ingest_total",
+        "Signed ingest requests, by provider and outcome (ok, refused)."
+    );
+    describe_counter!(
+        "gorgon_webhook_deliveries_total",
+        "Webhook deliveries finished, by target and outcome (delivered, given_up)."
+    );
+    describe_counter!(
+        "gorgon_webhook_retries_total",
+        "Webhook delivery attempts that failed and were retried, by target."
+    );
+    describe_counter!(
+        "gorgon_webhook_events_dropped_total",
+        "Events not queued for a webhook target, by target and reason (queue_full, lagged)."
+    );
     describe_gauge!(
         "gorgon_node_uptime_seconds",
         Unit::Seconds,

@@ -1,9 +1,15 @@
 //! The provider role: external data in and out.
 //!
-//! For now: the random provider, which inserts synthetic items for random existing users at a
-//! configured rate (the simulator's background writer), and reports the rate it achieved.
+//! - In: signed ingest (`ProviderRequest::Ingest`, from `POST /api/v1/providers/{name}/ingest`):
+//!   the role holds the providers' secrets, checks the signature and its age, validates the
+//!   items and stores them as one durable batch (see `crate::providers`).
+//! - In: the random provider, which inserts synthetic items for random existing users at a
+//!   configured rate (the simulator's background writer), and reports the rate it achieved.
+//! - Out: signed webhooks of every item event to the configured targets.
+//!
 //! Items go to the store role as durable `insert_items` batches.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +23,18 @@ use uuid::Uuid;
 
 use super::{reply, store, unexpected};
 use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::providers::webhooks::WebhookConfig;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ProviderRequest {
     Status,
+    /// An external provider's batch, exactly as received (the signature covers these bytes).
+    Ingest {
+        provider: String,
+        signature: Option<String>,
+        body: String,
+    },
 }
 
 /// How the random provider is doing.
@@ -38,6 +51,8 @@ pub struct ProviderStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ProviderReply {
     Status(ProviderStatus),
+    /// The ids of the stored items, in the order sent.
+    Ingested(Vec<Uuid>),
 }
 
 pub struct ProviderProtocol;
@@ -46,11 +61,17 @@ impl Protocol for ProviderProtocol {
     const ROLE: Role = Role::Provider;
     type Request = ProviderRequest;
     type Reply = ProviderReply;
-    fn kind(_: &ProviderRequest) -> &'static str {
-        "status"
+    fn kind(request: &ProviderRequest) -> &'static str {
+        match request {
+            ProviderRequest::Status => "status",
+            ProviderRequest::Ingest { .. } => "ingest",
+        }
     }
-    fn delivery(_: &ProviderRequest) -> Delivery {
-        Delivery::Direct
+    fn delivery(request: &ProviderRequest) -> Delivery {
+        match request {
+            ProviderRequest::Status => Delivery::Direct,
+            ProviderRequest::Ingest { .. } => Delivery::Durable,
+        }
     }
 }
 
@@ -63,6 +84,13 @@ pub struct ProviderConfig {
     pub tick: Duration,
     /// Most items sent in one batch.
     pub max_batch: usize,
+    /// Ingest secrets by provider name.
+    pub secrets: HashMap<String, String>,
+    /// How old (or how far in the future) an ingest signature may be.
+    pub ingest_window: Duration,
+    /// Most items in one ingest request.
+    pub ingest_max_items: usize,
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ProviderConfig {
@@ -71,6 +99,10 @@ impl Default for ProviderConfig {
             rate: 0.0,
             tick: Duration::from_millis(20),
             max_batch: 1000,
+            secrets: HashMap::new(),
+            ingest_window: Duration::from_secs(300),
+            ingest_max_items: 1000,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -90,10 +122,11 @@ pub struct ProviderArgs {
 
 pub struct ProviderState {
     bus: Bus,
-    config: ProviderConfig,
+    config: Arc<ProviderConfig>,
     started: Instant,
     counters: Arc<Counters>,
     generator: Option<JoinHandle<()>>,
+    webhooks: Vec<JoinHandle<()>>,
 }
 
 impl Actor for ProviderActor {
@@ -115,12 +148,14 @@ impl Actor for ProviderActor {
                 counters.clone(),
             ))
         });
+        let webhooks = crate::providers::webhooks::start(&args.bus, args.config.webhooks.clone());
         Ok(ProviderState {
             bus: args.bus,
-            config: args.config,
+            config: Arc::new(args.config),
             started: Instant::now(),
             counters,
             generator,
+            webhooks,
         })
     }
 
@@ -148,6 +183,21 @@ impl Actor for ProviderActor {
                     })),
                 );
             }
+            ProviderRequest::Ingest {
+                provider,
+                signature,
+                body,
+            } => {
+                let (bus, config) = (state.bus.clone(), state.config.clone());
+                tokio::spawn(async move {
+                    let outcome =
+                        ingest(&bus, &config, &provider, signature.as_deref(), &body).await;
+                    let label = if outcome.is_ok() { "ok" } else { "refused" };
+                    metrics::counter!("gorgon_provider_ingest_total", "provider" => provider, "outcome" => label)
+                        .increment(1);
+                    reply(port, outcome.map(ProviderReply::Ingested));
+                });
+            }
         }
         Ok(())
     }
@@ -160,6 +210,9 @@ impl Actor for ProviderActor {
         state.bus.leave(Role::Provider, myself.get_cell());
         if let Some(generator) = state.generator.take() {
             generator.abort();
+        }
+        for task in state.webhooks.drain(..) {
+            task.abort();
         }
         Ok(())
     }
@@ -226,11 +279,62 @@ async fn random_provider(bus: Bus, config: ProviderConfig, counters: Arc<Counter
     }
 }
 
+/// Checks, validates and stores one signed batch; all or nothing.
+async fn ingest(
+    bus: &Bus,
+    config: &ProviderConfig,
+    provider: &str,
+    signature: Option<&str>,
+    body: &str,
+) -> Result<Vec<Uuid>> {
+    // An unknown provider and a bad signature look the same from outside.
+    let secret = config
+        .secrets
+        .get(provider)
+        .ok_or_else(|| Error::Unauthorized(format!("unknown provider {provider:?}")))?;
+    let window = config.ingest_window.as_secs() as i64;
+    let now = chrono::Utc::now().timestamp();
+    crate::providers::verify(secret.as_bytes(), signature, body.as_bytes(), now, window)?;
+    let items = crate::providers::ingest::parse(body.as_bytes(), config.ingest_max_items)?;
+    let mut owners: Vec<Uuid> = items.iter().map(|i| i.user_id).collect();
+    owners.sort();
+    owners.dedup();
+    for owner in owners {
+        store::get_user(bus, owner).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::invalid("items.user_id", format!("no user {owner}")),
+            other => other,
+        })?;
+    }
+    let ids = items.iter().map(|i| i.id).collect();
+    let count = items.len();
+    store::insert_items(bus, items).await?;
+    metrics::counter!("gorgon_provider_items_total", "provider" => provider.to_string(), "outcome" => "ok")
+        .increment(count as u64);
+    Ok(ids)
+}
+
+/// Hands a signed batch to the provider role; the ids of the stored items.
+pub async fn ingest_signed(
+    bus: &Bus,
+    provider: String,
+    signature: Option<String>,
+    body: String,
+) -> Result<Vec<Uuid>> {
+    let request = ProviderRequest::Ingest {
+        provider,
+        signature,
+        body,
+    };
+    match bus.call::<ProviderProtocol>(request).await? {
+        ProviderReply::Ingested(ids) => Ok(ids),
+        _ => Err(unexpected("provider", "ingest")),
+    }
+}
+
 pub async fn status(bus: &Bus) -> Result<ProviderStatus> {
     match bus.call::<ProviderProtocol>(ProviderRequest::Status).await {
         Ok(ProviderReply::Status(s)) => Ok(s),
         Err(e) => Err(e),
-        #[allow(unreachable_patterns)]
         _ => Err(unexpected("provider", "status")),
     }
 }

@@ -8,6 +8,7 @@
 //! | `/info/{uid}[/{limit}/{offset}]` (the original system's read route) | `info.rs` |
 //! | `/api/v1/events` (SSE) | `events.rs` |
 //! | `/api/v1/ws` (WebSocket) | `ws.rs` |
+//! | `/api/v1/providers/{name}/ingest` | `providers.rs` |
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
@@ -21,6 +22,7 @@ pub mod info;
 pub mod items;
 pub mod observability;
 pub mod openapi;
+pub mod providers;
 pub mod users;
 pub mod ws;
 
@@ -92,6 +94,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(items::routes)
                     .configure(events::routes)
                     .configure(ws::routes)
+                    .configure(providers::routes)
                     .configure(observability::api_routes)
                     .configure(openapi::routes),
             )

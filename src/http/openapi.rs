@@ -34,6 +34,7 @@ impl Modify for BearerAuth {
         super::info::info, super::info::info_page,
         super::events::events,
         super::ws::ws,
+        super::providers::ingest,
         super::observability::prometheus_metrics, super::observability::node_stats,
         super::observability::dashboard,
         super::health::healthz, super::health::readyz,
