@@ -167,3 +167,59 @@ async fn websocket_streams_item_events() {
     assert!(events[1]["id"].as_u64() > events[0]["id"].as_u64());
     socket.close(None).await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_client_is_dropped_and_slows_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(&["--client-buffer", "16"]).await;
+    let (_, token) = app.user("ada@example.com").await;
+    let fast = app.get_auth("/api/v1/events", &token).await;
+    assert_eq!(fast.status(), StatusCode::OK);
+    // A client that subscribes and then never reads: once the socket's buffers are full, the
+    // node cannot send it anything more.
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let request = format!(
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stuck.write_all(request.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Big events, so the stuck socket's buffers fill well before the writes end.
+    let body = "x".repeat(60_000);
+    let writes = 200;
+    let started = std::time::Instant::now();
+    let fast_reader = tokio::spawn(read_events(fast, writes));
+    for n in 0..writes {
+        let resp = app
+            .post(
+                "/api/v1/items",
+                Some(&token),
+                &json!({"title": format!("big {n}"), "body": body}),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let wrote_in = started.elapsed();
+    // The fast client got every event, in order.
+    let events = fast_reader.await.expect("fast reader");
+    assert_eq!(events.len(), writes);
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+    // The stuck client was dropped, with a reason at the end of what it was sent.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stuck.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("event: lagged") && text.contains("client too slow"),
+        "the stuck client is told why it is dropped ({} bytes received)",
+        received.len()
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gorgon_notify_clients_dropped_total{reason=\"lagged\"}")),
+        "the drop is counted"
+    );
+    eprintln!("{writes} writes of 60 kB events with a stuck client attached: {wrote_in:?}");
+}
