@@ -1,4 +1,4 @@
-//! `/api/v1/events`: item events as Server-Sent Events.
+//! `/api/v1/events`: item and job events as Server-Sent Events.
 //!
 //! Each event carries its id; a client that reconnects with `Last-Event-ID` gets what it missed
 //! from the notify role's replay buffer. A client too slow to keep up receives an `event: lagged`
@@ -26,7 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only this topic ("items").
+    /// Only this topic ("items" or "jobs").
     pub topic: Option<String>,
     /// Only events about this user's data.
     pub user_id: Option<Uuid>,
@@ -56,7 +56,8 @@ fn frame(e: &ClientEvent) -> Bytes {
     ))
 }
 
-/// Streams item events (`item.created`, `item.updated`, `item.deleted`).
+/// Streams item events (`item.created`, `item.updated`, `item.deleted`) and job events
+/// (`job.queued`, `job.running`, `job.done`, `job.failed`, `job.dead`).
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
     responses(
@@ -76,8 +77,8 @@ pub async fn events(
         .ok_or_else(|| Error::Unavailable("the notify role does not run on this node".into()))?;
     let query = query.into_inner();
     if let Some(topic) = &query.topic {
-        if topic != "items" {
-            return Err(Error::invalid("topic", "known topics: items"));
+        if topic != "items" && topic != "jobs" {
+            return Err(Error::invalid("topic", "known topics: items, jobs"));
         }
     }
     let last_id = match req.headers().get("Last-Event-ID") {
