@@ -159,6 +159,10 @@ pub struct JobTuning {
     /// them at once).
     #[arg(long, env = "GORGON_JOB_POLL", default_value = "100ms", value_parser = parse_duration)]
     pub job_poll: Duration,
+    /// Makes every run of the built-in `hash` job wait this long first (simulated slow work,
+    /// for demos and tests).
+    #[arg(long, env = "GORGON_JOB_HASH_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub job_hash_delay: Duration,
 }
 
 /// Limits and sizes; the defaults suit a 2-core laptop.

@@ -138,6 +138,10 @@ impl Node {
         }
         let mut workers = None;
         if roles.contains(Role::App) {
+            let jobs = match args.jobs.job_hash_delay {
+                delay if delay.is_zero() => jobs,
+                delay => jobs.register(crate::jobs::hash::HashJob { delay }),
+            };
             let wake_workers = Arc::new(tokio::sync::Notify::new());
             spawn(
                 &mut actors,

@@ -3,12 +3,21 @@
 //! The bytes hashed are the payload's canonical JSON: no whitespace, object keys sorted
 //! (recursively), strings and numbers written as `serde_json` writes them. A client computes the
 //! same digest from the same JSON whatever key order or spacing it sent.
+//!
+//! `--job-hash-delay` makes each run wait first: slow work on demand, for demos and the
+//! crash-resume test.
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::{JobError, JobHandler};
 
-pub struct HashJob;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HashJob {
+    /// How long each run waits before hashing.
+    pub delay: Duration,
+}
 
 #[async_trait::async_trait]
 impl JobHandler for HashJob {
@@ -17,6 +26,9 @@ impl JobHandler for HashJob {
     }
 
     async fn run(&self, payload: &serde_json::Value) -> Result<serde_json::Value, JobError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let bytes = canonical_json(payload);
         Ok(serde_json::json!({ "sha256": hex::encode(Sha256::digest(bytes)) }))
     }

@@ -68,7 +68,7 @@ impl Default for JobRegistry {
         JobRegistry {
             handlers: BTreeMap::new(),
         }
-        .register(hash::HashJob)
+        .register(hash::HashJob::default())
     }
 }
 

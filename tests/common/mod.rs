@@ -7,6 +7,7 @@ pub mod process;
 pub mod redis;
 
 use gorgon::configuration::RunArgs;
+use gorgon::jobs::JobRegistry;
 use gorgon::startup::Node;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -45,7 +46,12 @@ impl TestApp {
     }
 
     pub async fn spawn_in(dir: TempDir, extra: &[&str]) -> TestApp {
-        let node = Node::start(run_args(dir.path(), extra))
+        Self::spawn_jobs(dir, extra, JobRegistry::default()).await
+    }
+
+    /// A node whose app role knows the job kinds of `jobs`.
+    pub async fn spawn_jobs(dir: TempDir, extra: &[&str], jobs: JobRegistry) -> TestApp {
+        let node = Node::start_with(run_args(dir.path(), extra), jobs)
             .await
             .expect("node starts");
         let addr = node.local_addr().expect("web role listens");
