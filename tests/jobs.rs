@@ -32,7 +32,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 async fn submit(app: &TestApp, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
-    let mut req = app.client.post(app.url("/api/v1/jobs")).bearer_auth(token).json(body);
+    let mut req = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .bearer_auth(token)
+        .json(body);
     if let Some(key) = key {
         req = req.header("Idempotency-Key", key);
     }
@@ -49,7 +53,10 @@ async fn wait_for(app: &TestApp, token: &str, id: &str, state: &str) -> Value {
         if job["state"] == state {
             return job;
         }
-        assert!(Instant::now() < deadline, "job {id} never reached {state}: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never reached {state}: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,7 +76,13 @@ async fn a_hash_job_runs_to_done_with_the_payloads_sha256() {
     let (user_id, token) = app.user("ada@example.com").await;
     let (_, other) = app.user("bob@example.com").await;
     let payload = json!({"a": 1, "b": ["x", {"c": true}]});
-    let resp = submit(&app, &token, &json!({"kind": "hash", "payload": payload}), None).await;
+    let resp = submit(
+        &app,
+        &token,
+        &json!({"kind": "hash", "payload": payload}),
+        None,
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let job: Value = resp.json().await.unwrap();
@@ -136,22 +149,46 @@ async fn bad_submissions_are_refused_and_create_nothing() {
     let admin = app.admin_token().await;
 
     for payload in [json!([1, 2]), json!("text"), json!(7), Value::Null] {
-        let resp = submit(&app, &token, &json!({"kind": "hash", "payload": payload}), None).await;
+        let resp = submit(
+            &app,
+            &token,
+            &json!({"kind": "hash", "payload": payload}),
+            None,
+        )
+        .await;
         let body = expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
         assert_eq!(body["error"]["field"], "payload");
     }
-    let resp = submit(&app, &token, &json!({"kind": "teleport", "payload": {}}), None).await;
+    let resp = submit(
+        &app,
+        &token,
+        &json!({"kind": "teleport", "payload": {}}),
+        None,
+    )
+    .await;
     let body = expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
     assert_eq!(body["error"]["field"], "kind");
     assert!(body["error"]["message"].as_str().unwrap().contains("hash"));
     let resp = submit(&app, &token, &json!({"payload": {}}), None).await;
     expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    let resp = submit(&app, &token, &json!({"kind": "hash", "payload": {}, "x": 1}), None).await;
+    let resp = submit(
+        &app,
+        &token,
+        &json!({"kind": "hash", "payload": {}, "x": 1}),
+        None,
+    )
+    .await;
     expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
 
     let long = "k".repeat(201);
     for key in ["", long.as_str(), "has space", "tab\tkey"] {
-        let resp = submit(&app, &token, &json!({"kind": "hash", "payload": {}}), Some(key)).await;
+        let resp = submit(
+            &app,
+            &token,
+            &json!({"kind": "hash", "payload": {}}),
+            Some(key),
+        )
+        .await;
         expect_error(resp, StatusCode::BAD_REQUEST, "bad_request").await;
     }
     let resp = app
@@ -165,12 +202,19 @@ async fn bad_submissions_are_refused_and_create_nothing() {
         .unwrap();
     expect_error(resp, StatusCode::BAD_REQUEST, "bad_request").await;
     let resp = app
-        .post("/api/v1/jobs", None, &json!({"kind": "hash", "payload": {}}))
+        .post(
+            "/api/v1/jobs",
+            None,
+            &json!({"kind": "hash", "payload": {}}),
+        )
         .await;
     expect_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
     for state in ["queued", "running", "done", "failed", "dead"] {
-        assert!(jobs_in(&app, &admin, state).await.is_empty(), "a {state} job was created");
+        assert!(
+            jobs_in(&app, &admin, state).await.is_empty(),
+            "a {state} job was created"
+        );
     }
     let resp = app.get_auth("/api/v1/jobs?state=lost", &admin).await;
     expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
@@ -190,9 +234,18 @@ async fn a_failing_job_ends_dead_and_an_admin_retries_it() {
     .await;
     let (_, token) = app.user("ada@example.com").await;
     let admin = app.admin_token().await;
-    let resp = submit(&app, &token, &json!({"kind": "always_fails", "payload": {"n": 1}}), None).await;
+    let resp = submit(
+        &app,
+        &token,
+        &json!({"kind": "always_fails", "payload": {"n": 1}}),
+        None,
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let dead = wait_for(&app, &token, &id, "dead").await;
     assert_eq!(dead["attempts"], 3);
@@ -205,12 +258,20 @@ async fn a_failing_job_ends_dead_and_an_admin_retries_it() {
     let resp = app.get_auth("/api/v1/jobs?state=dead", &token).await;
     expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
     let resp = app
-        .post(&format!("/api/v1/jobs/{id}/retry"), Some(&token), &json!({}))
+        .post(
+            &format!("/api/v1/jobs/{id}/retry"),
+            Some(&token),
+            &json!({}),
+        )
         .await;
     expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
 
     let resp = app
-        .post(&format!("/api/v1/jobs/{id}/retry"), Some(&admin), &json!({}))
+        .post(
+            &format!("/api/v1/jobs/{id}/retry"),
+            Some(&admin),
+            &json!({}),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let retried: Value = resp.json().await.unwrap();
@@ -222,14 +283,25 @@ async fn a_failing_job_ends_dead_and_an_admin_retries_it() {
 
     // A done job is not retried.
     let resp = submit(&app, &token, &json!({"kind": "hash", "payload": {}}), None).await;
-    let done_id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let done_id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_for(&app, &token, &done_id, "done").await;
     let resp = app
-        .post(&format!("/api/v1/jobs/{done_id}/retry"), Some(&admin), &json!({}))
+        .post(
+            &format!("/api/v1/jobs/{done_id}/retry"),
+            Some(&admin),
+            &json!({}),
+        )
         .await;
     expect_error(resp, StatusCode::CONFLICT, "conflict").await;
     let resp = app
-        .post(&format!("/api/v1/jobs/{}/retry", uuid::Uuid::now_v7()), Some(&admin), &json!({}))
+        .post(
+            &format!("/api/v1/jobs/{}/retry", uuid::Uuid::now_v7()),
+            Some(&admin),
+            &json!({}),
+        )
         .await;
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
 }
@@ -238,8 +310,17 @@ async fn a_failing_job_ends_dead_and_an_admin_retries_it() {
 async fn finished_jobs_are_purged_after_the_retention() {
     let app = TestApp::spawn_with(&["--job-retention", "300ms"]).await;
     let (_, token) = app.user("ada@example.com").await;
-    let resp = submit(&app, &token, &json!({"kind": "hash", "payload": {"old": true}}), None).await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let resp = submit(
+        &app,
+        &token,
+        &json!({"kind": "hash", "payload": {"old": true}}),
+        None,
+    )
+    .await;
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_for(&app, &token, &id, "done").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -247,7 +328,10 @@ async fn finished_jobs_are_purged_after_the_retention() {
         if resp.status() == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(Instant::now() < deadline, "the finished job was never purged");
+        assert!(
+            Instant::now() < deadline,
+            "the finished job was never purged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -261,7 +345,10 @@ async fn job_events_stream_over_sse() {
         .await;
     assert_eq!(stream.status(), StatusCode::OK);
     let resp = submit(&app, &token, &json!({"kind": "hash", "payload": {}}), None).await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let mut body = stream.bytes_stream();
     let mut text = String::new();
@@ -309,8 +396,19 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
     // Each hash takes 40 ms and 8 run at once: 200 jobs need a second of work, so the kill
     // lands with jobs queued and running. A short lease brings the running ones back quickly.
     let flags = [
-        "run", "--listen", "127.0.0.1:0", "--data", &data, "--job-workers", "8",
-        "--job-hash-delay", "40ms", "--job-lease", "1s", "--job-timeout", "500ms",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        &data,
+        "--job-workers",
+        "8",
+        "--job-hash-delay",
+        "40ms",
+        "--job-lease",
+        "1s",
+        "--job-timeout",
+        "500ms",
     ];
     let mut node = GorgonProcess::spawn(&flags, &[]);
     let base = node.base();
@@ -334,7 +432,10 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
             }
             let job: Value = resp.json().await.ok()?;
             let canonical = format!(r#"{{"n":{n},"text":"job number {n}"}}"#);
-            Some((job["id"].as_str()?.to_string(), sha256_hex(canonical.as_bytes())))
+            Some((
+                job["id"].as_str()?.to_string(),
+                sha256_hex(canonical.as_bytes()),
+            ))
         }
     });
     let results = futures::stream::iter(submissions)
@@ -342,7 +443,11 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
         .collect::<Vec<_>>()
         .await;
     accepted.extend(results.into_iter().flatten());
-    assert_eq!(accepted.len(), 200, "every submission before the kill is accepted");
+    assert_eq!(
+        accepted.len(),
+        200,
+        "every submission before the kill is accepted"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     node.kill9();
 

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{auth, store, unexpected, RoleHandler};
@@ -17,8 +17,8 @@ use crate::domain::{
     Item, ItemPatch, Job, JobState, NewItem, NewJob, Principal, User, UserInput, UserPatch,
     UserPatchInput,
 };
-use crate::jobs::JobRegistry;
 use crate::error::{Error, Result};
+use crate::jobs::JobRegistry;
 use crate::store::Page;
 
 /// Requests the app role answers. `actor` is the authenticated caller.
@@ -282,7 +282,9 @@ async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
             AppReply::Jobs(store::list_jobs(bus, state, Page { limit, offset }).await?)
         }
         SubmitJob { .. } | RetryJob { .. } => {
-            return Err(Error::Internal("job submissions are handled by AppHandler".into()))
+            return Err(Error::Internal(
+                "job submissions are handled by AppHandler".into(),
+            ))
         }
     })
 }
@@ -439,10 +441,18 @@ pub async fn submit_job(
 }
 
 pub async fn get_job(bus: &Bus, actor: Principal, id: Uuid) -> Result<Job> {
-    job(call(bus, AppRequest::GetJob { actor, id }).await?, "get_job")
+    job(
+        call(bus, AppRequest::GetJob { actor, id }).await?,
+        "get_job",
+    )
 }
 
-pub async fn list_jobs(bus: &Bus, actor: Principal, state: JobState, page: Page) -> Result<Vec<Job>> {
+pub async fn list_jobs(
+    bus: &Bus,
+    actor: Principal,
+    state: JobState,
+    page: Page,
+) -> Result<Vec<Job>> {
     let request = AppRequest::ListJobs {
         actor,
         state,
@@ -456,5 +466,8 @@ pub async fn list_jobs(bus: &Bus, actor: Principal, state: JobState, page: Page)
 }
 
 pub async fn retry_job(bus: &Bus, actor: Principal, id: Uuid) -> Result<Job> {
-    job(call(bus, AppRequest::RetryJob { actor, id }).await?, "retry_job")
+    job(
+        call(bus, AppRequest::RetryJob { actor, id }).await?,
+        "retry_job",
+    )
 }

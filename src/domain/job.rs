@@ -98,7 +98,9 @@ pub enum JobOutcome {
         run_after: DateTime<Utc>,
     },
     /// No attempt left.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 impl JobOutcome {

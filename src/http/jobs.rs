@@ -74,7 +74,8 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, Error> {
         return Ok(None);
     };
     let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(|b| b.is_ascii_graphic())
+    {
         return Err(Error::BadRequest(format!(
             "{IDEMPOTENCY_KEY} must be 1 to {MAX_KEY_LEN} visible ASCII characters"
         )));
@@ -110,7 +111,8 @@ pub async fn submit_job(
     if body.kind.is_empty() || body.kind.len() > 100 {
         return Err(Error::invalid("kind", "must be 1 to 100 characters"));
     }
-    let (job, created) = app::submit_job(&state.bus, caller.0, body.kind, body.payload, key).await?;
+    let (job, created) =
+        app::submit_job(&state.bus, caller.0, body.kind, body.payload, key).await?;
     let mut response = if created {
         HttpResponse::Accepted()
     } else {

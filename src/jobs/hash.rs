@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_spaces() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b": [1, {"d": 2, "c": "x"}], "a": null}"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": [1, {"d": 2, "c": "x"}], "a": null}"#).unwrap();
         assert_eq!(
             String::from_utf8(canonical_json(&a)).unwrap(),
             r#"{"a":null,"b":[1,{"c":"x","d":2}]}"#

@@ -156,8 +156,7 @@ async fn dispatch(
             permits.push(p);
         }
         let wanted = permits.len();
-        let claimed =
-            store::claim_jobs(&shared.bus, shared.config.lease, wanted as u32).await;
+        let claimed = store::claim_jobs(&shared.bus, shared.config.lease, wanted as u32).await;
         match claimed {
             Ok(jobs) => {
                 failures = 0;

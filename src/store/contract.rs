@@ -600,18 +600,36 @@ async fn job_claims_are_exclusive_and_respect_run_after(store: Arc<dyn Store>) {
         assert_eq!(j.attempts, 1);
         assert!(j.lease_until.is_some());
     }
-    assert!(store.claim_jobs(LONG_LEASE, 5).await.expect("claim").is_empty());
+    assert!(store
+        .claim_jobs(LONG_LEASE, 5)
+        .await
+        .expect("claim")
+        .is_empty());
 
     // A failed attempt comes back at its run_after, not before.
     let later = now() + Duration::hours(1);
     let failed = store
-        .finish_job(ids[0], 1, JobOutcome::Failed { error: "later".into(), run_after: later })
+        .finish_job(
+            ids[0],
+            1,
+            JobOutcome::Failed {
+                error: "later".into(),
+                run_after: later,
+            },
+        )
         .await
         .expect("fail");
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.run_after, Some(later));
     let due = store
-        .finish_job(ids[1], 1, JobOutcome::Failed { error: "now".into(), run_after: now() })
+        .finish_job(
+            ids[1],
+            1,
+            JobOutcome::Failed {
+                error: "now".into(),
+                run_after: now(),
+            },
+        )
         .await
         .expect("fail");
     assert_eq!(due.error.as_deref(), Some("now"));
@@ -661,13 +679,23 @@ async fn job_transitions_and_listing(store: Arc<dyn Store>) {
     let claimed = store.claim_jobs(LONG_LEASE, 3).await.expect("claim");
     assert_eq!(claimed.len(), 3);
     let done = store
-        .finish_job(claimed[0].id, 1, JobOutcome::Done(serde_json::json!({"r": 1})))
+        .finish_job(
+            claimed[0].id,
+            1,
+            JobOutcome::Done(serde_json::json!({"r": 1})),
+        )
         .await
         .expect("done");
     assert_eq!(done.state, JobState::Done);
     assert!(done.run_after.is_none() && done.lease_until.is_none());
     let dead = store
-        .finish_job(claimed[1].id, 1, JobOutcome::Dead { error: "boom".into() })
+        .finish_job(
+            claimed[1].id,
+            1,
+            JobOutcome::Dead {
+                error: "boom".into(),
+            },
+        )
         .await
         .expect("dead");
     assert_eq!(dead.state, JobState::Dead);
@@ -731,11 +759,17 @@ async fn job_purge_by_age(store: Arc<dyn Store>) {
         .await
         .expect("insert");
     assert_eq!(
-        store.purge_jobs(now() - Duration::hours(1)).await.expect("purge"),
+        store
+            .purge_jobs(now() - Duration::hours(1))
+            .await
+            .expect("purge"),
         0
     );
     assert_eq!(
-        store.purge_jobs(now() + Duration::seconds(1)).await.expect("purge"),
+        store
+            .purge_jobs(now() + Duration::seconds(1))
+            .await
+            .expect("purge"),
         1
     );
     assert!(matches!(

@@ -366,7 +366,10 @@ fn select_job(conn: &Connection, id: Uuid) -> Result<Job> {
         .ok_or_else(|| Error::not_found("job"))
 }
 
-fn jobs_from(stmt: &mut rusqlite::CachedStatement<'_>, params: impl rusqlite::Params) -> Result<Vec<Job>> {
+fn jobs_from(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Job>> {
     let rows = stmt.query_map(params, job_from_row).map_err(db_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }
@@ -943,7 +946,10 @@ impl Store for SqliteStore {
                     .prepare_cached(&format!(
                         "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2"
                     ))
-                    .and_then(|mut s| s.query_row(params![job.user_id, key], job_from_row).optional())
+                    .and_then(|mut s| {
+                        s.query_row(params![job.user_id, key], job_from_row)
+                            .optional()
+                    })
                     .map_err(db_error)?;
                 if let Some(existing) = existing {
                     if existing.kind == job.kind && existing.payload == job.payload {
@@ -964,7 +970,14 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, 'queued', ?4, 0, ?5, ?5, ?5, ?6)",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![job.id, job.user_id, job.kind, payload, at, job.idempotency_key])
+                    s.execute(params![
+                        job.id,
+                        job.user_id,
+                        job.kind,
+                        payload,
+                        at,
+                        job.idempotency_key
+                    ])
                 })
                 .map_err(db_error)?;
             // A redelivered insert (same id) returns what the first one stored.
@@ -1026,7 +1039,9 @@ impl Store for SqliteStore {
                          run_after = ?6, updated_at = ?7
                      WHERE id = ?1 AND state = 'running' AND attempts = ?2",
                 )
-                .and_then(|mut s| s.execute(params![id, attempt, state, result, error, run_after, now]))
+                .and_then(|mut s| {
+                    s.execute(params![id, attempt, state, result, error, run_after, now])
+                })
                 .map_err(db_error)?;
             if changed == 0 {
                 select_job(conn, id)?;
