@@ -161,43 +161,7 @@ impl RoleHandler for AppHandler {
     type Protocol = AppProtocol;
 
     async fn handle(self: Arc<Self>, request: AppRequest) -> Result<AppReply> {
-        use AppRequest::*;
-        match request {
-            SubmitJob {
-                actor,
-                id,
-                kind,
-                payload,
-                idempotency_key,
-            } => {
-                if self.jobs.get(&kind).is_none() {
-                    return Err(Error::invalid(
-                        "kind",
-                        format!("unknown job kind; known: {}", self.jobs.kinds().join(", ")),
-                    ));
-                }
-                let new = NewJob {
-                    id,
-                    user_id: actor.user_id,
-                    kind,
-                    payload,
-                    idempotency_key,
-                    created_at: crate::domain::now(),
-                };
-                let (job, created) = store::insert_job(&self.bus, new).await?;
-                if created {
-                    self.wake_workers.notify_one();
-                }
-                Ok(AppReply::JobSubmitted { job, created })
-            }
-            RetryJob { actor, id } => {
-                forbid_unless(actor.admin, "retry jobs (admin only)")?;
-                let job = store::retry_job(&self.bus, id).await?;
-                self.wake_workers.notify_one();
-                Ok(AppReply::Job(job))
-            }
-            other => execute(&self.bus, other).await,
-        }
+        execute(&self, request).await
     }
 }
 
@@ -209,8 +173,9 @@ fn forbid_unless(allowed: bool, what: &str) -> Result<()> {
     }
 }
 
-async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
+async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> {
     use AppRequest::*;
+    let bus = &handler.bus;
     Ok(match request {
         CreateUser { actor, input } => {
             forbid_unless(actor.admin, "create users (admin only)")?;
@@ -281,10 +246,41 @@ async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
             forbid_unless(actor.admin, "list jobs (admin only)")?;
             AppReply::Jobs(store::list_jobs(bus, state, Page { limit, offset }).await?)
         }
-        SubmitJob { .. } | RetryJob { .. } => {
-            return Err(Error::Internal(
-                "job submissions are handled by AppHandler".into(),
-            ))
+        SubmitJob {
+            actor,
+            id,
+            kind,
+            payload,
+            idempotency_key,
+        } => {
+            if handler.jobs.get(&kind).is_none() {
+                return Err(Error::invalid(
+                    "kind",
+                    format!(
+                        "unknown job kind; known: {}",
+                        handler.jobs.kinds().join(", ")
+                    ),
+                ));
+            }
+            let new = NewJob {
+                id,
+                user_id: actor.user_id,
+                kind,
+                payload,
+                idempotency_key,
+                created_at: crate::domain::now(),
+            };
+            let (job, created) = store::insert_job(bus, new).await?;
+            if created {
+                handler.wake_workers.notify_one();
+            }
+            AppReply::JobSubmitted { job, created }
+        }
+        RetryJob { actor, id } => {
+            forbid_unless(actor.admin, "retry jobs (admin only)")?;
+            let job = store::retry_job(bus, id).await?;
+            handler.wake_workers.notify_one();
+            AppReply::Job(job)
         }
     })
 }

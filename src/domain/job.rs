@@ -60,8 +60,7 @@ pub struct Job {
     pub state: JobState,
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// The handler's answer, once done.
-    #[schema(value_type = Option<Object>)]
+    /// The handler's answer, once done: any JSON (an object for the built-in `hash` job).
     pub result: Option<serde_json::Value>,
     /// The error of the last failed attempt.
     pub error: Option<String>,

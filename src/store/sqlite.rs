@@ -960,14 +960,16 @@ impl Store for SqliteStore {
                     ));
                 }
             }
-            let at = to_millis(job.created_at);
+            let created = to_millis(job.created_at);
+            // Due by the store's clock, the one claims compare with.
+            let due = to_millis(Utc::now());
             let payload = serde_json::to_string(&job.payload)
                 .map_err(|e| Error::Internal(format!("job payload: {e}")))?;
             let inserted = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO jobs (id, user_id, kind, state, payload, attempts,
                      created_at, updated_at, run_after, idempotency_key)
-                     VALUES (?1, ?2, ?3, 'queued', ?4, 0, ?5, ?5, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, 'queued', ?4, 0, ?5, ?5, ?6, ?7)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -975,7 +977,8 @@ impl Store for SqliteStore {
                         job.user_id,
                         job.kind,
                         payload,
-                        at,
+                        created,
+                        due,
                         job.idempotency_key
                     ])
                 })
