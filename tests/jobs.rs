@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::GorgonProcess;
@@ -415,9 +417,17 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
     let client = Client::new();
     let token = register_and_login(&client, &base).await;
 
-    let mut accepted: Vec<(String, String)> = Vec::new();
-    let submissions = (0..200).map(|n| {
-        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+    // Submissions keep going while the process is killed: those in flight then get no 202 and
+    // are not counted; every one that got a 202 must be done in the end.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let shared = (
+        client.clone(),
+        base.clone(),
+        token.clone(),
+        acknowledged.clone(),
+    );
+    let submissions = (0..300).map(move |n| {
+        let (client, base, token, acknowledged) = shared.clone();
         async move {
             let payload = json!({"n": n, "text": format!("job number {n}")});
             let resp = client
@@ -431,6 +441,7 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
                 return None;
             }
             let job: Value = resp.json().await.ok()?;
+            acknowledged.fetch_add(1, Ordering::SeqCst);
             let canonical = format!(r#"{{"n":{n},"text":"job number {n}"}}"#);
             Some((
                 job["id"].as_str()?.to_string(),
@@ -438,18 +449,23 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
             ))
         }
     });
-    let results = futures::stream::iter(submissions)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    accepted.extend(results.into_iter().flatten());
-    assert_eq!(
-        accepted.len(),
-        200,
-        "every submission before the kill is accepted"
+    let burst = tokio::spawn(
+        futures::stream::iter(submissions)
+            .buffered(8)
+            .collect::<Vec<_>>(),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acknowledged.load(Ordering::SeqCst) < 200 {
+        assert!(Instant::now() < deadline, "the burst is too slow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     node.kill9();
+    let accepted: Vec<(String, String)> = burst.await.unwrap().into_iter().flatten().collect();
+    assert!(
+        accepted.len() >= 200 && accepted.len() < 300,
+        "{}",
+        accepted.len()
+    );
 
     let mut restarted = GorgonProcess::spawn(&flags, &[]);
     let base = restarted.base();
@@ -491,6 +507,9 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
         }
     }
     restarted.kill9();
-    eprintln!("200 jobs done after SIGKILL; {retried} were claimed again after their lease ended");
+    eprintln!(
+        "{} acknowledged jobs done after SIGKILL; {retried} were claimed again after their lease ended",
+        accepted.len()
+    );
     assert!(retried > 0, "the kill should have caught some jobs running");
 }
