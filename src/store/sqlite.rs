@@ -999,6 +999,19 @@ impl Store for SqliteStore {
 
     async fn claim_jobs(&self, lease: std::time::Duration, limit: u32) -> Result<Vec<Job>> {
         let lease = lease.as_millis().min(i64::MAX as u128) as i64;
+        // Idle workers poll often: a read answers "nothing due" without costing a commit.
+        let now = to_millis(Utc::now());
+        let due: bool = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                 WHERE state IN ('queued', 'failed', 'running') AND run_after <= ?1)",
+            )
+            .and_then(|mut s| s.query_row([now], |r| r.get(0)))
+            .map_err(db_error)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.write(move |conn| {
             // The clock is read in the writer, so a claim waiting in the queue does not use a
             // stale "now"; the one writer makes select-and-update a single atomic step.

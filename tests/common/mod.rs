@@ -127,8 +127,10 @@ impl TestApp {
                 &json!({"name": name, "email": email, "password": PASSWORD}),
             )
             .await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "register {email}");
-        resp.json().await.expect("user json")
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "register {email}: {body}");
+        body
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
