@@ -1,7 +1,9 @@
 //! The store role: the only role that touches the database.
 //!
 //! Consumes `store_get` (reads, direct) and `store_put` (writes, durable) requests; after a write
-//! commits it publishes a `store_notify` event on the bus.
+//! commits it publishes a `store_notify` event on the bus: item changes on topic `items`, job
+//! state changes (queued, claimed, finished, retried) on topic `jobs`. Claiming jobs is a write
+//! (durable): it changes their state and lease.
 
 use std::sync::Arc;
 use std::time::Instant;
