@@ -35,7 +35,14 @@ async fn main() {
     let rate_flag = rate.to_string();
     let args = RunArgs::local(
         dir.path(),
-        &["--provider-rate", &rate_flag, "--client-buffer", "4096", "--login-per-minute", "1000"],
+        &[
+            "--provider-rate",
+            &rate_flag,
+            "--client-buffer",
+            "4096",
+            "--login-per-minute",
+            "1000",
+        ],
     )
     .expect("flags");
     let node = Node::start(args).await.expect("node");
@@ -46,7 +53,11 @@ async fn main() {
         .expect("client");
     // The provider writes for existing users; a client needs a token.
     let creds = serde_json::json!({"name": "Fan", "email": "fan@example.com", "password": "fan-out-password"});
-    http.post(format!("{base}/api/v1/auth/register")).json(&creds).send().await.expect("register");
+    http.post(format!("{base}/api/v1/auth/register"))
+        .json(&creds)
+        .send()
+        .await
+        .expect("register");
     let login: serde_json::Value = http
         .post(format!("{base}/api/v1/auth/login"))
         .json(&serde_json::json!({"email": "fan@example.com", "password": "fan-out-password"}))
@@ -63,7 +74,8 @@ async fn main() {
     let delays = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
     ));
-    let per_client: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
+    let per_client: Arc<Vec<AtomicU64>> =
+        Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -73,8 +85,12 @@ async fn main() {
             .send()
             .await
             .expect("subscribe");
-        let (delivered, lagged, delays, per_client) =
-            (delivered.clone(), lagged.clone(), delays.clone(), per_client.clone());
+        let (delivered, lagged, delays, per_client) = (
+            delivered.clone(),
+            lagged.clone(),
+            delays.clone(),
+            per_client.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut stream = resp.bytes_stream();
             let mut buffer = Vec::new();
@@ -96,9 +112,15 @@ async fn main() {
                     if c % 50 == 0 {
                         if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
                             if let Ok(event) = serde_json::from_str::<serde_json::Value>(data) {
-                                if let Some(at) = event["at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+                                if let Some(at) = event["at"]
+                                    .as_str()
+                                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                                {
                                     let delay = chrono::Utc::now().signed_duration_since(at);
-                                    let _ = delays.lock().record(delay.num_microseconds().unwrap_or(0).max(1) as u64);
+                                    let _ =
+                                        delays.lock().record(
+                                            delay.num_microseconds().unwrap_or(0).max(1) as u64,
+                                        );
                                 }
                             }
                         }
@@ -116,9 +138,15 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let took = started.elapsed().as_secs_f64();
     let count = delivered.load(Ordering::Relaxed) - start_count;
-    let spread: Vec<u64> = per_client.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    let (min, max) = (spread.iter().min().copied().unwrap_or(0), spread.iter().max().copied().unwrap_or(0));
-    let delays = delays.lock();
+    let spread: Vec<u64> = per_client
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    let (min, max) = (
+        spread.iter().min().copied().unwrap_or(0),
+        spread.iter().max().copied().unwrap_or(0),
+    );
+    let delays = delays.lock().clone();
     println!(
         "fan-out: {:.0} events delivered/s in all ({:.0} items/s × {clients} clients); per client {min}..{max} events; {} clients dropped as lagging",
         count as f64 / took,

@@ -64,7 +64,7 @@ pub fn parse_roles(value: &str) -> Result<RoleSet, String> {
     Ok(RoleSet(roles))
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+/// Parses `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let (number, unit) = value
@@ -79,7 +79,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "s" | "" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit in {value:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("unknown unit in {value:?}: use ms, s, m, h or d")),
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("{value:?} is not a valid duration"));
@@ -127,6 +128,43 @@ pub struct RunArgs {
     pub admin_password: Option<String>,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub jobs: JobTuning,
+}
+
+/// The app role's job workers.
+#[derive(Debug, Clone, Args)]
+pub struct JobTuning {
+    /// Jobs this node runs at once (0: run no workers here).
+    #[arg(long, env = "GORGON_JOB_WORKERS", default_value_t = 4)]
+    pub job_workers: usize,
+    /// Deadline of one attempt of a job.
+    #[arg(long, env = "GORGON_JOB_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// Attempts before a job is dead.
+    #[arg(long, env = "GORGON_JOB_MAX_ATTEMPTS", default_value_t = 5)]
+    pub job_max_attempts: u32,
+    /// Delay before a failed job's first retry (doubles per attempt, with jitter).
+    #[arg(long, env = "GORGON_JOB_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub job_retry_base: Duration,
+    /// Longest delay between two attempts of a job.
+    #[arg(long, env = "GORGON_JOB_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub job_retry_max: Duration,
+    /// How long done and dead jobs are kept before they are purged.
+    #[arg(long, env = "GORGON_JOB_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub job_retention: Duration,
+    /// How long a claimed job may run before it is considered abandoned and claimed again
+    /// (keep it longer than --job-timeout).
+    #[arg(long, env = "GORGON_JOB_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub job_lease: Duration,
+    /// How often idle workers ask the store for due jobs (jobs submitted to this node wake
+    /// them at once).
+    #[arg(long, env = "GORGON_JOB_POLL", default_value = "100ms", value_parser = parse_duration)]
+    pub job_poll: Duration,
+    /// Makes every run of the built-in `hash` job wait this long first (simulated slow work,
+    /// for demos and tests).
+    #[arg(long, env = "GORGON_JOB_HASH_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub job_hash_delay: Duration,
 }
 
 /// Limits and sizes; the defaults suit a 2-core laptop.
@@ -371,6 +409,20 @@ impl RunArgs {
             cache_ttl: self.tuning.token_cache_ttl,
             login_per_minute: self.tuning.login_per_minute,
             ..AuthConfig::default()
+        }
+    }
+
+    pub fn job_config(&self) -> crate::jobs::JobConfig {
+        let jobs = &self.jobs;
+        crate::jobs::JobConfig {
+            workers: jobs.job_workers,
+            timeout: jobs.job_timeout.max(Duration::from_millis(1)),
+            max_attempts: jobs.job_max_attempts.max(1),
+            retry_base: jobs.job_retry_base,
+            retry_max: jobs.job_retry_max.max(jobs.job_retry_base),
+            retention: jobs.job_retention,
+            lease: jobs.job_lease.max(Duration::from_millis(10)),
+            poll: jobs.job_poll.max(Duration::from_millis(1)),
         }
     }
 

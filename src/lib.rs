@@ -10,6 +10,7 @@
 //! - a route: `src/http/<resource>.rs`
 //! - a message or queue: the `*Request` enum beside the role that receives it
 //! - the database: `src/store/`
+//! - background jobs (handlers, registry, workers): `src/jobs/`
 
 pub mod actors;
 pub mod bus;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod fake;
 pub mod http;
+pub mod jobs;
 pub mod providers;
 pub mod seed;
 pub mod sim;

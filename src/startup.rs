@@ -25,6 +25,7 @@ use crate::bus::{Bus, RedisLink, Role};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName};
 use crate::http::HttpState;
+use crate::jobs::{JobRegistry, WorkerPool};
 use crate::store::{SqliteStore, Store};
 
 /// A running node.
@@ -36,6 +37,8 @@ pub struct Node {
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
     redis: Option<Arc<RedisLink>>,
+    /// The app role's job workers, when this node runs the app role and any workers.
+    workers: Option<WorkerPool>,
     upkeep: JoinHandle<()>,
     stop_timeout: Duration,
 }
@@ -64,8 +67,14 @@ async fn spawn<A: Actor>(
 }
 
 impl Node {
-    /// Starts the roles named in `args` and, with the web role, serves HTTP.
+    /// Starts the roles named in `args` and, with the web role, serves HTTP. Jobs of the
+    /// built-in kinds only; see [`Node::start_with`].
     pub async fn start(args: RunArgs) -> anyhow::Result<Node> {
+        Node::start_with(args, JobRegistry::default()).await
+    }
+
+    /// Like [`Node::start`], with the job kinds of `jobs` (the app role runs them).
+    pub async fn start_with(args: RunArgs, jobs: JobRegistry) -> anyhow::Result<Node> {
         crate::cluster::check_supported(&args).map_err(anyhow::Error::msg)?;
         let metrics = crate::telemetry::metrics();
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
@@ -127,18 +136,36 @@ impl Node {
             )
             .await?;
         }
+        let mut workers = None;
         if roles.contains(Role::App) {
+            let jobs = match args.jobs.job_hash_delay {
+                delay if delay.is_zero() => jobs,
+                delay => jobs.register(crate::jobs::hash::HashJob { delay }),
+            };
+            let wake_workers = Arc::new(tokio::sync::Notify::new());
             spawn(
                 &mut actors,
                 Role::App,
                 RoleActor::default(),
                 RoleArgs {
-                    handler: AppHandler { bus: bus.clone() },
+                    handler: AppHandler {
+                        bus: bus.clone(),
+                        jobs: jobs.clone(),
+                        wake_workers: wake_workers.clone(),
+                    },
                     bus: bus.clone(),
                     concurrency,
                 },
             )
             .await?;
+            if args.jobs.job_workers > 0 {
+                workers = Some(WorkerPool::start(
+                    bus.clone(),
+                    jobs,
+                    args.job_config(),
+                    wake_workers,
+                ));
+            }
         }
         let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
         if roles.contains(Role::Stats) {
@@ -249,6 +276,7 @@ impl Node {
             store,
             hub,
             redis,
+            workers,
             upkeep,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
@@ -275,6 +303,12 @@ impl Node {
                 // while the roles that work needs are still running.
                 if let Some(link) = &self.redis {
                     link.stop_consumers().await;
+                }
+            }
+            if role == Role::App {
+                // No new attempts; running ones report while the store still answers.
+                if let Some(workers) = self.workers.take() {
+                    workers.stop(self.stop_timeout).await;
                 }
             }
             let (stopping, rest): (Vec<_>, Vec<_>) =

@@ -176,6 +176,19 @@ fn describe_metrics() {
         "gorgon_webhook_events_dropped_total",
         "Events not queued for a webhook target, by target and reason (queue_full, lagged)."
     );
+    describe_counter!(
+        "gorgon_jobs_total",
+        "Job attempts finished on this node, by kind and outcome (done, failed, dead)."
+    );
+    describe_histogram!(
+        "gorgon_job_duration_seconds",
+        Unit::Seconds,
+        "Time one attempt of a job took on this node, by kind."
+    );
+    describe_gauge!(
+        "gorgon_jobs_running",
+        "Job attempts running on this node now."
+    );
     describe_gauge!(
         "gorgon_node_uptime_seconds",
         Unit::Seconds,

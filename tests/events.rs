@@ -178,7 +178,9 @@ async fn a_stuck_client_is_dropped_and_slows_nobody() {
     // A client that subscribes and then never reads: once the socket's buffers are full, the
     // node cannot send it anything more.
     let addr = app.base.trim_start_matches("http://").to_string();
-    let mut stuck = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut stuck = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     let request = format!(
         "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
     );

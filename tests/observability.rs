@@ -35,7 +35,7 @@ fn tool(name: &str) -> bool {
 /// What keeps a busy node's Redis side alive: the server and a web-only node calling through it.
 type RedisSide = Option<(RedisServer, TestApp)>;
 
-/// A node with a provider, a user, items, reads and an SSE client, so every series exists; with
+/// A node with a provider, a user, items, reads, a job and an SSE client, so every series exists; with
 /// `redis-server` installed, it also consumes Redis queues that a second, web-only node (in the
 /// same process, so the same metrics registry) sends requests to, so the queue series exist.
 async fn busy_app() -> (TestApp, RedisSide) {
@@ -78,6 +78,25 @@ async fn busy_app() -> (TestApp, RedisSide) {
     app.get("/api/v1/items?q=metrics").await;
     app.get("/nope").await;
     app.get("/api/v1/stats").await;
+    // A job, run to the end, so the job series exist.
+    let job: serde_json::Value = app
+        .post(
+            "/api/v1/jobs",
+            Some(&token),
+            &json!({"kind": "hash", "payload": {"metrics": true}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job_path = format!("/api/v1/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..200 {
+        let now: serde_json::Value = app.get_auth(&job_path, &token).await.json().await.unwrap();
+        if now["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     // Let the provider insert, the stats role close a second or two and queue depths be sampled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     (app, redis_side)

@@ -1,21 +1,25 @@
-//! The app role: the application logic for users and items.
+//! The app role: the application logic for users, items and jobs.
 //!
-//! It decides who may do what (self or admin for users, owner for item writes), builds the
-//! records to store, and asks the store role to read or write them.
+//! It decides who may do what (self or admin for users, owner for item writes, owner or admin
+//! for jobs), builds the records to store, and asks the store role to read or write them. The
+//! job workers (`crate::jobs::worker`) run beside it, started with it.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{auth, store, unexpected, RoleHandler};
 use crate::bus::{Bus, Delivery, Protocol, Role};
 use crate::domain::password::{self, Password};
 use crate::domain::{
-    Item, ItemPatch, NewItem, Principal, User, UserInput, UserPatch, UserPatchInput,
+    Item, ItemPatch, Job, JobState, NewItem, NewJob, Principal, User, UserInput, UserPatch,
+    UserPatchInput,
 };
 use crate::error::{Error, Result};
+use crate::jobs::JobRegistry;
 use crate::store::Page;
 
 /// Requests the app role answers. `actor` is the authenticated caller.
@@ -69,6 +73,29 @@ pub enum AppRequest {
         limit: u32,
         offset: u32,
     },
+    /// `payload` is a JSON object (checked at the edge); `kind` is checked here, against the
+    /// kinds this role's registry knows.
+    SubmitJob {
+        actor: Principal,
+        id: Uuid,
+        kind: String,
+        payload: serde_json::Value,
+        idempotency_key: Option<String>,
+    },
+    GetJob {
+        actor: Principal,
+        id: Uuid,
+    },
+    ListJobs {
+        actor: Principal,
+        state: JobState,
+        limit: u32,
+        offset: u32,
+    },
+    RetryJob {
+        actor: Principal,
+        id: Uuid,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +103,13 @@ pub enum AppReply {
     User(User),
     Item(Item),
     Items(Vec<Item>),
+    Job(Job),
+    /// `created` is false when an Idempotency-Key found the job stored before.
+    JobSubmitted {
+        job: Job,
+        created: bool,
+    },
+    Jobs(Vec<Job>),
     Done,
 }
 
@@ -99,15 +133,22 @@ impl Protocol for AppProtocol {
             DeleteItem { .. } => "delete_item",
             ListUserItems { .. } => "list_user_items",
             SearchItems { .. } => "search_items",
+            SubmitJob { .. } => "submit_job",
+            GetJob { .. } => "get_job",
+            ListJobs { .. } => "list_jobs",
+            RetryJob { .. } => "retry_job",
         }
     }
 
     fn delivery(request: &AppRequest) -> Delivery {
         use AppRequest::*;
         match request {
-            GetUser { .. } | GetItem { .. } | ListUserItems { .. } | SearchItems { .. } => {
-                Delivery::Direct
-            }
+            GetUser { .. }
+            | GetItem { .. }
+            | ListUserItems { .. }
+            | SearchItems { .. }
+            | GetJob { .. }
+            | ListJobs { .. } => Delivery::Direct,
             _ => Delivery::Durable,
         }
     }
@@ -116,13 +157,17 @@ impl Protocol for AppProtocol {
 /// The app role's handler.
 pub struct AppHandler {
     pub bus: Bus,
+    /// The job kinds submissions may name.
+    pub jobs: JobRegistry,
+    /// Wakes this node's job workers when a job is queued here.
+    pub wake_workers: Arc<Notify>,
 }
 
 impl RoleHandler for AppHandler {
     type Protocol = AppProtocol;
 
     async fn handle(self: Arc<Self>, request: AppRequest) -> Result<AppReply> {
-        execute(&self.bus, request).await
+        execute(&self, request).await
     }
 }
 
@@ -134,8 +179,9 @@ fn forbid_unless(allowed: bool, what: &str) -> Result<()> {
     }
 }
 
-async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
+async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> {
     use AppRequest::*;
+    let bus = &handler.bus;
     Ok(match request {
         CreateUser { actor, id, input } => {
             forbid_unless(actor.admin, "create users (admin only)")?;
@@ -193,6 +239,56 @@ async fn execute(bus: &Bus, request: AppRequest) -> Result<AppReply> {
             limit,
             offset,
         } => AppReply::Items(store::search_items(bus, query, Page { limit, offset }).await?),
+        GetJob { actor, id } => {
+            let job = store::get_job(bus, id).await?;
+            forbid_unless(actor.may_manage(job.user_id), "read another user's job")?;
+            AppReply::Job(job)
+        }
+        ListJobs {
+            actor,
+            state,
+            limit,
+            offset,
+        } => {
+            forbid_unless(actor.admin, "list jobs (admin only)")?;
+            AppReply::Jobs(store::list_jobs(bus, state, Page { limit, offset }).await?)
+        }
+        SubmitJob {
+            actor,
+            id,
+            kind,
+            payload,
+            idempotency_key,
+        } => {
+            if handler.jobs.get(&kind).is_none() {
+                return Err(Error::invalid(
+                    "kind",
+                    format!(
+                        "unknown job kind; known: {}",
+                        handler.jobs.kinds().join(", ")
+                    ),
+                ));
+            }
+            let new = NewJob {
+                id,
+                user_id: actor.user_id,
+                kind,
+                payload,
+                idempotency_key,
+                created_at: crate::domain::now(),
+            };
+            let (job, created) = store::insert_job(bus, new).await?;
+            if created {
+                handler.wake_workers.notify_one();
+            }
+            AppReply::JobSubmitted { job, created }
+        }
+        RetryJob { actor, id } => {
+            forbid_unless(actor.admin, "retry jobs (admin only)")?;
+            let job = store::retry_job(bus, id).await?;
+            handler.wake_workers.notify_one();
+            AppReply::Job(job)
+        }
     })
 }
 
@@ -332,5 +428,66 @@ pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<It
         )
         .await?,
         "search_items",
+    )
+}
+
+fn job(reply: AppReply, kind: &str) -> Result<Job> {
+    match reply {
+        AppReply::Job(j) => Ok(j),
+        _ => Err(unexpected("app", kind)),
+    }
+}
+
+/// Submits a job; `(job, false)` when the idempotency key found it stored before.
+/// `id` is chosen by the caller so a redelivered submission stores the job once.
+pub async fn submit_job(
+    bus: &Bus,
+    actor: Principal,
+    kind: String,
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+) -> Result<(Job, bool)> {
+    let request = AppRequest::SubmitJob {
+        actor,
+        id: crate::domain::new_id(),
+        kind,
+        payload,
+        idempotency_key,
+    };
+    match call(bus, request).await? {
+        AppReply::JobSubmitted { job, created } => Ok((job, created)),
+        _ => Err(unexpected("app", "submit_job")),
+    }
+}
+
+pub async fn get_job(bus: &Bus, actor: Principal, id: Uuid) -> Result<Job> {
+    job(
+        call(bus, AppRequest::GetJob { actor, id }).await?,
+        "get_job",
+    )
+}
+
+pub async fn list_jobs(
+    bus: &Bus,
+    actor: Principal,
+    state: JobState,
+    page: Page,
+) -> Result<Vec<Job>> {
+    let request = AppRequest::ListJobs {
+        actor,
+        state,
+        limit: page.limit,
+        offset: page.offset,
+    };
+    match call(bus, request).await? {
+        AppReply::Jobs(j) => Ok(j),
+        _ => Err(unexpected("app", "list_jobs")),
+    }
+}
+
+pub async fn retry_job(bus: &Bus, actor: Principal, id: Uuid) -> Result<Job> {
+    job(
+        call(bus, AppRequest::RetryJob { actor, id }).await?,
+        "retry_job",
     )
 }

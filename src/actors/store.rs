@@ -1,7 +1,9 @@
 //! The store role: the only role that touches the database.
 //!
 //! Consumes `store_get` (reads, direct) and `store_put` (writes, durable) requests; after a write
-//! commits it publishes a `store_notify` event on the bus.
+//! commits it publishes a `store_notify` event on the bus: item changes on topic `items`, job
+//! state changes (queued, claimed, finished, retried) on topic `jobs`. Claiming jobs is a write
+//! (durable): it changes their state and lease.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +14,10 @@ use uuid::Uuid;
 
 use super::{unexpected, RoleHandler};
 use crate::bus::{Bus, Delivery, Event, EventKind, Protocol, Role};
-use crate::domain::{Item, ItemPatch, NewUser, Principal, TokenHash, User, UserPatch};
+use crate::domain::{
+    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Principal, TokenHash, User,
+    UserPatch,
+};
 use crate::error::Result;
 use crate::store::{Page, Store};
 
@@ -72,6 +77,30 @@ pub enum StoreRequest {
     SampleUserIds {
         limit: u32,
     },
+    InsertJob(NewJob),
+    GetJob {
+        id: Uuid,
+    },
+    ClaimJobs {
+        lease_ms: u64,
+        limit: u32,
+    },
+    FinishJob {
+        id: Uuid,
+        attempt: u32,
+        outcome: JobOutcome,
+    },
+    RetryJob {
+        id: Uuid,
+    },
+    ListJobs {
+        state: JobState,
+        limit: u32,
+        offset: u32,
+    },
+    PurgeJobs {
+        before: DateTime<Utc>,
+    },
     Counts,
     Ping,
 }
@@ -86,6 +115,10 @@ pub enum StoreReply {
     Items(Vec<Item>),
     Inserted(usize),
     UserIds(Vec<Uuid>),
+    Job(Job),
+    JobInserted { job: Job, created: bool },
+    Jobs(Vec<Job>),
+    Purged(u64),
     Counts { users: u64, items: u64 },
     Created(bool),
     Done,
@@ -118,6 +151,13 @@ impl Protocol for StoreProtocol {
             ListUserItems { .. } => "list_user_items",
             SearchItems { .. } => "search_items",
             SampleUserIds { .. } => "sample_user_ids",
+            InsertJob(_) => "insert_job",
+            GetJob { .. } => "get_job",
+            ClaimJobs { .. } => "claim_jobs",
+            FinishJob { .. } => "finish_job",
+            RetryJob { .. } => "retry_job",
+            ListJobs { .. } => "list_jobs",
+            PurgeJobs { .. } => "purge_jobs",
             Counts => "counts",
             Ping => "ping",
         }
@@ -135,7 +175,12 @@ impl Protocol for StoreProtocol {
             | InsertItem(_)
             | InsertItems(_)
             | UpdateItem { .. }
-            | DeleteItem { .. } => Delivery::Durable,
+            | DeleteItem { .. }
+            | InsertJob(_)
+            | ClaimJobs { .. }
+            | FinishJob { .. }
+            | RetryJob { .. }
+            | PurgeJobs { .. } => Delivery::Durable,
             _ => Delivery::Direct,
         }
     }
@@ -170,6 +215,29 @@ fn item_event(kind: EventKind, item: &Item) -> Event {
             EventKind::ItemDeleted => None,
             _ => serde_json::to_value(item).ok(),
         },
+    }
+}
+
+/// A job event carries the job without its payload: clients have it, and it may be large.
+fn job_event(job: &Job) -> Event {
+    let kind = match job.state {
+        JobState::Queued => EventKind::JobQueued,
+        JobState::Running => EventKind::JobRunning,
+        JobState::Done => EventKind::JobDone,
+        JobState::Failed => EventKind::JobFailed,
+        JobState::Dead => EventKind::JobDead,
+    };
+    let data = serde_json::to_value(Job {
+        payload: serde_json::Value::Null,
+        ..job.clone()
+    })
+    .ok();
+    Event {
+        kind,
+        user_id: job.user_id,
+        subject_id: job.id,
+        at: crate::domain::now(),
+        data,
     }
 }
 
@@ -244,6 +312,41 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
             offset,
         } => StoreReply::Items(store.search_items(&query, Page { limit, offset }).await?),
         SampleUserIds { limit } => StoreReply::UserIds(store.sample_user_ids(limit).await?),
+        InsertJob(job) => {
+            let (job, created) = store.insert_job(job).await?;
+            if created {
+                bus.publish(job_event(&job));
+            }
+            StoreReply::JobInserted { job, created }
+        }
+        GetJob { id } => StoreReply::Job(store.get_job(id).await?),
+        ClaimJobs { lease_ms, limit } => {
+            let jobs = store
+                .claim_jobs(std::time::Duration::from_millis(lease_ms), limit)
+                .await?;
+            jobs.iter().for_each(|j| bus.publish(job_event(j)));
+            StoreReply::Jobs(jobs)
+        }
+        FinishJob {
+            id,
+            attempt,
+            outcome,
+        } => {
+            let job = store.finish_job(id, attempt, outcome).await?;
+            bus.publish(job_event(&job));
+            StoreReply::Job(job)
+        }
+        RetryJob { id } => {
+            let job = store.retry_job(id).await?;
+            bus.publish(job_event(&job));
+            StoreReply::Job(job)
+        }
+        ListJobs {
+            state,
+            limit,
+            offset,
+        } => StoreReply::Jobs(store.list_jobs(state, Page { limit, offset }).await?),
+        PurgeJobs { before } => StoreReply::Purged(store.purge_jobs(before).await?),
         Counts => {
             let (users, items) = store.counts().await?;
             StoreReply::Counts { users, items }
@@ -369,4 +472,50 @@ pub async fn counts(bus: &Bus) -> Result<(u64, u64)> {
 
 pub async fn ping(bus: &Bus) -> Result<()> {
     expect!(call(bus, StoreRequest::Ping).await?, StoreReply::Done => (), "ping")
+}
+
+/// Stores a new job; `(job, false)` when its idempotency key had already stored it.
+pub async fn insert_job(bus: &Bus, job: NewJob) -> Result<(Job, bool)> {
+    expect!(
+        call(bus, StoreRequest::InsertJob(job)).await?,
+        StoreReply::JobInserted { job, created } => (job, created),
+        "insert_job"
+    )
+}
+
+pub async fn get_job(bus: &Bus, id: Uuid) -> Result<Job> {
+    expect!(call(bus, StoreRequest::GetJob { id }).await?, StoreReply::Job(j) => j, "get_job")
+}
+
+pub async fn claim_jobs(bus: &Bus, lease: std::time::Duration, limit: u32) -> Result<Vec<Job>> {
+    let lease_ms = lease.as_millis().min(u64::MAX as u128) as u64;
+    expect!(
+        call(bus, StoreRequest::ClaimJobs { lease_ms, limit }).await?,
+        StoreReply::Jobs(j) => j,
+        "claim_jobs"
+    )
+}
+
+pub async fn finish_job(bus: &Bus, id: Uuid, attempt: u32, outcome: JobOutcome) -> Result<Job> {
+    expect!(
+        call(bus, StoreRequest::FinishJob { id, attempt, outcome }).await?,
+        StoreReply::Job(j) => j,
+        "finish_job"
+    )
+}
+
+pub async fn retry_job(bus: &Bus, id: Uuid) -> Result<Job> {
+    expect!(call(bus, StoreRequest::RetryJob { id }).await?, StoreReply::Job(j) => j, "retry_job")
+}
+
+pub async fn list_jobs(bus: &Bus, state: JobState, page: Page) -> Result<Vec<Job>> {
+    expect!(
+        call(bus, StoreRequest::ListJobs { state, limit: page.limit, offset: page.offset }).await?,
+        StoreReply::Jobs(j) => j,
+        "list_jobs"
+    )
+}
+
+pub async fn purge_jobs(bus: &Bus, before: DateTime<Utc>) -> Result<u64> {
+    expect!(call(bus, StoreRequest::PurgeJobs { before }).await?, StoreReply::Purged(n) => n, "purge_jobs")
 }

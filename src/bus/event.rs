@@ -1,4 +1,5 @@
-//! Events: fan-out notifications about committed changes (`store_notify`).
+//! Events: fan-out notifications about committed changes (`store_notify`): items on topic
+//! `items`, job state changes on topic `jobs`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,16 @@ pub enum EventKind {
     ItemUpdated,
     #[serde(rename = "item.deleted")]
     ItemDeleted,
+    #[serde(rename = "job.queued")]
+    JobQueued,
+    #[serde(rename = "job.running")]
+    JobRunning,
+    #[serde(rename = "job.done")]
+    JobDone,
+    #[serde(rename = "job.failed")]
+    JobFailed,
+    #[serde(rename = "job.dead")]
+    JobDead,
 }
 
 impl EventKind {
@@ -22,6 +33,11 @@ impl EventKind {
             EventKind::ItemCreated => "item.created",
             EventKind::ItemUpdated => "item.updated",
             EventKind::ItemDeleted => "item.deleted",
+            EventKind::JobQueued => "job.queued",
+            EventKind::JobRunning => "job.running",
+            EventKind::JobDone => "job.done",
+            EventKind::JobFailed => "job.failed",
+            EventKind::JobDead => "job.dead",
         }
     }
 
@@ -29,6 +45,11 @@ impl EventKind {
     pub fn topic(self) -> &'static str {
         match self {
             EventKind::ItemCreated | EventKind::ItemUpdated | EventKind::ItemDeleted => "items",
+            EventKind::JobQueued
+            | EventKind::JobRunning
+            | EventKind::JobDone
+            | EventKind::JobFailed
+            | EventKind::JobDead => "jobs",
         }
     }
 }

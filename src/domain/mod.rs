@@ -6,12 +6,14 @@
 
 mod fields;
 pub mod item;
+pub mod job;
 pub mod password;
 pub mod token;
 pub mod user;
 
 pub use fields::{Extra, Location};
 pub use item::{Item, ItemPatch, NewItem};
+pub use job::{Job, JobOutcome, JobState, NewJob};
 pub use token::{Principal, Token, TokenHash};
 pub use user::{Email, NewUser, User, UserInput, UserName, UserPatch, UserPatchInput};
 

@@ -1,4 +1,4 @@
-//! `/api/v1/events`: item events as Server-Sent Events, for authenticated clients. The per-client
+//! `/api/v1/events`: item and job events as Server-Sent Events, for authenticated clients. The per-client
 //! feed (replay, filters, lag handling) is shared with the WebSocket route (`ws.rs`).
 //!
 //! Each event carries its id; a client that reconnects with `Last-Event-ID` gets what it missed
@@ -28,7 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only this topic ("items").
+    /// Only this topic ("items" or "jobs").
     pub topic: Option<String>,
     /// Only events about this user's data.
     pub user_id: Option<Uuid>,
@@ -58,8 +58,8 @@ fn frame(e: &ClientEvent) -> Bytes {
     ))
 }
 
-/// Streams item events (`item.created`, `item.updated`, `item.deleted`) to an authenticated
-/// client.
+/// Streams item events (`item.created`, `item.updated`, `item.deleted`) and job events
+/// (`job.queued`, `job.running`, `job.done`, `job.failed`, `job.dead`) to an authenticated client.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
     security(("bearer" = [])),
@@ -151,8 +151,8 @@ impl Feed {
             Error::Unavailable("the notify role does not run on this node".into())
         })?;
         if let Some(topic) = &query.topic {
-            if topic != "items" {
-                return Err(Error::invalid("topic", "known topics: items"));
+            if topic != "items" && topic != "jobs" {
+                return Err(Error::invalid("topic", "known topics: items, jobs"));
             }
         }
         let (receiver, resume) = hub.subscribe(last_id);

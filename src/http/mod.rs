@@ -5,6 +5,7 @@
 //! | `/api/v1/auth/{register,login,logout}` | `auth.rs` |
 //! | `/api/v1/users`, `/api/v1/users/{id}`, `/api/v1/users/{id}/items` | `users.rs` |
 //! | `/api/v1/items`, `/api/v1/items/{id}` | `items.rs` |
+//! | `/api/v1/jobs`, `/api/v1/jobs/{id}`, `/api/v1/jobs/{id}/retry` | `jobs.rs` |
 //! | `/info/{uid}[/{limit}/{offset}]` (the original system's read route) | `info.rs` |
 //! | `/api/v1/events` (SSE) | `events.rs` |
 //! | `/api/v1/ws` (WebSocket) | `ws.rs` |
@@ -20,6 +21,7 @@ pub mod extract;
 pub mod health;
 pub mod info;
 pub mod items;
+pub mod jobs;
 pub mod observability;
 pub mod openapi;
 pub mod providers;
@@ -92,6 +94,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(auth::routes)
                     .configure(users::routes)
                     .configure(items::routes)
+                    .configure(jobs::routes)
                     .configure(events::routes)
                     .configure(ws::routes)
                     .configure(providers::routes)

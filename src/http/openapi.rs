@@ -24,13 +24,15 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Gorgon API", description = "Users, items, search, events and operations of a Gorgon node."),
+    info(title = "Gorgon API", description = "Users, items, search, jobs, events and operations of a Gorgon node."),
     paths(
         super::auth::register, super::auth::login, super::auth::logout,
         super::users::create_user, super::users::get_user, super::users::update_user,
         super::users::delete_user, super::users::list_user_items,
         super::items::create_item, super::items::get_item, super::items::update_item,
         super::items::delete_item, super::items::search_items,
+        super::jobs::submit_job, super::jobs::get_job, super::jobs::list_jobs,
+        super::jobs::retry_job,
         super::info::info, super::info::info_page,
         super::events::events,
         super::ws::ws,
@@ -42,6 +44,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         crate::domain::User, crate::domain::Item, crate::domain::Location,
+        crate::domain::Job, crate::domain::JobState,
         crate::bus::Event, crate::bus::EventKind,
     )),
     modifiers(&BearerAuth),
@@ -49,6 +52,7 @@ impl Modify for BearerAuth {
         (name = "auth", description = "Accounts and tokens"),
         (name = "users", description = "Users (self or admin)"),
         (name = "items", description = "Items, listings and search"),
+        (name = "jobs", description = "Background jobs"),
         (name = "events", description = "Live events"),
         (name = "observability", description = "Metrics and stats"),
         (name = "health", description = "Liveness and readiness"),

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::{Page, Store};
 use crate::domain::{
-    new_id, now, Email, Extra, Item, ItemPatch, Location, NewUser, Token, UserName, UserPatch,
+    new_id, now, Email, Extra, Item, ItemPatch, JobOutcome, JobState, Location, NewJob, NewUser,
+    Token, UserName, UserPatch,
 };
 use crate::error::Error;
 
@@ -52,6 +53,19 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("batch_insert_skips_existing", |s| {
         Box::pin(batch_insert_skips_existing(s))
     }),
+    ("jobs_round_trip_and_idempotency", |s| {
+        Box::pin(jobs_round_trip_and_idempotency(s))
+    }),
+    ("job_claims_are_exclusive_and_respect_run_after", |s| {
+        Box::pin(job_claims_are_exclusive_and_respect_run_after(s))
+    }),
+    ("job_lease_expiry_reclaims", |s| {
+        Box::pin(job_lease_expiry_reclaims(s))
+    }),
+    ("job_transitions_and_listing", |s| {
+        Box::pin(job_transitions_and_listing(s))
+    }),
+    ("job_purge_by_age", |s| Box::pin(job_purge_by_age(s))),
 ];
 
 /// Runs every check, each on a fresh store from `factory`.
@@ -502,4 +516,268 @@ async fn batch_insert_skips_existing(store: Arc<dyn Store>) {
     let (users, count) = store.counts().await.expect("counts");
     assert_eq!(users, 1);
     assert_eq!(count, 50);
+}
+
+fn job(user_id: Uuid, payload: serde_json::Value, key: Option<&str>) -> NewJob {
+    NewJob {
+        id: new_id(),
+        user_id,
+        kind: "hash".into(),
+        payload,
+        idempotency_key: key.map(str::to_string),
+        created_at: now(),
+    }
+}
+
+const LONG_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn jobs_round_trip_and_idempotency(store: Arc<dyn Store>) {
+    let user = Uuid::now_v7();
+    let new = job(user, serde_json::json!({"n": 1}), None);
+    let (stored, created) = store.insert_job(new.clone()).await.expect("insert");
+    assert!(created);
+    assert_eq!(stored.id, new.id);
+    assert_eq!(stored.state, JobState::Queued);
+    assert_eq!(stored.attempts, 0);
+    assert_eq!(stored.payload, new.payload);
+    assert!(stored.run_after.is_some() && stored.lease_until.is_none());
+    assert_eq!(store.get_job(new.id).await.expect("get"), stored);
+    // A redelivered insert (same id) stores nothing new.
+    let (again, created) = store.insert_job(new.clone()).await.expect("redelivered");
+    assert!(!created);
+    assert_eq!(again, stored);
+
+    let keyed = job(user, serde_json::json!({"n": 2}), Some("key-1"));
+    let (first, created) = store.insert_job(keyed.clone()).await.expect("keyed");
+    assert!(created);
+    let repeat = job(user, serde_json::json!({"n": 2}), Some("key-1"));
+    let (second, created) = store.insert_job(repeat).await.expect("repeat");
+    assert!(!created);
+    assert_eq!(second.id, first.id);
+    let different = job(user, serde_json::json!({"n": 3}), Some("key-1"));
+    assert!(matches!(
+        store.insert_job(different).await,
+        Err(Error::Conflict(_))
+    ));
+    // Keys are per user.
+    let other = job(Uuid::now_v7(), serde_json::json!({"n": 2}), Some("key-1"));
+    let (theirs, created) = store.insert_job(other).await.expect("other user");
+    assert!(created);
+    assert_ne!(theirs.id, first.id);
+    assert!(matches!(
+        store.get_job(Uuid::now_v7()).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn job_claims_are_exclusive_and_respect_run_after(store: Arc<dyn Store>) {
+    let user = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (j, _) = store
+            .insert_job(job(user, serde_json::json!({ "n": n }), None))
+            .await
+            .expect("insert");
+        ids.push(j.id);
+    }
+    // Concurrent claims never hand out the same job twice.
+    let claims = (0..6).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_jobs(LONG_LEASE, 5).await })
+    });
+    let mut claimed = Vec::new();
+    for c in claims {
+        claimed.extend(c.await.expect("task").expect("claim"));
+    }
+    let mut claimed_ids: Vec<Uuid> = claimed.iter().map(|j| j.id).collect();
+    claimed_ids.sort();
+    claimed_ids.dedup();
+    assert_eq!(claimed_ids.len(), claimed.len(), "a job was claimed twice");
+    ids.sort();
+    assert_eq!(claimed_ids, ids, "every due job is claimed");
+    for j in &claimed {
+        assert_eq!(j.state, JobState::Running);
+        assert_eq!(j.attempts, 1);
+        assert!(j.lease_until.is_some());
+    }
+    assert!(store
+        .claim_jobs(LONG_LEASE, 5)
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // A failed attempt comes back at its run_after, not before.
+    let later = now() + Duration::hours(1);
+    let failed = store
+        .finish_job(
+            ids[0],
+            1,
+            JobOutcome::Failed {
+                error: "later".into(),
+                run_after: later,
+            },
+        )
+        .await
+        .expect("fail");
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.run_after, Some(later));
+    let due = store
+        .finish_job(
+            ids[1],
+            1,
+            JobOutcome::Failed {
+                error: "now".into(),
+                run_after: now(),
+            },
+        )
+        .await
+        .expect("fail");
+    assert_eq!(due.error.as_deref(), Some("now"));
+    let again = store.claim_jobs(LONG_LEASE, 5).await.expect("claim");
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1]]);
+    assert_eq!(again[0].attempts, 2);
+}
+
+async fn job_lease_expiry_reclaims(store: Arc<dyn Store>) {
+    let user = Uuid::now_v7();
+    let (j, _) = store
+        .insert_job(job(user, serde_json::json!({}), None))
+        .await
+        .expect("insert");
+    let lease = std::time::Duration::from_millis(50);
+    let first = store.claim_jobs(lease, 10).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_jobs(lease, 10).await.expect("claim").is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    let second = store.claim_jobs(LONG_LEASE, 10).await.expect("reclaim");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, j.id);
+    assert_eq!(second[0].attempts, 2);
+    // The abandoned attempt can no longer report.
+    assert!(matches!(
+        store
+            .finish_job(j.id, 1, JobOutcome::Done(serde_json::json!({})))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    let done = store
+        .finish_job(j.id, 2, JobOutcome::Done(serde_json::json!({"ok": true})))
+        .await
+        .expect("finish");
+    assert_eq!(done.state, JobState::Done);
+    assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
+}
+
+async fn job_transitions_and_listing(store: Arc<dyn Store>) {
+    let user = Uuid::now_v7();
+    for n in 0..3 {
+        store
+            .insert_job(job(user, serde_json::json!({ "n": n }), None))
+            .await
+            .expect("insert");
+    }
+    let claimed = store.claim_jobs(LONG_LEASE, 3).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let done = store
+        .finish_job(
+            claimed[0].id,
+            1,
+            JobOutcome::Done(serde_json::json!({"r": 1})),
+        )
+        .await
+        .expect("done");
+    assert_eq!(done.state, JobState::Done);
+    assert!(done.run_after.is_none() && done.lease_until.is_none());
+    let dead = store
+        .finish_job(
+            claimed[1].id,
+            1,
+            JobOutcome::Dead {
+                error: "boom".into(),
+            },
+        )
+        .await
+        .expect("dead");
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(dead.error.as_deref(), Some("boom"));
+
+    let list = |state| {
+        let store = store.clone();
+        async move {
+            store
+                .list_jobs(state, PAGE)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(JobState::Dead).await, vec![claimed[1].id]);
+    assert_eq!(list(JobState::Done).await, vec![claimed[0].id]);
+    assert_eq!(list(JobState::Running).await, vec![claimed[2].id]);
+    assert!(list(JobState::Queued).await.is_empty());
+
+    let retried = store.retry_job(claimed[1].id).await.expect("retry dead");
+    assert_eq!(retried.state, JobState::Queued);
+    assert_eq!(retried.attempts, 0);
+    assert!(list(JobState::Dead).await.is_empty());
+    assert!(matches!(
+        store.retry_job(claimed[0].id).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store.retry_job(claimed[2].id).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store.retry_job(Uuid::now_v7()).await,
+        Err(Error::NotFound(_))
+    ));
+    // Finishing a job that is not running is refused.
+    assert!(matches!(
+        store
+            .finish_job(claimed[0].id, 1, JobOutcome::Done(serde_json::json!({})))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+}
+
+async fn job_purge_by_age(store: Arc<dyn Store>) {
+    let user = Uuid::now_v7();
+    let (finished, _) = store
+        .insert_job(job(user, serde_json::json!({"a": 1}), None))
+        .await
+        .expect("insert");
+    store.claim_jobs(LONG_LEASE, 1).await.expect("claim");
+    store
+        .finish_job(finished.id, 1, JobOutcome::Done(serde_json::json!({})))
+        .await
+        .expect("done");
+    let (waiting, _) = store
+        .insert_job(job(user, serde_json::json!({"a": 2}), None))
+        .await
+        .expect("insert");
+    assert_eq!(
+        store
+            .purge_jobs(now() - Duration::hours(1))
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_jobs(now() + Duration::seconds(1))
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(matches!(
+        store.get_job(finished.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store.get_job(waiting.id).await.expect("kept").state,
+        JobState::Queued
+    );
 }

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{Item, ItemPatch, NewUser, Principal, TokenHash, User, UserPatch};
+use crate::domain::{
+    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Principal, TokenHash, User,
+    UserPatch,
+};
 use crate::error::Result;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -70,6 +73,24 @@ pub trait Store: Send + Sync + 'static {
     async fn sample_user_ids(&self, limit: u32) -> Result<Vec<Uuid>>;
     /// Counts of users and items, for stats and seeding reports.
     async fn counts(&self) -> Result<(u64, u64)>;
+    /// Stores a queued job, due at once. With an idempotency key already used by the same user,
+    /// returns the stored job instead (and `false`), or `Conflict` if its kind or payload differ.
+    async fn insert_job(&self, job: NewJob) -> Result<(Job, bool)>;
+    async fn get_job(&self, id: Uuid) -> Result<Job>;
+    /// Claims up to `limit` due jobs in one write: queued or failed jobs whose `run_after` has
+    /// come, and running jobs whose lease has ended (their worker is gone). Each becomes
+    /// `running` with one more attempt and a lease until now + `lease`. No job is handed to
+    /// two claims whose leases overlap.
+    async fn claim_jobs(&self, lease: std::time::Duration, limit: u32) -> Result<Vec<Job>>;
+    /// Records how attempt number `attempt` of a running job ended. `Conflict` if the job is no
+    /// longer running that attempt (its lease ended and another worker claimed it).
+    async fn finish_job(&self, id: Uuid, attempt: u32, outcome: JobOutcome) -> Result<Job>;
+    /// Puts a failed or dead job back to queued with its attempts reset; `Conflict` otherwise.
+    async fn retry_job(&self, id: Uuid) -> Result<Job>;
+    /// Jobs in `state`, newest first.
+    async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>>;
+    /// Deletes done and dead jobs last changed before `before`; returns how many.
+    async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Cheap round trip proving the backend answers (readiness).
     async fn ping(&self) -> Result<()>;
     /// Flushes and closes; later calls fail with `Unavailable`.

@@ -34,8 +34,8 @@ use uuid::Uuid;
 
 use super::{BulkLoad, Credentials, Page, Store};
 use crate::domain::{
-    from_millis, to_millis, Extra, Item, ItemPatch, Location, NewUser, Principal, TokenHash, User,
-    UserPatch,
+    from_millis, to_millis, Extra, Item, ItemPatch, Job, JobOutcome, JobState, Location, NewJob,
+    NewUser, Principal, TokenHash, User, UserPatch,
 };
 use crate::error::{Error, Result};
 
@@ -214,6 +214,25 @@ CREATE TABLE IF NOT EXISTS items (
     extra TEXT NOT NULL,
     PRIMARY KEY (user_id, id)
 ) WITHOUT ROWID;
+-- run_after is when the job is next due: the next attempt of a queued or failed job, the end of a
+-- running job's lease (then it is claimed again), the finish time of a done or dead one (purge).
+-- One index over (state, run_after) thus serves claiming, lease expiry and purging.
+CREATE TABLE IF NOT EXISTS jobs (
+    id BLOB PRIMARY KEY NOT NULL,
+    user_id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    run_after INTEGER NOT NULL,
+    idempotency_key TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, run_after);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(user_id, idempotency_key);
 CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
     title, body, keywords, content='items', content_rowid='seq', detail='none', columnsize=0
 );
@@ -240,6 +259,8 @@ const REBUILD_SEARCH: &str = "
 
 const ITEM_COLUMNS: &str = "id, user_id, title, body, url, ts, lat, lon, keywords, extra";
 const USER_COLUMNS: &str = "id, name, email, grp, admin, created_at, extra";
+const JOB_COLUMNS: &str =
+    "id, user_id, kind, state, payload, result, error, attempts, created_at, updated_at, run_after, idempotency_key";
 
 fn db_error(e: rusqlite::Error) -> Error {
     match &e {
@@ -303,6 +324,54 @@ fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         keywords: serde_json::from_str(&keywords).unwrap_or_default(),
         extra: Extra::from_json(&row.get::<_, String>(9)?),
     })
+}
+
+/// A column that holds what we did not write: reported, never a panic.
+fn bad_column(column: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, what.into())
+}
+
+fn json_column(row: &Row<'_>, column: usize) -> rusqlite::Result<Option<serde_json::Value>> {
+    row.get::<_, Option<String>>(column)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| bad_column(column, e.to_string())))
+        .transpose()
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let state_name: String = row.get(3)?;
+    let state = JobState::parse(&state_name)
+        .ok_or_else(|| bad_column(3, format!("unknown job state {state_name:?}")))?;
+    let run_after = from_millis(row.get(10)?);
+    Ok(Job {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        kind: row.get(2)?,
+        state,
+        payload: json_column(row, 4)?.unwrap_or_default(),
+        result: json_column(row, 5)?,
+        error: row.get(6)?,
+        attempts: row.get(7)?,
+        created_at: from_millis(row.get(8)?),
+        updated_at: from_millis(row.get(9)?),
+        run_after: matches!(state, JobState::Queued | JobState::Failed).then_some(run_after),
+        lease_until: (state == JobState::Running).then_some(run_after),
+        idempotency_key: row.get(11)?,
+    })
+}
+
+fn select_job(conn: &Connection, id: Uuid) -> Result<Job> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], job_from_row).optional())
+        .map_err(db_error)?
+        .ok_or_else(|| Error::not_found("job"))
+}
+
+fn jobs_from(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Job>> {
+    let rows = stmt.query_map(params, job_from_row).map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }
 
 fn keywords_json(keywords: &[String]) -> String {
@@ -642,6 +711,8 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             conn.execute("DELETE FROM tokens WHERE user_id = ?1", [id])
                 .map_err(db_error)?;
+            conn.execute("DELETE FROM jobs WHERE user_id = ?1", [id])
+                .map_err(db_error)?;
             Ok(())
         })
         .await
@@ -872,6 +943,185 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             Ok((users as u64, items as u64))
         })
+    }
+
+    async fn insert_job(&self, job: NewJob) -> Result<(Job, bool)> {
+        self.write(move |conn| {
+            if let Some(key) = &job.idempotency_key {
+                let existing = conn
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2"
+                    ))
+                    .and_then(|mut s| {
+                        s.query_row(params![job.user_id, key], job_from_row)
+                            .optional()
+                    })
+                    .map_err(db_error)?;
+                if let Some(existing) = existing {
+                    if existing.kind == job.kind && existing.payload == job.payload {
+                        return Ok((existing, false));
+                    }
+                    return Err(Error::Conflict(
+                        "this Idempotency-Key was used for a different job".into(),
+                    ));
+                }
+            }
+            let created = to_millis(job.created_at);
+            // Due by the store's clock, the one claims compare with.
+            let due = to_millis(Utc::now());
+            let payload = serde_json::to_string(&job.payload)
+                .map_err(|e| Error::Internal(format!("job payload: {e}")))?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO jobs (id, user_id, kind, state, payload, attempts,
+                     created_at, updated_at, run_after, idempotency_key)
+                     VALUES (?1, ?2, ?3, 'queued', ?4, 0, ?5, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        job.id,
+                        job.user_id,
+                        job.kind,
+                        payload,
+                        created,
+                        due,
+                        job.idempotency_key
+                    ])
+                })
+                .map_err(db_error)?;
+            // A redelivered insert (same id) returns what the first one stored.
+            let stored = select_job(conn, job.id)?;
+            if inserted == 0 && stored.user_id != job.user_id {
+                return Err(Error::Conflict("a job with this id exists".into()));
+            }
+            Ok((stored, inserted == 1))
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.read(|conn| select_job(conn, id))
+    }
+
+    async fn claim_jobs(&self, lease: std::time::Duration, limit: u32) -> Result<Vec<Job>> {
+        let lease = lease.as_millis().min(i64::MAX as u128) as i64;
+        // Idle workers poll often: a read answers "nothing due" without costing a commit.
+        let now = to_millis(Utc::now());
+        let due: bool = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                 WHERE state IN ('queued', 'failed', 'running') AND run_after <= ?1)",
+            )
+            .and_then(|mut s| s.query_row([now], |r| r.get(0)))
+            .map_err(db_error)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn| {
+            // The clock is read in the writer, so a claim waiting in the queue does not use a
+            // stale "now"; the one writer makes select-and-update a single atomic step.
+            let now = to_millis(Utc::now());
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1,
+                         run_after = ?1 + ?2, updated_at = ?1
+                     WHERE id IN (SELECT id FROM jobs
+                         WHERE state IN ('queued', 'failed', 'running') AND run_after <= ?1
+                         ORDER BY run_after LIMIT ?3)
+                     RETURNING {JOB_COLUMNS}"
+                ))
+                .map_err(db_error)?;
+            jobs_from(&mut stmt, params![now, lease, limit])
+        })
+        .await
+    }
+
+    async fn finish_job(&self, id: Uuid, attempt: u32, outcome: JobOutcome) -> Result<Job> {
+        self.write(move |conn| {
+            let now = to_millis(Utc::now());
+            let state = outcome.state().name();
+            let (result, error, run_after) = match &outcome {
+                JobOutcome::Done(value) => (
+                    Some(
+                        serde_json::to_string(value)
+                            .map_err(|e| Error::Internal(format!("job result: {e}")))?,
+                    ),
+                    None,
+                    now,
+                ),
+                JobOutcome::Failed { error, run_after } => {
+                    (None, Some(error.clone()), to_millis(*run_after))
+                }
+                JobOutcome::Dead { error } => (None, Some(error.clone()), now),
+            };
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?3, result = ?4, error = COALESCE(?5, error),
+                         run_after = ?6, updated_at = ?7
+                     WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![id, attempt, state, result, error, run_after, now])
+                })
+                .map_err(db_error)?;
+            if changed == 0 {
+                select_job(conn, id)?;
+                return Err(Error::Conflict(format!(
+                    "attempt {attempt} of job {id} is no longer running"
+                )));
+            }
+            select_job(conn, id)
+        })
+        .await
+    }
+
+    async fn retry_job(&self, id: Uuid) -> Result<Job> {
+        self.write(move |conn| {
+            let now = to_millis(Utc::now());
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_after = ?2, updated_at = ?2
+                     WHERE id = ?1 AND state IN ('failed', 'dead')",
+                )
+                .and_then(|mut s| s.execute(params![id, now]))
+                .map_err(db_error)?;
+            let job = select_job(conn, id)?;
+            if changed == 0 {
+                return Err(Error::Conflict(format!(
+                    "only failed or dead jobs can be retried; this one is {}",
+                    job.state.name()
+                )));
+            }
+            Ok(job)
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1
+                     ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+                ))
+                .map_err(db_error)?;
+            jobs_from(&mut stmt, params![state.name(), page.limit, page.offset])
+        })
+    }
+
+    async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = to_millis(before);
+        self.write(move |conn| {
+            let purged = conn
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE state IN ('done', 'dead') AND run_after < ?1",
+                )
+                .and_then(|mut s| s.execute([before]))
+                .map_err(db_error)?;
+            Ok(purged as u64)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<()> {

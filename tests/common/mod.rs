@@ -7,6 +7,7 @@ pub mod process;
 pub mod redis;
 
 use gorgon::configuration::RunArgs;
+use gorgon::jobs::JobRegistry;
 use gorgon::startup::Node;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -45,7 +46,12 @@ impl TestApp {
     }
 
     pub async fn spawn_in(dir: TempDir, extra: &[&str]) -> TestApp {
-        let node = Node::start(run_args(dir.path(), extra))
+        Self::spawn_jobs(dir, extra, JobRegistry::default()).await
+    }
+
+    /// A node whose app role knows the job kinds of `jobs`.
+    pub async fn spawn_jobs(dir: TempDir, extra: &[&str], jobs: JobRegistry) -> TestApp {
+        let node = Node::start_with(run_args(dir.path(), extra), jobs)
             .await
             .expect("node starts");
         let addr = node.local_addr().expect("web role listens");
@@ -121,8 +127,10 @@ impl TestApp {
                 &json!({"name": name, "email": email, "password": PASSWORD}),
             )
             .await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "register {email}");
-        resp.json().await.expect("user json")
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "register {email}: {body}");
+        body
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
