@@ -109,6 +109,14 @@ async fn signed_ingest_stores_items_and_refuses_the_rest() {
     )
     .await;
     common::expect_error(unknown, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let unnamable = post_signed(
+        &app,
+        "Not%20A%20Name",
+        &other,
+        Some(sign(SECRET.as_bytes(), now(), other_bytes.as_bytes())),
+    )
+    .await;
+    common::expect_error(unnamable, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // Well signed but invalid: a 422 naming the item and field; nothing of the batch stored.
     let invalid =
         json!({"items": [{"user_id": uid, "title": "fine"}, {"user_id": uid, "title": ""}]});

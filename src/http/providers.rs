@@ -34,7 +34,7 @@ pub struct IngestReply {
     request_body = IngestRequest,
     responses(
         (status = 201, description = "Stored", body = IngestReply),
-        (status = 400, description = "Malformed body or provider name", body = ErrorBody),
+        (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Unknown provider, missing, bad or expired signature", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "An invalid item (the field names which)", body = ErrorBody),
@@ -46,10 +46,9 @@ pub async fn ingest(
     body: web::Bytes,
 ) -> Result<HttpResponse, Error> {
     let name = name.into_inner();
+    // No configured provider has such a name: the same answer as any unknown provider.
     if !valid_name(&name) {
-        return Err(Error::BadRequest(
-            "a provider name is 1 to 64 of a-z, 0-9, - and _".into(),
-        ));
+        return Err(Error::Unauthorized(format!("unknown provider {name:?}")));
     }
     let signature = match req.headers().get(SIGNATURE_HEADER) {
         None => None,
