@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -988,6 +988,111 @@ async fn events_reach_clients_of_every_front() {
             assert_eq!(kinds, ["item.created", "item.deleted"], "{events:?}");
             assert_eq!(events[0].1["subject_id"], id.as_str());
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_mid_burst_of_jobs_finishes_every_accepted_job() {
+    bounded(async {
+        // Jobs run on the backend (the app role's workers); each hash takes 40 ms, 8 at once, so
+        // the kill lands with jobs queued in Redis, stored, and running.
+        let flags = [
+            "--queue-heartbeat",
+            "1s",
+            "--durable-timeout",
+            "15s",
+            "--job-workers",
+            "8",
+            "--job-hash-delay",
+            "40ms",
+            "--job-lease",
+            "1s",
+            "--job-timeout",
+            "500ms",
+        ];
+        let Some(mut d) = Deployment::start(Fsync::Always, &flags).await else {
+            return;
+        };
+        let base = d.base.clone();
+        let (_, token) = user(&base, "jobs@example.com").await;
+        let http = client(Duration::from_secs(30));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let shared = (http.clone(), base.clone(), token.clone(), acknowledged.clone());
+        let submissions = (0..240).map(move |n| {
+            let (http, base, token, acknowledged) = shared.clone();
+            async move {
+                let resp = http
+                    .post(format!("{base}/api/v1/jobs"))
+                    .bearer_auth(&token)
+                    .json(&json!({"kind": "hash", "payload": {"n": n}}))
+                    .send()
+                    .await
+                    .ok()?;
+                if resp.status() != StatusCode::ACCEPTED {
+                    return None;
+                }
+                let job: Value = resp.json().await.ok()?;
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    format!(r#"{{"n":{n}}}"#).as_bytes(),
+                ));
+                Some((job["id"].as_str()?.to_string(), sha))
+            }
+        });
+        let burst = tokio::spawn(
+            futures::stream::iter(submissions)
+                .buffered(8)
+                .collect::<Vec<_>>(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acknowledged.load(Ordering::SeqCst) < 80 {
+            assert!(Instant::now() < deadline, "the burst is too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before_kill = acknowledged.load(Ordering::SeqCst);
+        d.kill_backend();
+        d.restart_backend();
+        // Submissions made while the backend was down wait in Redis and are accepted after.
+        let accepted: Vec<(String, String)> =
+            burst.await.expect("burst").into_iter().flatten().collect();
+        let ids: HashSet<&str> = accepted.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), accepted.len(), "every acknowledgement is its own job");
+        assert!(accepted.len() > before_kill, "jobs were accepted after the restart too");
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pending = accepted.clone();
+        while !pending.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} accepted jobs never finished",
+                pending.len()
+            );
+            let mut still = Vec::new();
+            for (id, sha) in pending {
+                let resp = http
+                    .get(format!("{base}/api/v1/jobs/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("get job");
+                assert_eq!(resp.status(), StatusCode::OK, "accepted job {id} lost");
+                let job: Value = resp.json().await.expect("job");
+                match job["state"].as_str() {
+                    Some("done") => assert_eq!(job["result"]["sha256"], sha.as_str(), "job {id}"),
+                    Some("dead") => panic!("job {id} died: {job}"),
+                    _ => still.push((id, sha)),
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        eprintln!(
+            "backend SIGKILL with jobs: {} accepted ({before_kill} before the kill), all done with the right hash",
+            accepted.len()
+        );
     })
     .await;
 }
