@@ -5,6 +5,8 @@
 //! `cargo bench --bench fanout`; sizes: `GORGON_BENCH_CLIENTS` (1000), `GORGON_BENCH_RATE`
 //! (items/s, 200), `GORGON_BENCH_SECONDS` (10).
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,22 +17,15 @@ use gorgon::startup::Node;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("run me with: cargo bench --bench fanout");
         return;
     }
-    let clients = env_or("GORGON_BENCH_CLIENTS", 1000) as usize;
-    let rate = env_or("GORGON_BENCH_RATE", 200);
-    let seconds = env_or("GORGON_BENCH_SECONDS", 10);
+    let clients = support::env_or("GORGON_BENCH_CLIENTS", 1000) as usize;
+    let rate = support::env_or("GORGON_BENCH_RATE", 200);
+    let seconds = support::env_or("GORGON_BENCH_SECONDS", 10);
     let dir = tempfile::tempdir().expect("temp dir");
     let rate_flag = rate.to_string();
     let args = RunArgs::local(
@@ -52,22 +47,7 @@ async fn main() {
         .build()
         .expect("client");
     // The provider writes for existing users; a client needs a token.
-    let creds = serde_json::json!({"name": "Fan", "email": "fan@example.com", "password": "fan-out-password"});
-    http.post(format!("{base}/api/v1/auth/register"))
-        .json(&creds)
-        .send()
-        .await
-        .expect("register");
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({"email": "fan@example.com", "password": "fan-out-password"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("token");
-    let token = login["token"].as_str().expect("token").to_string();
+    let token = support::token(&http, &base, "fan@example.com").await;
 
     let delivered = Arc::new(AtomicU64::new(0));
     let lagged = Arc::new(AtomicU64::new(0));

@@ -5,6 +5,8 @@
 //! `cargo bench --bench jobs`; sizes: `GORGON_BENCH_JOBS` (10000), `GORGON_BENCH_CLIENTS` (32),
 //! `GORGON_BENCH_WORKERS` (job workers, 16).
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,44 +16,21 @@ use gorgon::configuration::RunArgs;
 use gorgon::startup::Node;
 use serde_json::json;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("run me with: cargo bench --bench jobs");
         return;
     }
-    let jobs = env_or("GORGON_BENCH_JOBS", 10_000);
-    let clients = env_or("GORGON_BENCH_CLIENTS", 32);
-    let workers = env_or("GORGON_BENCH_WORKERS", 16).to_string();
+    let jobs = support::env_or("GORGON_BENCH_JOBS", 10_000);
+    let clients = support::env_or("GORGON_BENCH_CLIENTS", 32);
+    let workers = support::env_or("GORGON_BENCH_WORKERS", 16).to_string();
     let dir = tempfile::tempdir().expect("temp dir");
     let args = RunArgs::local(dir.path(), &["--job-workers", &workers]).expect("flags");
     let node = Node::start(args).await.expect("node");
     let base = format!("http://{}", node.local_addr().expect("addr"));
     let http = reqwest::Client::new();
-    let creds =
-        json!({"name": "Jobs", "email": "jobs@example.com", "password": "jobs-bench-password"});
-    http.post(format!("{base}/api/v1/auth/register"))
-        .json(&creds)
-        .send()
-        .await
-        .expect("register");
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "jobs@example.com", "password": "jobs-bench-password"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("token");
-    let token = login["token"].as_str().expect("token").to_string();
+    let token = support::token(&http, &base, "jobs@example.com").await;
 
     // Count completions from the event stream.
     let done = Arc::new(AtomicU64::new(0));

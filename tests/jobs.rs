@@ -375,25 +375,6 @@ async fn job_events_stream_over_sse() {
 
 // ---- crash-resume: the real binary, SIGKILL ------------------------------------------------
 
-async fn register_and_login(client: &Client, base: &str) -> String {
-    let creds = json!({"name": "Crash", "email": "jobs@example.com", "password": "crash-password"});
-    let resp = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&creds)
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let resp = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "jobs@example.com", "password": "crash-password"}))
-        .send()
-        .await
-        .expect("login");
-    let body: Value = resp.json().await.expect("login json");
-    body["token"].as_str().expect("token").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,7 +399,7 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
     let mut node = GorgonProcess::spawn(&flags, &[]);
     let base = node.base();
     let client = Client::new();
-    let token = register_and_login(&client, &base).await;
+    let (_, token) = common::register_and_login(&client, &base, "jobs@example.com").await;
 
     // Submissions keep going while the process is killed: those in flight then get no 202 and
     // are not counted; every one that got a 202 must be done in the end.
@@ -472,43 +453,8 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
 
     let mut restarted = GorgonProcess::spawn(&flags, &[]);
     let base = restarted.base();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let mut pending = accepted.clone();
-    let mut retried = 0;
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} jobs never finished after the restart",
-            pending.len()
-        );
-        let mut still = Vec::new();
-        for (id, sha) in pending {
-            let resp = client
-                .get(format!("{base}/api/v1/jobs/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("get job");
-            assert_eq!(resp.status(), StatusCode::OK, "acknowledged job {id} lost");
-            let job: Value = resp.json().await.expect("job json");
-            match job["state"].as_str() {
-                Some("done") => {
-                    assert_eq!(job["result"]["sha256"], sha.as_str(), "job {id}");
-                    let attempts = job["attempts"].as_u64().unwrap_or(0);
-                    assert!(attempts >= 1);
-                    if attempts > 1 {
-                        retried += 1;
-                    }
-                }
-                Some("dead") => panic!("job {id} died: {job}"),
-                _ => still.push((id, sha)),
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let retried =
+        common::wait_all_done(&client, &base, &token, &accepted, Duration::from_secs(40)).await;
     restarted.kill9();
     eprintln!(
         "{} acknowledged jobs done after SIGKILL; {retried} were claimed again after their lease ended",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::process::GorgonProcess;
 use common::redis::{Fsync, RedisServer};
-use common::{expect_error, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
+use common::{expect_error, ADMIN_EMAIL, ADMIN_PASSWORD};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use reqwest::{Client, StatusCode};
@@ -207,27 +207,7 @@ async fn wait_readyz(base: &str, want: StatusCode, within: Duration) {
 
 /// Registers and logs in a user through `base`; returns (user id, token).
 async fn user(base: &str, email: &str) -> (String, String) {
-    let client = client(Duration::from_secs(30));
-    let resp = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"name": "Redis Test", "email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(resp.status(), StatusCode::CREATED, "register {email}");
-    let user: Value = resp.json().await.expect("user json");
-    let resp = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(resp.status(), StatusCode::OK, "login {email}");
-    let body: Value = resp.json().await.expect("login json");
-    (
-        user["id"].as_str().expect("user id").to_string(),
-        body["token"].as_str().expect("token").to_string(),
-    )
+    common::register_and_login(&client(Duration::from_secs(30)), base, email).await
 }
 
 /// `POST /api/v1/items` expecting 201; returns the item.
@@ -1060,35 +1040,7 @@ async fn backend_killed_mid_burst_of_jobs_finishes_every_accepted_job() {
         assert_eq!(ids.len(), accepted.len(), "every acknowledgement is its own job");
         assert!(accepted.len() > before_kill, "jobs were accepted after the restart too");
 
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut pending = accepted.clone();
-        while !pending.is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{} accepted jobs never finished",
-                pending.len()
-            );
-            let mut still = Vec::new();
-            for (id, sha) in pending {
-                let resp = http
-                    .get(format!("{base}/api/v1/jobs/{id}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .expect("get job");
-                assert_eq!(resp.status(), StatusCode::OK, "accepted job {id} lost");
-                let job: Value = resp.json().await.expect("job");
-                match job["state"].as_str() {
-                    Some("done") => assert_eq!(job["result"]["sha256"], sha.as_str(), "job {id}"),
-                    Some("dead") => panic!("job {id} died: {job}"),
-                    _ => still.push((id, sha)),
-                }
-            }
-            pending = still;
-            if !pending.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        common::wait_all_done(&http, &base, &token, &accepted, Duration::from_secs(60)).await;
         eprintln!(
             "backend SIGKILL with jobs: {} accepted ({before_kill} before the kill), all done with the right hash",
             accepted.len()

@@ -172,3 +172,74 @@ pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Val
     assert!(body["error"]["message"].is_string(), "message in {body}");
     body
 }
+
+/// Registers `email` (password [`PASSWORD`]) on the node at `base` and logs in: (user id, token).
+pub async fn register_and_login(client: &Client, base: &str, email: &str) -> (String, String) {
+    let resp = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"name": "Test User", "email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), StatusCode::CREATED, "register {email}");
+    let user: Value = resp.json().await.expect("user json");
+    let resp = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status(), StatusCode::OK, "login {email}");
+    let body: Value = resp.json().await.expect("login json");
+    (
+        user["id"].as_str().expect("user id").to_string(),
+        body["token"].as_str().expect("token").to_string(),
+    )
+}
+
+/// Polls every accepted job `(id, expected sha256)` until all are `done` with their hash
+/// (panics on a lost or dead job, or after `within`); returns how many took more than one attempt.
+pub async fn wait_all_done(
+    client: &Client,
+    base: &str,
+    token: &str,
+    accepted: &[(String, String)],
+    within: std::time::Duration,
+) -> usize {
+    let deadline = std::time::Instant::now() + within;
+    let mut pending = accepted.to_vec();
+    let mut retried = 0;
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} accepted jobs never finished",
+            pending.len()
+        );
+        let mut still = Vec::new();
+        for (id, sha) in pending {
+            let resp = client
+                .get(format!("{base}/api/v1/jobs/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("get job");
+            assert_eq!(resp.status(), StatusCode::OK, "accepted job {id} lost");
+            let job: Value = resp.json().await.expect("job json");
+            match job["state"].as_str() {
+                Some("done") => {
+                    assert_eq!(job["result"]["sha256"], sha.as_str(), "job {id}");
+                    if job["attempts"].as_u64().unwrap_or(0) > 1 {
+                        retried += 1;
+                    }
+                }
+                Some("dead") => panic!("job {id} died: {job}"),
+                _ => still.push((id, sha)),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    retried
+}
