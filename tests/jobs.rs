@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::GorgonProcess;
@@ -403,48 +401,10 @@ async fn sigkill_with_jobs_running_loses_none_and_leases_reclaim_them() {
 
     // Submissions keep going while the process is killed: those in flight then get no 202 and
     // are not counted; every one that got a 202 must be done in the end.
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let shared = (
-        client.clone(),
-        base.clone(),
-        token.clone(),
-        acknowledged.clone(),
-    );
-    let submissions = (0..300).map(move |n| {
-        let (client, base, token, acknowledged) = shared.clone();
-        async move {
-            let payload = json!({"n": n, "text": format!("job number {n}")});
-            let resp = client
-                .post(format!("{base}/api/v1/jobs"))
-                .bearer_auth(&token)
-                .json(&json!({"kind": "hash", "payload": payload}))
-                .send()
-                .await
-                .ok()?;
-            if resp.status() != StatusCode::ACCEPTED {
-                return None;
-            }
-            let job: Value = resp.json().await.ok()?;
-            acknowledged.fetch_add(1, Ordering::SeqCst);
-            let canonical = format!(r#"{{"n":{n},"text":"job number {n}"}}"#);
-            Some((
-                job["id"].as_str()?.to_string(),
-                sha256_hex(canonical.as_bytes()),
-            ))
-        }
-    });
-    let burst = tokio::spawn(
-        futures::stream::iter(submissions)
-            .buffered(8)
-            .collect::<Vec<_>>(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acknowledged.load(Ordering::SeqCst) < 200 {
-        assert!(Instant::now() < deadline, "the burst is too slow");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let burst = common::JobBurst::start(&client, &base, &token, 300);
+    burst.wait_acknowledged(200, Duration::from_secs(20)).await;
     node.kill9();
-    let accepted: Vec<(String, String)> = burst.await.unwrap().into_iter().flatten().collect();
+    let accepted = burst.finish().await;
     assert!(
         accepted.len() >= 200 && accepted.len() < 300,
         "{}",

@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -997,47 +997,13 @@ async fn backend_killed_mid_burst_of_jobs_finishes_every_accepted_job() {
         let base = d.base.clone();
         let (_, token) = user(&base, "jobs@example.com").await;
         let http = client(Duration::from_secs(30));
-        let acknowledged = Arc::new(AtomicUsize::new(0));
-        let shared = (http.clone(), base.clone(), token.clone(), acknowledged.clone());
-        let submissions = (0..240).map(move |n| {
-            let (http, base, token, acknowledged) = shared.clone();
-            async move {
-                let resp = http
-                    .post(format!("{base}/api/v1/jobs"))
-                    .bearer_auth(&token)
-                    .json(&json!({"kind": "hash", "payload": {"n": n}}))
-                    .send()
-                    .await
-                    .ok()?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return None;
-                }
-                let job: Value = resp.json().await.ok()?;
-                acknowledged.fetch_add(1, Ordering::SeqCst);
-                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                    format!(r#"{{"n":{n}}}"#).as_bytes(),
-                ));
-                Some((job["id"].as_str()?.to_string(), sha))
-            }
-        });
-        let burst = tokio::spawn(
-            futures::stream::iter(submissions)
-                .buffered(8)
-                .collect::<Vec<_>>(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acknowledged.load(Ordering::SeqCst) < 80 {
-            assert!(Instant::now() < deadline, "the burst is too slow");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let before_kill = acknowledged.load(Ordering::SeqCst);
+        let burst = common::JobBurst::start(&http, &base, &token, 240);
+        burst.wait_acknowledged(80, Duration::from_secs(30)).await;
+        let before_kill = burst.acknowledged();
         d.kill_backend();
         d.restart_backend();
         // Submissions made while the backend was down wait in Redis and are accepted after.
-        let accepted: Vec<(String, String)> =
-            burst.await.expect("burst").into_iter().flatten().collect();
-        let ids: HashSet<&str> = accepted.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids.len(), accepted.len(), "every acknowledgement is its own job");
+        let accepted = burst.finish().await;
         assert!(accepted.len() > before_kill, "jobs were accepted after the restart too");
 
         common::wait_all_done(&http, &base, &token, &accepted, Duration::from_secs(60)).await;

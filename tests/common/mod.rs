@@ -243,3 +243,81 @@ pub async fn wait_all_done(
     }
     retried
 }
+
+/// A burst of `hash` jobs `{"n": n}` submitted 8 at a time; a job counts once it got its 202.
+pub struct JobBurst {
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<Vec<Option<(String, String)>>>,
+}
+
+impl JobBurst {
+    pub fn start(client: &Client, base: &str, token: &str, jobs: usize) -> JobBurst {
+        use futures::StreamExt;
+        let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shared = (
+            client.clone(),
+            base.to_string(),
+            token.to_string(),
+            acknowledged.clone(),
+        );
+        let submissions = (0..jobs).map(move |n| {
+            let (client, base, token, acknowledged) = shared.clone();
+            async move {
+                let resp = client
+                    .post(format!("{base}/api/v1/jobs"))
+                    .bearer_auth(&token)
+                    .json(&json!({"kind": "hash", "payload": {"n": n}}))
+                    .send()
+                    .await
+                    .ok()?;
+                if resp.status() != StatusCode::ACCEPTED {
+                    return None;
+                }
+                let job: Value = resp.json().await.ok()?;
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The hash job digests the payload's canonical JSON.
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    format!(r#"{{"n":{n}}}"#).as_bytes(),
+                ));
+                Some((job["id"].as_str()?.to_string(), sha))
+            }
+        });
+        let task = tokio::spawn(futures::stream::iter(submissions).buffered(8).collect());
+        JobBurst { acknowledged, task }
+    }
+
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` jobs were acknowledged (panics after `within`).
+    pub async fn wait_acknowledged(&self, n: usize, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.acknowledged() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the burst is too slow"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every acknowledged job as (id, expected sha256), once all submissions ended.
+    pub async fn finish(self) -> Vec<(String, String)> {
+        let accepted: Vec<_> = self
+            .task
+            .await
+            .expect("burst")
+            .into_iter()
+            .flatten()
+            .collect();
+        let ids: std::collections::HashSet<&str> =
+            accepted.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            accepted.len(),
+            "every acknowledgement is its own job"
+        );
+        accepted
+    }
+}
