@@ -114,12 +114,8 @@ pub struct RunArgs {
     /// MongoDB URI for the shared store (not in this build yet).
     #[arg(long, env = "GORGON_MONGODB_URI")]
     pub mongodb: Option<String>,
-    /// Address of this node's cluster listener (not in this build yet).
-    #[arg(long, env = "GORGON_CLUSTER_LISTEN")]
-    pub cluster_listen: Option<String>,
-    /// Seed nodes to join (not in this build yet).
-    #[arg(long, env = "GORGON_JOIN", value_delimiter = ',')]
-    pub join: Vec<String>,
+    #[command(flatten)]
+    pub cluster: ClusterTuning,
     /// Creates (or promotes) this admin at start-up; needs --admin-password.
     #[arg(long, env = "GORGON_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -273,6 +269,40 @@ impl QueueTuning {
             inflight: self.queue_inflight.clamp(1, 100_000),
         }
     }
+}
+
+/// Joining other nodes with `ractor_cluster` (see `src/cluster/`).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterTuning {
+    /// Address of this node's cluster listener (`HOST:PORT`); other nodes join through it.
+    #[arg(long, env = "GORGON_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// Seed nodes to join (`HOST:PORT,…`): one live seed is enough, the others are found
+    /// through it. Seeds that are down are dialled again until they answer.
+    #[arg(long, env = "GORGON_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Shared secret of the cluster. Required for a listener on a non-loopback address.
+    #[arg(long, env = "GORGON_CLUSTER_COOKIE", hide_env_values = true)]
+    pub cluster_cookie: Option<String>,
+    /// Name of this node in the cluster (default: `gorgon-<port>@<host>`-style, from the listener).
+    #[arg(long, env = "GORGON_CLUSTER_NODE_NAME")]
+    pub cluster_node_name: Option<String>,
+    /// How long one direct call to another node may take before another member is tried.
+    #[arg(long, env = "GORGON_CLUSTER_CALL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub cluster_call_timeout: Duration,
+    /// Members tried for one direct call (the first included).
+    #[arg(long, env = "GORGON_CLUSTER_CALL_ATTEMPTS", default_value_t = 3)]
+    pub cluster_call_attempts: u32,
+    /// How often each node pings every peer; also how often lost seeds are dialled again.
+    #[arg(long, env = "GORGON_CLUSTER_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub cluster_heartbeat: Duration,
+    /// Missed pings after which a peer counts as unresponsive: no calls are routed to it and its
+    /// session is dropped (a hung process keeps its TCP connection open).
+    #[arg(long, env = "GORGON_CLUSTER_MISSED_PINGS", default_value_t = 3)]
+    pub cluster_missed_pings: u32,
+    /// How long start-up waits for the seeds before going on alone (seeds are dialled again later).
+    #[arg(long, env = "GORGON_CLUSTER_JOIN_WAIT", default_value = "3s", value_parser = parse_duration)]
+    pub cluster_join_wait: Duration,
 }
 
 /// External providers: signed ingest and outbound webhooks.

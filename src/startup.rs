@@ -22,6 +22,7 @@ use crate::actors::store::{self as store_role, StoreHandler, StoreProtocol};
 use crate::actors::web::{WebActor, WebArgs};
 use crate::actors::{RoleActor, RoleArgs};
 use crate::bus::{Bus, RedisLink, Role};
+use crate::cluster::{ClusterConfig, ClusterLink, LocalNode};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName};
 use crate::http::HttpState;
@@ -37,9 +38,12 @@ pub struct Node {
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
     redis: Option<Arc<RedisLink>>,
+    cluster: Option<Arc<ClusterLink>>,
     /// The app role's job workers, when this node runs the app role and any workers.
     workers: Option<WorkerPool>,
     upkeep: JoinHandle<()>,
+    /// Closes each second of traffic into the stats history.
+    stats_clock: JoinHandle<()>,
     stop_timeout: Duration,
 }
 
@@ -75,19 +79,52 @@ impl Node {
 
     /// Like [`Node::start`], with the job kinds of `jobs` (the app role runs them).
     pub async fn start_with(args: RunArgs, jobs: JobRegistry) -> anyhow::Result<Node> {
-        crate::cluster::check_supported(&args).map_err(anyhow::Error::msg)?;
+        crate::cluster::check_supported(args.mongodb.as_deref()).map_err(anyhow::Error::msg)?;
+        // ractor_cluster brings rustls with aws-lc-rs, redis and reqwest with ring: rustls then
+        // needs the process's provider chosen once (a second install is a harmless error).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = crate::telemetry::metrics();
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
         let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+        let cluster_config =
+            ClusterConfig::from_args(&args.cluster, &node_id).map_err(anyhow::Error::msg)?;
         let redis = match args.redis_config() {
             Some(config) => Some(RedisLink::connect(config, &node_id).await?),
             None => None,
         };
-        let bus = match &redis {
-            Some(link) => Bus::with_redis(args.bus_config(), link.clone()),
-            None => Bus::new(args.bus_config()),
-        };
         let roles = &args.roles;
+        let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
+        let local_node = Arc::new(LocalNode {
+            node_id: node_id.clone(),
+            roles: roles.0.clone(),
+            started: std::time::Instant::now(),
+            started_at: chrono::Utc::now(),
+            cluster_addr: cluster_config
+                .as_ref()
+                .map(|c| c.advertised())
+                .unwrap_or_default(),
+            stats: stats_hub.clone(),
+            redis: redis.clone(),
+            http_addr: Default::default(),
+        });
+        let cluster = match cluster_config {
+            Some(config) => Some(ClusterLink::start(config, local_node.clone()).await?),
+            None => None,
+        };
+        if let Some(link) = &cluster {
+            let others = link.embedded_stores();
+            if roles.contains(Role::Store) && !others.is_empty() {
+                link.close().await;
+                anyhow::bail!(
+                    "the store role already runs on {} with its embedded database; a cluster \
+                     on the embedded store has exactly one store node (scale the store out with \
+                     a shared backend instead). Start this node without the store role.",
+                    others.join(", ")
+                );
+            }
+        }
+        let stats_clock = stats_hub.start_clock();
+        let bus = Bus::with_transports(args.bus_config(), redis.clone(), cluster.clone());
         let concurrency = args.tuning.role_concurrency;
         let mut actors = Vec::new();
 
@@ -167,7 +204,6 @@ impl Node {
                 ));
             }
         }
-        let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
         if roles.contains(Role::Stats) {
             spawn(
                 &mut actors,
@@ -229,6 +265,28 @@ impl Node {
             }
             link.relay_events(bus.clone());
         }
+        if let Some(link) = &cluster {
+            // Other nodes send this node's roles their direct requests (and, without Redis, all).
+            let local = |role| roles.contains(role);
+            if local(Role::Store) {
+                link.serve::<StoreProtocol>(bus.clone(), concurrency)
+                    .await?;
+            }
+            if local(Role::Auth) {
+                link.serve::<AuthProtocol>(bus.clone(), concurrency).await?;
+            }
+            if local(Role::App) {
+                link.serve::<AppProtocol>(bus.clone(), concurrency).await?;
+            }
+            if local(Role::Provider) {
+                link.serve::<ProviderProtocol>(bus.clone(), concurrency)
+                    .await?;
+            }
+            if local(Role::Stats) {
+                link.serve::<StatsProtocol>(bus.clone(), concurrency)
+                    .await?;
+            }
+        }
         if let Some(email) = &args.admin_email {
             if roles.contains(Role::Store) {
                 bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
@@ -241,8 +299,11 @@ impl Node {
             let listener = TcpListener::bind(&args.listen)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             listener.set_nonblocking(true)?;
-            addr = Some(listener.local_addr()?);
+            let bound = listener.local_addr()?;
+            addr = Some(bound);
+            let _ = local_node.http_addr.set(bound);
             let state = HttpState {
+                node: local_node.clone(),
                 bus: bus.clone(),
                 limits: args.http_limits(),
                 metrics,
@@ -266,6 +327,7 @@ impl Node {
             roles = ?roles.0.iter().map(|r| r.name()).collect::<Vec<_>>(),
             addr = ?addr,
             redis = redis.is_some(),
+            cluster = cluster.is_some(),
             data = %args.data.display(),
             "node started"
         );
@@ -276,8 +338,10 @@ impl Node {
             store,
             hub,
             redis,
+            cluster,
             workers,
             upkeep,
+            stats_clock,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
     }
@@ -296,6 +360,10 @@ impl Node {
         tracing::info!("shutting down");
         if let Some(hub) = &self.hub {
             hub.close();
+        }
+        if let Some(link) = &self.cluster {
+            // Peers stop routing here at once; requests they already sent are finished.
+            link.leave(self.stop_timeout).await;
         }
         for role in STOP_ORDER {
             if role == Role::Provider {
@@ -329,7 +397,11 @@ impl Node {
         if let Some(link) = self.redis.take() {
             link.close().await;
         }
+        if let Some(link) = self.cluster.take() {
+            link.close().await;
+        }
         self.upkeep.abort();
+        self.stats_clock.abort();
         tracing::info!("stopped");
     }
 }

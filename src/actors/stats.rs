@@ -74,6 +74,24 @@ impl StatsHub {
         })
     }
 
+    /// Closes each second into the history, on every node (with or without the stats role: a
+    /// web-only node's traffic is what the cluster's figures add up).
+    pub fn start_clock(self: &Arc<Self>) -> JoinHandle<()> {
+        let hub = self.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                let second_start = Utc::now() - chrono::Duration::seconds(1);
+                tick.tick().await;
+                hub.close_second(second_start);
+                metrics::gauge!("gorgon_node_uptime_seconds").set(started.elapsed().as_secs_f64());
+            }
+        })
+    }
+
     /// Counts one answered request.
     pub fn record(&self, latency: Duration, server_error: bool) {
         let seconds = latency.as_secs_f64();
@@ -246,7 +264,6 @@ pub struct StatsState {
     started: Instant,
     started_at: DateTime<Utc>,
     hub: Arc<StatsHub>,
-    ticker: JoinHandle<()>,
 }
 
 impl Actor for StatsActor {
@@ -262,18 +279,6 @@ impl Actor for StatsActor {
         args.bus.join(Role::Stats, myself.get_cell());
         metrics::gauge!("gorgon_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let started = Instant::now();
-        let hub = args.hub.clone();
-        let ticker = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                let second_start = Utc::now() - chrono::Duration::seconds(1);
-                tick.tick().await;
-                hub.close_second(second_start);
-                metrics::gauge!("gorgon_node_uptime_seconds").set(started.elapsed().as_secs_f64());
-            }
-        });
         Ok(StatsState {
             bus: args.bus,
             node_id: args.node_id,
@@ -281,7 +286,6 @@ impl Actor for StatsActor {
             started,
             started_at: Utc::now(),
             hub: args.hub,
-            ticker,
         })
     }
 
@@ -336,7 +340,6 @@ impl Actor for StatsActor {
         state: &mut StatsState,
     ) -> Result<(), ActorProcessingErr> {
         state.bus.leave(Role::Stats, myself.get_cell());
-        state.ticker.abort();
         Ok(())
     }
 }

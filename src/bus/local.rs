@@ -16,6 +16,10 @@ pub enum RoleMessage<P: Protocol> {
     },
 }
 
+// In-process only (a reply port cannot cross a socket): never announced to cluster peers; the
+// role's gateway (`crate::cluster::gateway`) is.
+impl<P: Protocol> ractor::Message for RoleMessage<P> {}
+
 pub(super) fn has_members(bus: &Bus, role: Role) -> bool {
     !ractor::pg::get_scoped_local_members(bus.scope(), &role.group()).is_empty()
 }

@@ -11,9 +11,10 @@
 //!
 //! In one process, instances are local `ractor` actors found in the node's process groups
 //! (`role:{name}`, scoped per node so several nodes can share a test process). A role that is
-//! not in this process is reached through Redis mailboxes ([`redis`], with `--redis`): the
-//! request is serialized onto the role's queue and the reply comes back on this node's reply
-//! list. Local instances are always preferred; the roles never know which path was taken.
+//! not in this process is reached through another node of the cluster (`crate::cluster`, with
+//! `--cluster-listen`: direct requests, node to node) or through Redis mailboxes ([`redis`], with
+//! `--redis`: durable requests on the role's queue, replies on this node's reply channel).
+//! Local instances are always preferred; the roles never know which path was taken.
 
 mod event;
 mod local;
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::cluster::ClusterLink;
 use crate::error::{Error, Result};
 
 /// The roles of the design, by name.
@@ -96,6 +98,13 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// The path one request takes.
+enum Transport<'a> {
+    Local,
+    Cluster(&'a Arc<ClusterLink>),
+    Redis(&'a Arc<RedisLink>),
+}
+
 /// How a request must be delivered (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -147,20 +156,36 @@ struct BusInner {
     round_robin: [AtomicUsize; Role::ALL.len()],
     /// The way to roles in other processes, when the node runs with `--redis`.
     redis: Option<Arc<RedisLink>>,
+    /// Other nodes of a `ractor_cluster`, when the node runs with `--cluster-listen`.
+    cluster: Option<Arc<ClusterLink>>,
 }
 
 impl Bus {
     /// A bus for one process: every role it calls must be local.
     pub fn new(config: BusConfig) -> Self {
-        Self::build(config, None)
+        Self::build(config, None, None)
     }
 
     /// A bus that reaches roles missing from this process through Redis.
     pub fn with_redis(config: BusConfig, link: Arc<RedisLink>) -> Self {
-        Self::build(config, Some(link))
+        Self::build(config, Some(link), None)
     }
 
-    fn build(config: BusConfig, redis: Option<Arc<RedisLink>>) -> Self {
+    /// A bus with every transport this node has: direct requests for roles missing here go to
+    /// another cluster node, durable ones through Redis (or the cluster when there is no Redis).
+    pub fn with_transports(
+        config: BusConfig,
+        redis: Option<Arc<RedisLink>>,
+        cluster: Option<Arc<ClusterLink>>,
+    ) -> Self {
+        Self::build(config, redis, cluster)
+    }
+
+    fn build(
+        config: BusConfig,
+        redis: Option<Arc<RedisLink>>,
+        cluster: Option<Arc<ClusterLink>>,
+    ) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(16));
         Bus {
             inner: Arc::new(BusInner {
@@ -169,12 +194,17 @@ impl Bus {
                 events,
                 round_robin: Default::default(),
                 redis,
+                cluster,
             }),
         }
     }
 
     pub fn redis(&self) -> Option<&Arc<RedisLink>> {
         self.inner.redis.as_ref()
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
+        self.inner.cluster.as_ref()
     }
 
     pub fn config(&self) -> &BusConfig {
@@ -184,16 +214,16 @@ impl Bus {
     /// Sends `request` to an instance of `P::ROLE` and waits for its reply.
     pub async fn call<P: Protocol>(&self, request: P::Request) -> Result<P::Reply> {
         let kind = P::kind(&request);
-        let timeout = match P::delivery(&request) {
+        let delivery = P::delivery(&request);
+        let timeout = match delivery {
             Delivery::Direct => self.inner.config.direct_timeout,
             Delivery::Durable => self.inner.config.durable_timeout,
         };
         let started = std::time::Instant::now();
-        let (transport, result) = match &self.inner.redis {
-            Some(link) if !local::has_members(self, P::ROLE) => {
-                ("redis", link.call::<P>(request, timeout).await)
-            }
-            _ => ("local", local::call::<P>(self, request, timeout).await),
+        let (transport, result) = match self.route(P::ROLE, delivery) {
+            Transport::Local => ("local", local::call::<P>(self, request, timeout).await),
+            Transport::Cluster(link) => ("cluster", link.call::<P>(&request, timeout).await),
+            Transport::Redis(link) => ("redis", link.call::<P>(request, timeout).await),
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -216,6 +246,36 @@ impl Bus {
         )
         .increment(1);
         result
+    }
+
+    /// Where a request for `role` goes: a local instance first; else a direct request to another
+    /// cluster node; else Redis (durable work always, when the node has it); else the cluster.
+    fn route(&self, role: Role, delivery: Delivery) -> Transport<'_> {
+        if local::has_members(self, role) {
+            return Transport::Local;
+        }
+        let cluster = self
+            .inner
+            .cluster
+            .as_ref()
+            .filter(|link| link.has_member(role));
+        match (delivery, cluster, &self.inner.redis) {
+            (Delivery::Direct, Some(link), _) => Transport::Cluster(link),
+            (_, _, Some(link)) => Transport::Redis(link),
+            (_, Some(link), None) => Transport::Cluster(link),
+            // Answers "unavailable" from the in-process path.
+            (_, None, None) => Transport::Local,
+        }
+    }
+
+    /// Calls a local instance of `P::ROLE` only (how requests from other processes are handed
+    /// to this node's roles).
+    pub(crate) async fn call_local<P: Protocol>(
+        &self,
+        request: P::Request,
+        timeout: Duration,
+    ) -> Result<P::Reply> {
+        local::call::<P>(self, request, timeout).await
     }
 
     /// Fans an event out to every subscriber, on this node and (with Redis) on every other;
@@ -246,7 +306,13 @@ impl Bus {
     /// Whether `role` can be reached from this node: in this process, or through a Redis that
     /// answers (where a consumer of the role may be).
     pub fn has_role(&self, role: Role) -> bool {
-        self.has_local(role) || self.inner.redis.as_ref().is_some_and(|l| l.is_healthy())
+        self.has_local(role)
+            || self
+                .inner
+                .cluster
+                .as_ref()
+                .is_some_and(|link| link.has_member(role))
+            || self.inner.redis.as_ref().is_some_and(|l| l.is_healthy())
     }
 
     /// Registers a local actor as an instance of `role`.

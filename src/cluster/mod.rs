@@ -1,27 +1,600 @@
-//! Clustering: nodes joined with `ractor_cluster`.
+//! Clustering: nodes joined with `ractor_cluster`, so direct calls go node to node.
 //!
-//! Not in this build yet: a node's roles talk through the in-process bus, and to roles in other
-//! processes through Redis mailboxes (`src/bus/redis/`). The flags `--cluster-listen`, `--join`
-//! and `--mongodb` are accepted by the command line so that configuration is stable, and refused
-//! at start-up with a clear message rather than silently ignored.
+//! With `--cluster-listen` a node runs a `ractor_cluster` node server and dials its `--join`
+//! seeds. What it offers the others:
+//!
+//! - a **role gateway** ([`gateway`]) per local role, in the process group `role:{name}` of the
+//!   scope [`CLUSTER_SCOPE`]: the bus sends direct requests (reads, token checks) for a role this
+//!   node lacks to one of them, local first then round-robin, with a timeout and another member
+//!   on failure ([`ClusterLink::call`]);
+//! - a **node agent** ([`agent`]) in `gorgon:nodes`, which answers each peer's heartbeat with this
+//!   node's summary ([`NodeSummary`]): `GET /api/v1/cluster` and the stats role read them.
+//!
+//! Durable work (writes, jobs) keeps going through Redis when the node has `--redis`: a reliable
+//! queue survives the loss of a node, a call in flight does not. Without Redis, durable requests
+//! cross the cluster too (a 2xx still means committed; a request cut by a crash fails instead of
+//! being redelivered). Membership, seeds and heartbeats are in [`membership`].
+//!
+//! Security: nodes authenticate with a shared cookie (a challenge/response; the cookie itself is
+//! never sent). Traffic between nodes is not encrypted: `ractor_cluster`'s TLS is experimental
+//! and its transitive dialling (how a node finds the peers of its seed) is always plain TCP, so
+//! this build does not offer TLS. Run a cluster on a private network, with a long random cookie.
 
-use crate::configuration::RunArgs;
+pub mod agent;
+pub mod gateway;
+pub mod membership;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+
+use crate::actors::stats::{quantile_ms, Interval, StatsHub};
+use crate::bus::{Bus, Delivery, Protocol, RedisLink, Role};
+use crate::configuration::ClusterTuning;
+use crate::error::{Error, Result};
+use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
+
+/// The `ractor::pg` scope of everything the cluster shares.
+pub const CLUSTER_SCOPE: &str = "gorgon-cluster";
+/// The process group of the node agents.
+pub const NODES_GROUP: &str = "gorgon:nodes";
+/// The cookie of a loopback-only cluster started without one.
+const LOOPBACK_COOKIE: &str = "gorgon-loopback-only";
+
+/// Validated cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub listen: SocketAddr,
+    /// The host peers dial to reach this node (the listener's address).
+    pub advertise_host: String,
+    pub seeds: Vec<String>,
+    pub cookie: String,
+    /// This node's name (unique per start: the node id).
+    pub node_name: String,
+    pub call_timeout: Duration,
+    pub call_attempts: u32,
+    pub heartbeat: Duration,
+    pub missed_pings: u32,
+    pub join_wait: Duration,
+}
+
+impl ClusterConfig {
+    /// The settings of `--cluster-listen` and friends, `None` when the node is not clustered.
+    pub fn from_args(
+        args: &ClusterTuning,
+        node_id: &str,
+    ) -> std::result::Result<Option<ClusterConfig>, String> {
+        let Some(listen) = &args.cluster_listen else {
+            if args.join.is_empty() {
+                return Ok(None);
+            }
+            return Err("--join needs --cluster-listen: peers dial each other both ways".into());
+        };
+        let listen = listen
+            .to_socket_addrs()
+            .map_err(|e| format!("--cluster-listen {listen}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--cluster-listen {listen}: no address"))?;
+        if listen.ip().is_unspecified() {
+            return Err(format!(
+                "--cluster-listen {listen}: give the address peers reach this node at, not a wildcard"
+            ));
+        }
+        let cookie = match args.cluster_cookie.as_deref().map(str::trim) {
+            Some(cookie) if !cookie.is_empty() => cookie.to_string(),
+            _ if listen.ip().is_loopback() => LOOPBACK_COOKIE.to_string(),
+            _ => return Err(format!(
+                "--cluster-listen {listen} is not a loopback address: set GORGON_CLUSTER_COOKIE \
+                     (a long random secret shared by every node) so strangers cannot join"
+            )),
+        };
+        let seeds: Vec<String> = args
+            .join
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for seed in &seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("--join {seed}: expected HOST:PORT"));
+            }
+        }
+        Ok(Some(ClusterConfig {
+            listen,
+            advertise_host: listen.ip().to_string(),
+            seeds,
+            cookie,
+            node_name: args
+                .cluster_node_name
+                .clone()
+                .unwrap_or_else(|| node_id.to_string()),
+            call_timeout: args.cluster_call_timeout.max(Duration::from_millis(10)),
+            call_attempts: args.cluster_call_attempts.max(1),
+            heartbeat: args.cluster_heartbeat.max(Duration::from_millis(50)),
+            missed_pings: args.cluster_missed_pings.max(1),
+            join_wait: args.cluster_join_wait,
+        }))
+    }
+
+    /// `host:port` as peers see it.
+    pub fn advertised(&self) -> String {
+        format!("{}:{}", self.advertise_host, self.listen.port())
+    }
+}
+
+/// One node as the cluster sees it (answered by its agent once per heartbeat).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeSummary {
+    pub node_id: String,
+    /// `host:port` of its cluster listener.
+    pub cluster_addr: String,
+    /// Its HTTP address, when it runs the web role.
+    pub http_addr: Option<String>,
+    pub roles: Vec<String>,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub uptime_seconds: f64,
+    /// "ok", or what is wrong ("redis unreachable").
+    pub health: String,
+    /// "embedded" when the node runs the store role on its embedded database.
+    pub store_backend: Option<String>,
+    /// The node's HTTP traffic, one entry a second, oldest first.
+    pub recent: Vec<Interval>,
+}
+
+/// How this node answers for itself.
+pub struct LocalNode {
+    pub node_id: String,
+    pub roles: Vec<Role>,
+    pub started: Instant,
+    pub started_at: DateTime<Utc>,
+    pub cluster_addr: String,
+    pub stats: Arc<StatsHub>,
+    pub redis: Option<Arc<RedisLink>>,
+    pub http_addr: OnceLock<SocketAddr>,
+}
+
+impl LocalNode {
+    pub fn summary(&self, seconds: usize) -> NodeSummary {
+        let (recent, _) = self.stats.history(seconds);
+        let health = match &self.redis {
+            Some(link) if !link.is_healthy() => "redis unreachable".to_string(),
+            _ => "ok".to_string(),
+        };
+        NodeSummary {
+            node_id: self.node_id.clone(),
+            cluster_addr: self.cluster_addr.clone(),
+            http_addr: self.http_addr.get().map(|a| a.to_string()),
+            roles: self.roles.iter().map(|r| r.name().to_string()).collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            health,
+            store_backend: self
+                .roles
+                .contains(&Role::Store)
+                .then(|| "embedded".to_string()),
+            recent,
+        }
+    }
+}
+
+/// A node in `GET /api/v1/cluster`: its own summary and how this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMember {
+    #[serde(flatten)]
+    pub summary: NodeSummary,
+    /// True for the node that answered this request.
+    pub this_node: bool,
+    /// "ok", or "unresponsive" while it misses heartbeats.
+    pub reachable: String,
+    /// Seconds since it last answered a heartbeat (0 for this node).
+    pub last_seen_seconds: f64,
+}
+
+/// Cluster-wide figures: the nodes' last seconds of HTTP traffic added up.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterFigures {
+    pub nodes: usize,
+    pub healthy_nodes: usize,
+    /// Requests answered per second across every web node (average of the last full seconds).
+    pub requests_per_second: f64,
+    pub errors_per_second: f64,
+    /// Latency quantiles of all those requests together.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// `GET /api/v1/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    /// False when this node was started without `--cluster-listen` (it is its own cluster).
+    pub clustered: bool,
+    pub nodes: Vec<ClusterMember>,
+    pub totals: ClusterFigures,
+}
+
+impl ClusterView {
+    /// A node that is not clustered: itself only.
+    pub fn single(local: &LocalNode) -> ClusterView {
+        let member = ClusterMember {
+            summary: local.summary(membership::RECENT_SECONDS as usize),
+            this_node: true,
+            reachable: "ok".into(),
+            last_seen_seconds: 0.0,
+        };
+        ClusterView::from_members(false, vec![member])
+    }
+
+    fn from_members(clustered: bool, nodes: Vec<ClusterMember>) -> ClusterView {
+        let totals = totals(&nodes);
+        ClusterView {
+            clustered,
+            nodes,
+            totals,
+        }
+    }
+}
+
+fn totals(nodes: &[ClusterMember]) -> ClusterFigures {
+    let mut buckets: Vec<u64> = Vec::new();
+    let (mut requests, mut errors, mut seconds) = (0u64, 0u64, 0usize);
+    for node in nodes {
+        seconds = seconds.max(node.summary.recent.len());
+        for second in &node.summary.recent {
+            requests += second.requests;
+            errors += second.errors;
+            if buckets.len() < second.buckets.len() {
+                buckets.resize(second.buckets.len(), 0);
+            }
+            for (sum, count) in buckets.iter_mut().zip(&second.buckets) {
+                *sum += count;
+            }
+        }
+    }
+    let per_second = |n: u64| {
+        if seconds == 0 {
+            0.0
+        } else {
+            n as f64 / seconds as f64
+        }
+    };
+    ClusterFigures {
+        nodes: nodes.len(),
+        healthy_nodes: nodes
+            .iter()
+            .filter(|n| n.reachable == "ok" && n.summary.health == "ok")
+            .count(),
+        requests_per_second: per_second(requests),
+        errors_per_second: per_second(errors),
+        p50_ms: quantile_ms(&buckets, 0.5),
+        p99_ms: quantile_ms(&buckets, 0.99),
+    }
+}
+
+/// This node's place in the cluster.
+pub struct ClusterLink {
+    config: Arc<ClusterConfig>,
+    local: Arc<LocalNode>,
+    server: ActorRef<NodeServerMessage>,
+    peers: Arc<membership::Peers>,
+    round_robin: [AtomicUsize; Role::ALL.len()],
+    /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
+    actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
+    server_handle: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl ClusterLink {
+    /// Starts the node server and the node agent, dials the seeds and waits (up to
+    /// `join_wait`) until each has a session and the peers' summaries are in.
+    pub async fn start(config: ClusterConfig, local: Arc<LocalNode>) -> anyhow::Result<Arc<Self>> {
+        let config = Arc::new(config);
+        let server = NodeServer::new(
+            config.listen.port(),
+            config.cookie.clone(),
+            config.node_name.clone(),
+            config.advertise_host.clone(),
+            None,
+            Some(NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(config.listen.ip());
+        let (server, server_handle) = Actor::spawn(None, server, ())
+            .await
+            .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
+        let peers = Arc::new(membership::Peers::default());
+        let (stop, _) = watch::channel(false);
+        let watcher = membership::watch_sessions(&server, peers.clone(), stop.subscribe())
+            .map_err(|e| anyhow::anyhow!("cannot watch cluster sessions: {e}"))?;
+        let (agent, agent_handle) = Actor::spawn(None, agent::NodeAgent, local.clone())
+            .await
+            .context("the cluster node agent failed to start")?;
+        let link = Arc::new(ClusterLink {
+            config: config.clone(),
+            local,
+            server: server.clone(),
+            peers: peers.clone(),
+            round_robin: Default::default(),
+            actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
+            server_handle: Mutex::new(Some(server_handle)),
+            tasks: Mutex::new(vec![watcher]),
+            stop,
+        });
+        if let Err(e) = link.join_seeds().await {
+            link.close().await;
+            return Err(e);
+        }
+        let heartbeat = tokio::spawn(membership::run(
+            config.clone(),
+            server,
+            peers,
+            link.stop.subscribe(),
+        ));
+        link.tasks.lock().push(heartbeat);
+        tracing::info!(
+            listen = %config.listen,
+            name = %config.node_name,
+            seeds = ?config.seeds,
+            peers = link.peers.list().len(),
+            "cluster node started"
+        );
+        Ok(link)
+    }
+
+    /// Dials the seeds and waits for their sessions and summaries, or for `join_wait`. Fails when
+    /// every seed refused this node's cookie (a configuration error no retry will fix).
+    async fn join_seeds(&self) -> anyhow::Result<()> {
+        if self.config.seeds.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.join_wait;
+        membership::dial_missing_seeds_once(&self.server, &self.config).await;
+        loop {
+            let sessions = membership::sessions(&self.server).await.unwrap_or_default();
+            let summaries = self
+                .peers
+                .list()
+                .iter()
+                .filter(|p| p.summary.is_some())
+                .count();
+            if !sessions.is_empty() && summaries >= sessions.len() {
+                return Ok(());
+            }
+            if sessions.is_empty() && self.peers.refused() >= self.config.seeds.len() {
+                anyhow::bail!(
+                    "the cluster seeds {:?} refused this node during authentication: \
+                     GORGON_CLUSTER_COOKIE differs from theirs",
+                    self.config.seeds
+                );
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    seeds = ?self.config.seeds,
+                    "no cluster seed answered yet: starting alone, they will be dialled again"
+                );
+                return Ok(());
+            }
+            self.refresh().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One heartbeat round now (start-up wants the peers' summaries before going on).
+    async fn refresh(&self) {
+        if let Some(sessions) = membership::sessions(&self.server).await {
+            membership::refresh_now(&self.config, &self.peers, sessions).await;
+        }
+    }
+
+    /// Offers the local role `P` to the cluster.
+    pub async fn serve<P: Protocol>(&self, bus: Bus, concurrency: usize) -> anyhow::Result<()> {
+        let (gateway, handle) = Actor::spawn(
+            None,
+            RoleGateway::<P>::default(),
+            GatewayArgs { bus, concurrency },
+        )
+        .await
+        .with_context(|| format!("the {} role's cluster gateway failed to start", P::ROLE))?;
+        self.actors.lock().push((gateway.get_cell(), handle));
+        Ok(())
+    }
+
+    pub fn local(&self) -> &Arc<LocalNode> {
+        &self.local
+    }
+
+    /// Remote gateways of `role` on peers that answer their heartbeats (if none does, all).
+    fn members(&self, role: Role) -> Vec<ActorCell> {
+        let all: Vec<ActorCell> =
+            ractor::pg::get_scoped_members(&CLUSTER_SCOPE.to_string(), &role.group())
+                .into_iter()
+                .filter(|cell| !cell.get_id().is_local())
+                .collect();
+        let healthy: Vec<ActorCell> = all
+            .iter()
+            .filter(|cell| !self.peers.is_suspect(cell.get_id().node()))
+            .cloned()
+            .collect();
+        if healthy.is_empty() {
+            all
+        } else {
+            healthy
+        }
+    }
+
+    /// Whether some other node offers `role`.
+    pub fn has_member(&self, role: Role) -> bool {
+        !self.members(role).is_empty()
+    }
+
+    /// Sends `request` to a remote instance of `P::ROLE`. A direct request that times out or
+    /// whose node goes away is tried on another member, up to `call_attempts`, within `timeout`.
+    pub async fn call<P: Protocol>(
+        &self,
+        request: &P::Request,
+        timeout: Duration,
+    ) -> Result<P::Reply> {
+        let bytes = serde_json::to_vec(request)
+            .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
+        let direct = P::delivery(request) == Delivery::Direct;
+        let attempts = if direct { self.config.call_attempts } else { 1 };
+        let deadline = Instant::now() + timeout;
+        let mut tried: Vec<ActorCell> = Vec::new();
+        let mut last =
+            Error::Unavailable(format!("no {} role is reachable in the cluster", P::ROLE));
+        for attempt in 0..attempts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let members = self.members(P::ROLE);
+            let fresh: Vec<&ActorCell> = members
+                .iter()
+                .filter(|m| !tried.iter().any(|t| t.get_id() == m.get_id()))
+                .collect();
+            let pool: Vec<&ActorCell> = if fresh.is_empty() {
+                members.iter().collect()
+            } else {
+                fresh
+            };
+            if pool.is_empty() {
+                break;
+            }
+            let slot = &self.round_robin[P::ROLE as usize];
+            let cell = pool[slot.fetch_add(1, Ordering::Relaxed) % pool.len()].clone();
+            if attempt > 0 {
+                metrics::counter!("gorgon_cluster_call_retries_total", "role" => P::ROLE.name())
+                    .increment(1);
+            }
+            let per_call = if direct {
+                self.config.call_timeout.min(left)
+            } else {
+                left
+            };
+            let gateway: ActorRef<GatewayMessage> = cell.clone().into();
+            let payload = bytes.clone();
+            match gateway
+                .call(|port| GatewayMessage::Call(payload, port), Some(per_call))
+                .await
+            {
+                Ok(CallResult::Success(reply)) => {
+                    return gateway::decode_reply::<P::Reply>(P::ROLE.name(), &reply)
+                }
+                Ok(CallResult::Timeout) => {
+                    last = Error::Timeout(format!(
+                        "the {} role on another node did not answer within {} ms",
+                        P::ROLE,
+                        per_call.as_millis()
+                    ));
+                }
+                Ok(CallResult::SenderError) | Err(_) => {
+                    last = Error::Unavailable(format!(
+                        "the {} role's node went away before answering",
+                        P::ROLE
+                    ));
+                }
+            }
+            tried.push(cell);
+        }
+        Err(last)
+    }
+
+    /// Every node of the cluster, this one first.
+    pub fn view(&self) -> ClusterView {
+        let mut nodes = vec![ClusterMember {
+            summary: self.local.summary(membership::RECENT_SECONDS as usize),
+            this_node: true,
+            reachable: "ok".into(),
+            last_seen_seconds: 0.0,
+        }];
+        for peer in self.peers.list() {
+            let Some(summary) = peer.summary else {
+                continue;
+            };
+            nodes.push(ClusterMember {
+                summary,
+                this_node: false,
+                reachable: if peer.missed == 0 {
+                    "ok".into()
+                } else {
+                    "unresponsive".into()
+                },
+                last_seen_seconds: peer
+                    .last_answer
+                    .map(|t| t.elapsed().as_secs_f64())
+                    .unwrap_or(0.0),
+            });
+        }
+        ClusterView::from_members(true, nodes)
+    }
+
+    /// Peers whose summary says they run the store role on an embedded database.
+    pub fn embedded_stores(&self) -> Vec<String> {
+        self.peers
+            .list()
+            .into_iter()
+            .filter_map(|p| p.summary)
+            .filter(|s| s.store_backend.as_deref() == Some("embedded"))
+            .map(|s| format!("{} ({})", s.node_id, s.cluster_addr))
+            .collect()
+    }
+
+    /// Leaves every process group (peers stop routing here at once) and waits for the remote
+    /// requests being handled to finish. The sessions stay open for the rest of the drain.
+    pub async fn leave(&self, timeout: Duration) {
+        let actors: Vec<_> = self.actors.lock().drain(..).collect();
+        for (cell, handle) in actors {
+            if let Err(e) = cell.drain_and_wait(Some(timeout)).await {
+                tracing::warn!(error = %e, "a cluster gateway did not stop in time");
+                cell.kill();
+            }
+            let _ = handle.await;
+        }
+    }
+
+    /// Closes every session and the listener.
+    pub async fn close(&self) {
+        let _ = self.stop.send(true);
+        for (cell, _) in self.actors.lock().drain(..) {
+            cell.stop(Some("shutdown".into()));
+        }
+        self.server.stop(Some("shutdown".into()));
+        let handle = self.server_handle.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
 
 /// Refuses options whose transport this build does not have.
-pub fn check_supported(args: &RunArgs) -> Result<(), String> {
-    let mut refused = Vec::new();
-    if args.mongodb.is_some() {
-        refused.push("--mongodb (the MongoDB store)");
-    }
-    if args.cluster_listen.is_some() || !args.join.is_empty() {
-        refused.push("--cluster-listen/--join (ractor_cluster)");
-    }
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "not available in this build yet: {}; run a single node (all roles in one process)",
-            refused.join(", ")
-        ))
+pub fn check_supported(mongodb: Option<&str>) -> std::result::Result<(), String> {
+    match mongodb {
+        Some(_) => Err(
+            "--mongodb (the MongoDB store) is not available in this build yet: \
+                        run the store role on one node, on the embedded store"
+                .into(),
+        ),
+        None => Ok(()),
     }
 }

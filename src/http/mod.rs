@@ -11,10 +11,12 @@
 //! | `/api/v1/ws` (WebSocket) | `ws.rs` |
 //! | `/api/v1/providers/{name}/ingest` | `providers.rs` |
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
+//! | `/api/v1/cluster` | `cluster.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -71,6 +73,8 @@ impl Default for HttpLimits {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct HttpState {
+    /// This node, as `GET /api/v1/cluster` describes it.
+    pub node: Arc<crate::cluster::LocalNode>,
     pub bus: Bus,
     pub limits: HttpLimits,
     pub metrics: PrometheusHandle,
@@ -99,6 +103,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(ws::routes)
                     .configure(providers::routes)
                     .configure(observability::api_routes)
+                    .configure(cluster::routes)
                     .configure(openapi::routes),
             )
             .configure(info::routes)

@@ -39,6 +39,7 @@ impl Modify for BearerAuth {
         super::providers::ingest,
         super::observability::prometheus_metrics, super::observability::node_stats,
         super::observability::dashboard,
+        super::cluster::cluster_nodes,
         super::health::healthz, super::health::readyz,
         openapi_json,
     ),
