@@ -227,6 +227,9 @@ pub struct NodeStats {
     /// Redis queues (with `--redis`), as last sampled.
     #[serde(default)]
     pub queues: Vec<crate::bus::redis::QueueFigures>,
+    /// The whole cluster's figures (with `--cluster-listen`; per node at `/api/v1/cluster`).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterFigures>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -319,6 +322,7 @@ impl Actor for StatsActor {
                         .redis()
                         .map(|link| link.queue_figures())
                         .unwrap_or_default(),
+                    cluster: state.bus.cluster().map(|link| link.view().totals),
                 };
                 let bus = state.bus.clone();
                 // Counting asks the store: answer from a task so the actor stays free.

@@ -130,13 +130,17 @@ pub(super) fn watch_sessions(
                         tracing::warn!(peer = %name, "a cluster peer left");
                     } else {
                         let name = peer_name(&ses);
+                        // Without a name the handshake never started (a lost race between two
+                        // nodes dialling each other); a name already joined lost an election.
                         let duplicate = name
                             .as_ref()
-                            .is_some_and(|n| authenticated.values().any(|known| known == n));
-                        if !duplicate {
+                            .is_none_or(|n| authenticated.values().any(|known| known == n));
+                        if duplicate {
+                            tracing::debug!(addr = %ses.peer_addr, "a duplicate cluster session closed");
+                        } else {
                             // The handshake never completed: almost always a cookie mismatch.
                             tracing::warn!(
-                                peer = name.as_deref().unwrap_or("unknown"),
+                                peer = name.as_deref().unwrap_or_default(),
                                 addr = %ses.peer_addr,
                                 inbound = ses.is_server,
                                 "a cluster peer was refused during authentication \

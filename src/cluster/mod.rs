@@ -96,10 +96,12 @@ impl ClusterConfig {
         let cookie = match args.cluster_cookie.as_deref().map(str::trim) {
             Some(cookie) if !cookie.is_empty() => cookie.to_string(),
             _ if listen.ip().is_loopback() => LOOPBACK_COOKIE.to_string(),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "--cluster-listen {listen} is not a loopback address: set GORGON_CLUSTER_COOKIE \
                      (a long random secret shared by every node) so strangers cannot join"
-            )),
+            ))
+            }
         };
         let seeds: Vec<String> = args
             .join
