@@ -297,10 +297,16 @@ wait_ready() {
   abort_start
 }
 
-abort_start() {
+abort_start() { exit 1; }
+
+# The EXIT trap of start: whatever ended it early (a node that failed, an error, Ctrl-C), stops
+# what it had started so nothing is left half-running.
+start_cleanup() {
+  local rc=$?
+  [ "$START_DONE" = 1 ] && return 0
   say "Stopping what was started." >&2
   stop_all >&2 || true
-  exit 1
+  exit "$((rc == 0 ? 1 : rc))"
 }
 
 print_summary() {
@@ -345,7 +351,9 @@ cmd_start() {
   find_binary
   fresh_state_dir
   say "Gorgon cluster demo in $STATE, binary $BIN"
-  trap 'say "Interrupted." >&2; abort_start' INT TERM
+  START_DONE=0
+  trap start_cleanup EXIT
+  trap 'say "Interrupted." >&2; exit 130' INT TERM
   start_redis
   local i
   for i in "${!NODE_ROLES[@]}"; do
@@ -353,6 +361,7 @@ cmd_start() {
     start_node "$i"
     wait_ready "$i"
   done
+  START_DONE=1
   trap - INT TERM
   print_summary
 }
