@@ -244,6 +244,46 @@ async fn cluster_calls_ok(http: &Client, base: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Every `gorgon_cluster_*` metric the Grafana dashboard names is exported by a clustered node
+/// (the other metrics are checked in tests/observability.rs, in one process).
+async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/gorgon.json"
+    ))
+    .expect("read dashboards/gorgon.json");
+    let mut names: Vec<&str> = dashboard
+        .match_indices("gorgon_cluster_")
+        .map(|(at, _)| {
+            let tail = &dashboard[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            &tail[..end]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 3, "the dashboard has a cluster row: {names:?}");
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        })
+        .collect();
+    assert!(missing.is_empty(), "named in dashboards/ but not exported: {missing:?}");
+}
+
 async fn create_item(
     http: &Client,
     base: &str,
@@ -317,6 +357,7 @@ async fn three_nodes_serve_the_api_and_a_late_node_is_found_by_all() {
             over_cluster >= 20,
             "reads should have gone node to node; cluster calls: {over_cluster}"
         );
+        assert_cluster_metrics_exported(&http, &base).await;
         let stats: Value = http
             .get(format!("{base}/api/v1/stats"))
             .send()
@@ -548,6 +589,84 @@ async fn a_second_embedded_store_is_refused() {
             stderr.contains("the store role already runs on"),
             "it says why: {stderr}"
         );
+    })
+    .await;
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_node_is_dropped_by_the_heartbeat_and_rejoins_when_it_resumes() {
+    bounded(async {
+        let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+            return;
+        };
+        let ns = format!("c{}", uuid::Uuid::now_v7().simple());
+        let http = client();
+        let front = NodeSpec::new("web,notify", None);
+        let seed = front.cluster_port;
+        let web = front.start(Some(&redis), &ns);
+        let base = web.base();
+        let _backend = admin(NodeSpec::new("auth,app,store", Some(seed))).start(Some(&redis), &ns);
+        let hung = NodeSpec::new("auth,app", Some(seed)).start(Some(&redis), &ns);
+        wait_view(&http, &base, Duration::from_secs(10), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
+        let (_, token) = common::register_and_login(&http, &base, "hopper@example.com").await;
+        let item = create_item(&http, &base, &token, "read while a node hangs")
+            .await
+            .expect("create an item");
+        let id = item["id"].as_str().expect("id").to_string();
+
+        // A stopped process keeps its sockets open: only the heartbeat can tell.
+        signal(hung.pid(), "STOP");
+        let stopped_at = Instant::now();
+        let read = |http: Client| {
+            let (base, token, id) = (base.clone(), token.clone(), id.clone());
+            async move {
+                http.get(format!("{base}/api/v1/items/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            }
+        };
+        let mut failed = 0;
+        for _ in 0..20 {
+            if read(http.clone()).await.ok() != Some(StatusCode::OK) {
+                failed += 1;
+            }
+        }
+        wait_view(&http, &base, Duration::from_secs(10), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+        let dropped_after = stopped_at.elapsed();
+        for _ in 0..20 {
+            assert_eq!(read(http.clone()).await.ok(), Some(StatusCode::OK), "reads after the drop");
+        }
+        signal(hung.pid(), "CONT");
+        wait_view(&http, &base, Duration::from_secs(15), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(3)
+                && v["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["reachable"] == "ok"))
+        })
+        .await;
+        eprintln!(
+            "SIGSTOP of an auth,app node: {failed} of 20 reads failed while it hung, session \
+             dropped after {dropped_after:?}, back {:?} after the stop",
+            stopped_at.elapsed()
+        );
+        // Reads that met the hung node wait one call timeout, then go to another member.
+        assert_eq!(failed, 0, "reads are retried on another member");
     })
     .await;
 }

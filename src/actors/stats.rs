@@ -230,6 +230,10 @@ pub struct NodeStats {
     /// The whole cluster's figures (with `--cluster-listen`; per node at `/api/v1/cluster`).
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterFigures>,
+    /// The whole cluster's traffic per second (every node's added up), oldest first; empty when
+    /// the node is not clustered. Lags `seconds` by two seconds, so every node's share is in.
+    #[serde(default)]
+    pub cluster_seconds: Vec<Interval>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -323,6 +327,11 @@ impl Actor for StatsActor {
                         .map(|link| link.queue_figures())
                         .unwrap_or_default(),
                     cluster: state.bus.cluster().map(|link| link.view().totals),
+                    cluster_seconds: state
+                        .bus
+                        .cluster()
+                        .map(|link| link.history(last_seconds))
+                        .unwrap_or_default(),
                 };
                 let bus = state.bus.clone();
                 // Counting asks the store: answer from a task so the actor stays free.

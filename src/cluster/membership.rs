@@ -21,7 +21,8 @@ use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
 use tokio::sync::{mpsc, watch};
 
 use super::agent::AgentMessage;
-use super::{ClusterConfig, NodeSummary, CLUSTER_SCOPE, NODES_GROUP};
+use super::history::ClusterHistory;
+use super::{ClusterConfig, LocalNode, NodeSummary, CLUSTER_SCOPE, NODES_GROUP};
 
 /// Seconds of per-second traffic each heartbeat brings back from a peer.
 pub(super) const RECENT_SECONDS: u32 = 10;
@@ -192,6 +193,8 @@ pub(super) async fn run(
     config: Arc<ClusterConfig>,
     server: ActorRef<NodeServerMessage>,
     peers: Arc<Peers>,
+    local: Arc<LocalNode>,
+    history: Arc<ClusterHistory>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut seeds: Vec<Seed> = config
@@ -214,7 +217,7 @@ pub(super) async fn run(
             continue;
         };
         dial_missing_seeds(&server, &sessions, &mut seeds, &config).await;
-        refresh_now(&config, &peers, sessions).await;
+        refresh_now(&config, &peers, &local, &history, sessions).await;
     }
 }
 
@@ -265,8 +268,12 @@ async fn dial(server: &ActorRef<NodeServerMessage>, addr: &str, timeout: Duratio
 pub(super) async fn refresh_now(
     config: &ClusterConfig,
     peers: &Peers,
+    local: &LocalNode,
+    history: &ClusterHistory,
     sessions: HashMap<u64, NodeServerSessionInformation>,
 ) {
+    let own = local.summary(RECENT_SECONDS as usize);
+    history.record(&own.node_id, &own.recent);
     let agents: HashMap<u64, ActorRef<AgentMessage>> =
         ractor::pg::get_scoped_members(&CLUSTER_SCOPE.to_string(), &NODES_GROUP.to_string())
             .into_iter()
@@ -309,6 +316,7 @@ pub(super) async fn refresh_now(
             });
             match summary {
                 Some(summary) => {
+                    history.record(&summary.node_id, &summary.recent);
                     peer.missed = 0;
                     peer.last_answer = Some(Instant::now());
                     peer.summary = Some(summary);

@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod gateway;
+pub mod history;
 pub mod membership;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -297,6 +298,7 @@ pub struct ClusterLink {
     local: Arc<LocalNode>,
     server: ActorRef<NodeServerMessage>,
     peers: Arc<membership::Peers>,
+    history: Arc<history::ClusterHistory>,
     round_robin: [AtomicUsize; Role::ALL.len()],
     /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
     actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
@@ -310,6 +312,14 @@ impl ClusterLink {
     /// `join_wait`) until each has a session and the peers' summaries are in.
     pub async fn start(config: ClusterConfig, local: Arc<LocalNode>) -> anyhow::Result<Arc<Self>> {
         let config = Arc::new(config);
+        // Exported from the start, so dashboards show a zero rather than nothing.
+        metrics::gauge!("gorgon_cluster_peers").set(0.0);
+        metrics::counter!("gorgon_cluster_peers_dropped_total").increment(0);
+        metrics::counter!("gorgon_cluster_auth_failures_total").increment(0);
+        for role in Role::ALL {
+            metrics::counter!("gorgon_cluster_call_retries_total", "role" => role.name())
+                .increment(0);
+        }
         let server = NodeServer::new(
             config.listen.port(),
             config.cookie.clone(),
@@ -323,6 +333,7 @@ impl ClusterLink {
             .await
             .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
         let peers = Arc::new(membership::Peers::default());
+        let history = Arc::new(history::ClusterHistory::default());
         let (stop, _) = watch::channel(false);
         let watcher = membership::watch_sessions(&server, peers.clone(), stop.subscribe())
             .map_err(|e| anyhow::anyhow!("cannot watch cluster sessions: {e}"))?;
@@ -334,6 +345,7 @@ impl ClusterLink {
             local,
             server: server.clone(),
             peers: peers.clone(),
+            history: history.clone(),
             round_robin: Default::default(),
             actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
             server_handle: Mutex::new(Some(server_handle)),
@@ -348,6 +360,8 @@ impl ClusterLink {
             config.clone(),
             server,
             peers,
+            link.local.clone(),
+            history,
             link.stop.subscribe(),
         ));
         link.tasks.lock().push(heartbeat);
@@ -402,7 +416,14 @@ impl ClusterLink {
     /// One heartbeat round now (start-up wants the peers' summaries before going on).
     async fn refresh(&self) {
         if let Some(sessions) = membership::sessions(&self.server).await {
-            membership::refresh_now(&self.config, &self.peers, sessions).await;
+            membership::refresh_now(
+                &self.config,
+                &self.peers,
+                &self.local,
+                &self.history,
+                sessions,
+            )
+            .await;
         }
     }
 
@@ -546,6 +567,11 @@ impl ClusterLink {
             });
         }
         ClusterView::from_members(true, nodes)
+    }
+
+    /// The cluster's traffic per second (every node's added up), the last `last` seconds.
+    pub fn history(&self, last: usize) -> Vec<Interval> {
+        self.history.series(last, Utc::now())
     }
 
     /// Peers whose summary says they run the store role on an embedded database.
