@@ -300,6 +300,13 @@ pub struct ClusterTuning {
     /// session is dropped (a hung process keeps its TCP connection open).
     #[arg(long, env = "GORGON_CLUSTER_MISSED_PINGS", default_value_t = 3)]
     pub cluster_missed_pings: u32,
+    /// Address of this node's direct-call listener (`HOST:PORT`); by default the cluster
+    /// listener's host and a port the system picks (peers learn it through the heartbeat).
+    #[arg(long, env = "GORGON_CLUSTER_DATA_LISTEN")]
+    pub cluster_data_listen: Option<String>,
+    /// Largest direct request or reply between nodes, in bytes.
+    #[arg(long, env = "GORGON_CLUSTER_MAX_FRAME", default_value_t = 16 * 1024 * 1024)]
+    pub cluster_max_frame: usize,
     /// How long start-up waits for the seeds before going on alone (seeds are dialled again later).
     #[arg(long, env = "GORGON_CLUSTER_JOIN_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub cluster_join_wait: Duration,

@@ -87,7 +87,8 @@ impl Node {
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
         let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
         let cluster_config =
-            ClusterConfig::from_args(&args.cluster, &node_id).map_err(anyhow::Error::msg)?;
+            ClusterConfig::from_args(&args.cluster, &node_id, args.tuning.role_concurrency)
+                .map_err(anyhow::Error::msg)?;
         let redis = match args.redis_config() {
             Some(config) => Some(RedisLink::connect(config, &node_id).await?),
             None => None,
@@ -103,6 +104,7 @@ impl Node {
                 .as_ref()
                 .map(|c| c.advertised())
                 .unwrap_or_default(),
+            data_addr: Default::default(),
             stats: stats_hub.clone(),
             redis: redis.clone(),
             http_addr: Default::default(),

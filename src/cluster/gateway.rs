@@ -104,7 +104,7 @@ impl<P: Protocol> Actor for RoleGateway<P> {
 }
 
 /// Decodes, calls the local role, encodes the outcome.
-async fn answer<P: Protocol>(bus: &Bus, bytes: &[u8]) -> Vec<u8> {
+pub(super) async fn answer<P: Protocol>(bus: &Bus, bytes: &[u8]) -> Vec<u8> {
     let result: Result<P::Reply> = match serde_json::from_slice::<P::Request>(bytes) {
         Ok(request) => {
             let kind = P::kind(&request);

@@ -55,6 +55,15 @@ impl Peers {
         self.by_session.lock().values().cloned().collect()
     }
 
+    /// Where the peer of `session` takes direct calls, once its heartbeat said so.
+    pub fn data_addr(&self, session: u64) -> Option<String> {
+        self.by_session
+            .lock()
+            .get(&session)
+            .and_then(|peer| peer.summary.as_ref())
+            .and_then(|summary| summary.data_addr.clone())
+    }
+
     /// Sessions whose peer missed the last heartbeat: calls avoid them while they are judged.
     pub fn is_suspect(&self, session: u64) -> bool {
         self.by_session
@@ -293,7 +302,7 @@ pub(super) async fn refresh_now(
                     )
                     .await
                 {
-                    Ok(CallResult::Success(bytes)) => serde_json::from_slice(&bytes).ok(),
+                    Ok(CallResult::Success(bytes)) => serde_json::from_slice::<NodeSummary>(&bytes).ok(),
                     _ => None,
                 },
                 // Authenticated but its agent not announced yet: still synchronising.

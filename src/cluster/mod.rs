@@ -21,9 +21,11 @@
 //! this build does not offer TLS. Run a cluster on a private network, with a long random cookie.
 
 pub mod agent;
+pub mod direct;
 pub mod gateway;
 pub mod history;
 pub mod membership;
+pub mod wire;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +61,11 @@ const LOOPBACK_COOKIE: &str = "gorgon-loopback-only";
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub listen: SocketAddr,
+    /// Where direct calls from peers are taken (port 0: the system picks one).
+    pub data_listen: SocketAddr,
+    pub max_frame: usize,
+    /// Direct requests from peers handled at once.
+    pub concurrency: usize,
     /// The host peers dial to reach this node (the listener's address).
     pub advertise_host: String,
     pub seeds: Vec<String>,
@@ -77,6 +84,7 @@ impl ClusterConfig {
     pub fn from_args(
         args: &ClusterTuning,
         node_id: &str,
+        concurrency: usize,
     ) -> std::result::Result<Option<ClusterConfig>, String> {
         let Some(listen) = &args.cluster_listen else {
             if args.join.is_empty() {
@@ -119,8 +127,19 @@ impl ClusterConfig {
                 return Err(format!("--join {seed}: expected HOST:PORT"));
             }
         }
+        let data_listen = match &args.cluster_data_listen {
+            Some(addr) => addr
+                .to_socket_addrs()
+                .map_err(|e| format!("--cluster-data-listen {addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--cluster-data-listen {addr}: no address"))?,
+            None => SocketAddr::new(listen.ip(), 0),
+        };
         Ok(Some(ClusterConfig {
             listen,
+            data_listen,
+            max_frame: args.cluster_max_frame.max(64 * 1024),
+            concurrency: concurrency.max(1),
             advertise_host: listen.ip().to_string(),
             seeds,
             cookie,
@@ -148,6 +167,9 @@ pub struct NodeSummary {
     pub node_id: String,
     /// `host:port` of its cluster listener.
     pub cluster_addr: String,
+    /// `host:port` where it takes direct calls from other nodes.
+    #[serde(default)]
+    pub data_addr: Option<String>,
     /// Its HTTP address, when it runs the web role.
     pub http_addr: Option<String>,
     pub roles: Vec<String>,
@@ -169,6 +191,8 @@ pub struct LocalNode {
     pub started: Instant,
     pub started_at: DateTime<Utc>,
     pub cluster_addr: String,
+    /// Where this node takes direct calls, once its listener is bound.
+    pub data_addr: OnceLock<String>,
     pub stats: Arc<StatsHub>,
     pub redis: Option<Arc<RedisLink>>,
     pub http_addr: OnceLock<SocketAddr>,
@@ -184,6 +208,7 @@ impl LocalNode {
         NodeSummary {
             node_id: self.node_id.clone(),
             cluster_addr: self.cluster_addr.clone(),
+            data_addr: self.data_addr.get().cloned(),
             http_addr: self.http_addr.get().map(|a| a.to_string()),
             roles: self.roles.iter().map(|r| r.name().to_string()).collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -299,6 +324,8 @@ pub struct ClusterLink {
     server: ActorRef<NodeServerMessage>,
     peers: Arc<membership::Peers>,
     history: Arc<history::ClusterHistory>,
+    direct_server: Arc<direct::DirectServer>,
+    direct: direct::DirectClient,
     round_robin: [AtomicUsize; Role::ALL.len()],
     /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
     actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
@@ -320,6 +347,18 @@ impl ClusterLink {
             metrics::counter!("gorgon_cluster_call_retries_total", "role" => role.name())
                 .increment(0);
         }
+        let limits = direct::DirectLimits {
+            cookie: config.cookie.clone(),
+            max_frame: config.max_frame,
+            handshake_timeout: config.call_timeout.max(Duration::from_secs(1)),
+            concurrency: config.concurrency,
+        };
+        let direct_server = direct::DirectServer::bind(config.data_listen, limits.clone())
+            .await
+            .with_context(|| format!("cannot listen for direct calls on {}", config.data_listen))?;
+        let _ = local
+            .data_addr
+            .set(direct_server.local_addr().to_string());
         let server = NodeServer::new(
             config.listen.port(),
             config.cookie.clone(),
@@ -346,6 +385,8 @@ impl ClusterLink {
             server: server.clone(),
             peers: peers.clone(),
             history: history.clone(),
+            direct_server,
+            direct: direct::DirectClient::new(limits, config.call_timeout),
             round_robin: Default::default(),
             actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
             server_handle: Mutex::new(Some(server_handle)),
@@ -429,6 +470,14 @@ impl ClusterLink {
 
     /// Offers the local role `P` to the cluster.
     pub async fn serve<P: Protocol>(&self, bus: Bus, concurrency: usize) -> anyhow::Result<()> {
+        let answering = bus.clone();
+        self.direct_server.register(
+            P::ROLE,
+            Arc::new(move |body: Vec<u8>| {
+                let bus = answering.clone();
+                Box::pin(async move { gateway::answer::<P>(&bus, &body).await })
+            }),
+        );
         let (gateway, handle) = Actor::spawn(
             None,
             RoleGateway::<P>::default(),
@@ -512,32 +561,43 @@ impl ClusterLink {
             } else {
                 left
             };
-            let gateway: ActorRef<GatewayMessage> = cell.clone().into();
-            let payload = bytes.clone();
-            match gateway
-                .call(|port| GatewayMessage::Call(payload, port), Some(per_call))
-                .await
-            {
-                Ok(CallResult::Success(reply)) => {
-                    return gateway::decode_reply::<P::Reply>(P::ROLE.name(), &reply)
-                }
-                Ok(CallResult::Timeout) => {
-                    last = Error::Timeout(format!(
-                        "the {} role on another node did not answer within {} ms",
-                        P::ROLE,
-                        per_call.as_millis()
-                    ));
-                }
-                Ok(CallResult::SenderError) | Err(_) => {
-                    last = Error::Unavailable(format!(
-                        "the {} role's node went away before answering",
-                        P::ROLE
-                    ));
-                }
+            // The member's node takes direct calls on its own connection; a node that has not
+            // announced one yet is called through its gateway actor.
+            let outcome = match self.peers.data_addr(cell.get_id().node()) {
+                Some(addr) => self.direct.call(&addr, P::ROLE, &bytes, per_call).await,
+                None => self.call_gateway(&cell, bytes.clone(), per_call, P::ROLE).await,
+            };
+            match outcome {
+                Ok(reply) => return gateway::decode_reply::<P::Reply>(P::ROLE.name(), &reply),
+                Err(error) => last = error,
             }
             tried.push(cell);
         }
         Err(last)
+    }
+
+    /// A call through the member's `ractor_cluster` gateway actor.
+    async fn call_gateway(
+        &self,
+        cell: &ActorCell,
+        bytes: Vec<u8>,
+        timeout: Duration,
+        role: Role,
+    ) -> Result<Vec<u8>> {
+        let gateway: ActorRef<GatewayMessage> = cell.clone().into();
+        match gateway
+            .call(|port| GatewayMessage::Call(bytes, port), Some(timeout))
+            .await
+        {
+            Ok(CallResult::Success(reply)) => Ok(reply),
+            Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
+                "the {role} role on another node did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable(format!(
+                "the {role} role's node went away before answering"
+            ))),
+        }
     }
 
     /// Every node of the cluster, this one first.
@@ -589,6 +649,8 @@ impl ClusterLink {
     /// requests being handled to finish. The sessions stay open for the rest of the drain.
     pub async fn leave(&self, timeout: Duration) {
         let actors: Vec<_> = self.actors.lock().drain(..).collect();
+        // A request that still arrives is answered "unavailable" and retried on another member.
+        self.direct_server.stop_accepting();
         for (cell, handle) in actors {
             if let Err(e) = cell.drain_and_wait(Some(timeout)).await {
                 tracing::warn!(error = %e, "a cluster gateway did not stop in time");
@@ -601,6 +663,7 @@ impl ClusterLink {
     /// Closes every session and the listener.
     pub async fn close(&self) {
         let _ = self.stop.send(true);
+        self.direct_server.close();
         for (cell, _) in self.actors.lock().drain(..) {
             cell.stop(Some("shutdown".into()));
         }
