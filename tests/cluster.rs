@@ -264,7 +264,10 @@ async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
         .collect();
     names.sort();
     names.dedup();
-    assert!(names.len() >= 3, "the dashboard has a cluster row: {names:?}");
+    assert!(
+        names.len() >= 3,
+        "the dashboard has a cluster row: {names:?}"
+    );
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -281,7 +284,10 @@ async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
                 .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         })
         .collect();
-    assert!(missing.is_empty(), "named in dashboards/ but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "named in dashboards/ but not exported: {missing:?}"
+    );
 }
 
 async fn create_item(
@@ -652,12 +658,18 @@ async fn a_hung_node_is_dropped_by_the_heartbeat_and_rejoins_when_it_resumes() {
         .await;
         let dropped_after = stopped_at.elapsed();
         for _ in 0..20 {
-            assert_eq!(read(http.clone()).await.ok(), Some(StatusCode::OK), "reads after the drop");
+            assert_eq!(
+                read(http.clone()).await.ok(),
+                Some(StatusCode::OK),
+                "reads after the drop"
+            );
         }
         signal(hung.pid(), "CONT");
         wait_view(&http, &base, Duration::from_secs(15), |v| {
             v["nodes"].as_array().map(Vec::len) == Some(3)
-                && v["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["reachable"] == "ok"))
+                && v["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().all(|n| n["reachable"] == "ok"))
         })
         .await;
         eprintln!(

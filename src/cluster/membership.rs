@@ -302,7 +302,9 @@ pub(super) async fn refresh_now(
                     )
                     .await
                 {
-                    Ok(CallResult::Success(bytes)) => serde_json::from_slice::<NodeSummary>(&bytes).ok(),
+                    Ok(CallResult::Success(bytes)) => {
+                        serde_json::from_slice::<NodeSummary>(&bytes).ok()
+                    }
                     _ => None,
                 },
                 // Authenticated but its agent not announced yet: still synchronising.

@@ -356,9 +356,7 @@ impl ClusterLink {
         let direct_server = direct::DirectServer::bind(config.data_listen, limits.clone())
             .await
             .with_context(|| format!("cannot listen for direct calls on {}", config.data_listen))?;
-        let _ = local
-            .data_addr
-            .set(direct_server.local_addr().to_string());
+        let _ = local.data_addr.set(direct_server.local_addr().to_string());
         let server = NodeServer::new(
             config.listen.port(),
             config.cookie.clone(),
@@ -565,7 +563,10 @@ impl ClusterLink {
             // announced one yet is called through its gateway actor.
             let outcome = match self.peers.data_addr(cell.get_id().node()) {
                 Some(addr) => self.direct.call(&addr, P::ROLE, &bytes, per_call).await,
-                None => self.call_gateway(&cell, bytes.clone(), per_call, P::ROLE).await,
+                None => {
+                    self.call_gateway(&cell, bytes.clone(), per_call, P::ROLE)
+                        .await
+                }
             };
             match outcome {
                 Ok(reply) => return gateway::decode_reply::<P::Reply>(P::ROLE.name(), &reply),

@@ -169,14 +169,11 @@ mod tests {
     async fn a_different_cookie_is_refused_by_the_client_first() {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let t = Duration::from_secs(1);
-        let (client, server) = tokio::join!(
-            handshake_client(&mut a, "secret", t),
-            async {
-                let result = handshake_server(&mut b, "other", t).await;
-                drop(b);
-                result
-            }
-        );
+        let (client, server) = tokio::join!(handshake_client(&mut a, "secret", t), async {
+            let result = handshake_server(&mut b, "other", t).await;
+            drop(b);
+            result
+        });
         let client = client.expect_err("the server's proof is wrong");
         assert_eq!(client.kind(), io::ErrorKind::PermissionDenied);
         // The client hung up without proving anything.
@@ -189,12 +186,25 @@ mod tests {
         put_frame(&mut out, 7, Some(Role::Store), b"{\"a\":1}");
         put_frame(&mut out, 8, None, b"[]");
         let mut reader = out.as_slice();
-        let request = read_frame(&mut reader, 1024).await.expect("read").expect("frame");
-        assert_eq!(parse_request(&request), Some((7, Role::Store, &b"{\"a\":1}"[..])));
-        let reply = read_frame(&mut reader, 1024).await.expect("read").expect("frame");
+        let request = read_frame(&mut reader, 1024)
+            .await
+            .expect("read")
+            .expect("frame");
+        assert_eq!(
+            parse_request(&request),
+            Some((7, Role::Store, &b"{\"a\":1}"[..]))
+        );
+        let reply = read_frame(&mut reader, 1024)
+            .await
+            .expect("read")
+            .expect("frame");
         assert_eq!(parse_reply(&reply), Some((8, &b"[]"[..])));
         assert!(read_frame(&mut reader, 1024).await.expect("end").is_none());
-        assert_eq!(parse_request(&[0, 0, 0, 0, 0, 0, 0, 1, 200]), None, "no such role");
+        assert_eq!(
+            parse_request(&[0, 0, 0, 0, 0, 0, 0, 1, 200]),
+            None,
+            "no such role"
+        );
         assert_eq!(parse_request(&[1, 2]), None, "too short");
         let mut big = Vec::new();
         put_frame(&mut big, 1, None, &[0; 100]);
