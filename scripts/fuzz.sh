@@ -4,6 +4,7 @@
 # Allow, stateful sequences). Targets 127.0.0.1 only and stops by itself.
 # usage: scripts/fuzz.sh [MAX_EXAMPLES]
 #        SPLIT=1 scripts/fuzz.sh   # the same against a front and a backend joined by Redis
+#        CLUSTER=1 scripts/fuzz.sh # ... and also joined as a cluster (direct calls node to node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX=${1:-100}
@@ -14,14 +15,21 @@ DATA=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 export RUST_LOG=warn GORGON_ADMIN_EMAIL=admin@example.com GORGON_ADMIN_PASSWORD=fuzz-admin-password
+BACKEND_CLUSTER=() FRONT_CLUSTER=()
+if [ "${CLUSTER:-0}" = 1 ]; then
+  SPLIT=1
+  FRONT_CLUSTER=(--cluster-listen "127.0.0.1:$((PORT + 2))")
+  BACKEND_CLUSTER=(--cluster-listen "127.0.0.1:$((PORT + 3))" --join "127.0.0.1:$((PORT + 2))")
+fi
 if [ "${SPLIT:-0}" = 1 ]; then
   REDIS_PORT=$((PORT + 1))
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --dir "$DATA" >/dev/null &
   PIDS+=($!)
   export GORGON_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" GORGON_REDIS_NAMESPACE=fuzz
-  target/debug/gorgon run --roles auth,app,store,stats --data "$DATA" --login-per-minute 1000000 &
+  target/debug/gorgon run --roles auth,app,store,stats --data "$DATA" --login-per-minute 1000000 \
+    "${BACKEND_CLUSTER[@]}" &
   PIDS+=($!)
-  target/debug/gorgon run --roles web,notify --listen "127.0.0.1:$PORT" &
+  target/debug/gorgon run --roles web,notify --listen "127.0.0.1:$PORT" "${FRONT_CLUSTER[@]}" &
   PIDS+=($!)
 else
   target/debug/gorgon run --data "$DATA" --listen "127.0.0.1:$PORT" --login-per-minute 1000000 &

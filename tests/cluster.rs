@@ -247,23 +247,10 @@ async fn cluster_calls_ok(http: &Client, base: &str) -> u64 {
 /// Every `gorgon_cluster_*` metric the Grafana dashboard names is exported by a clustered node
 /// (the other metrics are checked in tests/observability.rs, in one process).
 async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
-    let dashboard = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dashboards/gorgon.json"
-    ))
-    .expect("read dashboards/gorgon.json");
-    let mut names: Vec<&str> = dashboard
-        .match_indices("gorgon_cluster_")
-        .map(|(at, _)| {
-            let tail = &dashboard[at..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            &tail[..end]
-        })
+    let names: Vec<String> = common::dashboard_metric_names()
+        .into_iter()
+        .filter(|n| n.starts_with("gorgon_cluster_"))
         .collect();
-    names.sort();
-    names.dedup();
     assert!(
         names.len() >= 3,
         "the dashboard has a cluster row: {names:?}"
@@ -276,13 +263,9 @@ async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
         .text()
         .await
         .expect("metrics text");
-    let missing: Vec<&&str> = names
+    let missing: Vec<&String> = names
         .iter()
-        .filter(|name| {
-            !text
-                .lines()
-                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        })
+        .filter(|n| !common::exports(&text, n))
         .collect();
     assert!(
         missing.is_empty(),
@@ -401,6 +384,47 @@ async fn three_nodes_serve_the_api_and_a_late_node_is_found_by_all() {
     .await;
 }
 
+/// A front (`web,notify`), a backend (`auth,app,store`, with the admin) and a second `auth,app`
+/// node, both joined through the front, all in its view and ready.
+struct Trio {
+    ns: String,
+    http: Client,
+    web: GorgonProcess,
+    base: String,
+    backend: GorgonProcess,
+    /// The second `auth,app` node's command line (to start it again) and its process.
+    second: NodeSpec,
+    running: GorgonProcess,
+}
+
+impl Trio {
+    async fn start(redis: &RedisServer) -> Trio {
+        let ns = format!("c{}", uuid::Uuid::now_v7().simple());
+        let http = client();
+        let front = NodeSpec::new("web,notify", None);
+        let seed = front.cluster_port;
+        let web = front.start(Some(redis), &ns);
+        let base = web.base();
+        let backend = admin(NodeSpec::new("auth,app,store", Some(seed))).start(Some(redis), &ns);
+        let second = NodeSpec::new("auth,app", Some(seed));
+        let running = second.start(Some(redis), &ns);
+        wait_ready(&http, &base).await;
+        wait_view(&http, &base, Duration::from_secs(10), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
+        Trio {
+            ns,
+            http,
+            web,
+            base,
+            backend,
+            second,
+            running,
+        }
+    }
+}
+
 /// What the load saw.
 #[derive(Default)]
 struct LoadLog {
@@ -417,20 +441,15 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
         let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
             return;
         };
-        let ns = format!("c{}", uuid::Uuid::now_v7().simple());
-        let http = client();
-        let front = NodeSpec::new("web,notify", None);
-        let seed = front.cluster_port;
-        let web = front.start(Some(&redis), &ns);
-        let base = web.base();
-        let _backend = admin(NodeSpec::new("auth,app,store", Some(seed))).start(Some(&redis), &ns);
-        let victim_spec = NodeSpec::new("auth,app", Some(seed));
-        let mut victim = victim_spec.start(Some(&redis), &ns);
-        wait_ready(&http, &base).await;
-        wait_view(&http, &base, Duration::from_secs(10), |v| {
-            v["nodes"].as_array().map(Vec::len) == Some(3)
-        })
-        .await;
+        let Trio {
+            ns,
+            http,
+            web: _web,
+            base,
+            backend: _backend,
+            second: victim_spec,
+            running: mut victim,
+        } = Trio::start(&redis).await;
         let (_, token) = common::register_and_login(&http, &base, "grace@example.com").await;
         let first = create_item(&http, &base, &token, "before the load")
             .await
@@ -615,18 +634,14 @@ async fn a_hung_node_is_dropped_by_the_heartbeat_and_rejoins_when_it_resumes() {
         let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
             return;
         };
-        let ns = format!("c{}", uuid::Uuid::now_v7().simple());
-        let http = client();
-        let front = NodeSpec::new("web,notify", None);
-        let seed = front.cluster_port;
-        let web = front.start(Some(&redis), &ns);
-        let base = web.base();
-        let _backend = admin(NodeSpec::new("auth,app,store", Some(seed))).start(Some(&redis), &ns);
-        let hung = NodeSpec::new("auth,app", Some(seed)).start(Some(&redis), &ns);
-        wait_view(&http, &base, Duration::from_secs(10), |v| {
-            v["nodes"].as_array().map(Vec::len) == Some(3)
-        })
-        .await;
+        let Trio {
+            http,
+            web: _web,
+            base,
+            backend: _backend,
+            running: hung,
+            ..
+        } = Trio::start(&redis).await;
         let (_, token) = common::register_and_login(&http, &base, "hopper@example.com").await;
         let item = create_item(&http, &base, &token, "read while a node hangs")
             .await

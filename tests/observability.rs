@@ -132,39 +132,6 @@ async fn metrics_pass_promtool() {
     );
 }
 
-/// Every `gorgon_*` name in a file under `dashboards/`.
-fn dashboard_metric_names() -> Vec<String> {
-    let mut names = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dashboards"
-    ))];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let mut rest = text.as_str();
-            while let Some(at) = rest.find("gorgon_") {
-                let tail = &rest[at..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len());
-                names.push(tail[..end].to_string());
-                rest = &tail[end..];
-            }
-        }
-    }
-    names.sort();
-    names.dedup();
-    // The dashboard's own uid and datasource ids are not metrics.
-    names.retain(|n| n != "gorgon_prometheus" && n != "gorgon_overview");
-    names
-}
-
 fn is_redis_metric(name: &str) -> bool {
     [
         "gorgon_queue_",
@@ -178,7 +145,7 @@ fn is_redis_metric(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_metric_is_exported() {
-    let names = dashboard_metric_names();
+    let names = common::dashboard_metric_names();
     assert!(
         names.len() >= 8,
         "the dashboard uses the node's metrics: {names:?}"
@@ -196,9 +163,7 @@ async fn every_dashboard_metric_is_exported() {
                 // Needs nodes in separate processes: checked in tests/cluster.rs.
                 return false;
             }
-            !text
-                .lines()
-                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            !common::exports(&text, name)
         })
         .collect();
     assert!(

@@ -4,9 +4,9 @@
 //! Why not `ractor_cluster`'s remote calls for this: measured on the same read, its path (a proxy
 //! actor, the session actor, a writer task and a reader actor on each side, plus a task bridging
 //! the reply port) made a cross-node read only 1.2–1.4× faster than the same read through Redis.
-//! One multiplexed TCP connection per pair of nodes, frames written by the caller itself (see
-//! [`FrameSink`]), and a reader that hands each reply to its waiting caller, take out most of
-//! those hops. The
+//! One multiplexed TCP connection per pair of nodes, frames written by the callers themselves,
+//! several per write when they meet (see [`FrameSink`]), and a reader that hands each reply to
+//! its waiting caller, take out most of those hops. The
 //! cluster still decides *where* a call goes (process groups, heartbeats); this only carries it.
 //! The framing and the cookie handshake are in [`super::wire`].
 
@@ -42,11 +42,12 @@ pub struct DirectLimits {
 
 /// The sending side of a connection, shared by everyone who sends on it.
 ///
-/// A frame is written on the spot with a non-blocking write when nothing is queued before it
-/// (no hand-over to another task: a sequential caller's frame leaves at once); whatever the
-/// socket does not take is queued, and a writer task sends the queue, all of it per write, when
-/// the socket is writable again. A non-blocking write cannot be cut in the middle by a caller
-/// that gives up, so frames are never torn. The lock orders the bytes: queued ones first.
+/// Whoever sends when nobody else is writing becomes the writer: it writes what is queued with a
+/// non-blocking write, again until the queue is empty, so a lone caller's frame leaves at once
+/// (no hand-over to another task) and frames queued by concurrent callers meanwhile leave
+/// together in one write. When the socket takes less than everything, the rest waits for a writer
+/// task that sends it once the socket is writable. A non-blocking write cannot be cut in the
+/// middle by a caller that gives up, so frames are never torn.
 struct FrameSink {
     half: tokio::net::tcp::OwnedWriteHalf,
     state: Mutex<SinkState>,
@@ -56,6 +57,10 @@ struct FrameSink {
 #[derive(Default)]
 struct SinkState {
     queued: Vec<u8>,
+    /// A caller is writing right now: others only queue.
+    writing: bool,
+    /// The socket was full: the writer task owns the queue until it is empty.
+    parked: bool,
     failed: bool,
 }
 
@@ -76,40 +81,56 @@ impl FrameSink {
         if state.failed {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
-        if !state.queued.is_empty() {
-            state.queued.extend_from_slice(frame);
+        state.queued.extend_from_slice(frame);
+        if state.writing || state.parked {
             return Ok(());
         }
-        match self.half.try_write(frame) {
-            Ok(n) if n == frame.len() => return Ok(()),
-            Ok(n) => state.queued.extend_from_slice(&frame[n..]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                state.queued.extend_from_slice(frame)
-            }
-            Err(e) => {
-                state.failed = true;
-                return Err(e);
-            }
+        state.writing = true;
+        loop {
+            let batch = std::mem::take(&mut state.queued);
+            drop(state);
+            let written = self.half.try_write(&batch);
+            state = self.state.lock();
+            let unsent = match written {
+                Ok(n) if n == batch.len() => {
+                    if state.queued.is_empty() {
+                        state.writing = false;
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(n) => &batch[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => &batch[..],
+                Err(e) => {
+                    state.writing = false;
+                    state.failed = true;
+                    return Err(e);
+                }
+            };
+            // Back to the head of the queue, for the writer task.
+            let mut rest = unsent.to_vec();
+            rest.extend_from_slice(&state.queued);
+            state.queued = rest;
+            state.writing = false;
+            state.parked = true;
+            drop(state);
+            self.wake.notify_one();
+            return Ok(());
         }
-        drop(state);
-        self.wake.notify_one();
-        Ok(())
     }
 
-    /// The writer task: sends the queue whenever there is one and the socket takes it.
+    /// The writer task: sends the queue, once parked, whenever the socket takes it.
     async fn drain_queue(self: Arc<Self>) {
         loop {
-            if self.state.lock().queued.is_empty() {
+            if !self.state.lock().parked {
                 self.wake.notified().await;
+                continue;
             }
             if self.half.writable().await.is_err() {
                 self.state.lock().failed = true;
                 return;
             }
             let mut state = self.state.lock();
-            if state.queued.is_empty() {
-                continue;
-            }
             match self.half.try_write(&state.queued) {
                 Ok(n) => {
                     state.queued.drain(..n);
@@ -119,6 +140,9 @@ impl FrameSink {
                     state.failed = true;
                     return;
                 }
+            }
+            if state.queued.is_empty() {
+                state.parked = false;
             }
         }
     }

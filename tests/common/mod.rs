@@ -321,3 +321,43 @@ impl JobBurst {
         accepted
     }
 }
+
+/// Every `gorgon_*` name in a file under `dashboards/`.
+pub fn dashboard_metric_names() -> Vec<String> {
+    let mut names = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dashboards/") {
+            let path = entry.expect("read dashboards/").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read dashboards/");
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("gorgon_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    // The dashboard's own uid and datasource ids are not metrics.
+    names.retain(|n| n != "gorgon_prometheus" && n != "gorgon_overview");
+    names
+}
+
+/// Whether Prometheus text `metrics` has a series named `name`.
+pub fn exports(metrics: &str, name: &str) -> bool {
+    metrics
+        .lines()
+        .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+}
