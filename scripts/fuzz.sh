@@ -26,7 +26,7 @@ if [ "${SPLIT:-0}" = 1 ]; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --dir "$DATA" >/dev/null &
   PIDS+=($!)
   export GORGON_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" GORGON_REDIS_NAMESPACE=fuzz
-  target/debug/gorgon run --roles auth,app,store,stats --data "$DATA" --login-per-minute 1000000 \
+  target/debug/gorgon run --roles auth,app,store,provider,stats --data "$DATA" --login-per-minute 1000000 \
     "${BACKEND_CLUSTER[@]}" &
   PIDS+=($!)
   target/debug/gorgon run --roles web,notify --listen "127.0.0.1:$PORT" "${FRONT_CLUSTER[@]}" &

@@ -85,7 +85,9 @@ impl Node {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = crate::telemetry::metrics();
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
-        let node_id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[..12]);
+        // Random, not time-based: nodes started in the same millisecond must not share an id
+        // (it names their Redis processing lists and their cluster identity).
+        let node_id = format!("node-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let cluster_config =
             ClusterConfig::from_args(&args.cluster, &node_id, args.tuning.role_concurrency)
                 .map_err(anyhow::Error::msg)?;
