@@ -5,8 +5,10 @@
 //!
 //! - a **role gateway** ([`gateway`]) per local role, in the process group `role:{name}` of the
 //!   scope [`CLUSTER_SCOPE`]: the bus sends direct requests (reads, token checks) for a role this
-//!   node lacks to one of them, local first then round-robin, with a timeout and another member
-//!   on failure ([`ClusterLink::call`]);
+//!   node lacks to a member, local first then round-robin, with a timeout and another member on
+//!   failure ([`ClusterLink::call`]). The groups say *where* a call goes; it travels on this
+//!   node's own connection to the member's node ([`direct`], framing and cookie handshake in
+//!   [`wire`]), or through the gateway actor while that node's address is not known yet;
 //! - a **node agent** ([`agent`]) in `gorgon:nodes`, which answers each peer's heartbeat with this
 //!   node's summary ([`NodeSummary`]): `GET /api/v1/cluster` and the stats role read them.
 //!
@@ -15,8 +17,8 @@
 //! cross the cluster too (a 2xx still means committed; a request cut by a crash fails instead of
 //! being redelivered). Membership, seeds and heartbeats are in [`membership`].
 //!
-//! Security: nodes authenticate with a shared cookie (a challenge/response; the cookie itself is
-//! never sent). Traffic between nodes is not encrypted: `ractor_cluster`'s TLS is experimental
+//! Security: nodes authenticate with a shared cookie (challenge/responses, on the cluster session
+//! and on the direct-call connections; the cookie itself is never sent). Traffic between nodes is not encrypted: `ractor_cluster`'s TLS is experimental
 //! and its transitive dialling (how a node finds the peers of its seed) is always plain TCP, so
 //! this build does not offer TLS. Run a cluster on a private network, with a long random cookie.
 
