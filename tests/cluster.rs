@@ -227,16 +227,20 @@ async fn wait_ready(http: &Client, base: &str) {
     }
 }
 
-/// Calls over the cluster with a good outcome, from `base`'s Prometheus text.
-async fn cluster_calls_ok(http: &Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// `base`'s Prometheus text.
+async fn metrics_text(http: &Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// Calls over the cluster with a good outcome, from `base`'s Prometheus text.
+async fn cluster_calls_ok(http: &Client, base: &str) -> u64 {
+    let text = metrics_text(http, base).await;
     text.lines()
         .filter(|l| l.starts_with("gorgon_bus_calls_total{"))
         .filter(|l| l.contains("transport=\"cluster\"") && l.contains("outcome=\"ok\""))
@@ -255,14 +259,7 @@ async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
         names.len() >= 3,
         "the dashboard has a cluster row: {names:?}"
     );
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(http, base).await;
     let missing: Vec<&String> = names
         .iter()
         .filter(|n| !common::exports(&text, n))

@@ -17,6 +17,7 @@
 //! Either side closes the connection on a wrong proof. Like `ractor_cluster`'s own session, the
 //! traffic after the handshake is not encrypted.
 
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -48,6 +49,16 @@ fn refused(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, what.to_string())
 }
 
+/// A handshake that does not finish in `timeout` fails (a silent peer must not hold a task).
+async fn within(
+    timeout: Duration,
+    exchange: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
 /// The client's half of the handshake.
 pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -69,9 +80,7 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(
         stream.write_all(&mine.into_bytes()).await?;
         stream.flush().await
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+    within(timeout, exchange).await
 }
 
 /// The server's half of the handshake.
@@ -97,9 +106,7 @@ pub async fn handshake_server<S: AsyncRead + AsyncWrite + Unpin>(
             .verify_slice(&client_proof)
             .map_err(|_| refused("the peer does not know the cluster cookie"))
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+    within(timeout, exchange).await
 }
 
 /// Appends one frame (length prefix and payload parts) to `out`.
