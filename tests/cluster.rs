@@ -388,8 +388,10 @@ struct Trio {
     http: Client,
     web: GorgonProcess,
     base: String,
+    /// The backend's command line (to start it again on the same data) and its process.
+    backend_spec: NodeSpec,
     backend: GorgonProcess,
-    /// The second `auth,app` node's command line (to start it again) and its process.
+    /// The second `auth,app` node's command line and its process.
     second: NodeSpec,
     running: GorgonProcess,
 }
@@ -402,7 +404,8 @@ impl Trio {
         let seed = front.cluster_port;
         let web = front.start(Some(redis), &ns);
         let base = web.base();
-        let backend = admin(NodeSpec::new("auth,app,store", Some(seed))).start(Some(redis), &ns);
+        let backend_spec = admin(NodeSpec::new("auth,app,store", Some(seed)));
+        let backend = backend_spec.start(Some(redis), &ns);
         let second = NodeSpec::new("auth,app", Some(seed));
         let running = second.start(Some(redis), &ns);
         wait_ready(&http, &base).await;
@@ -415,6 +418,7 @@ impl Trio {
             http,
             web,
             base,
+            backend_spec,
             backend,
             second,
             running,
@@ -432,6 +436,97 @@ struct LoadLog {
     write_errors: Vec<(Instant, String)>,
 }
 
+impl LoadLog {
+    /// Every acknowledged write is there, as written.
+    async fn assert_all_written_readable(&self, http: &Client, base: &str, token: &str) {
+        for (id, title) in &self.written {
+            let item: Value = http
+                .get(format!("{base}/api/v1/items/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET a written item")
+                .error_for_status()
+                .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
+                .json()
+                .await
+                .expect("item JSON");
+            assert_eq!(item["title"], title.as_str());
+        }
+    }
+}
+
+/// A bounded load on a front: 8 readers of one item and 4 writers, until `finish`.
+struct Load {
+    log: Arc<Mutex<LoadLog>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(http: &Client, base: &str, token: &str, read_id: &str) -> Load {
+        let log = Arc::new(Mutex::new(LoadLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (http, base, token) = (http.clone(), base.to_string(), token.to_string());
+            let (log, stop, id) = (log.clone(), stop.clone(), read_id.to_string());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = http
+                        .get(format!("{base}/api/v1/items/{id}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
+                    let mut log = log.lock();
+                    match outcome {
+                        Ok(resp) if resp.status() == StatusCode::OK => log.reads_ok += 1,
+                        Ok(resp) => log
+                            .read_errors
+                            .push((Instant::now(), resp.status().to_string())),
+                        Err(e) => log.read_errors.push((Instant::now(), e.to_string())),
+                    }
+                }
+            }));
+        }
+        for _ in 0..4 {
+            let (http, base, token) = (http.clone(), base.to_string(), token.to_string());
+            let (log, stop, counter) = (log.clone(), stop.clone(), counter.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let title = format!("load {}", counter.fetch_add(1, Ordering::Relaxed));
+                    match create_item(&http, &base, &token, &title).await {
+                        Ok(item) => {
+                            let id = item["id"].as_str().unwrap_or_default().to_string();
+                            log.lock().written.insert(id, title);
+                        }
+                        Err(e) => log
+                            .lock()
+                            .write_errors
+                            .push((Instant::now(), e.to_string())),
+                    }
+                }
+            }));
+        }
+        Load { log, stop, tasks }
+    }
+
+    /// Writes acknowledged so far.
+    fn written(&self) -> usize {
+        self.log.lock().written.len()
+    }
+
+    /// Stops the load once every request in flight has its answer.
+    async fn finish(self) -> LoadLog {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("load task");
+        }
+        std::mem::take(&mut *self.log.lock())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
     bounded(async {
@@ -446,6 +541,7 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
             backend: _backend,
             second: victim_spec,
             running: mut victim,
+            ..
         } = Trio::start(&redis).await;
         let (_, token) = common::register_and_login(&http, &base, "grace@example.com").await;
         let first = create_item(&http, &base, &token, "before the load")
@@ -453,49 +549,9 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
             .expect("create the first item");
         let first_id = first["id"].as_str().expect("id").to_string();
 
-        // Bounded load: 8 readers and 4 writers until told to stop.
-        let log = Arc::new(Mutex::new(LoadLog::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let counter = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let (http, base, token, id) = (http.clone(), base.clone(), token.clone(), first_id.clone());
-            let (log, stop) = (log.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let outcome = http
-                        .get(format!("{base}/api/v1/items/{id}"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await;
-                    let mut log = log.lock();
-                    match outcome {
-                        Ok(resp) if resp.status() == StatusCode::OK => log.reads_ok += 1,
-                        Ok(resp) => log.read_errors.push((Instant::now(), resp.status().to_string())),
-                        Err(e) => log.read_errors.push((Instant::now(), e.to_string())),
-                    }
-                }
-            }));
-        }
-        for _ in 0..4 {
-            let (http, base, token) = (http.clone(), base.clone(), token.clone());
-            let (log, stop, counter) = (log.clone(), stop.clone(), counter.clone());
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let title = format!("load {}", counter.fetch_add(1, Ordering::Relaxed));
-                    match create_item(&http, &base, &token, &title).await {
-                        Ok(item) => {
-                            let id = item["id"].as_str().unwrap_or_default().to_string();
-                            log.lock().written.insert(id, title);
-                        }
-                        Err(e) => log.lock().write_errors.push((Instant::now(), e.to_string())),
-                    }
-                }
-            }));
-        }
-
+        let load = Load::start(&http, &base, &token, &first_id);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let before_kill = log.lock().written.len();
+        let before_kill = load.written();
         let killed_at = Instant::now();
         victim.kill9();
         wait_view(&http, &base, Duration::from_secs(10), |v| {
@@ -511,13 +567,9 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
         .await;
         let rejoined_after = killed_at.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        stop.store(true, Ordering::Relaxed);
-        for task in tasks {
-            task.await.expect("load task");
-        }
+        let log = load.finish().await;
         assert!(victim.is_running());
 
-        let log = std::mem::take(&mut *log.lock());
         let last_read_error = log
             .read_errors
             .iter()
@@ -546,21 +598,7 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
         );
         assert!(log.written.len() > before_kill, "writes continued after the kill");
 
-        // Every acknowledged write is there, as written.
-        for (id, title) in &log.written {
-            let item: Value = http
-                .get(format!("{base}/api/v1/items/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("GET a written item")
-                .error_for_status()
-                .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
-                .json()
-                .await
-                .expect("item JSON");
-            assert_eq!(item["title"], title.as_str());
-        }
+        log.assert_all_written_readable(&http, &base, &token).await;
     })
     .await;
 }
@@ -691,6 +729,70 @@ async fn a_hung_node_is_dropped_by_the_heartbeat_and_rejoins_when_it_resumes() {
         );
         // Reads that met the hung node wait one call timeout, then go to another member.
         assert_eq!(failed, 0, "reads are retried on another member");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_node_killed_under_load_loses_no_acknowledged_write() {
+    bounded(async {
+        let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
+            return;
+        };
+        let Trio {
+            ns,
+            http,
+            web: _web,
+            base,
+            backend_spec,
+            backend: mut store_node,
+            running: _second,
+            ..
+        } = Trio::start(&redis).await;
+        let (_, token) = common::register_and_login(&http, &base, "liskov@example.com").await;
+        let first = create_item(&http, &base, &token, "before the load")
+            .await
+            .expect("create the first item");
+        let load = Load::start(&http, &base, &token, first["id"].as_str().expect("id"));
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before_kill = load.written();
+        let killed_at = Instant::now();
+        // The embedded store belongs to this node alone: reads stop until it is back, while
+        // writes wait in Redis (the store's durable queue) rather than fail.
+        store_node.kill9();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store_node = backend_spec.start(Some(&redis), &ns);
+        wait_ready(&http, &base).await;
+        let back_after = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log = load.finish().await;
+        assert!(store_node.is_running());
+
+        let last_read_error = log
+            .read_errors
+            .iter()
+            .map(|(at, _)| at.saturating_duration_since(killed_at))
+            .max();
+        eprintln!(
+            "kill -9 of the store node under load: {} reads ok, {} read errors (last {:?} after \
+             the kill), ready again after {back_after:?}; {} writes acknowledged ({before_kill} \
+             before the kill), {} write errors (first: {:?})",
+            log.reads_ok,
+            log.read_errors.len(),
+            last_read_error,
+            log.written.len(),
+            log.write_errors.len(),
+            log.write_errors.first().map(|(_, e)| e),
+        );
+        if let Some(last) = last_read_error {
+            assert!(
+                last < back_after + Duration::from_secs(1),
+                "reads kept failing {last:?} after the kill, though the store was back after {back_after:?}"
+            );
+        }
+        assert!(log.written.len() > before_kill, "writes continued");
+        log.assert_all_written_readable(&http, &base, &token).await;
     })
     .await;
 }
