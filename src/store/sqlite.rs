@@ -274,7 +274,8 @@ fn db_error(e: rusqlite::Error) -> Error {
     }
 }
 
-fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
+/// Opens a connection; `mmap_mib` is how much of the file it maps for reads.
+fn open_connection(path: &Path, options: &SqliteOptions, mmap_mib: u32) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db_error)?;
     let sync = if options.sync_full { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!(
@@ -284,7 +285,7 @@ fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
          PRAGMA temp_store=MEMORY;
          PRAGMA mmap_size={};
          PRAGMA cache_size=-{};",
-        options.mmap_mib as u64 * 1024 * 1024,
+        mmap_mib as u64 * 1024 * 1024,
         options.cache_mib as u64 * 1024
     ))
     .map_err(db_error)?;
@@ -517,7 +518,10 @@ impl SqliteStore {
             )));
         }
         let path = dir.join(DB_FILE);
-        let writer = open_connection(&path, &options)?;
+        // The writer maps nothing: its reads are index probes, and a bulk load's index build
+        // scans the whole table, which through a mapping stayed resident in the process (365 of
+        // the 590 MB peak RSS of seeding 1M items).
+        let writer = open_connection(&path, &options, 0)?;
         writer.execute_batch(SCHEMA).map_err(db_error)?;
         let interrupted_bulk: Option<String> = writer
             .query_row("SELECT value FROM meta WHERE key = 'bulk_load'", [], |r| {
@@ -540,7 +544,7 @@ impl SqliteStore {
             })
             .map_err(db_error)?;
         let readers = (0..options.readers.max(1))
-            .map(|_| open_connection(&path, &options).map(Mutex::new))
+            .map(|_| open_connection(&path, &options, options.mmap_mib).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let max_batch = options.max_write_batch.max(1);
