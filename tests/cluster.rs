@@ -437,6 +437,14 @@ struct LoadLog {
 }
 
 impl LoadLog {
+    /// How long after `at` the last read failed (`None`: no read failed).
+    fn last_read_error_after(&self, at: Instant) -> Option<Duration> {
+        self.read_errors
+            .iter()
+            .map(|(when, _)| when.saturating_duration_since(at))
+            .max()
+    }
+
     /// Every acknowledged write is there, as written.
     async fn assert_all_written_readable(&self, http: &Client, base: &str, token: &str) {
         for (id, title) in &self.written {
@@ -464,6 +472,16 @@ struct Load {
 }
 
 impl Load {
+    /// Registers `email`, writes a first item and starts the load reading it.
+    async fn as_new_user(http: &Client, base: &str, email: &str) -> (String, Load) {
+        let (_, token) = common::register_and_login(http, base, email).await;
+        let first = create_item(http, base, &token, "before the load")
+            .await
+            .expect("create the first item");
+        let load = Load::start(http, base, &token, first["id"].as_str().expect("id"));
+        (token, load)
+    }
+
     fn start(http: &Client, base: &str, token: &str, read_id: &str) -> Load {
         let log = Arc::new(Mutex::new(LoadLog::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -543,13 +561,7 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
             running: mut victim,
             ..
         } = Trio::start(&redis).await;
-        let (_, token) = common::register_and_login(&http, &base, "grace@example.com").await;
-        let first = create_item(&http, &base, &token, "before the load")
-            .await
-            .expect("create the first item");
-        let first_id = first["id"].as_str().expect("id").to_string();
-
-        let load = Load::start(&http, &base, &token, &first_id);
+        let (token, load) = Load::as_new_user(&http, &base, "grace@example.com").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before_kill = load.written();
         let killed_at = Instant::now();
@@ -570,11 +582,7 @@ async fn a_node_killed_under_load_costs_at_most_a_blip_and_loses_no_write() {
         let log = load.finish().await;
         assert!(victim.is_running());
 
-        let last_read_error = log
-            .read_errors
-            .iter()
-            .map(|(at, _)| at.saturating_duration_since(killed_at))
-            .max();
+        let last_read_error = log.last_read_error_after(killed_at);
         eprintln!(
             "kill -9 of an auth,app node under load: {} reads ok, {} read errors (last {:?} after \
              the kill; first: {:?}), node gone from the view after {gone_after:?}, back after \
@@ -749,11 +757,7 @@ async fn the_store_node_killed_under_load_loses_no_acknowledged_write() {
             running: _second,
             ..
         } = Trio::start(&redis).await;
-        let (_, token) = common::register_and_login(&http, &base, "liskov@example.com").await;
-        let first = create_item(&http, &base, &token, "before the load")
-            .await
-            .expect("create the first item");
-        let load = Load::start(&http, &base, &token, first["id"].as_str().expect("id"));
+        let (token, load) = Load::as_new_user(&http, &base, "liskov@example.com").await;
 
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before_kill = load.written();
@@ -769,11 +773,7 @@ async fn the_store_node_killed_under_load_loses_no_acknowledged_write() {
         let log = load.finish().await;
         assert!(store_node.is_running());
 
-        let last_read_error = log
-            .read_errors
-            .iter()
-            .map(|(at, _)| at.saturating_duration_since(killed_at))
-            .max();
+        let last_read_error = log.last_read_error_after(killed_at);
         eprintln!(
             "kill -9 of the store node under load: {} reads ok, {} read errors (last {:?} after \
              the kill), ready again after {back_after:?}; {} writes acknowledged ({before_kill} \
@@ -791,6 +791,7 @@ async fn the_store_node_killed_under_load_loses_no_acknowledged_write() {
                 "reads kept failing {last:?} after the kill, though the store was back after {back_after:?}"
             );
         }
+        assert!(log.reads_ok > 100, "the readers barely ran: {}", log.reads_ok);
         assert!(log.written.len() > before_kill, "writes continued");
         log.assert_all_written_readable(&http, &base, &token).await;
     })

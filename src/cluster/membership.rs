@@ -65,11 +65,13 @@ impl Peers {
     }
 
     /// Sessions whose peer missed the last heartbeat: calls avoid them while they are judged.
-    pub fn is_suspect(&self, session: u64) -> bool {
+    pub fn suspects(&self) -> std::collections::HashSet<u64> {
         self.by_session
             .lock()
-            .get(&session)
-            .is_some_and(|peer| peer.missed > 0)
+            .iter()
+            .filter(|(_, peer)| peer.missed > 0)
+            .map(|(session, _)| *session)
+            .collect()
     }
 }
 

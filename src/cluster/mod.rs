@@ -495,26 +495,26 @@ impl ClusterLink {
 
     /// Remote gateways of `role` on peers that answer their heartbeats (if none does, all).
     fn members(&self, role: Role) -> Vec<ActorCell> {
-        let all: Vec<ActorCell> =
-            ractor::pg::get_scoped_members(&CLUSTER_SCOPE.to_string(), &role.group())
-                .into_iter()
-                .filter(|cell| !cell.get_id().is_local())
-                .collect();
-        let healthy: Vec<ActorCell> = all
-            .iter()
-            .filter(|cell| !self.peers.is_suspect(cell.get_id().node()))
-            .cloned()
-            .collect();
+        let all = remote_members(role);
+        let suspects = self.peers.suspects();
+        if suspects.is_empty() {
+            return all;
+        }
+        let (healthy, judged): (Vec<ActorCell>, Vec<ActorCell>) = all
+            .into_iter()
+            .partition(|cell| !suspects.contains(&cell.get_id().node()));
         if healthy.is_empty() {
-            all
+            judged
         } else {
             healthy
         }
     }
 
-    /// Whether some other node offers `role`.
+    /// Whether some other node offers `role` (asked on every call the bus routes).
     pub fn has_member(&self, role: Role) -> bool {
-        !self.members(role).is_empty()
+        ractor::pg::get_scoped_members(&CLUSTER_SCOPE.to_string(), &role.group())
+            .iter()
+            .any(|cell| !cell.get_id().is_local())
     }
 
     /// Sends `request` to a remote instance of `P::ROLE`. A direct request that times out or
@@ -679,6 +679,14 @@ impl ClusterLink {
             task.abort();
         }
     }
+}
+
+/// The gateways of `role` on other nodes.
+fn remote_members(role: Role) -> Vec<ActorCell> {
+    ractor::pg::get_scoped_members(&CLUSTER_SCOPE.to_string(), &role.group())
+        .into_iter()
+        .filter(|cell| !cell.get_id().is_local())
+        .collect()
 }
 
 /// Refuses options whose transport this build does not have.
