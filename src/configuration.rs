@@ -199,11 +199,19 @@ pub struct Tuning {
     /// Page cache of each embedded-store connection, in MiB.
     #[arg(long, env = "GORGON_STORE_CACHE_MIB", default_value_t = 16)]
     pub store_cache_mib: u32,
-    /// Memory-mapped bytes of the database per connection, in MiB (0: off). Reads by id are
-    /// about 1.6x faster mapped; resident memory then counts the mapped file pages once per
-    /// connection (page cache, shared and reclaimable, not heap).
-    #[arg(long, env = "GORGON_STORE_MMAP_MIB", default_value_t = 1024)]
+    /// Memory-mapped bytes of the database per read connection, in MiB (0: off, the default).
+    /// Mapped, reads by id are about 1.6x faster while nothing is written; but in WAL mode every
+    /// commit makes each reader unmap and fault the file in again, so under a steady stream of
+    /// writes mapping is slower (the simulator's default scenario: 8.3k reads/s mapped, 9.8k not).
+    #[arg(long, env = "GORGON_STORE_MMAP_MIB", default_value_t = 0)]
     pub store_mmap_mib: u32,
+    /// Newest items of each user the embedded store keeps in memory (0: none): a user's first
+    /// page of at most this many items is then read without the database.
+    #[arg(long, env = "GORGON_STORE_RECENT_ITEMS", default_value_t = 10)]
+    pub store_recent_items: u32,
+    /// Memory those lists may take, in MiB; the least used are dropped beyond it.
+    #[arg(long, env = "GORGON_STORE_RECENT_MIB", default_value_t = 64)]
+    pub store_recent_mib: u32,
     /// fsync every commit (survives power loss; default survives process crashes).
     #[arg(long, env = "GORGON_STORE_SYNC_FULL", default_value_t = false)]
     pub store_sync_full: bool,
@@ -437,6 +445,8 @@ impl RunArgs {
             sync_full: self.tuning.store_sync_full,
             cache_mib: self.tuning.store_cache_mib,
             mmap_mib: self.tuning.store_mmap_mib,
+            recent_items: self.tuning.store_recent_items,
+            recent_mib: self.tuning.store_recent_mib,
         }
     }
 

@@ -195,6 +195,27 @@ pub struct StoreHandler {
 impl RoleHandler for StoreHandler {
     type Protocol = StoreProtocol;
 
+    /// A user's newest items held in memory are answered by the actor itself, without a task.
+    fn answer_now(
+        &self,
+        request: StoreRequest,
+    ) -> std::result::Result<Result<StoreReply>, StoreRequest> {
+        if let StoreRequest::ListUserItems {
+            user_id,
+            limit,
+            offset,
+        } = request
+        {
+            if let Some(items) = self
+                .store
+                .recent_user_items(user_id, Page { limit, offset })
+            {
+                return Ok(Ok(StoreReply::Items(items)));
+            }
+        }
+        Err(request)
+    }
+
     async fn handle(self: Arc<Self>, request: StoreRequest) -> Result<StoreReply> {
         let kind = StoreProtocol::kind(&request);
         let started = Instant::now();

@@ -32,6 +32,15 @@ impl Extra {
         serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
     }
 
+    /// Bytes it takes encoded, as a stand-in for what it holds in memory (0 when empty, the
+    /// common case, without encoding).
+    pub fn approximate_size(&self) -> usize {
+        if self.0.is_empty() {
+            return 0;
+        }
+        serde_json::to_vec(&self.0).map_or(0, |v| v.len())
+    }
+
     /// Reads back what `to_json` stored; a damaged value becomes an empty object rather than an error.
     pub fn from_json(text: &str) -> Self {
         match serde_json::from_str(text) {

@@ -44,6 +44,12 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("listing_is_newest_first_and_paged", |s| {
         Box::pin(listing_is_newest_first_and_paged(s))
     }),
+    ("newest_page_follows_every_write", |s| {
+        Box::pin(newest_page_follows_every_write(s))
+    }),
+    ("newest_page_under_concurrent_reads_and_writes", |s| {
+        Box::pin(newest_page_under_concurrent_reads_and_writes(s))
+    }),
     ("search_matches_title_body_keywords", |s| {
         Box::pin(search_matches_title_body_keywords(s))
     }),
@@ -395,6 +401,124 @@ async fn listing_is_newest_first_and_paged(store: Arc<dyn Store>) {
         .await
         .expect("unknown user")
         .is_empty());
+}
+
+/// The newest page as a reader sees it: through the in-memory answer when the backend has one.
+async fn newest(store: &Arc<dyn Store>, user_id: Uuid, limit: u32) -> Vec<Uuid> {
+    let page = Page { limit, offset: 0 };
+    let items = match store.recent_user_items(user_id, page) {
+        Some(items) => items,
+        None => store.list_user_items(user_id, page).await.expect("list"),
+    };
+    items.iter().map(|i| i.id).collect()
+}
+
+/// A backend that keeps newest pages in memory (the embedded store does) must show every
+/// acknowledged write in the next read: each step reads first, so a page is held when it writes.
+async fn newest_page_follows_every_write(store: Arc<dyn Store>) {
+    let u = store
+        .insert_user(user("newest@example.com"))
+        .await
+        .expect("insert");
+    assert!(newest(&store, u.id, 10).await.is_empty());
+    let first = store
+        .insert_item(item(u.id, "first", "", &[]))
+        .await
+        .expect("insert");
+    assert_eq!(
+        newest(&store, u.id, 10).await,
+        [first.id],
+        "after insert_item"
+    );
+    let batch: Vec<Item> = (0..12)
+        .map(|n| item(u.id, &format!("batch {n}"), "", &[]))
+        .collect();
+    store.insert_items(batch.clone()).await.expect("batch");
+    let expected: Vec<Uuid> = batch.iter().rev().map(|i| i.id).take(10).collect();
+    assert_eq!(
+        newest(&store, u.id, 10).await,
+        expected,
+        "after insert_items"
+    );
+    assert_eq!(
+        newest(&store, u.id, 3).await,
+        expected[..3],
+        "a shorter page"
+    );
+    let top = batch.last().expect("a batch").id;
+    let patch = ItemPatch {
+        title: Some("renamed".into()),
+        ..Default::default()
+    };
+    store.update_item(top, u.id, patch).await.expect("update");
+    let page = store
+        .recent_user_items(u.id, PAGE)
+        .unwrap_or_default()
+        .into_iter()
+        .chain(store.list_user_items(u.id, PAGE).await.expect("list"))
+        .find(|i| i.id == top)
+        .expect("still listed");
+    assert_eq!(page.title, "renamed", "after update_item");
+    store.delete_item(top, u.id).await.expect("delete");
+    assert!(
+        !newest(&store, u.id, 10).await.contains(&top),
+        "after delete_item"
+    );
+    store.delete_user(u.id).await.expect("delete user");
+    assert!(
+        newest(&store, u.id, 10).await.is_empty(),
+        "after delete_user"
+    );
+}
+
+/// Writers each write their own user's items and read them back at once, while readers keep
+/// reading every user's newest page: a read racing a commit must never leave a stale page behind.
+async fn newest_page_under_concurrent_reads_and_writes(store: Arc<dyn Store>) {
+    let mut users = Vec::new();
+    for n in 0..6 {
+        let u = store
+            .insert_user(user(&format!("race{n}@example.com")))
+            .await
+            .expect("insert");
+        users.push(u.id);
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, users, done) = (store.clone(), users.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for &u in &users {
+                        newest(&store, u, 10).await;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = users
+        .iter()
+        .map(|&u| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..100 {
+                    let written = store
+                        .insert_item(item(u, &format!("race {n}"), "", &[]))
+                        .await
+                        .expect("insert");
+                    let seen = newest(&store, u, 10).await;
+                    assert_eq!(seen.first(), Some(&written.id), "write {n} not read back");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.expect("reader");
+    }
 }
 
 async fn search_matches_title_body_keywords(store: Arc<dyn Store>) {

@@ -4,6 +4,7 @@
 //! suite every backend must pass (run by `tests/store_contract.rs`).
 
 pub mod contract;
+pub mod recent;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -67,6 +68,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_item(&self, id: Uuid, owner: Uuid) -> Result<Item>;
     /// A user's items, newest first.
     async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>>;
+    /// The same page if the backend holds it in memory, answered without waiting; `None`
+    /// means "ask [`list_user_items`](Store::list_user_items)".
+    fn recent_user_items(&self, _user_id: Uuid, _page: Page) -> Option<Vec<Item>> {
+        None
+    }
     /// Items matching every word of `query` in title, body or keywords, newest first.
     async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>>;
     /// Up to `limit` user ids (used by the random provider to pick authors).

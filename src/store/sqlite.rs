@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::recent::RecentItems;
 use super::{BulkLoad, Credentials, Page, Store};
 use crate::domain::{
     from_millis, to_millis, Extra, Item, ItemPatch, Job, JobOutcome, JobState, Location, NewJob,
@@ -56,6 +57,10 @@ pub struct SqliteOptions {
     /// Bytes of the database file each connection maps into memory (0: plain reads).
     /// A mapping is per connection, so resident memory counts shared pages once per reader.
     pub mmap_mib: u32,
+    /// Newest items kept in memory per user (0: none), see [`RecentItems`].
+    pub recent_items: u32,
+    /// Memory those lists may take, in MiB (0: none).
+    pub recent_mib: u32,
 }
 
 impl Default for SqliteOptions {
@@ -65,7 +70,9 @@ impl Default for SqliteOptions {
             max_write_batch: 512,
             sync_full: false,
             cache_mib: 16,
-            mmap_mib: 1024,
+            mmap_mib: 0,
+            recent_items: 10,
+            recent_mib: 64,
         }
     }
 }
@@ -93,9 +100,20 @@ struct SearchRow {
 /// every write runs in one, so triggers made each write flush and merge the index (a third of
 /// the writer's time under load). Collected here, the changes of a whole batch are applied
 /// together just before its commit: one flush per batch.
+///
+/// Every write that changes a user's items calls [`Tx::touch`] (or [`Tx::touch_all`]), so the
+/// writer can forget those users' [`RecentItems`] lists once the batch has committed.
 struct Tx<'c> {
     conn: &'c Connection,
     search: RefCell<Vec<SearchChange>>,
+    touched: RefCell<Touched>,
+}
+
+/// Whose items a batch changed.
+#[derive(Default)]
+struct Touched {
+    users: Vec<Uuid>,
+    all: bool,
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -106,6 +124,16 @@ impl std::ops::Deref for Tx<'_> {
 }
 
 impl Tx<'_> {
+    /// The user's items changed in this batch.
+    fn touch(&self, user_id: Uuid) {
+        self.touched.borrow_mut().users.push(user_id);
+    }
+
+    /// Anyone's items may have changed in this batch.
+    fn touch_all(&self) {
+        self.touched.borrow_mut().all = true;
+    }
+
     fn index(&self, seq: i64, item: &Item) {
         self.search.borrow_mut().push(SearchChange::Add(SearchRow {
             seq,
@@ -178,6 +206,8 @@ pub struct SqliteStore {
     bulk_base: AtomicI64,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Users' newest items in memory; `None` when turned off.
+    recent: Option<Arc<RecentItems>>,
     _lock: File,
 }
 
@@ -439,6 +469,20 @@ fn select_item(conn: &Connection, id: Uuid) -> Result<Item> {
 }
 
 /// Runs `f` in a savepoint: its changes (search changes included) are kept only if it succeeds.
+/// A page of a user's items, newest first.
+fn select_user_items(conn: &Connection, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE user_id = ?1
+             ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+        ))
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map(params![user_id, page.limit, page.offset], item_from_row)
+        .map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+}
+
 fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
     let mark = tx.search.borrow().len();
     tx.execute_batch("SAVEPOINT op").map_err(db_error)?;
@@ -467,12 +511,18 @@ pub fn fts_query(text: &str) -> Result<String> {
     Ok(words.join(" "))
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    jobs: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    recent: Option<Arc<RecentItems>>,
+) {
     while let Ok(first) = jobs.recv() {
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let tx = Tx {
             conn: &conn,
             search: RefCell::new(Vec::new()),
+            touched: RefCell::new(Touched::default()),
         };
         let mut finishes: Vec<Finish> = Vec::with_capacity(16);
         finishes.push(first(&tx));
@@ -486,6 +536,16 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, max_batch: usiz
             .and_then(|_| tx.apply_search_changes())
             .and_then(|_| conn.execute_batch("COMMIT"));
         metrics::histogram!("gorgon_store_write_batch_size").record(finishes.len() as f64);
+        // Before any write of the batch is answered (a rolled-back batch changed nothing, and
+        // forgetting lists then costs only a re-read).
+        if let Some(recent) = &recent {
+            let touched = tx.touched.take();
+            if touched.all {
+                recent.clear();
+            } else {
+                touched.users.into_iter().for_each(|u| recent.invalidate(u));
+            }
+        }
         match outcome {
             Ok(()) => finishes.into_iter().for_each(|f| f(None)),
             Err(e) => {
@@ -546,11 +606,19 @@ impl SqliteStore {
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, &options, options.mmap_mib).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
+        let recent = RecentItems::new(
+            options.recent_items,
+            u64::from(options.recent_mib) * 1024 * 1024,
+        )
+        .map(Arc::new);
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let max_batch = options.max_write_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("gorgon-store-writer".into())
-            .spawn(move || writer_loop(writer, rx, max_batch))
+            .spawn({
+                let recent = recent.clone();
+                move || writer_loop(writer, rx, max_batch, recent)
+            })
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteStore {
             path,
@@ -560,6 +628,7 @@ impl SqliteStore {
             bulk_base: AtomicI64::new(next_seq),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            recent,
             _lock: lock,
         })
     }
@@ -711,6 +780,7 @@ impl Store for SqliteStore {
                 [id],
             )?;
             rows.into_iter().for_each(|row| conn.unindex(row));
+            conn.touch(id);
             conn.execute("DELETE FROM items WHERE user_id = ?1", [id])
                 .map_err(db_error)?;
             conn.execute("DELETE FROM tokens WHERE user_id = ?1", [id])
@@ -809,6 +879,7 @@ impl Store for SqliteStore {
             let seq = seqs.fetch_sub(1, Ordering::Relaxed);
             if insert_item_row(conn, &item, seq, true).map_err(db_error)? == 1 {
                 conn.index(seq, &item);
+                conn.touch(item.user_id);
                 return Ok(item);
             }
             let existing = select_item(conn, item.id)?;
@@ -829,6 +900,7 @@ impl Store for SqliteStore {
                 let seq = seqs.fetch_sub(1, Ordering::Relaxed);
                 if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
                     conn.index(seq, item);
+                    conn.touch(item.user_id);
                     inserted += 1;
                 }
             }
@@ -848,6 +920,7 @@ impl Store for SqliteStore {
                 return Err(Error::Forbidden("only the owner may change an item".into()));
             }
             patch.apply(&mut item);
+            conn.touch(owner);
             for old in search_rows(conn, SEARCH_ROW_BY_ID, [id])? {
                 let seq = old.seq;
                 conn.unindex(old);
@@ -882,6 +955,7 @@ impl Store for SqliteStore {
             if item.user_id != owner {
                 return Err(Error::Forbidden("only the owner may delete an item".into()));
             }
+            conn.touch(owner);
             for old in search_rows(conn, SEARCH_ROW_BY_ID, [id])? {
                 conn.unindex(old);
             }
@@ -896,18 +970,26 @@ impl Store for SqliteStore {
     }
 
     async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM items WHERE user_id = ?1
-                     ORDER BY id DESC LIMIT ?2 OFFSET ?3"
-                ))
-                .map_err(db_error)?;
-            let rows = stmt
-                .query_map(params![user_id, page.limit, page.offset], item_from_row)
-                .map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
+        let Some(recent) = self.recent.as_ref().filter(|r| r.covers(page)) else {
+            return self.read(|conn| select_user_items(conn, user_id, page));
+        };
+        if let Some(items) = recent.get(user_id, page.limit) {
+            return Ok(items);
+        }
+        let ticket = recent.ticket(user_id);
+        let newest = Page {
+            limit: recent.depth(),
+            offset: 0,
+        };
+        let mut items = self.read(|conn| select_user_items(conn, user_id, newest))?;
+        recent.fill(ticket, &items);
+        items.truncate(page.limit as usize);
+        Ok(items)
+    }
+
+    fn recent_user_items(&self, user_id: Uuid, page: Page) -> Option<Vec<Item>> {
+        let recent = self.recent.as_ref().filter(|r| r.covers(page))?;
+        recent.get(user_id, page.limit)
     }
 
     async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>> {
@@ -1187,6 +1269,7 @@ impl BulkLoad for SqliteStore {
     async fn bulk_items(&self, items: Vec<(u64, Item)>) -> Result<()> {
         let base = self.bulk_base.load(Ordering::Relaxed);
         self.write(move |conn| {
+            conn.touch_all();
             for (position, item) in &items {
                 let seq = base - *position as i64;
                 insert_item_row(conn, item, seq, false).map_err(db_error)?;
