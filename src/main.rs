@@ -5,6 +5,12 @@ use clap::Parser;
 use gorgon::configuration::{Cli, Command};
 use gorgon::startup::{shutdown_signal, Node};
 
+/// mimalloc instead of glibc's malloc. On the simulator's default scenario (2 cores, one run
+/// each): reads 12.8k/s -> 14.8k/s, and the run's resident memory 283 -> 150 MiB, because glibc
+/// kept the seeding's freed memory in its per-thread arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::process::ExitCode {
     gorgon::telemetry::init_logging();
