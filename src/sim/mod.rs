@@ -444,8 +444,8 @@ async fn open_loop(
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     let mut n = 0;
-    while n < total {
-        let due = schedule.due_by(start.elapsed()).min(total);
+    let mut due_counts = schedule::pace(schedule, total, start);
+    while let Some(due) = due_counts.recv().await {
         while n < due {
             let intended = start + schedule.due(n);
             let op = mix.pick(&mut rand::rng());
@@ -465,9 +465,6 @@ async fn open_loop(
             n += 1;
         }
         while tasks.try_join_next().is_some() {}
-        if n < total {
-            tokio::time::sleep_until((start + schedule.due(n)).into()).await;
-        }
     }
     while tasks.join_next().await.is_some() {}
 }
