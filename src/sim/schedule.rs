@@ -63,7 +63,10 @@ pub fn pace(schedule: Schedule, total: u64, start: Instant) -> mpsc::UnboundedRe
                     continue;
                 }
                 let next = start + schedule.due(announced);
-                std::thread::sleep(next.saturating_duration_since(Instant::now()).max(PACER_TICK));
+                std::thread::sleep(
+                    next.saturating_duration_since(Instant::now())
+                        .max(PACER_TICK),
+                );
             }
         });
     if let Err(e) = spawned {
@@ -128,7 +131,10 @@ mod tests {
             worst_lateness = worst_lateness.max(lateness);
             last = count;
         }
-        assert_eq!(last, 500, "every request announced, then the channel closes");
+        assert_eq!(
+            last, 500,
+            "every request announced, then the channel closes"
+        );
         // Lateness is the pacer's sleep precision plus a wake-up, tens of microseconds on an idle
         // machine; the bound is loose for a loaded CI machine, and still well under what tokio's
         // 1 ms timer gives under the same load.

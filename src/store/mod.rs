@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod recent;
+mod search_build;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -113,6 +114,7 @@ pub trait BulkLoad: Store {
     /// Each item comes with its position in time order within this load (0 the oldest), so the
     /// backend can keep newest-first orders without sorting, whatever order items arrive in.
     async fn bulk_items(&self, items: Vec<(u64, Item)>) -> Result<()>;
-    /// Rebuilds what `begin_bulk` set aside (secondary indexes, the search index).
+    /// Rebuilds what `begin_bulk` set aside (secondary indexes, the search index). Called once
+    /// every `bulk_items` call has returned.
     async fn finish_bulk(&self) -> Result<()>;
 }
