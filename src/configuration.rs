@@ -212,6 +212,10 @@ pub struct Tuning {
     /// Memory those lists may take, in MiB; the least used are dropped beyond it.
     #[arg(long, env = "GORGON_STORE_RECENT_MIB", default_value_t = 64)]
     pub store_recent_mib: u32,
+    /// How often a background thread checkpoints the store's write-ahead log after commits
+    /// ("0s": SQLite's automatic checkpoints, which stall the writer during their fsync).
+    #[arg(long, env = "GORGON_STORE_CHECKPOINT_EVERY", default_value = "200ms", value_parser = parse_duration)]
+    pub store_checkpoint_every: Duration,
     /// fsync every commit (survives power loss; default survives process crashes).
     #[arg(long, env = "GORGON_STORE_SYNC_FULL", default_value_t = false)]
     pub store_sync_full: bool,
@@ -447,6 +451,8 @@ impl RunArgs {
             mmap_mib: self.tuning.store_mmap_mib,
             recent_items: self.tuning.store_recent_items,
             recent_mib: self.tuning.store_recent_mib,
+            checkpoint_every: Some(self.tuning.store_checkpoint_every)
+                .filter(|every| !every.is_zero()),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gorgon::store::{contract, SqliteStore, Store};
+use gorgon::store::{contract, SqliteOptions, SqliteStore, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_passes_the_contract() {
@@ -31,4 +31,56 @@ async fn embedded_store_is_owned_by_one_process_at_a_time() {
     first.close().await;
     drop(first);
     SqliteStore::open(dir.path(), Default::default()).expect("reopen after close");
+}
+
+/// Writes 1,000 items and says how large the database file (not its log) is after `wait`.
+async fn database_size_after_writes(options: SqliteOptions, wait: std::time::Duration) -> u64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path(), options).expect("open");
+    let user = gorgon::domain::new_id();
+    for batch in 0..10 {
+        let items = (0..100)
+            .map(|n| {
+                gorgon::domain::NewItem {
+                    title: format!("item {batch}-{n}"),
+                    body: "x".repeat(300),
+                    ..Default::default()
+                }
+                .into_item(gorgon::domain::new_id(), user, gorgon::domain::now())
+            })
+            .collect();
+        store.insert_items(items).await.expect("insert");
+    }
+    tokio::time::sleep(wait).await;
+    let size = std::fs::metadata(dir.path().join("gorgon.db"))
+        .expect("database file")
+        .len();
+    store.close().await;
+    size
+}
+
+/// The background checkpointer moves committed pages into the database file while the store
+/// runs; without it (and below SQLite's automatic threshold of 1,000 log pages) they stay in
+/// the log until the store closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_moves_commits_into_the_database() {
+    let wait = std::time::Duration::from_millis(500);
+    let background = SqliteOptions {
+        checkpoint_every: Some(std::time::Duration::from_millis(20)),
+        ..Default::default()
+    };
+    let automatic = SqliteOptions {
+        checkpoint_every: None,
+        ..Default::default()
+    };
+    let checkpointed = database_size_after_writes(background, wait).await;
+    let left_in_log = database_size_after_writes(automatic, wait).await;
+    assert!(
+        checkpointed > 300_000,
+        "1,000 items of 300+ bytes checkpointed: the database is {checkpointed} bytes"
+    );
+    assert!(
+        left_in_log < checkpointed / 2,
+        "without the checkpointer the items stay in the log: {left_in_log} bytes"
+    );
 }

@@ -3,6 +3,7 @@
 //! Only the `store` role touches a `Store`. The trait is the contract: `contract` holds the test
 //! suite every backend must pass (run by `tests/store_contract.rs`).
 
+mod checkpointer;
 pub mod contract;
 pub mod recent;
 mod search_build;

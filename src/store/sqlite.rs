@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::checkpointer::{self, Checkpointer};
 use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
 use super::{BulkLoad, Credentials, Page, Store};
@@ -62,6 +63,9 @@ pub struct SqliteOptions {
     pub recent_items: u32,
     /// Memory those lists may take, in MiB (0: none).
     pub recent_mib: u32,
+    /// How often a thread of its own checkpoints the write-ahead log after commits (`None`:
+    /// SQLite's automatic checkpoints, on the writer), see [`super::checkpointer`].
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -74,6 +78,7 @@ impl Default for SqliteOptions {
             mmap_mib: 0,
             recent_items: 10,
             recent_mib: 64,
+            checkpoint_every: Some(std::time::Duration::from_millis(200)),
         }
     }
 }
@@ -539,6 +544,7 @@ fn writer_loop(
     jobs: mpsc::Receiver<WriteJob>,
     max_batch: usize,
     recent: Option<Arc<RecentItems>>,
+    checkpointer: Option<Checkpointer>,
 ) {
     while let Ok(first) = jobs.recv() {
         let began = conn.execute_batch("BEGIN IMMEDIATE");
@@ -570,7 +576,12 @@ fn writer_loop(
             }
         }
         match outcome {
-            Ok(()) => finishes.into_iter().for_each(|f| f(None)),
+            Ok(()) => {
+                if let Some(checkpointer) = &checkpointer {
+                    checkpointer.signal.committed();
+                }
+                finishes.into_iter().for_each(|f| f(None))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "embedded store commit failed");
                 let _ = conn.execute_batch("ROLLBACK");
@@ -579,6 +590,9 @@ fn writer_loop(
         }
     }
     // Every sender is gone: fold the WAL back so the next start opens quickly.
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.stop();
+    }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
@@ -636,13 +650,22 @@ impl SqliteStore {
             u64::from(options.recent_mib) * 1024 * 1024,
         )
         .map(Arc::new);
+        let checkpointer = match options.checkpoint_every {
+            Some(every) => {
+                writer
+                    .execute_batch("PRAGMA wal_autocheckpoint=0")
+                    .map_err(db_error)?;
+                Some(checkpointer::start(&path, every)?)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let max_batch = options.max_write_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("gorgon-store-writer".into())
             .spawn({
                 let recent = recent.clone();
-                move || writer_loop(writer, rx, max_batch, recent)
+                move || writer_loop(writer, rx, max_batch, recent, checkpointer)
             })
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteStore {
