@@ -103,6 +103,18 @@ fn describe_metrics() {
         "Writes committed together in one transaction (group commit)."
     );
     describe_counter!(
+        "gorgon_store_recent_lookups_total",
+        "Lookups of a user's newest items in the embedded store's memory: hit, or miss (read from the database)."
+    );
+    describe_gauge!(
+        "gorgon_store_wal_frames",
+        "Frames in the embedded store's write-ahead log after the background checkpointer's last run."
+    );
+    describe_counter!(
+        "gorgon_store_checkpoints_total",
+        "Background checkpoints of the embedded store's write-ahead log."
+    );
+    describe_counter!(
         "gorgon_auth_login_total",
         "Login attempts, by outcome (ok, denied, rate_limited)."
     );
