@@ -11,30 +11,10 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_data_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let ids_file = dir.path().join("users.txt");
-    let cli = Cli::parse_from([
-        "gorgon",
-        "seed",
-        "--users",
-        "50",
-        "--items",
-        "3000",
-        "--batch",
-        "700",
-        "--quiet",
-        "--data",
-        dir.path().to_str().unwrap(),
-        "--user-ids-out",
-        ids_file.to_str().unwrap(),
-    ]);
-    let Command::Seed(args) = cli.command else {
-        unreachable!()
-    };
-    let report = gorgon::seed::run(args).await.expect("seed");
+    let (report, user_ids) = seed_into(dir.path(), 50, 3000).await;
     assert_eq!(report.users, 50);
     assert_eq!(report.items, 3000);
-    let user_ids = std::fs::read_to_string(&ids_file).unwrap();
-    assert_eq!(user_ids.lines().count(), 50);
+    assert_eq!(user_ids.len(), 50);
 
     let app = TestApp::spawn_in(dir, &[]).await;
     let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
@@ -42,7 +22,7 @@ async fn seeded_data_is_served() {
     assert_eq!(stats["users"], 51, "50 seeded and the admin");
 
     let mut total = 0;
-    for uid in user_ids.lines() {
+    for uid in &user_ids {
         let page: Value = app
             .get(&format!("/api/v1/users/{uid}/items?limit=100"))
             .await
@@ -52,7 +32,7 @@ async fn seeded_data_is_served() {
         let items = page["items"].as_array().unwrap();
         let ts: Vec<&str> = items.iter().map(|i| i["ts"].as_str().unwrap()).collect();
         assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first");
-        assert!(items.iter().all(|i| i["user_id"] == uid));
+        assert!(items.iter().all(|i| i["user_id"] == uid.as_str()));
         total += items.len();
     }
     assert!(total > 2000, "most items listed: {total}");
@@ -64,8 +44,12 @@ async fn seeded_data_is_served() {
     assert!(!found["items"].as_array().unwrap().is_empty());
 }
 
-/// Seeds `items` into `dir` (as `users` new users); returns the new users' ids.
-async fn seed_into(dir: &std::path::Path, users: u64, items: u64) -> Vec<String> {
+/// Seeds `items` into `dir` (as `users` new users); returns the report and the new users' ids.
+async fn seed_into(
+    dir: &std::path::Path,
+    users: u64,
+    items: u64,
+) -> (gorgon::seed::SeedReport, Vec<String>) {
     let ids_file = dir.join(format!("users-{items}.txt"));
     let cli = Cli::parse_from([
         "gorgon",
@@ -85,9 +69,9 @@ async fn seed_into(dir: &std::path::Path, users: u64, items: u64) -> Vec<String>
     let Command::Seed(args) = cli.command else {
         unreachable!()
     };
-    gorgon::seed::run(args).await.expect("seed");
+    let report = gorgon::seed::run(args).await.expect("seed");
     let ids = std::fs::read_to_string(&ids_file).unwrap();
-    ids.lines().map(str::to_string).collect()
+    (report, ids.lines().map(str::to_string).collect())
 }
 
 /// Every id the search answers for `word`, all pages.
@@ -178,7 +162,7 @@ async fn assert_search_exact(app: &TestApp, users: &[String], total: usize) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_index_of_bulk_loads_is_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let mut users = seed_into(dir.path(), 40, 3000).await;
+    let (_, mut users) = seed_into(dir.path(), 40, 3000).await;
     assert!(
         !dir.path().join("search-build.db").exists(),
         "the scratch index was removed"
@@ -187,7 +171,7 @@ async fn search_index_of_bulk_loads_is_exact() {
     assert_search_exact(&app, &users, 3000).await;
     let dir = app.stop().await;
 
-    users.extend(seed_into(dir.path(), 10, 1000).await);
+    users.extend(seed_into(dir.path(), 10, 1000).await.1);
     let app = TestApp::spawn_in(dir, &[]).await;
     let common = assert_search_exact(&app, &users, 4000).await;
 
