@@ -496,7 +496,6 @@ fn select_item(conn: &Connection, id: Uuid) -> Result<Item> {
         .ok_or_else(|| Error::not_found("item"))
 }
 
-/// Runs `f` in a savepoint: its changes (search changes included) are kept only if it succeeds.
 /// A page of a user's items, newest first.
 fn select_user_items(conn: &Connection, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
     let mut stmt = conn
@@ -511,6 +510,7 @@ fn select_user_items(conn: &Connection, user_id: Uuid, page: Page) -> Result<Vec
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }
 
+/// Runs `f` in a savepoint: its changes (search changes included) are kept only if it succeeds.
 fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
     let mark = tx.search.borrow().len();
     tx.execute_batch("SAVEPOINT op").map_err(db_error)?;
