@@ -17,18 +17,15 @@ async fn seeded_data_is_served() {
     assert_eq!(user_ids.len(), 50);
 
     let app = TestApp::spawn_in(dir, &[]).await;
-    let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
+    let stats: Value = app.get_json("/api/v1/stats").await;
     assert_eq!(stats["items"], 3000);
     assert_eq!(stats["users"], 51, "50 seeded and the admin");
 
     let mut total = 0;
     for uid in &user_ids {
         let page: Value = app
-            .get(&format!("/api/v1/users/{uid}/items?limit=100"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/v1/users/{uid}/items?limit=100"))
+            .await;
         let items = page["items"].as_array().unwrap();
         let ts: Vec<&str> = items.iter().map(|i| i["ts"].as_str().unwrap()).collect();
         assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first");
@@ -79,11 +76,8 @@ async fn search_all(app: &TestApp, word: &str) -> std::collections::BTreeSet<Str
     let mut found = std::collections::BTreeSet::new();
     for offset in (0..).step_by(100) {
         let page: Value = app
-            .get(&format!("/api/v1/items?q={word}&limit=100&offset={offset}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/v1/items?q={word}&limit=100&offset={offset}"))
+            .await;
         let items = page["items"].as_array().unwrap();
         found.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_string()));
         if items.len() < 100 {
@@ -103,13 +97,10 @@ async fn assert_search_exact(app: &TestApp, users: &[String], total: usize) -> S
     for uid in users {
         for offset in (0..).step_by(100) {
             let page: Value = app
-                .get(&format!(
+                .get_json(&format!(
                     "/api/v1/users/{uid}/items?limit=100&offset={offset}"
                 ))
-                .await
-                .json()
-                .await
-                .unwrap();
+                .await;
             let items = page["items"].as_array().unwrap();
             for item in items {
                 listed += 1;

@@ -83,6 +83,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GET `path` and parse its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("json body")
+    }
+
     pub async fn get_auth(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))
