@@ -33,8 +33,16 @@ pub enum Error {
     /// Well-formed, but a field's value is not acceptable.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// Too many requests from this client or for this account; try again after `retry_after_secs`
+    /// (sent as `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The store cannot write right now (its disk is full); reads still work.
     #[error("{0}")]
-    RateLimited(String),
+    InsufficientStorage(String),
     /// A role this request needs is not reachable right now.
     #[error("{0}")]
     Unavailable(String),
@@ -54,6 +62,15 @@ impl Error {
         }
     }
 
+    /// A 429 telling the client when to come back (rounded up to whole seconds, at least 1).
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Error::RateLimited {
+            message: message.into(),
+            retry_after_secs: secs.max(1),
+        }
+    }
+
     pub fn not_found(what: &str) -> Self {
         Error::NotFound(format!("{what} not found"))
     }
@@ -69,7 +86,8 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Invalid { .. } => "invalid",
-            Error::RateLimited(_) => "rate_limited",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::InsufficientStorage(_) => "insufficient_storage",
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",

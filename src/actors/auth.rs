@@ -180,8 +180,9 @@ async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result
             if shared.login_limiter.check_key(&email).is_err() {
                 metrics::counter!("gorgon_auth_login_total", "outcome" => "rate_limited")
                     .increment(1);
-                return Err(Error::RateLimited(
-                    "too many login attempts for this account; try again later".into(),
+                return Err(Error::rate_limited(
+                    "too many login attempts for this account; try again later",
+                    Duration::from_secs(60),
                 ));
             }
             let denied = || Error::Unauthorized("invalid email or password".into());

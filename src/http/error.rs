@@ -16,7 +16,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// method_not_allowed, payload_too_large, invalid, rate_limited, unavailable, timeout, internal.
+    /// method_not_allowed, payload_too_large, invalid, rate_limited, insufficient_storage,
+    /// unavailable, timeout, internal.
     pub code: String,
     pub message: String,
     /// The offending field, for `invalid`.
@@ -35,7 +36,8 @@ impl ResponseError for Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,8 +54,16 @@ impl ResponseError for Error {
             other => (other.to_string(), None),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let Error::Unauthorized(_) = self {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            Error::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Error::RateLimited {
+                retry_after_secs, ..
+            } => {
+                response.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            _ => {}
         }
         response.json(ErrorBody {
             error: ErrorDetail {
