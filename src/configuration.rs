@@ -225,9 +225,36 @@ pub struct Tuning {
     /// How long a validated token is trusted without asking the store.
     #[arg(long, env = "GORGON_TOKEN_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub token_cache_ttl: Duration,
-    /// Login attempts allowed per email per minute.
+    /// Wrong passwords per account per minute; past it the account refuses logins (429) from
+    /// client addresses that never signed in to it, until the minute is over (0: no limit).
     #[arg(long, env = "GORGON_LOGIN_PER_MINUTE", default_value_t = 10)]
     pub login_per_minute: u32,
+    /// Login attempts per client address per minute, whatever the account (0: no limit).
+    #[arg(
+        long,
+        env = "GORGON_LOGIN_PER_ADDRESS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub login_per_address_per_minute: u32,
+    /// Registrations per client address per hour (0: no limit).
+    #[arg(
+        long,
+        env = "GORGON_REGISTER_PER_ADDRESS_PER_HOUR",
+        default_value_t = 1000
+    )]
+    pub register_per_address_per_hour: u32,
+    /// Keys each login and registration limiter remembers (addresses, accounts); the least
+    /// recently seen are forgotten past it, so the limiters' memory is bounded.
+    #[arg(long, env = "GORGON_LIMITER_KEYS", default_value_t = 100_000)]
+    pub limiter_keys: u64,
+    /// Password hashes computed at once by this process (0: one per core). Each takes ~19 MiB
+    /// and a core for tens of milliseconds.
+    #[arg(long, env = "GORGON_PASSWORD_HASH_CONCURRENCY", default_value_t = 0)]
+    pub password_hash_concurrency: usize,
+    /// Password hashes that may wait for a free slot; past it registrations and logins get 503
+    /// with `Retry-After` at once.
+    #[arg(long, env = "GORGON_PASSWORD_HASH_QUEUE", default_value_t = 64)]
+    pub password_hash_queue: usize,
     /// Items per second inserted by the random provider (0: off).
     #[arg(long, env = "GORGON_PROVIDER_RATE", default_value_t = 0.0)]
     pub provider_rate: f64,
@@ -460,7 +487,12 @@ impl RunArgs {
         AuthConfig {
             token_ttl: self.tuning.token_ttl,
             cache_ttl: self.tuning.token_cache_ttl,
-            login_per_minute: self.tuning.login_per_minute,
+            login_failures: self.tuning.login_per_minute,
+            login_per_address: self.tuning.login_per_address_per_minute,
+            login_window: Duration::from_secs(60),
+            register_per_address: self.tuning.register_per_address_per_hour,
+            register_window: Duration::from_secs(3600),
+            limiter_capacity: self.tuning.limiter_keys.max(1),
             ..AuthConfig::default()
         }
     }

@@ -27,5 +27,6 @@ pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 
 pub use error::Error;

@@ -24,7 +24,7 @@ use crate::actors::{RoleActor, RoleArgs};
 use crate::bus::{Bus, RedisLink, Role};
 use crate::cluster::{ClusterConfig, ClusterLink, LocalNode};
 use crate::configuration::RunArgs;
-use crate::domain::{Email, Extra, UserInput, UserName};
+use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
 use crate::http::HttpState;
 use crate::jobs::{JobRegistry, WorkerPool};
 use crate::store::{SqliteStore, Store};
@@ -42,6 +42,8 @@ pub struct Node {
     /// The app role's job workers, when this node runs the app role and any workers.
     workers: Option<WorkerPool>,
     upkeep: JoinHandle<()>,
+    /// Tasks that follow the bus's events for the roles (the auth cache's invalidations).
+    followers: Vec<JoinHandle<()>>,
     /// Closes each second of traffic into the stats history.
     stats_clock: JoinHandle<()>,
     stop_timeout: Duration,
@@ -83,6 +85,10 @@ impl Node {
         // ractor_cluster brings rustls with aws-lc-rs, redis and reqwest with ring: rustls then
         // needs the process's provider chosen once (a second install is a harmless error).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::domain::password::configure(
+            args.tuning.password_hash_concurrency,
+            args.tuning.password_hash_queue,
+        );
         let metrics = crate::telemetry::metrics();
         let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
         // Random, not time-based: nodes started in the same millisecond must not share an id
@@ -160,8 +166,10 @@ impl Node {
             )
             .await?;
         }
+        let mut followers = Vec::new();
         if roles.contains(Role::Auth) {
             let shared = AuthShared::new(args.auth_config());
+            followers.push(shared.follow_account_changes(&bus));
             spawn(
                 &mut actors,
                 Role::Auth,
@@ -345,6 +353,7 @@ impl Node {
             cluster,
             workers,
             upkeep,
+            followers,
             stats_clock,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
@@ -405,30 +414,69 @@ impl Node {
             link.close().await;
         }
         self.upkeep.abort();
+        self.followers.iter().for_each(JoinHandle::abort);
         self.stats_clock.abort();
         tracing::info!("stopped");
     }
 }
 
-/// Creates the first admin (or promotes an existing user) from configuration.
+/// Creates the first admin from configuration. An account that already has the address is
+/// made admin only if its password is the configured one: someone who registered the address
+/// (say, after the admin changed theirs) is never promoted; that is logged, and the node starts
+/// without bootstrapping an admin.
 async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyhow::Result<()> {
     let password =
         password.context("--admin-email needs --admin-password (GORGON_ADMIN_PASSWORD)")?;
-    let input = UserInput {
-        name: UserName::parse("admin").map_err(|e| anyhow::anyhow!("{e}"))?,
-        email: Email::parse(email).map_err(|e| anyhow::anyhow!("admin email: {e}"))?,
-        password: password.to_string(),
-        group: 0,
-        extra: Extra::default(),
-        admin: true,
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("admin email: {e}"))?;
+    let existing = match store_role::get_credentials(bus, email.as_str().to_string()).await {
+        Ok(found) => Some(found),
+        Err(crate::Error::NotFound(_)) => None,
+        Err(e) => anyhow::bail!("cannot look up the admin account: {e}"),
     };
-    let user = auth::new_user(crate::domain::new_id(), input)
+    let Some((user, hash)) = existing else {
+        let input = UserInput {
+            name: UserName::parse("admin").map_err(|e| anyhow::anyhow!("{e}"))?,
+            email: email.clone(),
+            password: password.to_string(),
+            group: 0,
+            extra: Extra::default(),
+            admin: true,
+        };
+        let user = auth::new_user(crate::domain::new_id(), input)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin password: {e}"))?;
+        store_role::insert_user(bus, user)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the admin: {e}"))?;
+        tracing::info!(email = %email.as_str(), "admin account created");
+        return Ok(());
+    };
+    let matches = crate::domain::password::verify(password.to_string(), hash)
         .await
-        .map_err(|e| anyhow::anyhow!("admin password: {e}"))?;
-    let created = store_role::ensure_admin(bus, user)
+        .map_err(|e| anyhow::anyhow!("cannot check the admin password: {e}"))?;
+    if !matches {
+        tracing::error!(
+            email = %email.as_str(),
+            admin = user.admin,
+            "GORGON_ADMIN_EMAIL names an existing account whose password is not \
+             GORGON_ADMIN_PASSWORD: it is left as it is and not made admin (an account this node \
+             did not create is never promoted); no admin was bootstrapped"
+        );
+        return Ok(());
+    }
+    if !user.admin {
+        store_role::update_user(
+            bus,
+            user.id,
+            UserPatch {
+                admin: Some(true),
+                ..UserPatch::default()
+            },
+        )
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create the admin: {e}"))?;
-    tracing::info!(%email, created, "admin account ready");
+        .map_err(|e| anyhow::anyhow!("cannot promote the admin: {e}"))?;
+    }
+    tracing::info!(email = %email.as_str(), "admin account ready");
     Ok(())
 }
 

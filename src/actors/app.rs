@@ -1,9 +1,11 @@
 //! The app role: the application logic for users, items and jobs.
 //!
 //! It decides who may do what (self or admin for users, owner for item writes, owner or admin
-//! for jobs), builds the records to store, and asks the store role to read or write them. The
+//! for jobs; admin rights are always read from the store, never from a cached token), builds the
+//! records to store, and asks the store role to read or write them. The
 //! job workers (`crate::jobs::worker`) run beside it, started with it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -15,8 +17,8 @@ use super::{auth, store, unexpected, RoleHandler};
 use crate::bus::{Bus, Delivery, Protocol, Role};
 use crate::domain::password::{self, Password};
 use crate::domain::{
-    Item, ItemPatch, Job, JobState, NewItem, NewJob, Principal, User, UserInput, UserPatch,
-    UserPatchInput,
+    Item, ItemPatch, Job, JobState, NewItem, NewJob, Principal, TokenHash, User, UserInput,
+    UserPatch, UserPatchInput,
 };
 use crate::error::{Error, Result};
 use crate::jobs::JobRegistry;
@@ -39,6 +41,12 @@ pub enum AppRequest {
         actor: Principal,
         id: Uuid,
         patch: UserPatchInput,
+        /// The session the change was made with: a password change revokes every other one.
+        #[serde(default)]
+        session: Option<TokenHash>,
+        /// The client's address, for the login limits a current-password check counts against.
+        #[serde(default)]
+        client: Option<IpAddr>,
     },
     DeleteUser {
         actor: Principal,
@@ -179,39 +187,48 @@ fn forbid_unless(allowed: bool, what: &str) -> Result<()> {
     }
 }
 
+/// Whether the caller is an admin *now*: admin rights are read from the store, never taken
+/// from a token validated before a demotion (a cached non-admin has nothing to lose by waiting).
+async fn admin_now(bus: &Bus, actor: &Principal) -> Result<bool> {
+    if !actor.admin {
+        return Ok(false);
+    }
+    match store::get_user(bus, actor.user_id).await {
+        Ok(user) => Ok(user.admin),
+        Err(Error::NotFound(_)) => Err(Error::Unauthorized("this account no longer exists".into())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Self, or an admin now, may manage a user.
+async fn may_manage(bus: &Bus, actor: &Principal, user_id: Uuid) -> Result<bool> {
+    if actor.user_id == user_id {
+        return Ok(true);
+    }
+    admin_now(bus, actor).await
+}
+
 async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> {
     use AppRequest::*;
     let bus = &handler.bus;
     Ok(match request {
         CreateUser { actor, id, input } => {
-            forbid_unless(actor.admin, "create users (admin only)")?;
+            forbid_unless(admin_now(bus, &actor).await?, "create users (admin only)")?;
             AppReply::User(store::insert_user(bus, auth::new_user(id, input).await?).await?)
         }
         GetUser { actor, id } => {
-            forbid_unless(actor.may_manage(id), "read another user")?;
+            forbid_unless(may_manage(bus, &actor, id).await?, "read another user")?;
             AppReply::User(store::get_user(bus, id).await?)
         }
-        UpdateUser { actor, id, patch } => {
-            forbid_unless(actor.may_manage(id), "change another user")?;
-            if patch.admin.is_some() {
-                forbid_unless(actor.admin, "change the admin flag (admin only)")?;
-            }
-            let password_hash = match patch.password {
-                Some(p) => Some(password::hash(Password::parse(&p)?).await?),
-                None => None,
-            };
-            let patch = UserPatch {
-                name: patch.name,
-                email: patch.email,
-                group: patch.group,
-                extra: patch.extra,
-                admin: patch.admin,
-                password_hash,
-            };
-            AppReply::User(store::update_user(bus, id, patch).await?)
-        }
+        UpdateUser {
+            actor,
+            id,
+            patch,
+            session,
+            client,
+        } => AppReply::User(update_user_now(bus, actor, id, patch, session, client).await?),
         DeleteUser { actor, id } => {
-            forbid_unless(actor.may_manage(id), "delete another user")?;
+            forbid_unless(may_manage(bus, &actor, id).await?, "delete another user")?;
             store::delete_user(bus, id).await?;
             AppReply::Done
         }
@@ -241,7 +258,10 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
         } => AppReply::Items(store::search_items(bus, query, Page { limit, offset }).await?),
         GetJob { actor, id } => {
             let job = store::get_job(bus, id).await?;
-            forbid_unless(actor.may_manage(job.user_id), "read another user's job")?;
+            forbid_unless(
+                may_manage(bus, &actor, job.user_id).await?,
+                "read another user's job",
+            )?;
             AppReply::Job(job)
         }
         ListJobs {
@@ -250,7 +270,7 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
             limit,
             offset,
         } => {
-            forbid_unless(actor.admin, "list jobs (admin only)")?;
+            forbid_unless(admin_now(bus, &actor).await?, "list jobs (admin only)")?;
             AppReply::Jobs(store::list_jobs(bus, state, Page { limit, offset }).await?)
         }
         SubmitJob {
@@ -284,12 +304,75 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
             AppReply::JobSubmitted { job, created }
         }
         RetryJob { actor, id } => {
-            forbid_unless(actor.admin, "retry jobs (admin only)")?;
+            forbid_unless(admin_now(bus, &actor).await?, "retry jobs (admin only)")?;
             let job = store::retry_job(bus, id).await?;
             handler.wake_workers.notify_one();
             AppReply::Job(job)
         }
     })
+}
+
+/// A partial update of a user. Changing one's own password needs the current one (checked
+/// within the login limits); a new password revokes every session of the user but the one the
+/// change was made with (all of them when an admin resets someone else's).
+async fn update_user_now(
+    bus: &Bus,
+    actor: Principal,
+    id: Uuid,
+    patch: UserPatchInput,
+    session: Option<TokenHash>,
+    client: Option<IpAddr>,
+) -> Result<User> {
+    forbid_unless(may_manage(bus, &actor, id).await?, "change another user")?;
+    if patch.admin.is_some() {
+        forbid_unless(
+            admin_now(bus, &actor).await?,
+            "change the admin flag (admin only)",
+        )?;
+    }
+    let own = actor.user_id == id;
+    let password_hash = match patch.password {
+        Some(new) => {
+            let new = Password::parse(&new)?;
+            if own {
+                let current = patch.current_password.ok_or_else(|| {
+                    Error::invalid(
+                        "current_password",
+                        "is required to change your own password",
+                    )
+                })?;
+                let email = store::get_user(bus, id).await?.email;
+                auth::check_password(bus, email, current, client)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Unauthorized(_) => {
+                            Error::invalid("current_password", "does not match")
+                        }
+                        other => other,
+                    })?;
+            }
+            Some(password::hash(new).await?)
+        }
+        None => None,
+    };
+    let new_password = password_hash.is_some();
+    let user = store::update_user(
+        bus,
+        id,
+        UserPatch {
+            name: patch.name,
+            email: patch.email,
+            group: patch.group,
+            extra: patch.extra,
+            admin: patch.admin,
+            password_hash,
+        },
+    )
+    .await?;
+    if new_password {
+        store::revoke_sessions(bus, id, session.filter(|_| own)).await?;
+    }
+    Ok(user)
 }
 
 // ---- typed client -------------------------------------------------------------------------
@@ -353,9 +436,21 @@ pub async fn update_user(
     actor: Principal,
     id: Uuid,
     patch: UserPatchInput,
+    session: Option<TokenHash>,
+    client: Option<IpAddr>,
 ) -> Result<User> {
     user(
-        call(bus, AppRequest::UpdateUser { actor, id, patch }).await?,
+        call(
+            bus,
+            AppRequest::UpdateUser {
+                actor,
+                id,
+                patch,
+                session,
+                client,
+            },
+        )
+        .await?,
         "update_user",
     )
 }

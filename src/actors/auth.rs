@@ -1,36 +1,54 @@
 //! The auth role: registration, login, logout and token validation (cached).
 //!
 //! Tokens are opaque and stored hashed; a validated token is cached for a short, configurable
-//! time so the hot path (every authenticated request) usually costs no store round trip. Logout
-//! removes the token from the store and from the cache shared by this node's auth instances.
+//! time so the hot path (every authenticated request) usually costs no store round trip. Any
+//! change to an account (rights, password, deletion, a logout) is published by the store as a
+//! `user.changed` event, and every node's auth role then asks the store again for that user's
+//! tokens. Logins are limited per client address and per account (see [`check`]).
 
-use std::num::NonZeroU32;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{store, unexpected, RoleHandler};
-use crate::bus::{Bus, Delivery, Protocol, Role};
-use crate::domain::password::{self, Password};
+use crate::bus::{Bus, Delivery, EventKind, Protocol, Role};
+use crate::domain::password::{self, Password, MAX_PASSWORD_CHARS};
+use crate::domain::user::{normalise_email, MAX_EMAIL_BYTES};
 use crate::domain::{NewUser, Principal, Token, TokenHash, User, UserInput};
 use crate::error::{Error, Result};
+use crate::throttle::Throttle;
 
-/// Requests the auth role answers.
-#[derive(Debug, Serialize, Deserialize)]
+/// Requests the auth role answers (`Debug` shows no password).
+#[derive(Serialize, Deserialize)]
 pub enum AuthRequest {
     /// `id` is chosen by the caller, so a redelivered registration creates nothing twice.
     Register {
         id: Uuid,
         input: UserInput,
+        /// The client's address, for the per-address registration limit (absent in messages
+        /// queued by older builds, and for callers that are not HTTP clients).
+        #[serde(default)]
+        client: Option<IpAddr>,
     },
     Login {
         email: String,
         password: String,
+        #[serde(default)]
+        client: Option<IpAddr>,
+    },
+    /// A password check without a new session (a user confirming their current password),
+    /// within the same limits as a login.
+    CheckPassword {
+        email: String,
+        password: String,
+        #[serde(default)]
+        client: Option<IpAddr>,
     },
     Logout {
         token: Token,
@@ -38,6 +56,37 @@ pub enum AuthRequest {
     Validate {
         token: Token,
     },
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthRequest::Register { id, input, client } => f
+                .debug_struct("Register")
+                .field("id", id)
+                .field("input", input)
+                .field("client", client)
+                .finish(),
+            AuthRequest::Login { email, client, .. } => f
+                .debug_struct("Login")
+                .field("email", email)
+                .field("password", &"***")
+                .field("client", client)
+                .finish(),
+            AuthRequest::CheckPassword { email, client, .. } => f
+                .debug_struct("CheckPassword")
+                .field("email", email)
+                .field("password", &"***")
+                .field("client", client)
+                .finish(),
+            AuthRequest::Logout { token } => {
+                f.debug_struct("Logout").field("token", token).finish()
+            }
+            AuthRequest::Validate { token } => {
+                f.debug_struct("Validate").field("token", token).finish()
+            }
+        }
+    }
 }
 
 /// A fresh session.
@@ -52,6 +101,7 @@ pub struct Session {
 pub enum AuthReply {
     Registered(User),
     LoggedIn(Session),
+    PasswordOk,
     LoggedOut,
     Valid(Principal),
 }
@@ -67,6 +117,7 @@ impl Protocol for AuthProtocol {
         match request {
             AuthRequest::Register { .. } => "register",
             AuthRequest::Login { .. } => "login",
+            AuthRequest::CheckPassword { .. } => "check_password",
             AuthRequest::Logout { .. } => "logout",
             AuthRequest::Validate { .. } => "validate",
         }
@@ -74,7 +125,7 @@ impl Protocol for AuthProtocol {
 
     fn delivery(request: &AuthRequest) -> Delivery {
         match request {
-            AuthRequest::Validate { .. } => Delivery::Direct,
+            AuthRequest::Validate { .. } | AuthRequest::CheckPassword { .. } => Delivery::Direct,
             _ => Delivery::Durable,
         }
     }
@@ -86,8 +137,19 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
-    /// Login attempts allowed per email per minute (with the same burst).
-    pub login_per_minute: u32,
+    /// Wrong passwords per account per `login_window` before clients that never signed in to it
+    /// are refused (429) until the window closes.
+    pub login_failures: u32,
+    /// Login attempts per client address per `login_window`, whatever the account.
+    pub login_per_address: u32,
+    pub login_window: Duration,
+    /// Registrations per client address per `register_window`.
+    pub register_per_address: u32,
+    pub register_window: Duration,
+    /// Accounts, addresses and (account, address) pairs the limiters remember, each.
+    pub limiter_capacity: u64,
+    /// How long an address that signed in to an account stays "known" to it.
+    pub known_client_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -96,30 +158,103 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
-            login_per_minute: 10,
+            login_failures: 10,
+            login_per_address: 60,
+            login_window: Duration::from_secs(60),
+            register_per_address: 1000,
+            register_window: Duration::from_secs(3600),
+            limiter_capacity: 100_000,
+            known_client_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
 
-/// What every auth instance of a node shares: the token cache and the login limiter.
+/// A validated token as cached: who, until when, and when the store said so.
+#[derive(Clone, Copy)]
+struct Cached {
+    principal: Principal,
+    expires_at: DateTime<Utc>,
+    checked: Instant,
+}
+
+/// What every auth instance of a node shares: the token cache and the login limiters.
 #[derive(Clone)]
 pub struct AuthShared {
     config: AuthConfig,
-    cache: Cache<TokenHash, (Principal, DateTime<Utc>)>,
-    login_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    cache: Cache<TokenHash, Cached>,
+    /// Users whose account changed, with when: a cached token checked before that is stale.
+    /// Kept for one cache lifetime, after which every older cache entry has expired anyway.
+    changed: Cache<Uuid, Instant>,
+    per_address: Throttle<IpAddr>,
+    failures: Throttle<String>,
+    /// (email, address) pairs that signed in: not locked out by others' wrong passwords.
+    known: Cache<(String, IpAddr), ()>,
+    registrations: Throttle<IpAddr>,
 }
 
 impl AuthShared {
     pub fn new(config: AuthConfig) -> Self {
-        let per_minute = NonZeroU32::new(config.login_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let capacity = config.limiter_capacity;
         AuthShared {
             cache: Cache::builder()
                 .max_capacity(config.cache_capacity)
-                .time_to_live(config.cache_ttl)
+                .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
                 .build(),
-            login_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            changed: Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .time_to_live(config.cache_ttl.max(Duration::from_millis(1)))
+                .build(),
+            per_address: Throttle::new(config.login_per_address, config.login_window, capacity),
+            failures: Throttle::new(config.login_failures, config.login_window, capacity),
+            known: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(config.known_client_ttl.max(Duration::from_secs(1)))
+                .build(),
+            registrations: Throttle::new(
+                config.register_per_address,
+                config.register_window,
+                capacity,
+            ),
             config,
         }
+    }
+
+    /// Forgets the cached sessions of every user whose account changes, on this node or (through
+    /// the bus's events) any other, for as long as the bus runs.
+    pub fn follow_account_changes(&self, bus: &Bus) -> tokio::task::JoinHandle<()> {
+        let mut events = bus.subscribe();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.kind == EventKind::UserChanged => {
+                        shared.forget_user(event.user_id)
+                    }
+                    Ok(_) => {}
+                    // Which changes were missed is unknown: trust nothing cached.
+                    Err(broadcast::error::RecvError::Lagged(_)) => shared.cache.invalidate_all(),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Makes every token of `user_id` validated up to now be checked with the store again.
+    pub fn forget_user(&self, user_id: Uuid) {
+        self.changed.insert(user_id, Instant::now());
+    }
+
+    fn cached(&self, hash: &TokenHash) -> Option<Principal> {
+        let entry = self.cache.get(hash)?;
+        let stale = self
+            .changed
+            .get(&entry.principal.user_id)
+            .is_some_and(|changed| changed >= entry.checked);
+        if stale || entry.expires_at <= Utc::now() {
+            self.cache.invalidate(hash);
+            return None;
+        }
+        Some(entry.principal)
     }
 }
 
@@ -138,10 +273,8 @@ impl RoleHandler for AuthHandler {
         request: AuthRequest,
     ) -> std::result::Result<Result<AuthReply>, AuthRequest> {
         if let AuthRequest::Validate { token } = &request {
-            if let Some((principal, expires_at)) = self.shared.cache.get(&token.hash()) {
-                if expires_at > Utc::now() {
-                    return Ok(Ok(AuthReply::Valid(principal)));
-                }
+            if let Some(principal) = self.shared.cached(&token.hash()) {
+                return Ok(Ok(AuthReply::Valid(principal)));
             }
         }
         Err(request)
@@ -167,49 +300,56 @@ pub async fn new_user(id: Uuid, input: UserInput) -> Result<NewUser> {
     })
 }
 
+fn login_outcome(outcome: &'static str) {
+    metrics::counter!("gorgon_auth_login_total", "outcome" => outcome).increment(1);
+}
+
 async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result<AuthReply> {
     match request {
-        AuthRequest::Register { id, mut input } => {
+        AuthRequest::Register {
+            id,
+            mut input,
+            client,
+        } => {
+            if let Some(address) = client {
+                if let Err(wait) = shared.registrations.hit(&address) {
+                    metrics::counter!("gorgon_auth_registrations_limited_total").increment(1);
+                    return Err(Error::rate_limited(
+                        "too many registrations from this address; try again later",
+                        wait,
+                    ));
+                }
+            }
             // Self-registration never grants admin.
             input.admin = false;
             let user = store::insert_user(bus, new_user(id, input).await?).await?;
             Ok(AuthReply::Registered(user))
         }
-        AuthRequest::Login { email, password } => {
-            let email = email.trim().to_lowercase();
-            if shared.login_limiter.check_key(&email).is_err() {
-                metrics::counter!("gorgon_auth_login_total", "outcome" => "rate_limited")
-                    .increment(1);
-                return Err(Error::rate_limited(
-                    "too many login attempts for this account; try again later",
-                    Duration::from_secs(60),
-                ));
-            }
-            let denied = || Error::Unauthorized("invalid email or password".into());
-            let (user, hash) = match store::get_credentials(bus, email).await {
-                Ok(found) => found,
-                Err(Error::NotFound(_)) => {
-                    metrics::counter!("gorgon_auth_login_total", "outcome" => "denied")
-                        .increment(1);
-                    return Err(denied());
-                }
-                Err(e) => return Err(e),
-            };
-            if !password::verify(password, hash).await {
-                metrics::counter!("gorgon_auth_login_total", "outcome" => "denied").increment(1);
-                return Err(denied());
-            }
+        AuthRequest::Login {
+            email,
+            password,
+            client,
+        } => {
+            let user = check(bus, shared, email, password, client).await?;
             let token = Token::generate();
             let expires_at = crate::domain::now()
                 + chrono::Duration::from_std(shared.config.token_ttl)
                     .unwrap_or(chrono::Duration::hours(24));
             store::insert_token(bus, token.hash(), user.id, expires_at).await?;
-            metrics::counter!("gorgon_auth_login_total", "outcome" => "ok").increment(1);
+            login_outcome("ok");
             Ok(AuthReply::LoggedIn(Session {
                 token,
                 expires_at,
                 user,
             }))
+        }
+        AuthRequest::CheckPassword {
+            email,
+            password,
+            client,
+        } => {
+            check(bus, shared, email, password, client).await?;
+            Ok(AuthReply::PasswordOk)
         }
         AuthRequest::Logout { token } => {
             let hash = token.hash();
@@ -219,9 +359,18 @@ async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result
         }
         AuthRequest::Validate { token } => {
             let hash = token.hash();
+            // Taken before the store is asked: a change that lands meanwhile makes it stale.
+            let checked = Instant::now();
             match store::get_session(bus, hash).await? {
                 Some((principal, expires_at)) => {
-                    shared.cache.insert(hash, (principal, expires_at));
+                    shared.cache.insert(
+                        hash,
+                        Cached {
+                            principal,
+                            expires_at,
+                            checked,
+                        },
+                    );
                     Ok(AuthReply::Valid(principal))
                 }
                 None => Err(Error::Unauthorized("unknown or expired token".into())),
@@ -230,13 +379,77 @@ async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result
     }
 }
 
+/// Checks an email and password, within three limits: attempts per client address; wrong passwords per
+/// account, which lock the account for clients that never signed in to it (so a stranger's
+/// guesses do not lock its owner out); and the bounded hashing pool. An unknown email costs the
+/// same hash as a wrong password.
+async fn check(
+    bus: &Bus,
+    shared: &AuthShared,
+    email: String,
+    password: String,
+    client: Option<IpAddr>,
+) -> Result<User> {
+    let denied = || Error::Unauthorized("invalid email or password".into());
+    if let Some(address) = client {
+        if let Err(wait) = shared.per_address.hit(&address) {
+            login_outcome("rate_limited");
+            return Err(Error::rate_limited(
+                "too many login attempts from this address; try again later",
+                wait,
+            ));
+        }
+    }
+    if email.len() > 4 * MAX_EMAIL_BYTES || password.chars().count() > MAX_PASSWORD_CHARS {
+        login_outcome("denied");
+        return Err(denied());
+    }
+    let email = normalise_email(&email);
+    if email.len() > MAX_EMAIL_BYTES {
+        login_outcome("denied");
+        return Err(denied());
+    }
+    let known = client.is_some_and(|address| shared.known.contains_key(&(email.clone(), address)));
+    if !known {
+        if let Err(wait) = shared.failures.check(&email) {
+            login_outcome("rate_limited");
+            return Err(Error::rate_limited(
+                "too many failed logins for this account; try again later",
+                wait,
+            ));
+        }
+    }
+    let found = match store::get_credentials(bus, email.clone()).await {
+        Ok(found) => Some(found),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let Some((user, hash)) = found else {
+        password::verify_nobody(password).await?;
+        // Counted like a wrong password, so guessing at unknown accounts costs the same.
+        let _ = shared.failures.hit(&email);
+        login_outcome("denied");
+        return Err(denied());
+    };
+    if !password::verify(password, hash).await? {
+        let _ = shared.failures.hit(&email);
+        login_outcome("denied");
+        return Err(denied());
+    }
+    if let Some(address) = client {
+        shared.known.insert((email, address), ());
+    }
+    Ok(user)
+}
+
 // ---- typed client -------------------------------------------------------------------------
 
-pub async fn register(bus: &Bus, input: UserInput) -> Result<User> {
+pub async fn register(bus: &Bus, input: UserInput, client: Option<IpAddr>) -> Result<User> {
     match bus
         .call::<AuthProtocol>(AuthRequest::Register {
             id: crate::domain::new_id(),
             input,
+            client,
         })
         .await?
     {
@@ -245,13 +458,41 @@ pub async fn register(bus: &Bus, input: UserInput) -> Result<User> {
     }
 }
 
-pub async fn login(bus: &Bus, email: String, password: String) -> Result<Session> {
+pub async fn login(
+    bus: &Bus,
+    email: String,
+    password: String,
+    client: Option<IpAddr>,
+) -> Result<Session> {
     match bus
-        .call::<AuthProtocol>(AuthRequest::Login { email, password })
+        .call::<AuthProtocol>(AuthRequest::Login {
+            email,
+            password,
+            client,
+        })
         .await?
     {
         AuthReply::LoggedIn(session) => Ok(session),
         _ => Err(unexpected("auth", "login")),
+    }
+}
+
+pub async fn check_password(
+    bus: &Bus,
+    email: String,
+    password: String,
+    client: Option<IpAddr>,
+) -> Result<()> {
+    match bus
+        .call::<AuthProtocol>(AuthRequest::CheckPassword {
+            email,
+            password,
+            client,
+        })
+        .await?
+    {
+        AuthReply::PasswordOk => Ok(()),
+        _ => Err(unexpected("auth", "check_password")),
     }
 }
 

@@ -187,6 +187,8 @@ impl Actor for NotifyActor {
         let forwarder = tokio::spawn(async move {
             loop {
                 match events.recv().await {
+                    // Account changes are for the nodes' auth roles, never for clients.
+                    Ok(event) if event.is_internal() => {}
                     Ok(event) => hub.push(event),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         metrics::counter!("gorgon_notify_events_lost_total").increment(n);

@@ -38,7 +38,6 @@ pub enum StoreRequest {
     DeleteUser {
         id: Uuid,
     },
-    EnsureAdmin(NewUser),
     InsertToken {
         hash: TokenHash,
         user_id: Uuid,
@@ -49,6 +48,11 @@ pub enum StoreRequest {
     },
     DeleteToken {
         hash: TokenHash,
+    },
+    /// Every session of the user but `keep` (a password change keeps the changer's own).
+    RevokeSessions {
+        user_id: Uuid,
+        keep: Option<TokenHash>,
     },
     InsertItem(Item),
     InsertItems(Vec<Item>),
@@ -120,7 +124,6 @@ pub enum StoreReply {
     Jobs(Vec<Job>),
     Purged(u64),
     Counts { users: u64, items: u64 },
-    Created(bool),
     Done,
 }
 
@@ -139,7 +142,7 @@ impl Protocol for StoreProtocol {
             GetCredentials { .. } => "get_credentials",
             UpdateUser { .. } => "update_user",
             DeleteUser { .. } => "delete_user",
-            EnsureAdmin(_) => "ensure_admin",
+            RevokeSessions { .. } => "revoke_sessions",
             InsertToken { .. } => "insert_token",
             GetSession { .. } => "get_session",
             DeleteToken { .. } => "delete_token",
@@ -169,7 +172,7 @@ impl Protocol for StoreProtocol {
             InsertUser(_)
             | UpdateUser { .. }
             | DeleteUser { .. }
-            | EnsureAdmin(_)
+            | RevokeSessions { .. }
             | InsertToken { .. }
             | DeleteToken { .. }
             | InsertItem(_)
@@ -274,12 +277,21 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
                 password_hash: c.password_hash,
             }
         }
-        UpdateUser { id, patch } => StoreReply::User(store.update_user(id, patch).await?),
+        UpdateUser { id, patch } => {
+            let user = store.update_user(id, patch).await?;
+            bus.publish(Event::user_changed(id));
+            StoreReply::User(user)
+        }
         DeleteUser { id } => {
             store.delete_user(id).await?;
+            bus.publish(Event::user_changed(id));
             StoreReply::Done
         }
-        EnsureAdmin(user) => StoreReply::Created(store.ensure_admin(user).await?),
+        RevokeSessions { user_id, keep } => {
+            store.revoke_sessions(user_id, keep).await?;
+            bus.publish(Event::user_changed(user_id));
+            StoreReply::Done
+        }
         InsertToken {
             hash,
             user_id,
@@ -290,7 +302,10 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
         }
         GetSession { hash } => StoreReply::Session(store.get_session(hash).await?),
         DeleteToken { hash } => {
-            store.delete_token(hash).await?;
+            if let Some(owner) = store.delete_token(hash).await? {
+                // Other nodes may hold the token in their caches.
+                bus.publish(Event::user_changed(owner));
+            }
             StoreReply::Done
         }
         InsertItem(item) => {
@@ -418,8 +433,8 @@ pub async fn delete_user(bus: &Bus, id: Uuid) -> Result<()> {
     expect!(call(bus, StoreRequest::DeleteUser { id }).await?, StoreReply::Done => (), "delete_user")
 }
 
-pub async fn ensure_admin(bus: &Bus, user: NewUser) -> Result<bool> {
-    expect!(call(bus, StoreRequest::EnsureAdmin(user)).await?, StoreReply::Created(c) => c, "ensure_admin")
+pub async fn revoke_sessions(bus: &Bus, user_id: Uuid, keep: Option<TokenHash>) -> Result<()> {
+    expect!(call(bus, StoreRequest::RevokeSessions { user_id, keep }).await?, StoreReply::Done => (), "revoke_sessions")
 }
 
 pub async fn insert_token(

@@ -1,5 +1,6 @@
 //! Events: fan-out notifications about committed changes (`store_notify`): items on topic
-//! `items`, job state changes on topic `jobs`.
+//! `items`, job state changes on topic `jobs`, and changes to an account that invalidate its
+//! cached sessions on topic `users` (internal: never streamed to clients).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,10 @@ pub enum EventKind {
     JobFailed,
     #[serde(rename = "job.dead")]
     JobDead,
+    /// An account changed (rights, password, email), was deleted, or lost a session: every
+    /// node's auth role forgets the cached tokens of `user_id`.
+    #[serde(rename = "user.changed")]
+    UserChanged,
 }
 
 impl EventKind {
@@ -38,6 +43,7 @@ impl EventKind {
             EventKind::JobDone => "job.done",
             EventKind::JobFailed => "job.failed",
             EventKind::JobDead => "job.dead",
+            EventKind::UserChanged => "user.changed",
         }
     }
 
@@ -50,6 +56,7 @@ impl EventKind {
             | EventKind::JobDone
             | EventKind::JobFailed
             | EventKind::JobDead => "jobs",
+            EventKind::UserChanged => "users",
         }
     }
 }
@@ -66,4 +73,22 @@ pub struct Event {
     /// The entity after the change (absent for deletions).
     #[schema(value_type = Object)]
     pub data: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// Tells every node that `user_id`'s cached sessions are stale; it carries no user data.
+    pub fn user_changed(user_id: Uuid) -> Event {
+        Event {
+            kind: EventKind::UserChanged,
+            user_id,
+            subject_id: user_id,
+            at: Utc::now(),
+            data: None,
+        }
+    }
+
+    /// Whether clients may see this event at all (account changes are for the nodes only).
+    pub fn is_internal(&self) -> bool {
+        self.kind == EventKind::UserChanged
+    }
 }

@@ -41,11 +41,86 @@ impl std::fmt::Debug for Password {
     }
 }
 
+/// How many password hashes run at once, and how many more may wait: argon2id takes ~19 MiB and
+/// tens of milliseconds of one core per hash, so a flood of registrations or logins must queue
+/// (bounded) instead of taking every core and gigabytes of memory.
+struct Gate {
+    slots: tokio::sync::Semaphore,
+    /// Hashes running or waiting.
+    admitted: std::sync::atomic::AtomicUsize,
+    /// Most hashes running or waiting; past it a request is refused at once.
+    bound: usize,
+}
+
+static GATE: std::sync::OnceLock<Gate> = std::sync::OnceLock::new();
+
+/// Sets the process's hashing limits: `concurrency` hashes at once (0: one per core), `queue`
+/// more waiting. Takes effect only before the first hash, once per process (several in-process
+/// nodes share the same cores); returns whether it did.
+pub fn configure(concurrency: usize, queue: usize) -> bool {
+    let concurrency = match concurrency {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    GATE.set(Gate {
+        slots: tokio::sync::Semaphore::new(concurrency),
+        admitted: Default::default(),
+        bound: concurrency + queue,
+    })
+    .is_ok()
+}
+
+fn gate() -> &'static Gate {
+    GATE.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Gate {
+            slots: tokio::sync::Semaphore::new(cores),
+            admitted: Default::default(),
+            bound: cores + 64,
+        }
+    })
+}
+
+/// Leaves the gate's count when the hash is done or its caller gave up.
+struct Admitted(&'static Gate);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .admitted
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Runs one hash on the blocking pool, within the gate's bounds.
+async fn gated<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let gate = gate();
+    if gate
+        .admitted
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        >= gate.bound
+    {
+        gate.admitted
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        metrics::counter!("gorgon_password_hashes_refused_total").increment(1);
+        return Err(Error::Unavailable(
+            "too many password checks in progress; try again in a moment".into(),
+        ));
+    }
+    let _admitted = Admitted(gate);
+    let _slot = gate
+        .slots
+        .acquire()
+        .await
+        .map_err(|_| Error::Unavailable("password hashing is shut down".into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))
+}
+
 /// Hashes on the blocking pool; returns the PHC string.
 pub async fn hash(password: Password) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_now(&password))
-        .await
-        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))?
+    gated(move || hash_now(&password)).await?
 }
 
 pub fn hash_now(password: &Password) -> Result<String> {
@@ -57,16 +132,31 @@ pub fn hash_now(password: &Password) -> Result<String> {
 }
 
 /// Verifies on the blocking pool. A malformed stored hash counts as a mismatch.
-pub async fn verify(password: String, phc: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&phc)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+pub async fn verify(password: String, phc: String) -> Result<bool> {
+    gated(move || verify_now(&password, &phc)).await
+}
+
+fn verify_now(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Spends the time of a real verification against a hash nobody's password matches, so an
+/// unknown email takes as long to refuse as a wrong password (no account enumeration by timing).
+pub async fn verify_nobody(password: String) -> Result<()> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    gated(move || {
+        let phc = DUMMY.get_or_init(|| {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+            hash_now(&Password(hex::encode(secret))).unwrap_or_default()
+        });
+        let _ = verify_now(&password, phc);
     })
     .await
-    .unwrap_or(false)
 }

@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::MixedScript;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -22,16 +24,29 @@ impl UserName {
     }
 }
 
-/// An email address, lower-cased: the login name, unique across users.
+/// An email address, the login name, unique across users: NFKC-normalised and lower-cased, so
+/// a fullwidth or otherwise compatible spelling of a taken address is the same address; format
+/// characters (zero-width, bidi controls) and addresses that mix scripts within a part
+/// (a Cyrillic `а` among Latin letters) are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
+/// Longest address accepted (RFC 5321's path limit less the brackets).
+pub const MAX_EMAIL_BYTES: usize = 254;
+
 impl Email {
     pub fn parse(value: &str) -> Result<Self> {
-        let value = value.trim().to_lowercase();
         let bad = |why: &str| Err(Error::invalid("email", why.to_string()));
-        if value.len() > 254 {
+        // Bounded before normalising, so a huge value costs nothing.
+        if value.len() > 4 * MAX_EMAIL_BYTES {
+            return bad("must be at most 254 characters");
+        }
+        if value.chars().any(is_invisible) {
+            return bad("must not contain control or format characters");
+        }
+        let value = normalise_email(value);
+        if value.len() > MAX_EMAIL_BYTES {
             return bad("must be at most 254 characters");
         }
         let Some((local, domain)) = value.split_once('@') else {
@@ -44,15 +59,40 @@ impl Email {
             || domain.starts_with('.')
             || domain.ends_with('.')
             || domain.contains('@')
-            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+            || value.chars().any(|c| c.is_whitespace() || is_invisible(c))
         {
             return bad("must look like name@example.com");
         }
+        if !std::iter::once(local)
+            .chain(domain.split('.'))
+            .all(|part| part.is_single_script())
+        {
+            return bad("must not mix scripts (such as Latin and Cyrillic letters) within a part");
+        }
         Ok(Email(value))
     }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The form an email is stored and looked up in: trimmed, NFKC, lower-cased. Login uses it
+/// without [`Email::parse`]'s checks, so accounts stored before those checks still sign in.
+pub fn normalise_email(value: &str) -> String {
+    value.trim().nfkc().collect::<String>().to_lowercase()
+}
+
+/// Control characters, and format characters that render as nothing (zero-width spaces and
+/// joiners, bidi controls, the soft hyphen, tags, variation selectors).
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Bounds for the `group` field, which the original system used to partition users.
@@ -114,8 +154,9 @@ impl UserPatch {
     }
 }
 
-/// A validated registration or admin-created user, before its password is hashed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A validated registration or admin-created user, before its password is hashed (the password
+/// never shows in `Debug`).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct UserInput {
     pub name: UserName,
     pub email: Email,
@@ -126,13 +167,81 @@ pub struct UserInput {
     pub admin: bool,
 }
 
-/// A validated partial update as a client sent it (password still in clear).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl std::fmt::Debug for UserInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserInput")
+            .field("name", &self.name)
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("group", &self.group)
+            .field("extra", &self.extra)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// A validated partial update as a client sent it (passwords still in clear, never in `Debug`).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct UserPatchInput {
     pub name: Option<UserName>,
     pub email: Option<Email>,
     pub password: Option<String>,
+    /// Required with `password` when users change their own.
+    #[serde(default)]
+    pub current_password: Option<String>,
     pub group: Option<i64>,
     pub extra: Option<Extra>,
     pub admin: Option<bool>,
+}
+
+impl std::fmt::Debug for UserPatchInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |p: &Option<String>| p.as_ref().map(|_| "***");
+        f.debug_struct("UserPatchInput")
+            .field("name", &self.name)
+            .field("email", &self.email)
+            .field("password", &redacted(&self.password))
+            .field("current_password", &redacted(&self.current_password))
+            .field("group", &self.group)
+            .field("extra", &self.extra)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_alike_emails_are_the_same_address_or_refused() {
+        let ada = Email::parse("Ada@Example.com").expect("plain");
+        assert_eq!(ada.as_str(), "ada@example.com");
+        // Fullwidth letters are a compatibility spelling: the same address.
+        assert_eq!(
+            Email::parse("ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ").expect("fullwidth"),
+            ada
+        );
+        // A Cyrillic а among Latin letters, and zero-width or bidi characters, are refused.
+        for spoof in [
+            "\u{0430}da@example.com",
+            "a\u{200B}da@example.com",
+            "ada\u{2060}@example.com",
+            "\u{202E}ada@example.com",
+            "ada@ex\u{00AD}ample.com",
+            "ada@ex\u{0430}mple.com",
+        ] {
+            assert!(Email::parse(spoof).is_err(), "{spoof:?} accepted");
+        }
+        // One script per part is fine: an all-Cyrillic or all-Greek address is a real address.
+        assert!(Email::parse("мария@пример.рф").is_ok());
+        assert!(Email::parse("ελένη@example.com").is_ok());
+    }
+
+    #[test]
+    fn huge_emails_are_refused_before_any_work() {
+        let long = format!("{}@example.com", "a".repeat(250_000));
+        assert!(Email::parse(&long).is_err());
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(64))).is_ok());
+    }
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/auth`: register, login, logout.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -93,10 +93,11 @@ pub struct LoginResponse {
     ))]
 pub async fn register(
     state: web::Data<HttpState>,
+    req: HttpRequest,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, Error> {
     let input = body.into_inner().parse(false)?;
-    let user = auth::register(&state.bus, input).await?;
+    let user = auth::register(&state.bus, input, client_address(&req)).await?;
     Ok(created_user(user))
 }
 
@@ -110,7 +111,13 @@ pub(super) fn user_location(id: Uuid) -> String {
     format!("/api/v1/users/{id}")
 }
 
-/// Exchanges email and password for a bearer token. Attempts per email are rate limited.
+/// The address the limits of login and registration count against: the connection's peer.
+pub(super) fn client_address(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|addr| addr.ip())
+}
+
+/// Exchanges email and password for a bearer token. Attempts per client address and wrong
+/// passwords per account are limited (429 with `Retry-After`).
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = LoginResponse),
@@ -122,13 +129,11 @@ pub(super) fn user_location(id: Uuid) -> String {
     ))]
 pub async fn login(
     state: web::Data<HttpState>,
+    req: HttpRequest,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, Error> {
     let body = body.into_inner();
-    if body.password.chars().count() > crate::domain::password::MAX_PASSWORD_CHARS {
-        return Err(Error::Unauthorized("invalid email or password".into()));
-    }
-    let session = auth::login(&state.bus, body.email, body.password).await?;
+    let session = auth::login(&state.bus, body.email, body.password, client_address(&req)).await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         token: session.token.as_str().to_string(),
         token_type: "Bearer".into(),

@@ -63,6 +63,10 @@ impl ResponseError for Error {
             } => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
             }
+            // Busy or briefly unreachable: worth another try soon.
+            Error::Unavailable(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
             _ => {}
         }
         response.json(ErrorBody {

@@ -1,13 +1,13 @@
 //! `/api/v1/users`: admin creation, read, partial update, delete, and a user's items.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{created_user, RegisterRequest};
 use super::error::ErrorBody;
-use super::extract::Authenticated;
+use super::extract::{Authenticated, BearerToken};
 use super::HttpState;
 use crate::actors::app;
 use crate::domain::password::Password;
@@ -71,6 +71,10 @@ pub struct UpdateUserRequest {
     pub email: Option<String>,
     #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
+    /// Required with `password` when users change their own (not when an admin resets
+    /// someone's). A new password signs out every other session of the user.
+    #[schema(max_length = 128)]
+    pub current_password: Option<String>,
     #[serde(default, deserialize_with = "super::extract::optional_integer")]
     #[schema(minimum = 0, maximum = 1000000000)]
     pub group: Option<i64>,
@@ -89,6 +93,7 @@ impl UpdateUserRequest {
             name: self.name.as_deref().map(UserName::parse).transpose()?,
             email: self.email.as_deref().map(Email::parse).transpose()?,
             password: self.password,
+            current_password: self.current_password,
             group: self.group.map(parse_group).transpose()?,
             extra: self.extra.map(Extra::parse).transpose()?,
             admin: self.admin,
@@ -206,6 +211,7 @@ pub async fn get_user(
         (status = 400, description = "Malformed JSON or id", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Another user, or admin flag by a non-admin", body = ErrorBody),
+        (status = 429, description = "Too many wrong current passwords", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "Email already registered", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -213,12 +219,22 @@ pub async fn get_user(
     ))]
 pub async fn update_user(
     state: web::Data<HttpState>,
+    req: HttpRequest,
     caller: Authenticated,
+    token: BearerToken,
     id: web::Path<Uuid>,
     body: web::Json<UpdateUserRequest>,
 ) -> Result<HttpResponse, Error> {
     let patch = body.into_inner().parse()?;
-    let user = app::update_user(&state.bus, caller.0, id.into_inner(), patch).await?;
+    let user = app::update_user(
+        &state.bus,
+        caller.0,
+        id.into_inner(),
+        patch,
+        Some(token.0.hash()),
+        super::auth::client_address(&req),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(user))
 }
 

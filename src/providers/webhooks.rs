@@ -84,6 +84,9 @@ pub fn start(bus: &Bus, config: WebhookConfig) -> Vec<JoinHandle<()>> {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            if event.is_internal() {
+                continue;
+            }
             let Ok(body) = serde_json::to_vec(&*event) else {
                 continue;
             };

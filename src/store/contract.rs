@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{Page, Store};
 use crate::domain::{
     new_id, now, Email, Extra, Item, ItemPatch, JobOutcome, JobState, Location, NewJob, NewUser,
-    Token, UserName, UserPatch,
+    Token, TokenHash, UserName, UserPatch,
 };
 use crate::error::Error;
 
@@ -72,7 +72,67 @@ pub const CHECKS: &[(&str, Check)] = &[
         Box::pin(job_transitions_and_listing(s))
     }),
     ("job_purge_by_age", |s| Box::pin(job_purge_by_age(s))),
+    ("writes_need_an_existing_owner", |s| {
+        Box::pin(writes_need_an_existing_owner(s))
+    }),
+    ("sessions_are_revoked_per_user", |s| {
+        Box::pin(sessions_are_revoked_per_user(s))
+    }),
 ];
+
+/// A user that exists, with an address of its own.
+async fn owner(store: &Arc<dyn Store>) -> Uuid {
+    let email = format!("owner.{}@example.com", Uuid::now_v7().simple());
+    store.insert_user(user(&email)).await.expect("owner").id
+}
+
+/// A write for an account that is gone (its token was still trusted somewhere) leaves nothing.
+async fn writes_need_an_existing_owner(store: Arc<dyn Store>) {
+    let ghost = Uuid::now_v7();
+    assert!(matches!(
+        store.insert_item(item(ghost, "orphan", "", &[])).await,
+        Err(Error::Unauthorized(_))
+    ));
+    assert!(matches!(
+        store
+            .insert_job(job(ghost, serde_json::json!({}), None))
+            .await,
+        Err(Error::Unauthorized(_))
+    ));
+    assert!(store
+        .list_user_items(ghost, PAGE)
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(store.counts().await.expect("counts").1, 0);
+}
+
+async fn sessions_are_revoked_per_user(store: Arc<dyn Store>) {
+    let (a, b) = (owner(&store).await, owner(&store).await);
+    let later = now() + chrono::Duration::hours(1);
+    let hashes: Vec<TokenHash> = (0..4).map(|_| Token::generate().hash()).collect();
+    for (n, hash) in hashes.iter().enumerate() {
+        let who = if n < 3 { a } else { b };
+        store.insert_token(*hash, who, later).await.expect("token");
+    }
+    // Every session of `a` but the one kept goes; `b`'s stays.
+    store
+        .revoke_sessions(a, Some(hashes[0]))
+        .await
+        .expect("revoke");
+    assert!(store.get_session(hashes[0]).await.expect("get").is_some());
+    assert!(store.get_session(hashes[1]).await.expect("get").is_none());
+    assert!(store.get_session(hashes[2]).await.expect("get").is_none());
+    assert!(store.get_session(hashes[3]).await.expect("get").is_some());
+    // Deleting a token says whose it was.
+    assert_eq!(
+        store.delete_token(hashes[3]).await.expect("delete"),
+        Some(b)
+    );
+    assert_eq!(store.delete_token(hashes[3]).await.expect("again"), None);
+    store.revoke_sessions(a, None).await.expect("revoke all");
+    assert!(store.get_session(hashes[0]).await.expect("get").is_none());
+}
 
 /// Runs every check, each on a fresh store from `factory`.
 pub async fn run_all<F, Fut>(factory: F)
@@ -656,7 +716,7 @@ fn job(user_id: Uuid, payload: serde_json::Value, key: Option<&str>) -> NewJob {
 const LONG_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn jobs_round_trip_and_idempotency(store: Arc<dyn Store>) {
-    let user = Uuid::now_v7();
+    let user = owner(&store).await;
     let new = job(user, serde_json::json!({"n": 1}), None);
     let (stored, created) = store.insert_job(new.clone()).await.expect("insert");
     assert!(created);
@@ -684,7 +744,11 @@ async fn jobs_round_trip_and_idempotency(store: Arc<dyn Store>) {
         Err(Error::Conflict(_))
     ));
     // Keys are per user.
-    let other = job(Uuid::now_v7(), serde_json::json!({"n": 2}), Some("key-1"));
+    let other = job(
+        owner(&store).await,
+        serde_json::json!({"n": 2}),
+        Some("key-1"),
+    );
     let (theirs, created) = store.insert_job(other).await.expect("other user");
     assert!(created);
     assert_ne!(theirs.id, first.id);
@@ -695,7 +759,7 @@ async fn jobs_round_trip_and_idempotency(store: Arc<dyn Store>) {
 }
 
 async fn job_claims_are_exclusive_and_respect_run_after(store: Arc<dyn Store>) {
-    let user = Uuid::now_v7();
+    let user = owner(&store).await;
     let mut ids = Vec::new();
     for n in 0..20 {
         let (j, _) = store
@@ -763,7 +827,7 @@ async fn job_claims_are_exclusive_and_respect_run_after(store: Arc<dyn Store>) {
 }
 
 async fn job_lease_expiry_reclaims(store: Arc<dyn Store>) {
-    let user = Uuid::now_v7();
+    let user = owner(&store).await;
     let (j, _) = store
         .insert_job(job(user, serde_json::json!({}), None))
         .await
@@ -793,7 +857,7 @@ async fn job_lease_expiry_reclaims(store: Arc<dyn Store>) {
 }
 
 async fn job_transitions_and_listing(store: Arc<dyn Store>) {
-    let user = Uuid::now_v7();
+    let user = owner(&store).await;
     for n in 0..3 {
         store
             .insert_job(job(user, serde_json::json!({ "n": n }), None))
@@ -868,7 +932,7 @@ async fn job_transitions_and_listing(store: Arc<dyn Store>) {
 }
 
 async fn job_purge_by_age(store: Arc<dyn Store>) {
-    let user = Uuid::now_v7();
+    let user = owner(&store).await;
     let (finished, _) = store
         .insert_job(job(user, serde_json::json!({"a": 1}), None))
         .await

@@ -45,8 +45,6 @@ pub trait Store: Send + Sync + 'static {
     async fn update_user(&self, id: Uuid, patch: UserPatch) -> Result<User>;
     /// Removes the user with their items and tokens.
     async fn delete_user(&self, id: Uuid) -> Result<()>;
-    /// Creates the user unless one with that email exists; returns whether it was created.
-    async fn ensure_admin(&self, user: NewUser) -> Result<bool>;
 
     async fn insert_token(
         &self,
@@ -56,10 +54,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// The token's owner, if the token exists and has not expired.
     async fn get_session(&self, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>>;
-    async fn delete_token(&self, hash: TokenHash) -> Result<()>;
+    /// Removes a token; returns whose it was (`None` if it did not exist).
+    async fn delete_token(&self, hash: TokenHash) -> Result<Option<Uuid>>;
+    /// Removes every token of the user but `keep`; returns how many went.
+    async fn revoke_sessions(&self, user_id: Uuid, keep: Option<TokenHash>) -> Result<u64>;
 
     /// Idempotent by id: inserting an item whose id exists with the same owner returns the
-    /// stored item (a redelivered message never writes twice).
+    /// stored item (a redelivered message never writes twice). An owner that does not exist
+    /// (a deleted account) is `Unauthorized`.
     async fn insert_item(&self, item: Item) -> Result<Item>;
     /// Inserts a batch in one transaction; items whose id exists are skipped.
     async fn insert_items(&self, items: Vec<Item>) -> Result<usize>;

@@ -465,6 +465,20 @@ fn insert_item_row(
     ])
 }
 
+/// Fails with `Unauthorized` when the user does not exist: a write by an account deleted a moment
+/// ago (whose token a node still trusted) must not leave rows nobody owns.
+fn require_user(conn: &Connection, user_id: Uuid) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM users WHERE id = ?1")
+        .and_then(|mut s| s.exists([user_id]))
+        .map_err(db_error)?;
+    if found {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized("this account no longer exists".into()))
+    }
+}
+
 fn insert_user_row(conn: &Connection, user: &NewUser) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO users (id, name, email, grp, admin, created_at, extra, password_hash)
@@ -841,31 +855,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ensure_admin(&self, user: NewUser) -> Result<bool> {
-        self.write(move |conn| {
-            let exists: Option<Uuid> = conn
-                .query_row(
-                    "SELECT id FROM users WHERE email = ?1",
-                    [user.email.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_error)?;
-            match exists {
-                Some(id) => {
-                    conn.execute("UPDATE users SET admin = 1 WHERE id = ?1", [id])
-                        .map_err(db_error)?;
-                    Ok(false)
-                }
-                None => {
-                    insert_user_row(conn, &user).map_err(db_error)?;
-                    Ok(true)
-                }
-            }
-        })
-        .await
-    }
-
     async fn insert_token(
         &self,
         hash: TokenHash,
@@ -912,12 +901,22 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn delete_token(&self, hash: TokenHash) -> Result<()> {
+    async fn delete_token(&self, hash: TokenHash) -> Result<Option<Uuid>> {
         self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM tokens WHERE hash = ?1")
-                .and_then(|mut s| s.execute([&hash.0[..]]))
-                .map_err(db_error)?;
-            Ok(())
+            conn.prepare_cached("DELETE FROM tokens WHERE hash = ?1 RETURNING user_id")
+                .and_then(|mut s| s.query_row([&hash.0[..]], |r| r.get(0)).optional())
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn revoke_sessions(&self, user_id: Uuid, keep: Option<TokenHash>) -> Result<u64> {
+        self.write(move |conn| {
+            let keep = keep.map(|k| k.0.to_vec()).unwrap_or_default();
+            conn.prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND hash != ?2")
+                .and_then(|mut s| s.execute(params![user_id, keep]))
+                .map(|n| n as u64)
+                .map_err(db_error)
         })
         .await
     }
@@ -927,6 +926,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let seq = seqs.fetch_sub(1, Ordering::Relaxed);
             if insert_item_row(conn, &item, seq, true).map_err(db_error)? == 1 {
+                // After the insert, so a redelivered item stays idempotent; the error undoes it.
+                require_user(conn, item.user_id)?;
                 conn.index(seq, &item);
                 conn.touch(item.user_id);
                 return Ok(item);
@@ -1124,6 +1125,10 @@ impl Store for SqliteStore {
                     ])
                 })
                 .map_err(db_error)?;
+            if inserted == 1 {
+                // The error undoes the insert (each write has its own savepoint).
+                require_user(conn, job.user_id)?;
+            }
             // A redelivered insert (same id) returns what the first one stored.
             let stored = select_job(conn, job.id)?;
             if inserted == 0 && stored.user_id != job.user_id {
