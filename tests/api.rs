@@ -271,9 +271,13 @@ async fn users_self_or_admin() {
     )
     .await;
 
-    // Password change takes effect.
+    // Password change (with the current one) takes effect.
     let resp = app
-        .patch(&path, &ada_token, &json!({"password": "a new password"}))
+        .patch(
+            &path,
+            &ada_token,
+            &json!({"password": "a new password", "current_password": PASSWORD}),
+        )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     app.login("ada@example.com", "a new password").await;
