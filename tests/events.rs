@@ -396,14 +396,13 @@ async fn job_events_reach_only_their_owner_and_admins() {
     );
 
     // Replayed with Last-Event-ID: the same.
-    let replay = app
-        .client
-        .get(app.url("/api/v1/events"))
-        .bearer_auth(&bob_token)
-        .header("Last-Event-ID", start_event_id.to_string())
-        .send()
-        .await
-        .expect("request");
+    let replay = resume_sse(
+        &app,
+        "/api/v1/events",
+        &bob_token,
+        &start_event_id.to_string(),
+    )
+    .await;
     let bob_replayed = SseReader::new(replay)
         .until(|f| f.2["subject_id"] == after_id.as_str())
         .await;
@@ -437,14 +436,13 @@ async fn job_events_reach_only_their_owner_and_admins() {
         !mentions(&bob_ws_replayed, &job_id),
         "Bob's WebSocket replay carries none of Ada's job events: {bob_ws_replayed:?}"
     );
-    let replay = app
-        .client
-        .get(app.url("/api/v1/events?topic=jobs"))
-        .bearer_auth(&ada_token)
-        .header("Last-Event-ID", start_event_id.to_string())
-        .send()
-        .await
-        .expect("request");
+    let replay = resume_sse(
+        &app,
+        "/api/v1/events?topic=jobs",
+        &ada_token,
+        &start_event_id.to_string(),
+    )
+    .await;
     let ada_replayed = SseReader::new(replay).until(is_done).await;
     assert!(
         mentions(&ada_replayed, "ada-secret-key"),
