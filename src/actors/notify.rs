@@ -1,12 +1,23 @@
-//! The notify role: pushes `store_notify` events to connected clients (SSE now).
+//! The notify role: pushes `store_notify` events to connected clients (SSE and WebSocket).
 //!
 //! The actor subscribes to bus events, numbers them, keeps the newest in a bounded replay buffer
-//! (so an SSE client can resume with `Last-Event-ID`) and fans them out through the node's
-//! [`NotifyHub`], which the HTTP layer's `/api/v1/events` streams read. A client that falls
-//! further behind than its buffer is told so and disconnected; it never slows anyone else.
+//! (so a client can resume with `Last-Event-ID`) and fans them out through the node's
+//! [`NotifyHub`], which the HTTP layer's `/api/v1/events` and `/api/v1/ws` streams read. A client
+//! that falls further behind than its buffer is told so and disconnected; it never slows anyone
+//! else. Who may see which event is the HTTP layer's filter (`http/events.rs`), by the caller's
+//! token.
+//!
+//! Event ids never repeat across restarts: a run numbers its events from its start time in
+//! microseconds since the Unix epoch (the run's *base*), one by one. A later run starts from a
+//! later time, so its ids are above every id of the runs before, unless a run averaged more than
+//! one event per microsecond over its life or the clock went back between runs. Ids stay below
+//! 2^53 (until the year 2255), so they are exact in JSON (the WebSocket's `id` is a JSON number).
+//! A resume point this run cannot serve — from an earlier run (below the base), ahead of the
+//! stream (above the newest id: a later run of a clock gone wrong, or garbage such as
+//! `u64::MAX`), or older than the replay buffer — gets an explicit reset notice, never silence.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -29,48 +40,100 @@ pub struct ClientEvent {
 /// Where SSE and WebSocket handlers pick events up.
 pub struct NotifyHub {
     sender: broadcast::Sender<ClientEvent>,
-    replay: Mutex<VecDeque<ClientEvent>>,
+    /// The replay buffer and the id of the next event, together, so a resuming client sees
+    /// both at the same instant.
+    stream: Mutex<Stream>,
     replay_capacity: usize,
-    next_id: AtomicU64,
+    /// The position before this run's first event (see the module's doc).
+    base: u64,
     connected: AtomicI64,
     closed: tokio::sync::watch::Sender<bool>,
+}
+
+struct Stream {
+    replay: VecDeque<ClientEvent>,
+    next_id: u64,
 }
 
 /// Where a resuming client starts.
 pub enum Resume {
     /// These buffered events come first, then live ones.
     From(Vec<ClientEvent>),
-    /// The requested position is older than the buffer: events were missed.
-    TooOld { oldest_available: u64 },
+    /// This run cannot tell what the client missed: it gets a notice, then live events after
+    /// `newest`, the position it should resume from next time.
+    Reset {
+        reason: ResetReason,
+        oldest_available: u64,
+        newest: u64,
+    },
+}
+
+/// Why a resume point cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Older than the replay buffer: events were missed.
+    TooOld,
+    /// Below this run's base: an id of an earlier run (or of another node).
+    EarlierRun,
+    /// Above the newest id: not an id of this run.
+    Ahead,
+}
+
+impl ResetReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResetReason::TooOld => "resume point is older than the replay buffer",
+            ResetReason::EarlierRun => "resume point is from an earlier run of this node",
+            ResetReason::Ahead => "resume point is ahead of this node's event stream",
+        }
+    }
+}
+
+/// This run's base: the Unix time in microseconds (1 if the clock reads before 1970).
+fn run_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl NotifyHub {
     pub fn new(client_buffer: usize, replay_capacity: usize) -> Arc<Self> {
+        Self::with_base(client_buffer, replay_capacity, run_base())
+    }
+
+    fn with_base(client_buffer: usize, replay_capacity: usize, base: u64) -> Arc<Self> {
         let (sender, _) = broadcast::channel(client_buffer.max(16));
         Arc::new(NotifyHub {
             sender,
-            replay: Mutex::new(VecDeque::with_capacity(replay_capacity)),
+            stream: Mutex::new(Stream {
+                replay: VecDeque::with_capacity(replay_capacity.min(65_536)),
+                next_id: base + 1,
+            }),
             replay_capacity,
-            next_id: AtomicU64::new(1),
+            base,
             connected: AtomicI64::new(0),
             closed: tokio::sync::watch::channel(false).0,
         })
     }
 
     fn push(&self, event: Arc<Event>) {
-        let client_event = ClientEvent {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            event,
-        };
-        {
-            let mut replay = self.replay.lock();
-            if replay.len() == self.replay_capacity {
-                replay.pop_front();
-            }
+        let client_event = {
+            let mut stream = self.stream.lock();
+            let client_event = ClientEvent {
+                id: stream.next_id,
+                event,
+            };
+            stream.next_id += 1;
             if self.replay_capacity > 0 {
-                replay.push_back(client_event.clone());
+                if stream.replay.len() >= self.replay_capacity {
+                    stream.replay.pop_front();
+                }
+                stream.replay.push_back(client_event.clone());
             }
-        }
+            client_event
+        };
         let _ = self.sender.send(client_event);
     }
 
@@ -81,21 +144,34 @@ impl NotifyHub {
         let Some(last_id) = last_id else {
             return (receiver, Resume::From(Vec::new()));
         };
-        let replay = self.replay.lock();
-        let oldest = replay
-            .front()
-            .map(|e| e.id)
-            .unwrap_or(self.next_id.load(Ordering::Relaxed));
-        if last_id + 1 < oldest {
-            return (
-                receiver,
-                Resume::TooOld {
-                    oldest_available: oldest,
-                },
-            );
-        }
-        let missed = replay.iter().filter(|e| e.id > last_id).cloned().collect();
-        (receiver, Resume::From(missed))
+        let stream = self.stream.lock();
+        let newest = stream.next_id - 1;
+        let oldest_available = stream.replay.front().map_or(stream.next_id, |e| e.id);
+        let reset = if last_id > newest {
+            Some(ResetReason::Ahead)
+        } else if last_id < self.base {
+            Some(ResetReason::EarlierRun)
+        } else if last_id + 1 < oldest_available {
+            Some(ResetReason::TooOld)
+        } else {
+            None
+        };
+        let resume = match reset {
+            Some(reason) => Resume::Reset {
+                reason,
+                oldest_available,
+                newest,
+            },
+            None => Resume::From(
+                stream
+                    .replay
+                    .iter()
+                    .filter(|e| e.id > last_id)
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        (receiver, resume)
     }
 
     /// Counts a client in; the guard counts it out when dropped.
@@ -234,5 +310,102 @@ impl Actor for NotifyActor {
         state.bus.leave(Role::Notify, myself.get_cell());
         state.forwarder.abort();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::EventKind;
+
+    fn event() -> Arc<Event> {
+        Arc::new(Event {
+            kind: EventKind::ItemCreated,
+            user_id: uuid::Uuid::nil(),
+            subject_id: uuid::Uuid::nil(),
+            at: crate::domain::now(),
+            data: None,
+        })
+    }
+
+    fn reset_of(resume: Resume) -> Option<ResetReason> {
+        match resume {
+            Resume::Reset { reason, .. } => Some(reason),
+            Resume::From(_) => None,
+        }
+    }
+
+    fn replayed(resume: Resume) -> Vec<u64> {
+        match resume {
+            Resume::From(events) => events.iter().map(|e| e.id).collect(),
+            Resume::Reset { reason, .. } => panic!("unexpected reset: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_count_up_from_the_runs_base() {
+        let hub = NotifyHub::with_base(16, 4, 1000);
+        // Before any event, the base itself is a position of this run.
+        assert!(replayed(hub.subscribe(Some(1000)).1).is_empty());
+        assert_eq!(
+            reset_of(hub.subscribe(Some(1001)).1),
+            Some(ResetReason::Ahead)
+        );
+        for _ in 0..6 {
+            hub.push(event());
+        }
+        // Ids 1001..=1006; the buffer keeps the newest four.
+        assert!(replayed(hub.subscribe(None).1).is_empty());
+        assert!(replayed(hub.subscribe(Some(1006)).1).is_empty());
+        assert_eq!(
+            replayed(hub.subscribe(Some(1002)).1),
+            [1003, 1004, 1005, 1006]
+        );
+        assert_eq!(replayed(hub.subscribe(Some(1004)).1), [1005, 1006]);
+        assert_eq!(
+            reset_of(hub.subscribe(Some(1001)).1),
+            Some(ResetReason::TooOld)
+        );
+        assert_eq!(
+            reset_of(hub.subscribe(Some(999)).1),
+            Some(ResetReason::EarlierRun)
+        );
+        assert_eq!(
+            reset_of(hub.subscribe(Some(0)).1),
+            Some(ResetReason::EarlierRun)
+        );
+        assert_eq!(
+            reset_of(hub.subscribe(Some(1007)).1),
+            Some(ResetReason::Ahead)
+        );
+        assert_eq!(
+            reset_of(hub.subscribe(Some(u64::MAX)).1),
+            Some(ResetReason::Ahead)
+        );
+        match hub.subscribe(Some(u64::MAX)).1 {
+            Resume::Reset {
+                oldest_available,
+                newest,
+                ..
+            } => assert_eq!((oldest_available, newest), (1003, 1006)),
+            Resume::From(_) => panic!("expected a reset"),
+        }
+    }
+
+    #[test]
+    fn a_run_starts_above_the_runs_before_and_stays_json_safe() {
+        let first = NotifyHub::new(16, 4);
+        for _ in 0..1000 {
+            first.push(event());
+        }
+        let last_of_first = first.stream.lock().next_id - 1;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = NotifyHub::new(16, 4);
+        assert!(second.base > last_of_first);
+        assert!(second.base < 1 << 53, "ids are exact as JSON numbers");
+        assert_eq!(
+            reset_of(second.subscribe(Some(last_of_first)).1),
+            Some(ResetReason::EarlierRun)
+        );
     }
 }

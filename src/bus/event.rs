@@ -1,6 +1,11 @@
 //! Events: fan-out notifications about committed changes (`store_notify`): items on topic
 //! `items`, job state changes on topic `jobs`, and changes to an account that invalidate its
-//! cached sessions on topic `users` (internal: never streamed to clients).
+//! cached sessions on topic `users` (internal: never streamed to clients, see [`Event::is_internal`]).
+//!
+//! Who may see a topic is decided here, once: `items` is public (anyone may read an item through
+//! the API), `jobs` is private to the job's owner and to admins (a job event carries what
+//! `GET /api/v1/jobs/{id}` answers only to them: result, error, idempotency key). A topic added
+//! later is private until it is listed in [`PUBLIC_TOPICS`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -59,6 +64,22 @@ impl EventKind {
             EventKind::UserChanged => "users",
         }
     }
+
+    /// Whether events of this kind may go to clients other than their owner and admins.
+    pub fn is_public(self) -> bool {
+        topic_is_public(self.topic())
+    }
+}
+
+/// The topics clients may filter on.
+pub const TOPICS: [&str; 2] = ["items", "jobs"];
+
+/// The topics every client may receive, whoever's data they are about.
+pub const PUBLIC_TOPICS: [&str; 1] = ["items"];
+
+/// Whether `topic`'s events may go to anyone (true) or only to their owner and admins (false).
+pub fn topic_is_public(topic: &str) -> bool {
+    PUBLIC_TOPICS.contains(&topic)
 }
 
 /// One change, as published on the bus and streamed to clients.

@@ -20,7 +20,7 @@ mod event;
 mod local;
 pub mod redis;
 
-pub use event::{Event, EventKind};
+pub use event::{topic_is_public, Event, EventKind, PUBLIC_TOPICS, TOPICS};
 pub use local::RoleMessage;
 pub use redis::{RedisConfig, RedisLink};
 

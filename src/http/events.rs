@@ -1,8 +1,14 @@
 //! `/api/v1/events`: item and job events as Server-Sent Events, for authenticated clients. The per-client
 //! feed (replay, filters, lag handling) is shared with the WebSocket route (`ws.rs`).
 //!
+//! Each client gets only what its token may see (`bus::topic_is_public`): every item event, and
+//! job events of its own jobs (all jobs for an admin), live and replayed alike. The `user_id` query
+//! parameter only narrows that; asking for another user's private topic is a 403.
+//!
 //! Each event carries its id; a client that reconnects with `Last-Event-ID` gets what it missed
-//! from the notify role's replay buffer. A client too slow to keep up receives an `event: lagged`
+//! from the notify role's replay buffer. A resume point the node cannot serve (too old, from an
+//! earlier run, ahead of the stream) gets an `event: lagged` notice whose `id:` is a position the
+//! client may resume from next time. A client too slow to keep up receives an `event: lagged`
 //! frame and is disconnected (it never slows the others). A keep-alive comment goes out when idle.
 
 use std::collections::VecDeque;
@@ -18,7 +24,9 @@ use uuid::Uuid;
 use super::error::ErrorBody;
 use super::extract::Authenticated;
 use super::HttpState;
-use crate::actors::notify::{ClientEvent, ConnectedClient, Resume};
+use crate::actors::notify::{ClientEvent, ConnectedClient, ResetReason, Resume};
+use crate::bus::{topic_is_public, TOPICS};
+use crate::domain::Principal;
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -30,13 +38,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct EventsQuery {
     /// Only this topic ("items" or "jobs").
     pub topic: Option<String>,
-    /// Only events about this user's data.
+    /// Only events about this user's data (private topics: yours, unless you are an admin).
     pub user_id: Option<Uuid>,
+    /// Resume after this event id, for clients that cannot send a `Last-Event-ID` header (the
+    /// header wins when both are given).
+    pub last_event_id: Option<u64>,
 }
 
 struct Filter {
     topic: Option<String>,
     user_id: Option<Uuid>,
+    /// Who is listening (`None`: anonymous, public topics only).
+    viewer: Option<Principal>,
 }
 
 impl Filter {
@@ -45,6 +58,22 @@ impl Filter {
             .as_deref()
             .is_none_or(|t| t == e.event.kind.topic())
             && self.user_id.is_none_or(|u| u == e.event.user_id)
+            && (e.event.kind.is_public()
+                || self.viewer.is_some_and(|p| p.may_manage(e.event.user_id)))
+    }
+}
+
+/// The resume point of a request: the `Last-Event-ID` header, else the `last_event_id` query
+/// parameter. Anything but a whole number is a 400.
+pub(super) fn resume_point(req: &HttpRequest, query: &EventsQuery) -> Result<Option<u64>, Error> {
+    match req.headers().get("Last-Event-ID") {
+        None => Ok(query.last_event_id),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| Error::BadRequest("Last-Event-ID must be a whole number".into())),
     }
 }
 
@@ -60,6 +89,7 @@ fn frame(e: &ClientEvent) -> Bytes {
 
 /// Streams item events (`item.created`, `item.updated`, `item.deleted`) and job events
 /// (`job.queued`, `job.running`, `job.done`, `job.failed`, `job.dead`) to an authenticated client.
+/// Item events go to everyone; job events only to the job's owner and to admins.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
     security(("bearer" = [])),
@@ -67,25 +97,19 @@ fn frame(e: &ClientEvent) -> Bytes {
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed query or header", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Another user's private topic", body = ErrorBody),
         (status = 422, description = "Unknown topic", body = ErrorBody),
         (status = 503, description = "The notify role does not run on this node", body = ErrorBody),
     ))]
 pub async fn events(
     state: web::Data<HttpState>,
-    _who: Authenticated,
+    who: Authenticated,
     req: HttpRequest,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, Error> {
-    let last_id = match req.headers().get("Last-Event-ID") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| Error::BadRequest("Last-Event-ID must be a number".into()))?,
-        ),
-    };
-    let feed = Feed::open(&state, query.into_inner(), last_id)?;
+    let query = query.into_inner();
+    let last_id = resume_point(&req, &query)?;
+    let feed = Feed::open(&state, Some(who.0), query, last_id)?;
     let body = futures::stream::unfold(feed, |mut feed| async move {
         let item = feed.next().await?;
         Some((Ok::<_, actix_web::Error>(sse_frame(&item)), feed))
@@ -100,8 +124,13 @@ pub async fn events(
 fn sse_frame(item: &FeedItem) -> Bytes {
     match item {
         FeedItem::Event(e) => frame(e),
-        FeedItem::TooOld { oldest_available } => Bytes::from(format!(
-            "event: lagged\ndata: {{\"reason\":\"resume point is older than the replay buffer\",\"oldest_available\":{oldest_available}}}\n\n"
+        FeedItem::Reset {
+            reason,
+            oldest_available,
+            newest,
+        } => Bytes::from(format!(
+            "id: {newest}\nevent: lagged\ndata: {{\"reason\":\"{}\",\"oldest_available\":{oldest_available},\"last_event_id\":{newest}}}\n\n",
+            reason.describe()
         )),
         FeedItem::Lagged { missed, last_event_id } => Bytes::from(format!(
             "event: lagged\ndata: {{\"reason\":\"client too slow\",\"missed\":{missed},\"last_event_id\":{last_event_id}}}\n\n"
@@ -113,9 +142,12 @@ fn sse_frame(item: &FeedItem) -> Bytes {
 /// What a streaming client is sent next, whatever the transport (SSE here, WebSocket in `ws.rs`).
 pub(super) enum FeedItem {
     Event(ClientEvent),
-    /// The resume point fell out of the replay buffer: the client missed events.
-    TooOld {
+    /// The resume point cannot be served (too old, from an earlier run, ahead of the stream):
+    /// the client may have missed events, and should resume from `newest` next time.
+    Reset {
+        reason: ResetReason,
         oldest_available: u64,
+        newest: u64,
     },
     /// The client fell too far behind and is disconnected after this.
     Lagged {
@@ -141,9 +173,11 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    /// Subscribes to this node's notify role (503 when it does not run here).
+    /// Subscribes `viewer` to this node's notify role (503 when it does not run here; 403 for
+    /// another user's private topic).
     pub(super) fn open(
         state: &HttpState,
+        viewer: Option<Principal>,
         query: EventsQuery,
         last_id: Option<u64>,
     ) -> Result<Feed, Error> {
@@ -151,16 +185,45 @@ impl Feed {
             Error::Unavailable("the notify role does not run on this node".into())
         })?;
         if let Some(topic) = &query.topic {
-            if topic != "items" && topic != "jobs" {
-                return Err(Error::invalid("topic", "known topics: items, jobs"));
+            if !TOPICS.contains(&topic.as_str()) {
+                return Err(Error::invalid(
+                    "topic",
+                    format!("known topics: {}", TOPICS.join(", ")),
+                ));
+            }
+            // Asking for someone else's private events is refused outright rather than answered
+            // with a stream that stays silent.
+            if !topic_is_public(topic) {
+                let allowed = match (viewer, query.user_id) {
+                    (None, _) => false,
+                    (Some(p), Some(user_id)) => p.may_manage(user_id),
+                    (Some(_), None) => true,
+                };
+                if !allowed {
+                    return Err(Error::Forbidden(format!(
+                        "the {topic} events of another user are not yours to read"
+                    )));
+                }
             }
         }
         let (receiver, resume) = hub.subscribe(last_id);
-        let (notice, backlog) = match resume {
-            Resume::From(events) => (None, events.into()),
-            Resume::TooOld { oldest_available } => {
-                (Some(FeedItem::TooOld { oldest_available }), VecDeque::new())
-            }
+        let (notice, backlog, last_sent) = match resume {
+            Resume::From(events) => (None, events.into(), last_id.unwrap_or(0)),
+            // Live events resume after the newest one: the client's own position means nothing
+            // here (`u64::MAX` would otherwise mute the stream for good).
+            Resume::Reset {
+                reason,
+                oldest_available,
+                newest,
+            } => (
+                Some(FeedItem::Reset {
+                    reason,
+                    oldest_available,
+                    newest,
+                }),
+                VecDeque::new(),
+                newest,
+            ),
         };
         Ok(Feed {
             notice,
@@ -169,8 +232,9 @@ impl Feed {
             filter: Filter {
                 topic: query.topic,
                 user_id: query.user_id,
+                viewer,
             },
-            last_sent: last_id.unwrap_or(0),
+            last_sent,
             heartbeat: state.limits.sse_heartbeat,
             closed: hub.closed(),
             _client: hub.connect(),

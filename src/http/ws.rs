@@ -2,7 +2,10 @@
 //! clients (the bearer token in the `Authorization` header of the upgrade request).
 //!
 //! Each event is one text message `{"id", "event", "data"}`; filters are the query's `topic`
-//! and `user_id`. A client too slow to keep up gets a `{"event":"lagged",…}` message and a close
+//! and `user_id`, within what the token may see (as for SSE: item events, and job events of the
+//! caller's own jobs or of all for an admin). A client resumes with `Last-Event-ID` on the upgrade
+//! request or `last_event_id` in the query; a resume point the node cannot serve gets a
+//! `{"event":"lagged","id":…}` notice whose `id` is where to resume next time. A client too slow to keep up gets a `{"event":"lagged",…}` message and a close
 //! frame (policy violation), so it never slows the others; pings keep idle connections alive and
 //! clients' pings are answered.
 
@@ -12,7 +15,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ErrorBody;
-use super::events::{EventsQuery, Feed, FeedItem};
+use super::events::{resume_point, EventsQuery, Feed, FeedItem};
 use super::extract::Authenticated;
 use super::HttpState;
 use crate::error::Error;
@@ -21,24 +24,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/ws", "GET").route(web::get().to(ws)));
 }
 
-/// Streams item events over a WebSocket.
-#[utoipa::path(get, path = "/api/v1/ws", tag = "events", params(EventsQuery),
+/// Streams item and job events over a WebSocket (job events only to their owner and admins).
+#[utoipa::path(get, path = "/api/v1/ws", tag = "events", params(EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
     security(("bearer" = [])),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed query", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Another user's private topic", body = ErrorBody),
         (status = 422, description = "Unknown topic", body = ErrorBody),
         (status = 503, description = "The notify role does not run on this node", body = ErrorBody),
     ))]
 pub async fn ws(
     state: web::Data<HttpState>,
-    _who: Authenticated,
+    who: Authenticated,
     req: HttpRequest,
     query: web::Query<EventsQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, Error> {
-    let feed = Feed::open(&state, query.into_inner(), None)?;
+    let query = query.into_inner();
+    let last_id = resume_point(&req, &query)?;
+    let feed = Feed::open(&state, Some(who.0), query, last_id)?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| Error::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     actix_web::rt::spawn(pump(feed, session, incoming));
@@ -62,8 +69,8 @@ async fn pump(
                         let message = json!({"id": e.id, "event": e.event.kind.name(), "data": &*e.event});
                         session.text(message.to_string()).await
                     }
-                    FeedItem::TooOld { oldest_available } => {
-                        let message = json!({"event": "lagged", "reason": "resume point is older than the replay buffer", "oldest_available": oldest_available});
+                    FeedItem::Reset { reason, oldest_available, newest } => {
+                        let message = json!({"id": newest, "event": "lagged", "reason": reason.describe(), "oldest_available": oldest_available, "last_event_id": newest});
                         session.text(message.to_string()).await
                     }
                     FeedItem::Lagged { missed, last_event_id } => {
