@@ -161,3 +161,123 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
     assert_eq!(status, StatusCode::CREATED, "a write once space is back: {body}");
     drop(node);
 }
+
+/// Seeds `items` items over `users` users into `data` with the real `gorgon seed`; returns
+/// (user ids, item ids).
+fn seed(data: &Path, users: u64, items: u64) -> (Vec<String>, Vec<String>) {
+    let user_file = data.with_extension("users");
+    let item_file = data.with_extension("items");
+    let status = Command::new(env!("CARGO_BIN_EXE_gorgon"))
+        .args(["seed", "--quiet", "--users", &users.to_string()])
+        .args(["--items", &items.to_string(), "--data"])
+        .arg(data)
+        .arg("--user-ids-out")
+        .arg(&user_file)
+        .arg("--item-ids-out")
+        .arg(&item_file)
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("run gorgon seed");
+    assert!(status.success(), "gorgon seed failed");
+    let lines = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("ids file")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    (lines(&user_file), lines(&item_file))
+}
+
+/// Clients looping the deepest searches do not starve the node's other reads: every point
+/// read and listing keeps answering 200 (before: searches ran on the runtime's threads and held
+/// the read connections, and other reads timed out with 504), and a search past its budget
+/// is answered 503 `search_timeout`, never 504 or 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expensive_searches_do_not_starve_other_reads() {
+    const SEARCHERS: usize = 6;
+    const RUN: Duration = Duration::from_secs(8);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let (users, items) = tokio::task::block_in_place(|| seed(&data, 50, 100_000));
+    let data_arg = data.to_str().expect("utf-8 path").to_string();
+    let node = tokio::task::block_in_place(|| {
+        GorgonProcess::spawn(
+            &["run", "--listen", "127.0.0.1:0", "--data", &data_arg],
+            // Set by environment, so the same test runs against builds without the flag.
+            &[
+                ("GORGON_DIRECT_TIMEOUT", "1s"),
+                ("GORGON_SEARCH_TIMEOUT", "800ms"),
+            ],
+        )
+    });
+    let base = node.base();
+    let client = Client::new();
+    // The deepest page of "river" that still holds an item: the search walks every match.
+    let mut depth = 0;
+    for offset in [40_000, 30_000, 20_000, 15_000, 10_000, 5_000] {
+        let probe: Value = client
+            .get(format!("{base}/api/v1/items?q=river&limit=1&offset={offset}"))
+            .send()
+            .await
+            .expect("probe")
+            .json()
+            .await
+            .expect("probe json");
+        if probe["items"].as_array().is_some_and(|items| !items.is_empty()) {
+            depth = offset;
+            break;
+        }
+    }
+    assert!(depth >= 5_000, "seeded items hold the word \"river\"");
+    let started = Instant::now();
+    let searchers: Vec<_> = (0..SEARCHERS)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{base}/api/v1/items?q=river&limit=100&offset={depth}");
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                while started.elapsed() < RUN {
+                    let resp = client.get(&url).send().await.expect("search");
+                    let status = resp.status();
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        let body: Value = resp.json().await.expect("error json");
+                        assert_eq!(body["error"]["code"], "search_timeout", "{body}");
+                    }
+                    *statuses.entry(status.as_u16()).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut reads = std::collections::BTreeMap::<u16, usize>::new();
+    let mut n = 0;
+    while started.elapsed() < RUN {
+        let path = match n % 3 {
+            0 => format!("/api/v1/items/{}", items[(n * 7919) % items.len()]),
+            1 => format!("/api/v1/users/{}/items", users[n % users.len()]),
+            _ => format!("/api/v1/users/{}/items?limit=50&offset=20", users[n % users.len()]),
+        };
+        let status = status_of(&client, &format!("{base}{path}")).await;
+        *reads.entry(status.as_u16()).or_default() += 1;
+        n += 1;
+    }
+    let mut searches = std::collections::BTreeMap::<u16, usize>::new();
+    for searcher in searchers {
+        for (status, count) in searcher.await.expect("searcher") {
+            *searches.entry(status).or_default() += count;
+        }
+    }
+    eprintln!("in {RUN:?}: reads by status {reads:?}; deep searches by status {searches:?}");
+    assert_eq!(
+        reads.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "every other read answered 200: {reads:?}"
+    );
+    assert!(n >= 20, "reads kept coming: {n}");
+    assert!(
+        searches.keys().all(|s| *s == 200 || *s == 503),
+        "searches answered or stopped cleanly: {searches:?}"
+    );
+    drop(node);
+}
