@@ -113,7 +113,11 @@ async fn the_write_ahead_log_shrinks_after_a_burst() {
                                 body: "x".repeat(50_000),
                                 ..Default::default()
                             }
-                            .into_item(gorgon::domain::new_id(), user, gorgon::domain::now())
+                            .into_item(
+                                gorgon::domain::new_id(),
+                                user,
+                                gorgon::domain::now(),
+                            )
                         })
                         .collect();
                     store.insert_items(items).await.expect("insert");

@@ -42,12 +42,20 @@ fn fill(dir: &Path) -> PathBuf {
     let mut file = std::fs::File::create(&path).expect("filler file");
     let chunk = vec![7u8; 16 * 1024];
     for _ in 0..10_000 {
-        if file.write_all(&chunk).and_then(|_| file.sync_data()).is_err() {
+        if file
+            .write_all(&chunk)
+            .and_then(|_| file.sync_data())
+            .is_err()
+        {
             break;
         }
     }
     // Whatever is left is smaller than a chunk: take it byte-sized.
-    while file.write_all(&[7u8; 512]).and_then(|_| file.flush()).is_ok() {}
+    while file
+        .write_all(&[7u8; 512])
+        .and_then(|_| file.flush())
+        .is_ok()
+    {}
     path
 }
 
@@ -158,7 +166,11 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, body) = write(1000).await;
-    assert_eq!(status, StatusCode::CREATED, "a write once space is back: {body}");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a write once space is back: {body}"
+    );
     drop(node);
 }
 
@@ -190,9 +202,9 @@ fn seed(data: &Path, users: u64, items: u64) -> (Vec<String>, Vec<String>) {
 }
 
 /// Clients looping the deepest searches do not starve the node's other reads: every point
-/// read and listing keeps answering 200 (before: searches ran on the runtime's threads and held
-/// the read connections, and other reads timed out with 504), and a search past its budget
-/// is answered 503 `search_timeout`, never 504 or 500.
+/// read and listing keeps answering 200, and quickly (before: searches ran on the runtime's
+/// threads and held the read connections: other reads crawled, then timed out with 504), and a
+/// search past its budget is answered 503 `search_timeout`, never 504 or 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expensive_searches_do_not_starve_other_reads() {
     const SEARCHERS: usize = 6;
@@ -217,14 +229,19 @@ async fn expensive_searches_do_not_starve_other_reads() {
     let mut depth = 0;
     for offset in [40_000, 30_000, 20_000, 15_000, 10_000, 5_000] {
         let probe: Value = client
-            .get(format!("{base}/api/v1/items?q=river&limit=1&offset={offset}"))
+            .get(format!(
+                "{base}/api/v1/items?q=river&limit=1&offset={offset}"
+            ))
             .send()
             .await
             .expect("probe")
             .json()
             .await
             .expect("probe json");
-        if probe["items"].as_array().is_some_and(|items| !items.is_empty()) {
+        if probe["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
             depth = offset;
             break;
         }
@@ -256,7 +273,10 @@ async fn expensive_searches_do_not_starve_other_reads() {
         let path = match n % 3 {
             0 => format!("/api/v1/items/{}", items[(n * 7919) % items.len()]),
             1 => format!("/api/v1/users/{}/items", users[n % users.len()]),
-            _ => format!("/api/v1/users/{}/items?limit=50&offset=20", users[n % users.len()]),
+            _ => format!(
+                "/api/v1/users/{}/items?limit=50&offset=20",
+                users[n % users.len()]
+            ),
         };
         let status = status_of(&client, &format!("{base}{path}")).await;
         *reads.entry(status.as_u16()).or_default() += 1;
@@ -274,7 +294,14 @@ async fn expensive_searches_do_not_starve_other_reads() {
         vec![200],
         "every other read answered 200: {reads:?}"
     );
-    assert!(n >= 20, "reads kept coming: {n}");
+    // One client reading in turn does far more requests than six looping deep searches (2,488
+    // reads to 198 searches on the 2-core machine); before, searches held the runtime's
+    // threads and the read connections, and it did 32 to 137.
+    let searched: usize = searches.values().sum();
+    assert!(
+        n >= searched,
+        "reads starved: {n} reads beside {searched} deep searches"
+    );
     assert!(
         searches.keys().all(|s| *s == 200 || *s == 503),
         "searches answered or stopped cleanly: {searches:?}"
