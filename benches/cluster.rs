@@ -36,10 +36,7 @@ use redis_server::{Fsync, RedisServer};
 use uuid::Uuid;
 
 /// What `/info/{uid}` reads: the 10 newest items.
-const PAGE: Page = Page {
-    limit: 10,
-    offset: 0,
-};
+const PAGE: Page = Page::new(10, 0);
 
 /// Concurrent callers of the concurrent mode.
 const CALLERS: u64 = 64;

@@ -216,6 +216,22 @@ pub struct Tuning {
     /// ("0s": SQLite's automatic checkpoints, which stall the writer during their fsync).
     #[arg(long, env = "GORGON_STORE_CHECKPOINT_EVERY", default_value = "200ms", value_parser = parse_duration)]
     pub store_checkpoint_every: Duration,
+    /// After this long without commits the store folds its whole write-ahead log into the
+    /// database and truncates the log file (a burst of writes leaves no large log behind).
+    #[arg(long, env = "GORGON_STORE_CHECKPOINT_IDLE", default_value = "1s", value_parser = parse_duration)]
+    pub store_checkpoint_idle: Duration,
+    /// Size the write-ahead log is cut back to whenever it starts over, in MiB.
+    #[arg(long, env = "GORGON_STORE_WAL_LIMIT_MIB", default_value_t = 64)]
+    pub store_wal_limit_mib: u32,
+    /// Read connections (blocking threads at a time) for searches and deep pages, apart from
+    /// those of point reads and first pages, which thus never wait behind them.
+    #[arg(long, env = "GORGON_STORE_HEAVY_READERS", default_value_t = 1)]
+    pub store_heavy_readers: usize,
+    /// Time budget of one search or deep page (over 1,000 items), waiting included; past it the
+    /// query is stopped and answered 503 `search_timeout` ("0s": no budget). Keep it under
+    /// --direct-timeout so that clients get this clear answer rather than a 504.
+    #[arg(long, env = "GORGON_SEARCH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub search_timeout: Duration,
     /// fsync every commit (survives power loss; default survives process crashes).
     #[arg(long, env = "GORGON_STORE_SYNC_FULL", default_value_t = false)]
     pub store_sync_full: bool,
@@ -480,6 +496,13 @@ impl RunArgs {
             recent_mib: self.tuning.store_recent_mib,
             checkpoint_every: Some(self.tuning.store_checkpoint_every)
                 .filter(|every| !every.is_zero()),
+            checkpoint_idle: self
+                .tuning
+                .store_checkpoint_idle
+                .max(Duration::from_millis(10)),
+            wal_limit_mib: self.tuning.store_wal_limit_mib,
+            heavy_readers: self.tuning.store_heavy_readers.max(1),
+            search_timeout: Some(self.tuning.search_timeout).filter(|t| !t.is_zero()),
         }
     }
 

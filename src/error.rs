@@ -52,6 +52,9 @@ pub enum Error {
     /// A bug or an I/O failure on our side; details go to the log, not the client.
     #[error("{0}")]
     Internal(String),
+    /// A search or deep page ran past its time budget (`--search-timeout`) and was stopped.
+    #[error("{0}")]
+    SearchTimeout(String),
 }
 
 impl Error {
@@ -91,6 +94,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
+            Error::SearchTimeout(_) => "search_timeout",
         }
     }
 }

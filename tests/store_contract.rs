@@ -84,3 +84,74 @@ async fn the_checkpointer_moves_commits_into_the_database() {
         "without the checkpointer the items stay in the log: {left_in_log} bytes"
     );
 }
+
+/// A burst of large writes grows the write-ahead log; once writes stop, the store truncates it
+/// (before: SQLite kept the log at its largest size, 748 MB after a burst of 250 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_ahead_log_shrinks_after_a_burst() {
+    const BOUND: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SqliteOptions {
+        checkpoint_every: Some(std::time::Duration::from_millis(20)),
+        checkpoint_idle: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let store = Arc::new(SqliteStore::open(dir.path(), options).expect("open"));
+    let wal = dir.path().join("gorgon.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    // 4 writers x 10 batches x 20 items of 50 KB: 40 MB, each batch a 1 MB transaction.
+    let user = gorgon::domain::new_id();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for batch in 0..10 {
+                    let items = (0..20)
+                        .map(|n| {
+                            gorgon::domain::NewItem {
+                                title: format!("item {w}-{batch}-{n}"),
+                                body: "x".repeat(50_000),
+                                ..Default::default()
+                            }
+                            .into_item(
+                                gorgon::domain::new_id(),
+                                user,
+                                gorgon::domain::now(),
+                            )
+                        })
+                        .collect();
+                    store.insert_items(items).await.expect("insert");
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        peak = peak.max(wal_size());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    peak = peak.max(wal_size());
+    assert!(
+        peak > BOUND,
+        "the burst should grow the log past {BOUND} bytes (peak {peak})"
+    );
+    // Quiet now: the log is folded back within a few idle periods.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while wal_size() > BOUND && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after = wal_size();
+    assert!(
+        after <= BOUND,
+        "20 s after the burst the log is {after} bytes (peak {peak}); bound {BOUND}"
+    );
+    assert_eq!(
+        store.counts().await.expect("counts").1,
+        800,
+        "nothing lost on the way"
+    );
+    store.close().await;
+}

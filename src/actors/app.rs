@@ -75,11 +75,16 @@ pub enum AppRequest {
         user_id: Uuid,
         limit: u32,
         offset: u32,
+        /// Keyset cursor (`?after=`); absent in messages of older nodes.
+        #[serde(default)]
+        after: Option<Uuid>,
     },
     SearchItems {
         query: String,
         limit: u32,
         offset: u32,
+        #[serde(default)]
+        after: Option<Uuid>,
     },
     /// `payload` is a JSON object (checked at the edge); `kind` is checked here, against the
     /// kinds this role's registry knows.
@@ -250,12 +255,36 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
             user_id,
             limit,
             offset,
-        } => AppReply::Items(store::list_user_items(bus, user_id, Page { limit, offset }).await?),
+            after,
+        } => AppReply::Items(
+            store::list_user_items(
+                bus,
+                user_id,
+                Page {
+                    limit,
+                    offset,
+                    after,
+                },
+            )
+            .await?,
+        ),
         SearchItems {
             query,
             limit,
             offset,
-        } => AppReply::Items(store::search_items(bus, query, Page { limit, offset }).await?),
+            after,
+        } => AppReply::Items(
+            store::search_items(
+                bus,
+                query,
+                Page {
+                    limit,
+                    offset,
+                    after,
+                },
+            )
+            .await?,
+        ),
         GetJob { actor, id } => {
             let job = store::get_job(bus, id).await?;
             forbid_unless(
@@ -271,7 +300,7 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
             offset,
         } => {
             forbid_unless(admin_now(bus, &actor).await?, "list jobs (admin only)")?;
-            AppReply::Jobs(store::list_jobs(bus, state, Page { limit, offset }).await?)
+            AppReply::Jobs(store::list_jobs(bus, state, Page::new(limit, offset)).await?)
         }
         SubmitJob {
             actor,
@@ -504,6 +533,7 @@ pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec
                 user_id,
                 limit: page.limit,
                 offset: page.offset,
+                after: page.after,
             },
         )
         .await?,
@@ -519,6 +549,7 @@ pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<It
                 query,
                 limit: page.limit,
                 offset: page.offset,
+                after: page.after,
             },
         )
         .await?,

@@ -72,11 +72,16 @@ pub enum StoreRequest {
         user_id: Uuid,
         limit: u32,
         offset: u32,
+        /// Keyset cursor; absent in messages of older nodes.
+        #[serde(default)]
+        after: Option<Uuid>,
     },
     SearchItems {
         query: String,
         limit: u32,
         offset: u32,
+        #[serde(default)]
+        after: Option<Uuid>,
     },
     SampleUserIds {
         limit: u32,
@@ -207,12 +212,17 @@ impl RoleHandler for StoreHandler {
             user_id,
             limit,
             offset,
+            after,
         } = request
         {
-            if let Some(items) = self
-                .store
-                .recent_user_items(user_id, Page { limit, offset })
-            {
+            if let Some(items) = self.store.recent_user_items(
+                user_id,
+                Page {
+                    limit,
+                    offset,
+                    after,
+                },
+            ) {
                 return Ok(Ok(StoreReply::Items(items)));
             }
         }
@@ -337,16 +347,36 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
             user_id,
             limit,
             offset,
+            after,
         } => StoreReply::Items(
             store
-                .list_user_items(user_id, Page { limit, offset })
+                .list_user_items(
+                    user_id,
+                    Page {
+                        limit,
+                        offset,
+                        after,
+                    },
+                )
                 .await?,
         ),
         SearchItems {
             query,
             limit,
             offset,
-        } => StoreReply::Items(store.search_items(&query, Page { limit, offset }).await?),
+            after,
+        } => StoreReply::Items(
+            store
+                .search_items(
+                    &query,
+                    Page {
+                        limit,
+                        offset,
+                        after,
+                    },
+                )
+                .await?,
+        ),
         SampleUserIds { limit } => StoreReply::UserIds(store.sample_user_ids(limit).await?),
         InsertJob(job) => {
             let (job, created) = store.insert_job(job).await?;
@@ -381,7 +411,7 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
             state,
             limit,
             offset,
-        } => StoreReply::Jobs(store.list_jobs(state, Page { limit, offset }).await?),
+        } => StoreReply::Jobs(store.list_jobs(state, Page::new(limit, offset)).await?),
         PurgeJobs { before } => StoreReply::Purged(store.purge_jobs(before).await?),
         Counts => {
             let (users, items) = store.counts().await?;
@@ -484,7 +514,7 @@ pub async fn delete_item(bus: &Bus, id: Uuid, owner: Uuid) -> Result<()> {
 
 pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
     expect!(
-        call(bus, StoreRequest::ListUserItems { user_id, limit: page.limit, offset: page.offset }).await?,
+        call(bus, StoreRequest::ListUserItems { user_id, limit: page.limit, offset: page.offset, after: page.after }).await?,
         StoreReply::Items(i) => i,
         "list_user_items"
     )
@@ -492,7 +522,7 @@ pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec
 
 pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<Item>> {
     expect!(
-        call(bus, StoreRequest::SearchItems { query, limit: page.limit, offset: page.offset }).await?,
+        call(bus, StoreRequest::SearchItems { query, limit: page.limit, offset: page.offset, after: page.after }).await?,
         StoreReply::Items(i) => i,
         "search_items"
     )

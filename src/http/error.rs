@@ -17,7 +17,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
     /// method_not_allowed, payload_too_large, invalid, rate_limited, insufficient_storage,
-    /// unavailable, timeout, internal.
+    /// unavailable, timeout, internal, search_timeout.
     pub code: String,
     pub message: String,
     /// The offending field, for `invalid`.
@@ -41,6 +41,7 @@ impl ResponseError for Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::SearchTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

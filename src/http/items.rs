@@ -13,6 +13,7 @@ use crate::actors::app;
 use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url};
 use crate::domain::{Extra, Item, ItemPatch, Location, NewItem};
 use crate::error::Error;
+use crate::store::Page;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -133,9 +134,12 @@ pub struct SearchQuery {
     /// 1 to 100 (default 10).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// 0 to 100000 (default 0).
+    /// 0 to 100000 (default 0). Deep offsets walk every skipped match: page with `after`.
     #[param(minimum = 0, maximum = 100000)]
     pub offset: Option<u32>,
+    /// Keyset cursor: the matches older than this item id, i.e. the `next` of the previous
+    /// page. Costs the same at any depth; `offset` then counts from the cursor.
+    pub after: Option<Uuid>,
 }
 
 /// A keyword, 1 to 64 characters (documentation only: keywords travel as strings).
@@ -245,13 +249,17 @@ pub async fn delete_item(
         (status = 200, description = "A page of matching items", body = ItemPage),
         (status = 400, description = "Malformed query", body = ErrorBody),
         (status = 422, description = "No word to search for, or limit/offset out of range", body = ErrorBody),
+        (status = 503, description = "The search took longer than --search-timeout (code `search_timeout`): narrow it or page with `after`", body = ErrorBody),
     ))]
 pub async fn search_items(
     state: web::Data<HttpState>,
     query: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, Error> {
     let query = query.into_inner();
-    let page = page(query.limit, query.offset, &state.limits)?;
+    let page = Page {
+        after: query.after,
+        ..page(query.limit, query.offset, &state.limits)?
+    };
     if query.q.chars().count() > 500 {
         return Err(Error::invalid("q", "must be at most 500 characters"));
     }
@@ -264,9 +272,5 @@ pub async fn search_items(
     } else {
         Vec::new()
     };
-    Ok(HttpResponse::Ok().json(ItemPage {
-        items,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    Ok(HttpResponse::Ok().json(ItemPage::of(items, page)))
 }

@@ -108,14 +108,20 @@ pub struct PageQuery {
     /// 1 to 100 (default 10).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// 0 to 100000 (default 0).
+    /// 0 to 100000 (default 0). Deep offsets walk every skipped item: page with `after`.
     #[param(minimum = 0, maximum = 100000)]
     pub offset: Option<u32>,
+    /// Keyset cursor: the items older than this item id, i.e. the `next` of the previous page.
+    /// Costs the same at any depth; `offset` then counts from the cursor.
+    pub after: Option<Uuid>,
 }
 
 impl PageQuery {
     pub fn parse(&self, limits: &super::HttpLimits) -> Result<Page, Error> {
-        page(self.limit, self.offset, limits)
+        Ok(Page {
+            after: self.after,
+            ..page(self.limit, self.offset, limits)?
+        })
     }
 }
 
@@ -138,7 +144,7 @@ pub(super) fn page(
             format!("must be at most {}", limits.max_offset),
         ));
     }
-    Ok(Page { limit, offset })
+    Ok(Page::new(limit, offset))
 }
 
 /// A page of items, newest first.
@@ -147,6 +153,29 @@ pub struct ItemPage {
     pub items: Vec<Item>,
     pub limit: u32,
     pub offset: u32,
+    /// The cursor this page started after, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Uuid>,
+    /// Cursor of the next page (pass it as `?after=`): the id of this page's last item, absent
+    /// when the page is not full (there is nothing after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Uuid>,
+}
+
+impl ItemPage {
+    pub fn of(items: Vec<Item>, page: Page) -> ItemPage {
+        let next = items
+            .last()
+            .filter(|_| items.len() >= page.limit as usize)
+            .map(|item| item.id);
+        ItemPage {
+            items,
+            limit: page.limit,
+            offset: page.offset,
+            after: page.after,
+            next,
+        }
+    }
 }
 
 /// Creates a user (admin only).
@@ -264,6 +293,7 @@ pub async fn delete_user(
         (status = 200, description = "A page of items", body = ItemPage),
         (status = 400, description = "Malformed id or query", body = ErrorBody),
         (status = 422, description = "limit or offset out of range", body = ErrorBody),
+        (status = 503, description = "A deep page took longer than --search-timeout (code `search_timeout`): page with `after`", body = ErrorBody),
     ))]
 pub async fn list_user_items(
     state: web::Data<HttpState>,
@@ -272,9 +302,5 @@ pub async fn list_user_items(
 ) -> Result<HttpResponse, Error> {
     let page = query.parse(&state.limits)?;
     let items = app::list_user_items(&state.bus, id.into_inner(), page).await?;
-    Ok(HttpResponse::Ok().json(ItemPage {
-        items,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    Ok(HttpResponse::Ok().json(ItemPage::of(items, page)))
 }

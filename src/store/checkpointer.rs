@@ -5,6 +5,11 @@
 //! On this project's 2-core machine such an `fsync` took up to 26 ms, and every write queued
 //! behind it waited (writes' p99 in the simulator: 31 ms). A passive checkpoint from another
 //! connection runs alongside the writer and the readers and never blocks them.
+//!
+//! A passive checkpoint never makes the log file smaller, though: SQLite reuses it from the
+//! start but keeps its largest size, so a burst of large writes (1,000 jobs of 250 KB) left a
+//! 748 MB log behind. Two bounds: `journal_size_limit` cuts the log back whenever it starts
+//! over, and once no commit has come for a while, a truncating checkpoint empties it.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -27,25 +32,45 @@ impl CheckpointSignal {
 }
 
 /// Starts the checkpointer on `database`: after commits, at most once per `every`, it checkpoints
-/// as much of the log as no reader still needs. It stops when the signal is dropped.
-pub(super) fn start(database: &Path, every: Duration) -> Result<Checkpointer> {
+/// as much of the log as no reader still needs; after `idle` without commits, it checkpoints all
+/// of it and truncates the file. `wal_limit` is the size (bytes) the log is cut back to when it
+/// starts over. It stops when the signal is dropped.
+pub(super) fn start(
+    database: &Path,
+    every: Duration,
+    idle: Duration,
+    wal_limit: u64,
+) -> Result<Checkpointer> {
     let conn = Connection::open(database).map_err(db_error)?;
+    conn.execute_batch(&format!("PRAGMA journal_size_limit={wal_limit};"))
+        .map_err(db_error)?;
     let (signal, commits) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("gorgon-store-checkpoint".into())
         .spawn(move || {
-            while commits.recv().is_ok() {
-                // Columns: busy, frames in the log, frames of it now in the database.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    row.get::<_, i64>(1)
-                }) {
-                    Ok(frames) => {
-                        metrics::gauge!("gorgon_store_wal_frames").set(frames as f64);
-                        metrics::counter!("gorgon_store_checkpoints_total").increment(1);
+            // Whether commits came since the log was last emptied.
+            let mut dirty = false;
+            loop {
+                let committed = if dirty {
+                    match commits.recv_timeout(idle) {
+                        Ok(()) => true,
+                        Err(mpsc::RecvTimeoutError::Timeout) => false,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+                } else if commits.recv().is_ok() {
+                    true
+                } else {
+                    break;
+                };
+                if committed {
+                    dirty = true;
+                    checkpoint(&conn, "PASSIVE");
+                    std::thread::sleep(every);
+                } else if checkpoint(&conn, "TRUNCATE") {
+                    // Quiet: the whole log is in the database and the file is empty. If a
+                    // reader still needed it, try again after the next quiet spell.
+                    dirty = false;
                 }
-                std::thread::sleep(every);
             }
         })
         .map_err(|e| Error::Internal(format!("cannot start the store checkpointer: {e}")))?;
@@ -53,6 +78,25 @@ pub(super) fn start(database: &Path, every: Duration) -> Result<Checkpointer> {
         signal: CheckpointSignal(signal),
         thread,
     })
+}
+
+/// Runs one checkpoint in `mode`; whether it was complete (no reader or writer held it back).
+fn checkpoint(conn: &Connection, mode: &str) -> bool {
+    // Columns: busy, frames in the log, frames of it now in the database.
+    let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+    });
+    match done {
+        Ok((busy, frames)) => {
+            metrics::gauge!("gorgon_store_wal_frames").set(frames.max(0) as f64);
+            metrics::counter!("gorgon_store_checkpoints_total").increment(1);
+            busy == 0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, mode, "store checkpoint failed");
+            false
+        }
+    }
 }
 
 pub(super) struct Checkpointer {

@@ -53,6 +53,12 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("search_matches_title_body_keywords", |s| {
         Box::pin(search_matches_title_body_keywords(s))
     }),
+    ("listing_pages_after_a_cursor", |s| {
+        Box::pin(listing_pages_after_a_cursor(s))
+    }),
+    ("search_pages_after_a_cursor", |s| {
+        Box::pin(search_pages_after_a_cursor(s))
+    }),
     ("missing_things_are_not_found", |s| {
         Box::pin(missing_things_are_not_found(s))
     }),
@@ -184,10 +190,7 @@ fn item(user_id: Uuid, title: &str, body: &str, keywords: &[&str]) -> Item {
     }
 }
 
-const PAGE: Page = Page {
-    limit: 10,
-    offset: 0,
-};
+const PAGE: Page = Page::new(10, 0);
 
 async fn users_round_trip(store: Arc<dyn Store>) {
     let new = user("ada@example.com");
@@ -419,33 +422,15 @@ async fn listing_is_newest_first_and_paged(store: Arc<dyn Store>) {
     }
     ids.reverse();
     let first = store
-        .list_user_items(
-            u.id,
-            Page {
-                limit: 10,
-                offset: 0,
-            },
-        )
+        .list_user_items(u.id, Page::new(10, 0))
         .await
         .expect("page 1");
     let second = store
-        .list_user_items(
-            u.id,
-            Page {
-                limit: 10,
-                offset: 10,
-            },
-        )
+        .list_user_items(u.id, Page::new(10, 10))
         .await
         .expect("page 2");
     let last = store
-        .list_user_items(
-            u.id,
-            Page {
-                limit: 10,
-                offset: 20,
-            },
-        )
+        .list_user_items(u.id, Page::new(10, 20))
         .await
         .expect("page 3");
     let got: Vec<Uuid> = first
@@ -463,9 +448,128 @@ async fn listing_is_newest_first_and_paged(store: Arc<dyn Store>) {
         .is_empty());
 }
 
+/// Every page of a listing or search, each starting after the last item of the one before.
+async fn walk_after<F, Fut>(limit: u32, fetch: F) -> Vec<Uuid>
+where
+    F: Fn(Page) -> Fut,
+    Fut: Future<Output = Vec<Item>>,
+{
+    let mut seen = Vec::new();
+    let mut page = Page::new(limit, 0);
+    for _ in 0..100 {
+        let items = fetch(page).await;
+        assert!(
+            items.len() <= limit as usize,
+            "a page holds at most `limit`"
+        );
+        seen.extend(items.iter().map(|i| i.id));
+        match items.last() {
+            Some(last) if items.len() == limit as usize => page.after = Some(last.id),
+            _ => return seen,
+        }
+    }
+    panic!("paging after a cursor did not end");
+}
+
+/// `after` pages a user's items by cursor: newest first, no gaps, no repeats, from any item
+/// (also one deleted since), with `offset` counted from the cursor.
+async fn listing_pages_after_a_cursor(store: Arc<dyn Store>) {
+    let u = store
+        .insert_user(user("after@example.com"))
+        .await
+        .expect("insert");
+    let other = store
+        .insert_user(user("after2@example.com"))
+        .await
+        .expect("insert");
+    let mut ids = Vec::new();
+    for n in 0..23 {
+        ids.push(
+            store
+                .insert_item(item(u.id, &format!("item {n}"), "", &[]))
+                .await
+                .expect("item")
+                .id,
+        );
+        store
+            .insert_item(item(other.id, "noise", "", &[]))
+            .await
+            .expect("noise");
+    }
+    ids.reverse();
+    let list = |page| {
+        let store = store.clone();
+        async move { store.list_user_items(u.id, page).await.expect("list") }
+    };
+    assert_eq!(
+        walk_after(5, list).await,
+        ids,
+        "every item once, newest first"
+    );
+    let page = |after: Uuid, offset: u32| Page {
+        after: Some(after),
+        ..Page::new(3, offset)
+    };
+    let from = |items: Vec<Item>| items.iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(from(list(page(ids[4], 0)).await), ids[5..8]);
+    assert_eq!(
+        from(list(page(ids[4], 2)).await),
+        ids[7..10],
+        "offset after the cursor"
+    );
+    assert!(
+        list(page(ids[22], 0)).await.is_empty(),
+        "nothing after the oldest"
+    );
+    // The cursor item is deleted: the page goes on from where it was.
+    store.delete_item(ids[4], u.id).await.expect("delete");
+    assert_eq!(from(list(page(ids[4], 0)).await), ids[5..8]);
+}
+
+/// `after` pages a search by cursor, in the same order as `offset` does.
+async fn search_pages_after_a_cursor(store: Arc<dyn Store>) {
+    let u = store
+        .insert_user(user("search-after@example.com"))
+        .await
+        .expect("insert");
+    for n in 0..17 {
+        let words: &[&str] = if n % 3 == 0 { &["other"] } else { &["beacon"] };
+        store
+            .insert_item(item(u.id, &format!("post {n}"), "text", words))
+            .await
+            .expect("item");
+    }
+    let by_offset: Vec<Uuid> = store
+        .search_items("beacon", Page::new(100, 0))
+        .await
+        .expect("search")
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(by_offset.len(), 11);
+    let search = |page| {
+        let store = store.clone();
+        async move { store.search_items("beacon", page).await.expect("search") }
+    };
+    assert_eq!(
+        walk_after(4, search).await,
+        by_offset,
+        "same matches, same order"
+    );
+    let after = |id: Uuid, offset: u32| Page {
+        after: Some(id),
+        ..Page::new(2, offset)
+    };
+    let from = |items: Vec<Item>| items.iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(from(search(after(by_offset[3], 1)).await), by_offset[5..7]);
+    // The cursor item is deleted: the page goes on from where it was.
+    store.delete_item(by_offset[3], u.id).await.expect("delete");
+    assert_eq!(from(search(after(by_offset[3], 0)).await), by_offset[4..6]);
+}
+
 /// The newest page as a reader sees it: through the in-memory answer when the backend has one.
 async fn newest(store: &Arc<dyn Store>, user_id: Uuid, limit: u32) -> Vec<Uuid> {
-    let page = Page { limit, offset: 0 };
+    let page = Page::new(limit, 0);
     let items = match store.recent_user_items(user_id, page) {
         Some(items) => items,
         None => store.list_user_items(user_id, page).await.expect("list"),

@@ -63,9 +63,9 @@ impl RecentItems {
         self.depth
     }
 
-    /// Whether `page` lies within the newest items kept per user.
+    /// Whether `page` lies within the newest items kept per user (a cursor page never does).
     pub fn covers(&self, page: Page) -> bool {
-        page.offset == 0 && page.limit <= self.depth
+        page.offset == 0 && page.after.is_none() && page.limit <= self.depth
     }
 
     /// The user's `limit` newest items, if their list is in memory (counted as a hit; a miss
@@ -167,18 +167,9 @@ mod tests {
             10,
             "kept to its depth"
         );
-        assert!(recent.covers(Page {
-            limit: 10,
-            offset: 0
-        }));
-        assert!(!recent.covers(Page {
-            limit: 11,
-            offset: 0
-        }));
-        assert!(!recent.covers(Page {
-            limit: 5,
-            offset: 1
-        }));
+        assert!(recent.covers(Page::new(10, 0)));
+        assert!(!recent.covers(Page::new(11, 0)));
+        assert!(!recent.covers(Page::new(5, 1)));
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //!   undo the others in its batch, and a caller gets its reply only after the batch committed:
 //!   a 2xx always means the write is on disk (WAL; `synchronous=NORMAL` survives a process crash,
 //!   `--sync full` also a power loss).
-//! - Reads use a small pool of connections and run on the calling task: point reads take
-//!   microseconds, less than a hop to a blocking thread would cost.
+//! - Point reads use a small pool of connections and run on the calling task: they take
+//!   microseconds, less than a hop to a blocking thread would cost. Reads whose cost grows with
+//!   the data run on blocking threads ([`ReadPool`]): listings read from the database on one
+//!   pool, searches and deep pages on another, with a time budget (`--search-timeout`), so the
+//!   runtime's threads never wait on them and cheap reads never queue behind expensive ones.
+//! - A full disk fails writes with `InsufficientStorage` (507) and makes [`Store::ping`] (so
+//!   `/readyz`) fail until a probe write to the data directory succeeds again.
 //! - Items are stored clustered by `(user_id, id)` with time-ordered UUIDv7 ids: a user's newest
 //!   items (the hot read, `/info/{uid}`) sit side by side on one or two pages, newest last.
 //!   A unique index on `id` serves reads by id, and an integer `seq` (unique, indexed) is what
@@ -16,10 +21,10 @@
 //! - The search index keeps only which rows hold a word (`detail='none'`): search matches all
 //!   words anywhere, which needs no positions, and the index builds several times faster.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,6 +38,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::checkpointer::{self, Checkpointer};
+use super::pool::ReadPool;
 use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
 use super::{BulkLoad, Credentials, Page, Store};
@@ -66,6 +72,18 @@ pub struct SqliteOptions {
     /// How often a thread of its own checkpoints the write-ahead log after commits (`None`:
     /// SQLite's automatic checkpoints, on the writer), see [`super::checkpointer`].
     pub checkpoint_every: Option<std::time::Duration>,
+    /// After this long without commits the checkpointer folds the whole log into the database
+    /// and truncates it to nothing, so a burst of writes does not leave a large log behind.
+    pub checkpoint_idle: std::time::Duration,
+    /// Size the write-ahead log is cut back to whenever a checkpoint lets it start over, in MiB
+    /// (SQLite's `journal_size_limit`; it otherwise keeps the largest size it ever reached).
+    pub wal_limit_mib: u32,
+    /// Connections (and blocking threads at a time) for searches and deep pages, apart from
+    /// those of point reads and first pages. Each busy one takes a core.
+    pub heavy_readers: usize,
+    /// Time budget of one search or deep page, waiting for a connection included (`None`:
+    /// unbounded); past it the query is stopped with `SearchTimeout`.
+    pub search_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -79,11 +97,15 @@ impl Default for SqliteOptions {
             recent_items: 10,
             recent_mib: 64,
             checkpoint_every: Some(std::time::Duration::from_millis(200)),
+            checkpoint_idle: std::time::Duration::from_secs(1),
+            wal_limit_mib: 64,
+            heavy_readers: 1,
+            search_timeout: Some(std::time::Duration::from_secs(2)),
         }
     }
 }
 
-type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+type Finish = Box<dyn FnOnce(Option<&Error>) + Send>;
 type WriteJob = Box<dyn FnOnce(&Tx<'_>) -> Finish + Send>;
 
 /// A change to the search index, applied when its batch commits.
@@ -124,6 +146,8 @@ struct Tx<'c> {
     conn: &'c Connection,
     search: RefCell<Vec<SearchChange>>,
     touched: RefCell<Touched>,
+    /// A write of the batch failed for want of disk space.
+    storage_full: Cell<bool>,
 }
 
 /// Whose items a batch changed.
@@ -207,11 +231,27 @@ fn search_rows(conn: &Connection, sql: &str, key: impl rusqlite::Params) -> Resu
 
 const SEARCH_ROW_BY_ID: &str = "SELECT seq, title, body, keywords FROM items WHERE id = ?1";
 
+/// A user listing deeper than this many items runs with searches, in the heavy pool.
+const DEEP_OFFSET: u32 = 1000;
+
+/// Bytes the readiness probe writes to the data directory while the disk is full: this much
+/// free space again and the store reports ready.
+const SPACE_PROBE_BYTES: usize = 1 << 20;
+const SPACE_PROBE_FILE: &str = "gorgon.space-probe";
+
 /// The embedded store. Owns its data directory exclusively (a lock file) while open.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Point reads, on the calling task.
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Listings read from the database, on blocking threads.
+    pages: Arc<ReadPool>,
+    /// Searches, deep pages and full counts, on blocking threads, with a time budget.
+    heavy: Arc<ReadPool>,
+    search_timeout: Option<std::time::Duration>,
+    /// The last write failed for want of disk space (cleared by a successful commit or probe).
+    storage_full: Arc<AtomicBool>,
     /// Next `seq` for a new item; only the writer thread takes from it. `seq` counts down,
     /// so that ascending `seq` is newest first: the order in which FTS5 walks a match lazily
     /// (descending would make it load a common word's whole list for every search).
@@ -325,11 +365,55 @@ pub(super) fn db_error(e: rusqlite::Error) -> Error {
         rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
             Error::Conflict("conflicts with existing data".into())
         }
+        // Only a pool's progress handler interrupts statements: its time budget ran out.
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::OperationInterrupted => {
+            Error::SearchTimeout("the query ran past its time budget".into())
+        }
+        _ if is_storage_full(&e) => {
+            tracing::warn!(error = %e, "embedded store: the disk is full");
+            insufficient_storage()
+        }
         _ => {
             tracing::error!(error = %e, "embedded store error");
             Error::Internal(format!("store error: {e}"))
         }
     }
+}
+
+/// Whether SQLite failed for want of disk space: `SQLITE_FULL` (a write met ENOSPC), or the
+/// I/O errors SQLite reports when growing a file or the shared-memory index meets it.
+fn is_storage_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::DiskFull
+            || f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE
+            || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE)
+}
+
+fn insufficient_storage() -> Error {
+    Error::InsufficientStorage(
+        "the store's disk is full: writes fail until space is freed; reads still work".into(),
+    )
+}
+
+/// The error every write of a batch gets when its commit failed.
+fn commit_error(e: &rusqlite::Error) -> Error {
+    if is_storage_full(e) {
+        insufficient_storage()
+    } else {
+        Error::Internal(format!("commit failed: {e}"))
+    }
+}
+
+/// Writes and removes [`SPACE_PROBE_BYTES`] in `dir`: whether the disk has room again.
+fn probe_space(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(SPACE_PROBE_FILE);
+    let written = File::create(&path).and_then(|mut file| {
+        file.write_all(&vec![0u8; SPACE_PROBE_BYTES])?;
+        file.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
 }
 
 /// Opens a connection; `mmap_mib` is how much of the file it maps for reads.
@@ -342,9 +426,11 @@ fn open_connection(path: &Path, options: &SqliteOptions, mmap_mib: u32) -> Resul
          PRAGMA busy_timeout=5000;
          PRAGMA temp_store=MEMORY;
          PRAGMA mmap_size={};
-         PRAGMA cache_size=-{};",
+         PRAGMA cache_size=-{};
+         PRAGMA journal_size_limit={};",
         mmap_mib as u64 * 1024 * 1024,
-        options.cache_mib as u64 * 1024
+        options.cache_mib as u64 * 1024,
+        options.wal_limit_mib as u64 * 1024 * 1024
     ))
     .map_err(db_error)?;
     // The bundled SQLite has STAT4, which re-prepares a statement every time a value bound to
@@ -510,16 +596,63 @@ fn select_item(conn: &Connection, id: Uuid) -> Result<Item> {
         .ok_or_else(|| Error::not_found("item"))
 }
 
-/// A page of a user's items, newest first.
+/// A page of a user's items, newest first (ids are time-ordered: a cursor is a bound on them).
 fn select_user_items(conn: &Connection, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
+    // The newest possible id: no cursor is the same query, one plan.
+    let after = page.after.unwrap_or(Uuid::max());
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM items WHERE user_id = ?1
+            "SELECT {ITEM_COLUMNS} FROM items WHERE user_id = ?1 AND id < ?4
              ORDER BY id DESC LIMIT ?2 OFFSET ?3"
         ))
         .map_err(db_error)?;
     let rows = stmt
-        .query_map(params![user_id, page.limit, page.offset], item_from_row)
+        .query_map(
+            params![user_id, page.limit, page.offset, after],
+            item_from_row,
+        )
+        .map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+}
+
+/// A page of the items matching an FTS5 `query`, newest first (ascending `seq`).
+fn select_search(conn: &Connection, query: &str, page: Page) -> Result<Vec<Item>> {
+    // Search walks the index in `seq` order, so a cursor becomes a bound on `seq`: the cursor
+    // item's own, or, if it was deleted since, that of the nearest older item (included).
+    let after_seq = match page.after {
+        None => i64::MIN,
+        Some(after) => {
+            let exact: Option<i64> = conn
+                .prepare_cached("SELECT seq FROM items WHERE id = ?1")
+                .and_then(|mut s| s.query_row([after], |r| r.get(0)).optional())
+                .map_err(db_error)?;
+            let older = || -> Result<Option<i64>> {
+                conn.prepare_cached("SELECT seq FROM items WHERE id < ?1 ORDER BY id DESC LIMIT 1")
+                    .and_then(|mut s| s.query_row([after], |r| r.get::<_, i64>(0)).optional())
+                    .map_err(db_error)
+                    .map(|seq| seq.map(|s| s - 1))
+            };
+            match exact {
+                Some(seq) => seq,
+                None => match older()? {
+                    Some(seq) => seq,
+                    None => return Ok(Vec::new()),
+                },
+            }
+        }
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT i.id, i.user_id, i.title, i.body, i.url, i.ts, i.lat, i.lon, i.keywords, i.extra
+             FROM items_fts f JOIN items i ON i.seq = f.rowid
+             WHERE items_fts MATCH ?1 AND f.rowid > ?4 ORDER BY f.rowid LIMIT ?2 OFFSET ?3",
+        )
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map(
+            params![query, page.limit, page.offset, after_seq],
+            item_from_row,
+        )
         .map_err(db_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }
@@ -529,6 +662,14 @@ fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<
     let mark = tx.search.borrow().len();
     tx.execute_batch("SAVEPOINT op").map_err(db_error)?;
     let result = f(tx);
+    if tx.is_autocommit() {
+        // SQLite rolled the whole transaction back (it may, on a full disk or an I/O error):
+        // there is no savepoint left, and the writer fails the batch.
+        tx.search.borrow_mut().truncate(mark);
+        return result.and(Err(Error::Internal(
+            "the store rolled its transaction back".into(),
+        )));
+    }
     let end = if result.is_ok() {
         "RELEASE op"
     } else {
@@ -559,6 +700,7 @@ fn writer_loop(
     max_batch: usize,
     recent: Option<Arc<RecentItems>>,
     checkpointer: Option<Checkpointer>,
+    storage_full: Arc<AtomicBool>,
 ) {
     while let Ok(first) = jobs.recv() {
         let began = conn.execute_batch("BEGIN IMMEDIATE");
@@ -566,18 +708,34 @@ fn writer_loop(
             conn: &conn,
             search: RefCell::new(Vec::new()),
             touched: RefCell::new(Touched::default()),
+            storage_full: Cell::new(false),
         };
         let mut finishes: Vec<Finish> = Vec::with_capacity(16);
         finishes.push(first(&tx));
-        while finishes.len() < max_batch {
+        // A transaction SQLite rolled back takes no more writes.
+        while finishes.len() < max_batch && !conn.is_autocommit() {
             match jobs.try_recv() {
                 Ok(job) => finishes.push(job(&tx)),
                 Err(_) => break,
             }
         }
-        let outcome = began
-            .and_then(|_| tx.apply_search_changes())
-            .and_then(|_| conn.execute_batch("COMMIT"));
+        let outcome = match began {
+            Err(e) => Err(commit_error(&e)),
+            Ok(()) if conn.is_autocommit() => Err(if tx.storage_full.get() {
+                insufficient_storage()
+            } else {
+                Error::Internal("the store rolled its transaction back".into())
+            }),
+            Ok(()) => tx
+                .apply_search_changes()
+                .and_then(|_| conn.execute_batch("COMMIT"))
+                .map_err(|e| commit_error(&e)),
+        };
+        if tx.storage_full.get() || matches!(outcome, Err(Error::InsufficientStorage(_))) {
+            storage_full.store(true, Ordering::Relaxed);
+        } else if outcome.is_ok() {
+            storage_full.store(false, Ordering::Relaxed);
+        }
         metrics::histogram!("gorgon_store_write_batch_size").record(finishes.len() as f64);
         // Before any write of the batch is answered (a rolled-back batch changed nothing, and
         // forgetting lists then costs only a re-read).
@@ -598,7 +756,9 @@ fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded store commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
                 finishes.into_iter().for_each(|f| f(Some(&e)));
             }
         }
@@ -659,6 +819,15 @@ impl SqliteStore {
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, &options, options.mmap_mib).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
+        let pool = |name, size: usize| {
+            (0..size.max(1))
+                .map(|_| open_connection(&path, &options, options.mmap_mib))
+                .collect::<Result<Vec<_>>>()
+                .map(|conns| Arc::new(ReadPool::new(name, conns)))
+        };
+        let pages = pool("pages", options.readers)?;
+        let heavy = pool("heavy", options.heavy_readers)?;
+        let storage_full = Arc::new(AtomicBool::new(false));
         let recent = RecentItems::new(
             options.recent_items,
             u64::from(options.recent_mib) * 1024 * 1024,
@@ -669,7 +838,12 @@ impl SqliteStore {
                 writer
                     .execute_batch("PRAGMA wal_autocheckpoint=0")
                     .map_err(db_error)?;
-                Some(checkpointer::start(&path, every)?)
+                Some(checkpointer::start(
+                    &path,
+                    every,
+                    options.checkpoint_idle,
+                    u64::from(options.wal_limit_mib) * 1024 * 1024,
+                )?)
             }
             None => None,
         };
@@ -679,13 +853,18 @@ impl SqliteStore {
             .name("gorgon-store-writer".into())
             .spawn({
                 let recent = recent.clone();
-                move || writer_loop(writer, rx, max_batch, recent, checkpointer)
+                let storage_full = storage_full.clone();
+                move || writer_loop(writer, rx, max_batch, recent, checkpointer, storage_full)
             })
             .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteStore {
             path,
             readers,
             next_reader: AtomicUsize::new(0),
+            pages,
+            heavy,
+            search_timeout: options.search_timeout,
+            storage_full,
             next_seq: Arc::new(AtomicI64::new(next_seq)),
             bulk_base: AtomicI64::new(next_seq),
             writer: Mutex::new(Some(tx)),
@@ -722,10 +901,13 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: WriteJob = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
+            if matches!(result, Err(Error::InsufficientStorage(_))) {
+                conn.storage_full.set(true);
+            }
             Box::new(move |commit_error| {
                 let reply = match commit_error {
                     None => result,
-                    Some(e) => Err(Error::Internal(format!("commit failed: {e}"))),
+                    Some(e) => Err(e.clone()),
                 };
                 let _ = tx.send(reply);
             })
@@ -1021,17 +1203,28 @@ impl Store for SqliteStore {
 
     async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
         let Some(recent) = self.recent.as_ref().filter(|r| r.covers(page)) else {
-            return self.read(|conn| select_user_items(conn, user_id, page));
+            if page.offset > DEEP_OFFSET {
+                return self
+                    .heavy
+                    .run(self.search_timeout, move |conn| {
+                        select_user_items(conn, user_id, page)
+                    })
+                    .await;
+            }
+            return self
+                .pages
+                .run(None, move |conn| select_user_items(conn, user_id, page))
+                .await;
         };
         if let Some(items) = recent.get(user_id, page.limit) {
             return Ok(items);
         }
         let ticket = recent.ticket(user_id);
-        let newest = Page {
-            limit: recent.depth(),
-            offset: 0,
-        };
-        let mut items = self.read(|conn| select_user_items(conn, user_id, newest))?;
+        let newest = Page::new(recent.depth(), 0);
+        let mut items = self
+            .pages
+            .run(None, move |conn| select_user_items(conn, user_id, newest))
+            .await?;
         recent.fill(ticket, &items);
         items.truncate(page.limit as usize);
         Ok(items)
@@ -1044,19 +1237,11 @@ impl Store for SqliteStore {
 
     async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>> {
         let query = fts_query(query)?;
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT i.id, i.user_id, i.title, i.body, i.url, i.ts, i.lat, i.lon, i.keywords, i.extra
-                     FROM items_fts f JOIN items i ON i.seq = f.rowid
-                     WHERE items_fts MATCH ?1 ORDER BY f.rowid LIMIT ?2 OFFSET ?3",
-                )
-                .map_err(db_error)?;
-            let rows = stmt
-                .query_map(params![query, page.limit, page.offset], item_from_row)
-                .map_err(db_error)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
-        })
+        self.heavy
+            .run(self.search_timeout, move |conn| {
+                select_search(conn, &query, page)
+            })
+            .await
     }
 
     async fn sample_user_ids(&self, limit: u32) -> Result<Vec<Uuid>> {
@@ -1070,15 +1255,18 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<(u64, u64)> {
-        self.read(|conn| {
-            let users: i64 = conn
-                .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-                .map_err(db_error)?;
-            let items: i64 = conn
-                .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
-                .map_err(db_error)?;
-            Ok((users as u64, items as u64))
-        })
+        // Counting walks whole tables: no budget, but never on the runtime's threads.
+        self.heavy
+            .run(None, |conn| {
+                let users: i64 = conn
+                    .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+                    .map_err(db_error)?;
+                let items: i64 = conn
+                    .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                    .map_err(db_error)?;
+                Ok((users as u64, items as u64))
+            })
+            .await
     }
 
     async fn insert_job(&self, job: NewJob) -> Result<(Job, bool)> {
@@ -1239,15 +1427,17 @@ impl Store for SqliteStore {
     }
 
     async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1
+        self.pages
+            .run(None, move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1
                      ORDER BY id DESC LIMIT ?2 OFFSET ?3"
-                ))
-                .map_err(db_error)?;
-            jobs_from(&mut stmt, params![state.name(), page.limit, page.offset])
-        })
+                    ))
+                    .map_err(db_error)?;
+                jobs_from(&mut stmt, params![state.name(), page.limit, page.offset])
+            })
+            .await
     }
 
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -1267,6 +1457,19 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         if self.writer.lock().is_none() {
             return Err(Error::Unavailable("the store is closed".into()));
+        }
+        if self.storage_full.load(Ordering::Relaxed) {
+            // Not ready while writes fail; ready again by itself once the disk has room.
+            let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            match tokio::task::spawn_blocking(move || probe_space(&dir)).await {
+                Ok(Ok(())) => self.storage_full.store(false, Ordering::Relaxed),
+                Ok(Err(e)) => {
+                    return Err(Error::InsufficientStorage(format!(
+                        "the store's disk is full ({e}): writes fail until space is freed"
+                    )))
+                }
+                Err(e) => return Err(Error::Internal(format!("the space probe failed: {e}"))),
+            }
         }
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
