@@ -72,6 +72,9 @@ pub const CHECKS: &[(&str, Check)] = &[
         Box::pin(job_transitions_and_listing(s))
     }),
     ("job_purge_by_age", |s| Box::pin(job_purge_by_age(s))),
+    ("keyed_batches_are_stored_once_per_key", |s| {
+        Box::pin(keyed_batches_are_stored_once_per_key(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`.
@@ -904,4 +907,48 @@ async fn job_purge_by_age(store: Arc<dyn Store>) {
         store.get_job(waiting.id).await.expect("kept").state,
         JobState::Queued
     );
+}
+
+async fn keyed_batches_are_stored_once_per_key(store: Arc<dyn Store>) {
+    let u = store
+        .insert_user(user("once@example.com"))
+        .await
+        .expect("insert");
+    let batch = |n: usize| -> Vec<Item> {
+        (0..n)
+            .map(|i| item(u.id, &format!("once {i}"), "", &[]))
+            .collect()
+    };
+    let until = now() + Duration::minutes(5);
+    let first = batch(3);
+    let stored = store
+        .insert_items_once(b"key-1".to_vec(), until, first.clone())
+        .await;
+    assert_eq!(stored, Ok(3));
+    // The same message delivered again (same items) answers as the first did, writing nothing.
+    let again = store
+        .insert_items_once(b"key-1".to_vec(), until, first)
+        .await;
+    assert_eq!(again, Ok(0));
+    // The same key with new items is a replayed request: refused, nothing written.
+    let replay = store
+        .insert_items_once(b"key-1".to_vec(), until, batch(2))
+        .await;
+    assert!(matches!(replay, Err(Error::Conflict(_))), "{replay:?}");
+    // Another key stores; an expired key is forgotten and may be used again.
+    let other = store
+        .insert_items_once(b"key-2".to_vec(), until, batch(1))
+        .await;
+    assert_eq!(other, Ok(1));
+    let past = now() - Duration::seconds(1);
+    let expired = store
+        .insert_items_once(b"key-3".to_vec(), past, batch(1))
+        .await;
+    assert_eq!(expired, Ok(1));
+    let reused = store
+        .insert_items_once(b"key-3".to_vec(), until, batch(1))
+        .await;
+    assert_eq!(reused, Ok(1), "an expired key is forgotten");
+    let (_, count) = store.counts().await.expect("counts");
+    assert_eq!(count, 6);
 }

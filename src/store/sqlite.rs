@@ -290,6 +290,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, run_after);
+-- Ingest signatures already used, each until its window ends (replays are refused); `first_item`
+-- tells a redelivered batch (the same items) from a replayed request (new ids).
+CREATE TABLE IF NOT EXISTS ingest_seen (
+    key BLOB PRIMARY KEY NOT NULL,
+    expires_at INTEGER NOT NULL,
+    first_item BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ingest_seen_expiry ON ingest_seen(expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(user_id, idempotency_key);
 "#,
     search_table!(),
@@ -463,6 +471,20 @@ fn insert_item_row(
         item.extra.to_json(),
         seq,
     ])
+}
+
+/// Inserts a batch, skipping items whose id exists; how many were new.
+fn insert_new_items(tx: &Tx<'_>, seqs: &AtomicI64, items: &[Item]) -> Result<usize> {
+    let mut inserted = 0;
+    for item in items {
+        let seq = seqs.fetch_sub(1, Ordering::Relaxed);
+        if insert_item_row(tx, item, seq, true).map_err(db_error)? == 1 {
+            tx.index(seq, item);
+            tx.touch(item.user_id);
+            inserted += 1;
+        }
+    }
+    Ok(inserted)
 }
 
 fn insert_user_row(conn: &Connection, user: &NewUser) -> rusqlite::Result<usize> {
@@ -943,17 +965,45 @@ impl Store for SqliteStore {
 
     async fn insert_items(&self, items: Vec<Item>) -> Result<usize> {
         let seqs = self.next_seq.clone();
+        self.write(move |conn| insert_new_items(conn, &seqs, &items))
+            .await
+    }
+
+    async fn insert_items_once(
+        &self,
+        key: Vec<u8>,
+        expires_at: DateTime<Utc>,
+        items: Vec<Item>,
+    ) -> Result<usize> {
+        let seqs = self.next_seq.clone();
         self.write(move |conn| {
-            let mut inserted = 0;
-            for item in &items {
-                let seq = seqs.fetch_sub(1, Ordering::Relaxed);
-                if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
-                    conn.index(seq, item);
-                    conn.touch(item.user_id);
-                    inserted += 1;
+            let now = to_millis(Utc::now());
+            // Expired keys go as new ones come (one index range), which keeps the table bounded.
+            conn.prepare_cached("DELETE FROM ingest_seen WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([now]))
+                .map_err(db_error)?;
+            let first = items.first().map(|i| i.id);
+            let seen: Option<Option<Uuid>> = conn
+                .prepare_cached("SELECT first_item FROM ingest_seen WHERE key = ?1")
+                .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
+                .map_err(db_error)?;
+            match seen {
+                Some(stored) if stored == first => {} // redelivered: the inserts below skip
+                Some(_) => {
+                    return Err(Error::Conflict(
+                        "this signed request was accepted before (a replay); sign it again                          to send the same data once more"
+                            .into(),
+                    ))
+                }
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO ingest_seen (key, expires_at, first_item) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![key, to_millis(expires_at), first]))
+                    .map_err(db_error)?;
                 }
             }
-            Ok(inserted)
+            insert_new_items(conn, &seqs, &items)
         })
         .await
     }
