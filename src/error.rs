@@ -52,6 +52,9 @@ pub enum Error {
     /// A bug or an I/O failure on our side; details go to the log, not the client.
     #[error("{0}")]
     Internal(String),
+    /// The client did not send its request (its body) within the deadline.
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl Error {
@@ -91,6 +94,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
+            Error::RequestTimeout(_) => "request_timeout",
         }
     }
 }

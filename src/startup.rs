@@ -5,7 +5,7 @@
 //! drain the roles (each waits for its running requests), and close the store last so every
 //! acknowledged write is committed before the process exits.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,9 +300,11 @@ impl Node {
         }
         let mut addr = None;
         if roles.contains(Role::Web) {
-            let listener = TcpListener::bind(&args.listen)
+            if args.tuning.edge.raise_open_files {
+                crate::http::limits::raise_open_files();
+            }
+            let listener = crate::http::limits::bind(&args.listen, args.tuning.edge.http_backlog)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            listener.set_nonblocking(true)?;
             let bound = listener.local_addr()?;
             addr = Some(bound);
             let _ = local_node.http_addr.set(bound);

@@ -126,3 +126,236 @@ async fn the_bearer_scheme_is_case_insensitive() {
         expect_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
 }
+
+// ---- slow bodies, connection caps, open files --------------------------------------------------
+
+/// Open file descriptors and resident memory (kB) of process `pid`.
+fn fds_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// A POST declaring a 200 kB body (or a chunked one), then sending one byte every `every` until
+/// the server answers (or closes); returns what it answered (empty if it closed without a word).
+async fn slow_body(addr: String, every: Duration, chunked: bool) -> String {
+    let mut socket = TcpStream::connect(&addr).await.expect("connect");
+    let (framing, tick): (&str, &[u8]) = if chunked {
+        ("Transfer-Encoding: chunked", b"1\r\n \r\n")
+    } else {
+        ("Content-Length: 200000", b" ")
+    };
+    let head = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: gorgon\r\nContent-Type: application/json\r\n\
+         {framing}\r\n\r\n"
+    );
+    if socket.write_all(head.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = socket.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            },
+            _ = tokio::time::sleep(every) => {
+                if socket.write_all(tick).await.is_err() {
+                    // The server closed its side; read what it said before.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_and_the_node_stays_healthy() {
+    const SLOW: usize = 300;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().display().to_string();
+    let node = common::process::GorgonProcess::spawn(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+            "--http-body-timeout",
+            "3s",
+            "--http-max-connections",
+            "1000",
+        ],
+        &[],
+    );
+    let base = node.base();
+    let addr = base.trim_start_matches("http://").to_string();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        StatusCode::OK
+    );
+    let (fds_before, rss_before) = fds_and_rss(node.pid());
+
+    let started = std::time::Instant::now();
+    let slow: Vec<_> = (0..SLOW)
+        .map(|n| {
+            tokio::spawn(slow_body(
+                addr.clone(),
+                Duration::from_millis(500),
+                n % 2 == 0,
+            ))
+        })
+        .collect();
+    // Wait until the server holds them all (or most: some may already have timed out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fds_and_rss(node.pid()).0 < fds_before + SLOW * 9 / 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow connections were never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (fds_peak, rss_peak) = fds_and_rss(node.pid());
+    // Meanwhile the node answers its health checks.
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz answers");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // Every slow body (declared or chunked) is answered 408 and its connection closed, none
+    // before the deadline.
+    for task in slow {
+        let answer = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the slow body was dropped")
+            .expect("task");
+        assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
+        assert!(answer.contains("request_timeout"), "answer: {answer:?}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before the deadline"
+    );
+    // The server let go of them: its open files are back near where they were.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (fds, _) = fds_and_rss(node.pid());
+        if fds <= fds_before + 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{fds} files still open (before: {fds_before})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, rss_after) = fds_and_rss(node.pid());
+    eprintln!(
+        "{SLOW} slow bodies: fds {fds_before} -> {fds_peak}; RSS {rss_before} -> {rss_peak} -> {rss_after} kB"
+    );
+    // A few tens of kB per connection at most, not a body's worth each.
+    assert!(
+        rss_peak.saturating_sub(rss_before) < 100 * 1024,
+        "RSS grew from {rss_before} to {rss_peak} kB"
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_limit_are_closed_at_once() {
+    let app = TestApp::spawn_with(&["--http-max-connections-per-ip", "20"]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // 20 idle connections with a request head still to come hold the address's share.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut socket = TcpStream::connect(&addr).await.expect("connect");
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        held.push(socket);
+    }
+    // Give the server a moment to accept them all (the count is per accepted connection).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = raw_exchange(
+        &app,
+        "GET /healthz HTTP/1.1\r\nHost: gorgon\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        refused.is_empty(),
+        "the 21st connection was served: {refused}"
+    );
+    // Once they go, the address may connect again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = raw_exchange(
+            &app,
+            "GET /healthz HTTP/1.1\r\nHost: gorgon\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let lowered = libc::rlimit {
+        rlim_cur: (limit.rlim_max / 2).max(1024).min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+    let app = TestApp::spawn().await;
+    let mut now = lowered;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+    assert_eq!(
+        now.rlim_cur, limit.rlim_max,
+        "soft limit raised to the hard one"
+    );
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+}

@@ -17,7 +17,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
     /// method_not_allowed, payload_too_large, invalid, rate_limited, insufficient_storage,
-    /// unavailable, timeout, internal.
+    /// unavailable, timeout, internal, request_timeout.
     pub code: String,
     pub message: String,
     /// The offending field, for `invalid`.
@@ -41,6 +41,7 @@ impl ResponseError for Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -62,6 +63,10 @@ impl ResponseError for Error {
                 retry_after_secs, ..
             } => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            // Whatever the client still sends of that request is not read: close.
+            Error::RequestTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

@@ -24,6 +24,7 @@ pub mod health;
 pub mod info;
 pub mod items;
 pub mod jobs;
+pub mod limits;
 pub mod observability;
 pub mod openapi;
 pub mod providers;
@@ -55,6 +56,16 @@ pub struct HttpLimits {
     pub shutdown_timeout: Duration,
     /// Interval of SSE keep-alive comments.
     pub sse_heartbeat: Duration,
+    /// Deadline of a request's whole body, from its head (zero: none).
+    pub body_timeout: Duration,
+    /// Deadline of a request's head.
+    pub head_timeout: Duration,
+    /// Open connections of the node, in all.
+    pub max_connections: usize,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Open connections per client address (0: no limit).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpLimits {
@@ -66,6 +77,11 @@ impl Default for HttpLimits {
             max_offset: 100_000,
             shutdown_timeout: Duration::from_secs(10),
             sse_heartbeat: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            backlog: 1024,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -120,20 +136,34 @@ pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
-/// Builds the HTTP server on an already bound listener.
+/// Builds the HTTP server on an already bound listener (see [`limits::bind`]).
 pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::io::Result<Server> {
-    let shutdown = state.limits.shutdown_timeout;
+    let limits = state.limits.clone();
+    let workers = workers.max(1);
+    let body_timeout = limits.body_timeout;
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(move |req, next| {
+                limits::body_deadline(req, next, body_timeout)
+            }))
             .wrap(from_fn(record_request))
             .configure(configure(state.clone()))
     })
-    .workers(workers.max(1))
-    .shutdown_timeout(shutdown.as_secs().max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .workers(workers)
+    .max_connections(limits::connections_per_worker(
+        limits.max_connections,
+        workers,
+    ))
+    .backlog(limits.backlog)
+    .client_request_timeout(limits.head_timeout)
+    .shutdown_timeout(limits.shutdown_timeout.as_secs().max(1))
+    .disable_signals();
+    let per_address = (limits.max_connections_per_ip > 0)
+        .then(|| limits::PerAddress::new(limits.max_connections_per_ip));
+    let server = server.on_connect(move |connection, data| {
+        limits::on_connect(per_address.as_ref(), connection, data)
+    });
+    Ok(server.listen(listener)?.run())
 }
 
 /// Counts every request and times it, labelled by route pattern (never by id).
