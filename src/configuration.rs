@@ -277,6 +277,24 @@ pub struct EdgeTuning {
     /// an open file).
     #[arg(long, env = "GORGON_RAISE_OPEN_FILES", default_value_t = true, action = clap::ArgAction::Set)]
     pub raise_open_files: bool,
+    /// Unfinished (queued, running, failed) jobs one user may have; more get a 429 (0: no
+    /// limit; admins have none).
+    #[arg(
+        long,
+        env = "GORGON_USER_MAX_UNFINISHED_JOBS",
+        default_value_t = 10_000
+    )]
+    pub user_max_unfinished_jobs: u32,
+    /// Items one user may create per minute through the API, in bursts of as many; more get a
+    /// 429 (0: no limit; admins have none). Counted per web node.
+    #[arg(long, env = "GORGON_USER_ITEMS_PER_MINUTE", default_value_t = 6_000)]
+    pub user_items_per_minute: u32,
+    /// Largest job payload, in bytes of JSON; larger ones get a 413.
+    #[arg(long, env = "GORGON_MAX_JOB_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_job_payload_bytes: usize,
+    /// Largest item (title, body, url, keywords and extra, in bytes); larger ones get a 413.
+    #[arg(long, env = "GORGON_MAX_ITEM_BYTES", default_value_t = 128 * 1024)]
+    pub max_item_bytes: usize,
 }
 
 /// Limits of the Redis mailboxes.
@@ -474,6 +492,9 @@ impl RunArgs {
             max_connections: self.tuning.edge.http_max_connections.max(1),
             backlog: self.tuning.edge.http_backlog.max(1),
             max_connections_per_ip: self.tuning.edge.http_max_connections_per_ip,
+            user_items_per_minute: self.tuning.edge.user_items_per_minute,
+            max_job_payload_bytes: self.tuning.edge.max_job_payload_bytes,
+            max_item_bytes: self.tuning.edge.max_item_bytes,
             ..HttpLimits::default()
         }
     }

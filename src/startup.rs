@@ -193,6 +193,8 @@ impl Node {
                         bus: bus.clone(),
                         jobs: jobs.clone(),
                         wake_workers: wake_workers.clone(),
+                        max_unfinished_jobs: Some(args.tuning.edge.user_max_unfinished_jobs)
+                            .filter(|&n| n > 0),
                     },
                     bus: bus.clone(),
                     concurrency,
@@ -308,10 +310,12 @@ impl Node {
             let bound = listener.local_addr()?;
             addr = Some(bound);
             let _ = local_node.http_addr.set(bound);
+            let limits = args.http_limits();
             let state = HttpState {
                 node: local_node.clone(),
                 bus: bus.clone(),
-                limits: args.http_limits(),
+                quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
+                limits,
                 metrics,
                 notify: hub.clone(),
                 stats: stats_hub.clone(),

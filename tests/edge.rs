@@ -359,3 +359,135 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     );
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
+
+// ---- per-user quotas -------------------------------------------------------------------------
+
+/// Asserts a 429 with a `Retry-After` of at least one second.
+async fn expect_rate_limited(resp: reqwest::Response) {
+    let retry_after: u64 = resp
+        .headers()
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header in seconds");
+    assert!(retry_after >= 1);
+    expect_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_item_rate_gets_429_and_others_do_not() {
+    let app = TestApp::spawn_with(&["--user-items-per-minute", "3"]).await;
+    let (_, greedy) = app.user("greedy@example.com").await;
+    let (_, other) = app.user("other@example.com").await;
+    for n in 0..3 {
+        app.create_item(&greedy, &json!({"title": format!("item {n}")}))
+            .await;
+    }
+    let over = app
+        .post(
+            "/api/v1/items",
+            Some(&greedy),
+            &json!({"title": "one too many"}),
+        )
+        .await;
+    expect_rate_limited(over).await;
+    // Another user, and an admin, are not affected.
+    app.create_item(&other, &json!({"title": "mine"})).await;
+    let admin = app.admin_token().await;
+    for n in 0..5 {
+        app.create_item(&admin, &json!({"title": format!("admin {n}")}))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_too_many_unfinished_jobs_gets_429_and_others_do_not() {
+    // No workers: submitted jobs stay queued.
+    let app = TestApp::spawn_with(&["--user-max-unfinished-jobs", "2", "--job-workers", "0"]).await;
+    let (_, greedy) = app.user("greedy@example.com").await;
+    let (_, other) = app.user("other@example.com").await;
+    let submit = |token: String, n: u32, key: Option<&'static str>| {
+        let request = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .bearer_auth(token)
+            .json(&json!({"kind": "hash", "payload": {"n": n}}));
+        let request = match key {
+            Some(key) => request.header("Idempotency-Key", key),
+            None => request,
+        };
+        async move { request.send().await.expect("submit") }
+    };
+    let first = submit(greedy.clone(), 0, Some("first")).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        submit(greedy.clone(), 1, None).await.status(),
+        StatusCode::ACCEPTED
+    );
+    expect_rate_limited(submit(greedy.clone(), 2, None).await).await;
+    // Repeating a stored submission is not a new job: still answered.
+    assert_eq!(
+        submit(greedy.clone(), 0, Some("first")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        submit(other.clone(), 0, None).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let admin = app.admin_token().await;
+    for n in 0..4 {
+        assert_eq!(
+            submit(admin.clone(), n, None).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_job_payloads_and_items_get_413() {
+    let app = TestApp::spawn_with(&[
+        "--max-job-payload-bytes",
+        "1024",
+        "--max-item-bytes",
+        "2048",
+    ])
+    .await;
+    let (_, token) = app.user("big@example.com").await;
+    let big = "x".repeat(3000);
+    let resp = app
+        .post(
+            "/api/v1/jobs",
+            Some(&token),
+            &json!({"kind": "hash", "payload": {"text": big}}),
+        )
+        .await;
+    expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    let resp = app
+        .post(
+            "/api/v1/jobs",
+            Some(&token),
+            &json!({"kind": "hash", "payload": {"text": "small"}}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = app
+        .post(
+            "/api/v1/items",
+            Some(&token),
+            &json!({"title": "big", "body": big}),
+        )
+        .await;
+    expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    let item = app
+        .create_item(&token, &json!({"title": "small", "body": "fits"}))
+        .await;
+    let id = item["id"].as_str().expect("id");
+    let resp = app
+        .patch(
+            &format!("/api/v1/items/{id}"),
+            &token,
+            &json!({"body": big}),
+        )
+        .await;
+    expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}

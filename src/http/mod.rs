@@ -28,6 +28,7 @@ pub mod limits;
 pub mod observability;
 pub mod openapi;
 pub mod providers;
+pub mod quotas;
 pub mod users;
 pub mod ws;
 
@@ -66,6 +67,12 @@ pub struct HttpLimits {
     pub backlog: u32,
     /// Open connections per client address (0: no limit).
     pub max_connections_per_ip: usize,
+    /// Items a user (not an admin) may create per minute on this node (0: no limit).
+    pub user_items_per_minute: u32,
+    /// Largest job payload, in bytes of JSON.
+    pub max_job_payload_bytes: usize,
+    /// Largest item, in bytes (see `quotas::item_bytes`).
+    pub max_item_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -82,6 +89,9 @@ impl Default for HttpLimits {
             max_connections: 10_000,
             backlog: 1024,
             max_connections_per_ip: 0,
+            user_items_per_minute: 6_000,
+            max_job_payload_bytes: 64 * 1024,
+            max_item_bytes: 128 * 1024,
         }
     }
 }
@@ -98,6 +108,8 @@ pub struct HttpState {
     pub notify: Option<Arc<NotifyHub>>,
     /// Where every answered request is counted for the per-second history.
     pub stats: Arc<StatsHub>,
+    /// Per-user rate limits of this node's edge.
+    pub quotas: Arc<quotas::Quotas>,
 }
 
 /// Routes and per-app configuration, shared by the server and in-process tests.

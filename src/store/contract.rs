@@ -75,6 +75,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("keyed_batches_are_stored_once_per_key", |s| {
         Box::pin(keyed_batches_are_stored_once_per_key(s))
     }),
+    ("unfinished_jobs_are_capped_per_user", |s| {
+        Box::pin(unfinished_jobs_are_capped_per_user(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`.
@@ -653,6 +656,7 @@ fn job(user_id: Uuid, payload: serde_json::Value, key: Option<&str>) -> NewJob {
         payload,
         idempotency_key: key.map(str::to_string),
         created_at: now(),
+        max_unfinished: None,
     }
 }
 
@@ -951,4 +955,36 @@ async fn keyed_batches_are_stored_once_per_key(store: Arc<dyn Store>) {
     assert_eq!(reused, Ok(1), "an expired key is forgotten");
     let (_, count) = store.counts().await.expect("counts");
     assert_eq!(count, 6);
+}
+
+async fn unfinished_jobs_are_capped_per_user(store: Arc<dyn Store>) {
+    let (busy, idle) = (Uuid::now_v7(), Uuid::now_v7());
+    let capped = |user: Uuid, n: i64| NewJob {
+        max_unfinished: Some(2),
+        ..job(user, serde_json::json!({ "n": n }), None)
+    };
+    let first = capped(busy, 1);
+    store.insert_job(first.clone()).await.expect("first");
+    store.insert_job(capped(busy, 2)).await.expect("second");
+    let third = store.insert_job(capped(busy, 3)).await;
+    assert!(matches!(third, Err(Error::RateLimited { .. })), "{third:?}");
+    // A redelivered insert of a stored job is not a new one.
+    let (_, created) = store.insert_job(first).await.expect("redelivered");
+    assert!(!created);
+    // Another user is not affected; a finished job frees a place.
+    store.insert_job(capped(idle, 1)).await.expect("other user");
+    let claimed = store.claim_jobs(LONG_LEASE, 1).await.expect("claim");
+    let done = claimed
+        .iter()
+        .find(|j| j.user_id == busy)
+        .expect("a job of busy");
+    store
+        .finish_job(
+            done.id,
+            done.attempts,
+            JobOutcome::Done(serde_json::json!({})),
+        )
+        .await
+        .expect("finish");
+    store.insert_job(capped(busy, 4)).await.expect("room again");
 }

@@ -290,6 +290,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, run_after);
+-- Counts a user's unfinished jobs (the per-user quota) without reading the jobs themselves.
+CREATE INDEX IF NOT EXISTS jobs_user_state ON jobs(user_id, state);
 -- Ingest signatures already used, each until its window ends (replays are refused); `first_item`
 -- tells a redelivered batch (the same items) from a replayed request (new ids).
 CREATE TABLE IF NOT EXISTS ingest_seen (
@@ -432,6 +434,37 @@ fn select_job(conn: &Connection, id: Uuid) -> Result<Job> {
         .map_err(db_error)?
         .ok_or_else(|| Error::not_found("job"))
 }
+
+/// Refuses a new job of a user who has `cap` unfinished jobs already (a redelivered insert of a
+/// stored job is not new). Inside the writer, so concurrent submissions cannot overshoot.
+fn check_unfinished_jobs(conn: &Connection, job: &NewJob, cap: u32) -> Result<()> {
+    let stored: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+        .and_then(|mut s| s.query_row([job.id], |r| r.get(0)))
+        .map_err(db_error)?;
+    if stored {
+        return Ok(());
+    }
+    let unfinished: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = ?1
+             AND state IN ('queued', 'running', 'failed') LIMIT ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![job.user_id, cap], |r| r.get(0)))
+        .map_err(db_error)?;
+    if unfinished >= i64::from(cap) {
+        return Err(Error::rate_limited(
+            format!(
+                "you have {cap} unfinished jobs, the most allowed; submit more once some are done"
+            ),
+            UNFINISHED_JOBS_RETRY,
+        ));
+    }
+    Ok(())
+}
+
+/// When a user at the unfinished-jobs quota is told to come back: jobs take seconds.
+const UNFINISHED_JOBS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn jobs_from(
     stmt: &mut rusqlite::CachedStatement<'_>,
@@ -1150,6 +1183,9 @@ impl Store for SqliteStore {
                         "this Idempotency-Key was used for a different job".into(),
                     ));
                 }
+            }
+            if let Some(cap) = job.max_unfinished {
+                check_unfinished_jobs(conn, &job, cap)?;
             }
             let created = to_millis(job.created_at);
             // Due by the store's clock, the one claims compare with.
