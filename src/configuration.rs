@@ -289,6 +289,55 @@ pub struct Tuning {
     /// Interval of SSE keep-alive comments.
     #[arg(long, env = "GORGON_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
+    #[command(flatten)]
+    pub edge: EdgeTuning,
+}
+
+/// Limits of the HTTP edge against clients that hold connections without finishing requests,
+/// and per-user quotas.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeTuning {
+    /// Deadline for a request's whole body, from its head ("0s": none). A slower body gets a
+    /// 408 and its connection is closed.
+    #[arg(long, env = "GORGON_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+    /// Deadline for a request's head (its line and headers).
+    #[arg(long, env = "GORGON_HTTP_HEAD_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub http_head_timeout: Duration,
+    /// Open HTTP connections of this node, in all (split over the HTTP workers; lowered to fit
+    /// the open-file limit). Beyond it new connections wait in the listen backlog.
+    #[arg(long, env = "GORGON_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Connections the kernel queues before they are accepted; beyond it they are refused.
+    #[arg(long, env = "GORGON_HTTP_BACKLOG", default_value_t = 1024)]
+    pub http_backlog: u32,
+    /// Open HTTP connections per client address (0: no limit, the default: behind a load
+    /// balancer every connection comes from its address, so it would cap the balancer; set it
+    /// when clients connect directly). Connections beyond it are closed at once.
+    #[arg(long, env = "GORGON_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub http_max_connections_per_ip: usize,
+    /// Raise the process's soft open-file limit to its hard limit at start (each connection is
+    /// an open file).
+    #[arg(long, env = "GORGON_RAISE_OPEN_FILES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub raise_open_files: bool,
+    /// Unfinished (queued, running, failed) jobs one user may have; more get a 429 (0: no
+    /// limit; admins have none).
+    #[arg(
+        long,
+        env = "GORGON_USER_MAX_UNFINISHED_JOBS",
+        default_value_t = 10_000
+    )]
+    pub user_max_unfinished_jobs: u32,
+    /// Items one user may create per minute through the API, in bursts of as many; more get a
+    /// 429 (0: no limit; admins have none). Counted per web node.
+    #[arg(long, env = "GORGON_USER_ITEMS_PER_MINUTE", default_value_t = 6_000)]
+    pub user_items_per_minute: u32,
+    /// Largest job payload, in bytes of JSON; larger ones get a 413.
+    #[arg(long, env = "GORGON_MAX_JOB_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_job_payload_bytes: usize,
+    /// Largest item (title, body, url, keywords and extra, in bytes); larger ones get a 413.
+    #[arg(long, env = "GORGON_MAX_ITEM_BYTES", default_value_t = 128 * 1024)]
+    pub max_item_bytes: usize,
 }
 
 /// Limits of the Redis mailboxes.
@@ -481,6 +530,14 @@ impl RunArgs {
             max_offset: self.tuning.max_offset,
             shutdown_timeout: self.tuning.shutdown_timeout,
             sse_heartbeat: self.tuning.sse_heartbeat.max(Duration::from_millis(100)),
+            body_timeout: self.tuning.edge.http_body_timeout,
+            head_timeout: self.tuning.edge.http_head_timeout,
+            max_connections: self.tuning.edge.http_max_connections.max(1),
+            backlog: self.tuning.edge.http_backlog.max(1),
+            max_connections_per_ip: self.tuning.edge.http_max_connections_per_ip,
+            user_items_per_minute: self.tuning.edge.user_items_per_minute,
+            max_job_payload_bytes: self.tuning.edge.max_job_payload_bytes,
+            max_item_bytes: self.tuning.edge.max_item_bytes,
             ..HttpLimits::default()
         }
     }

@@ -55,6 +55,9 @@ pub enum Error {
     /// A search or deep page ran past its time budget (`--search-timeout`) and was stopped.
     #[error("{0}")]
     SearchTimeout(String),
+    /// The client did not send its request (its body) within the deadline.
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl Error {
@@ -95,6 +98,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
             Error::SearchTimeout(_) => "search_timeout",
+            Error::RequestTimeout(_) => "request_timeout",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! drain the roles (each waits for its running requests), and close the store last so every
 //! acknowledged write is committed before the process exits.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,6 +201,8 @@ impl Node {
                         bus: bus.clone(),
                         jobs: jobs.clone(),
                         wake_workers: wake_workers.clone(),
+                        max_unfinished_jobs: Some(args.tuning.edge.user_max_unfinished_jobs)
+                            .filter(|&n| n > 0),
                     },
                     bus: bus.clone(),
                     concurrency,
@@ -308,16 +310,20 @@ impl Node {
         }
         let mut addr = None;
         if roles.contains(Role::Web) {
-            let listener = TcpListener::bind(&args.listen)
+            if args.tuning.edge.raise_open_files {
+                crate::http::limits::raise_open_files();
+            }
+            let listener = crate::http::limits::bind(&args.listen, args.tuning.edge.http_backlog)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            listener.set_nonblocking(true)?;
             let bound = listener.local_addr()?;
             addr = Some(bound);
             let _ = local_node.http_addr.set(bound);
+            let limits = args.http_limits();
             let state = HttpState {
                 node: local_node.clone(),
                 bus: bus.clone(),
-                limits: args.http_limits(),
+                quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
+                limits,
                 metrics,
                 notify: hub.clone(),
                 stats: stats_hub.clone(),

@@ -174,6 +174,8 @@ pub struct AppHandler {
     pub jobs: JobRegistry,
     /// Wakes this node's job workers when a job is queued here.
     pub wake_workers: Arc<Notify>,
+    /// Unfinished jobs a user (not an admin) may have; `None`: no limit.
+    pub max_unfinished_jobs: Option<u32>,
 }
 
 impl RoleHandler for AppHandler {
@@ -325,6 +327,7 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
                 payload,
                 idempotency_key,
                 created_at: crate::domain::now(),
+                max_unfinished: handler.max_unfinished_jobs.filter(|_| !actor.admin),
             };
             let (job, created) = store::insert_job(bus, new).await?;
             if created {

@@ -294,7 +294,8 @@ async fn ingest(
         .ok_or_else(|| Error::Unauthorized(format!("unknown provider {provider:?}")))?;
     let window = config.ingest_window.as_secs() as i64;
     let now = chrono::Utc::now().timestamp();
-    crate::providers::verify(secret.as_bytes(), signature, body.as_bytes(), now, window)?;
+    let signed =
+        crate::providers::verify(secret.as_bytes(), signature, body.as_bytes(), now, window)?;
     let items = crate::providers::ingest::parse(body.as_bytes(), config.ingest_max_items)?;
     let mut owners: Vec<Uuid> = items.iter().map(|i| i.user_id).collect();
     owners.sort();
@@ -307,10 +308,34 @@ async fn ingest(
     }
     let ids = items.iter().map(|i| i.id).collect();
     let count = items.len();
-    store::insert_items(bus, items).await?;
+    // Accepted once: the store remembers the signature until it could no longer verify, so a
+    // replay within the window is a 409 on every node (the store is what they all share).
+    let key = seen_key(provider, &signed.tag);
+    // A minute past the window's end: nodes' clocks differ a little.
+    let expires_at = chrono::DateTime::from_timestamp(signed.timestamp + window + 60, 0)
+        .unwrap_or_else(chrono::Utc::now);
+    store::insert_items_once(bus, key, expires_at, items)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, Error::Conflict(_)) {
+                metrics::counter!("gorgon_provider_ingest_replays_total", "provider" => provider.to_string())
+                    .increment(1);
+            }
+        })?;
     metrics::counter!("gorgon_provider_items_total", "provider" => provider.to_string(), "outcome" => "ok")
         .increment(count as u64);
     Ok(ids)
+}
+
+/// What the store remembers of an accepted signature: a digest of the provider and the tag (the
+/// tag alone is already unique; the digest keeps keys one size and names no secret).
+fn seen_key(provider: &str, tag: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    digest.update(provider.as_bytes());
+    digest.update([0]);
+    digest.update(tag);
+    digest.finalize().to_vec()
 }
 
 /// Hands a signed batch to the provider role; the ids of the stored items.

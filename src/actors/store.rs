@@ -56,6 +56,12 @@ pub enum StoreRequest {
     },
     InsertItem(Item),
     InsertItems(Vec<Item>),
+    /// A signed ingest batch: stored once per `key` (see `Store::insert_items_once`).
+    InsertItemsOnce {
+        key: Vec<u8>,
+        expires_at: DateTime<Utc>,
+        items: Vec<Item>,
+    },
     GetItem {
         id: Uuid,
     },
@@ -153,6 +159,7 @@ impl Protocol for StoreProtocol {
             DeleteToken { .. } => "delete_token",
             InsertItem(_) => "insert_item",
             InsertItems(_) => "insert_items",
+            InsertItemsOnce { .. } => "insert_items_once",
             GetItem { .. } => "get_item",
             UpdateItem { .. } => "update_item",
             DeleteItem { .. } => "delete_item",
@@ -182,6 +189,7 @@ impl Protocol for StoreProtocol {
             | DeleteToken { .. }
             | InsertItem(_)
             | InsertItems(_)
+            | InsertItemsOnce { .. }
             | UpdateItem { .. }
             | DeleteItem { .. }
             | InsertJob(_)
@@ -329,6 +337,19 @@ async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<
                 .map(|i| item_event(EventKind::ItemCreated, i))
                 .collect();
             let inserted = store.insert_items(items).await?;
+            events.into_iter().for_each(|e| bus.publish(e));
+            StoreReply::Inserted(inserted)
+        }
+        InsertItemsOnce {
+            key,
+            expires_at,
+            items,
+        } => {
+            let events: Vec<Event> = items
+                .iter()
+                .map(|i| item_event(EventKind::ItemCreated, i))
+                .collect();
+            let inserted = store.insert_items_once(key, expires_at, items).await?;
             events.into_iter().for_each(|e| bus.publish(e));
             StoreReply::Inserted(inserted)
         }
@@ -494,6 +515,21 @@ pub async fn insert_item(bus: &Bus, item: Item) -> Result<Item> {
 
 pub async fn insert_items(bus: &Bus, items: Vec<Item>) -> Result<usize> {
     expect!(call(bus, StoreRequest::InsertItems(items)).await?, StoreReply::Inserted(n) => n, "insert_items")
+}
+
+/// Stores a signed ingest batch once per `key`; `Conflict` for a replay (see
+/// `Store::insert_items_once`).
+pub async fn insert_items_once(
+    bus: &Bus,
+    key: Vec<u8>,
+    expires_at: DateTime<Utc>,
+    items: Vec<Item>,
+) -> Result<usize> {
+    expect!(
+        call(bus, StoreRequest::InsertItemsOnce { key, expires_at, items }).await?,
+        StoreReply::Inserted(n) => n,
+        "insert_items_once"
+    )
 }
 
 pub async fn get_item(bus: &Bus, id: Uuid) -> Result<Item> {

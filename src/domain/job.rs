@@ -85,6 +85,10 @@ pub struct NewJob {
     pub payload: serde_json::Value,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Refuse the job (429) when its user already has this many unfinished (queued, running or
+    /// failed) jobs; `None`: no limit (admins).
+    #[serde(default)]
+    pub max_unfinished: Option<u32>,
 }
 
 /// How an attempt ended, as a worker reports it to the store.

@@ -17,7 +17,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
     /// method_not_allowed, payload_too_large, invalid, rate_limited, insufficient_storage,
-    /// unavailable, timeout, internal, search_timeout.
+    /// unavailable, timeout, internal, search_timeout, request_timeout.
     pub code: String,
     pub message: String,
     /// The offending field, for `invalid`.
@@ -42,6 +42,7 @@ impl ResponseError for Error {
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::SearchTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -67,6 +68,10 @@ impl ResponseError for Error {
             // Busy or briefly unreachable: worth another try soon.
             Error::Unavailable(_) => {
                 response.insert_header(("Retry-After", "1"));
+            }
+            // Whatever the client still sends of that request is not read: close.
+            Error::RequestTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

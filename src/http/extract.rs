@@ -27,9 +27,12 @@ fn bearer(req: &HttpRequest) -> Result<Token, Error> {
     let value = header
         .to_str()
         .map_err(|_| Error::Unauthorized("invalid Authorization header".into()))?;
+    // The scheme is case-insensitive (RFC 7235 §2.1): `Bearer`, `bearer` and `BEARER` alike.
     let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
+        .trim_start()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| Error::Unauthorized("expected Authorization: Bearer <token>".into()))?;
     Token::parse(token.trim())
 }

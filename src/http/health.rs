@@ -9,8 +9,17 @@ use crate::actors::store;
 use crate::bus::Role;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/healthz", "GET").route(web::get().to(healthz)))
-        .service(super::resource("/readyz", "GET").route(web::get().to(readyz)));
+    // Load balancers probe with HEAD: the same answer, without a body (actix sends none).
+    cfg.service(
+        super::resource("/healthz", "GET, HEAD")
+            .route(web::get().to(healthz))
+            .route(web::head().to(healthz)),
+    )
+    .service(
+        super::resource("/readyz", "GET, HEAD")
+            .route(web::get().to(readyz))
+            .route(web::head().to(readyz)),
+    );
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -169,8 +169,9 @@ fn item_location(id: Uuid) -> String {
         (status = 201, description = "Created", body = Item, headers(("Location" = String))),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 413, description = "Body or item too large", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 429, description = "Over the items-per-minute quota (Retry-After says when to come back)", body = ErrorBody),
     ))]
 pub async fn create_item(
     state: web::Data<HttpState>,
@@ -178,6 +179,8 @@ pub async fn create_item(
     body: web::Json<CreateItemRequest>,
 ) -> Result<HttpResponse, Error> {
     let new = body.into_inner().parse()?;
+    state.quotas.check_item(&new)?;
+    state.quotas.item_created(&caller.0)?;
     let item = app::create_item(&state.bus, caller.0, new).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", item_location(item.id)))
@@ -220,6 +223,7 @@ pub async fn update_item(
     body: web::Json<UpdateItemRequest>,
 ) -> Result<HttpResponse, Error> {
     let patch = body.into_inner().parse()?;
+    state.quotas.check_patch(&patch)?;
     let item = app::update_item(&state.bus, caller.0, id.into_inner(), patch).await?;
     Ok(HttpResponse::Ok().json(item))
 }

@@ -94,8 +94,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, Error> {
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 409, description = "Idempotency-Key used before for a different job", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 413, description = "Body or payload too large", body = ErrorBody),
         (status = 422, description = "Unknown kind, or a payload that is not an object", body = ErrorBody),
+        (status = 429, description = "Too many unfinished jobs of this user (Retry-After says when to come back)", body = ErrorBody),
     ))]
 pub async fn submit_job(
     state: web::Data<HttpState>,
@@ -111,6 +112,7 @@ pub async fn submit_job(
     if body.kind.is_empty() || body.kind.len() > 100 {
         return Err(Error::invalid("kind", "must be 1 to 100 characters"));
     }
+    state.quotas.check_job_payload(&body.payload)?;
     let (job, created) =
         app::submit_job(&state.bus, caller.0, body.kind, body.payload, key).await?;
     let mut response = if created {

@@ -24,9 +24,11 @@ pub mod health;
 pub mod info;
 pub mod items;
 pub mod jobs;
+pub mod limits;
 pub mod observability;
 pub mod openapi;
 pub mod providers;
+pub mod quotas;
 pub mod users;
 pub mod ws;
 
@@ -55,6 +57,22 @@ pub struct HttpLimits {
     pub shutdown_timeout: Duration,
     /// Interval of SSE keep-alive comments.
     pub sse_heartbeat: Duration,
+    /// Deadline of a request's whole body, from its head (zero: none).
+    pub body_timeout: Duration,
+    /// Deadline of a request's head.
+    pub head_timeout: Duration,
+    /// Open connections of the node, in all.
+    pub max_connections: usize,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Open connections per client address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Items a user (not an admin) may create per minute on this node (0: no limit).
+    pub user_items_per_minute: u32,
+    /// Largest job payload, in bytes of JSON.
+    pub max_job_payload_bytes: usize,
+    /// Largest item, in bytes (see `quotas::item_bytes`).
+    pub max_item_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -66,6 +84,14 @@ impl Default for HttpLimits {
             max_offset: 100_000,
             shutdown_timeout: Duration::from_secs(10),
             sse_heartbeat: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            backlog: 1024,
+            max_connections_per_ip: 0,
+            user_items_per_minute: 6_000,
+            max_job_payload_bytes: 64 * 1024,
+            max_item_bytes: 128 * 1024,
         }
     }
 }
@@ -82,6 +108,8 @@ pub struct HttpState {
     pub notify: Option<Arc<NotifyHub>>,
     /// Where every answered request is counted for the per-second history.
     pub stats: Arc<StatsHub>,
+    /// Per-user rate limits of this node's edge.
+    pub quotas: Arc<quotas::Quotas>,
 }
 
 /// Routes and per-app configuration, shared by the server and in-process tests.
@@ -120,20 +148,34 @@ pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
-/// Builds the HTTP server on an already bound listener.
+/// Builds the HTTP server on an already bound listener (see [`limits::bind`]).
 pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::io::Result<Server> {
-    let shutdown = state.limits.shutdown_timeout;
+    let limits = state.limits.clone();
+    let workers = workers.max(1);
+    let body_timeout = limits.body_timeout;
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(move |req, next| {
+                limits::body_deadline(req, next, body_timeout)
+            }))
             .wrap(from_fn(record_request))
             .configure(configure(state.clone()))
     })
-    .workers(workers.max(1))
-    .shutdown_timeout(shutdown.as_secs().max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .workers(workers)
+    .max_connections(limits::connections_per_worker(
+        limits.max_connections,
+        workers,
+    ))
+    .backlog(limits.backlog)
+    .client_request_timeout(limits.head_timeout)
+    .shutdown_timeout(limits.shutdown_timeout.as_secs().max(1))
+    .disable_signals();
+    let per_address = (limits.max_connections_per_ip > 0)
+        .then(|| limits::PerAddress::new(limits.max_connections_per_ip));
+    let server = server.on_connect(move |connection, data| {
+        limits::on_connect(per_address.as_ref(), connection, data)
+    });
+    Ok(server.listen(listener)?.run())
 }
 
 /// Counts every request and times it, labelled by route pattern (never by id).

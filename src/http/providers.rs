@@ -36,6 +36,7 @@ pub struct IngestReply {
         (status = 201, description = "Stored", body = IngestReply),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Unknown provider, missing, bad or expired signature", body = ErrorBody),
+        (status = 409, description = "This signed request was accepted before (a replay)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "An invalid item (the field names which)", body = ErrorBody),
     ))]

@@ -25,6 +25,17 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", hex::encode(tag))
 }
 
+/// A signature that verified: its timestamp and its tag (the HMAC, as bytes).
+///
+/// The tag names one signed request: the same body signed at another second has another tag.
+/// Ingest remembers tags until their window ends, so a request is accepted once (a replay of it
+/// is refused), whatever way its header spells the hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub timestamp: i64,
+    pub tag: Vec<u8>,
+}
+
 /// Checks `header` against `body`: a well-formed signature, made with `secret`, at most
 /// `window_secs` away from `now`. Every failure is a 401 that says what was wrong.
 pub fn verify(
@@ -33,7 +44,7 @@ pub fn verify(
     body: &[u8],
     now: i64,
     window_secs: i64,
-) -> Result<()> {
+) -> Result<Verified> {
     let header =
         header.ok_or_else(|| Error::Unauthorized(format!("missing {SIGNATURE_HEADER} header")))?;
     let (mut timestamp, mut tag) = (None, None);
@@ -56,7 +67,8 @@ pub fn verify(
     }
     mac(secret, timestamp, body)
         .verify_slice(&tag)
-        .map_err(|_| Error::Unauthorized("bad signature".into()))
+        .map_err(|_| Error::Unauthorized("bad signature".into()))?;
+    Ok(Verified { timestamp, tag })
 }
 
 #[cfg(test)]

@@ -84,6 +84,12 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("sessions_are_revoked_per_user", |s| {
         Box::pin(sessions_are_revoked_per_user(s))
     }),
+    ("keyed_batches_are_stored_once_per_key", |s| {
+        Box::pin(keyed_batches_are_stored_once_per_key(s))
+    }),
+    ("unfinished_jobs_are_capped_per_user", |s| {
+        Box::pin(unfinished_jobs_are_capped_per_user(s))
+    }),
 ];
 
 /// A user that exists, with an address of its own.
@@ -814,6 +820,7 @@ fn job(user_id: Uuid, payload: serde_json::Value, key: Option<&str>) -> NewJob {
         payload,
         idempotency_key: key.map(str::to_string),
         created_at: now(),
+        max_unfinished: None,
     }
 }
 
@@ -1072,4 +1079,80 @@ async fn job_purge_by_age(store: Arc<dyn Store>) {
         store.get_job(waiting.id).await.expect("kept").state,
         JobState::Queued
     );
+}
+
+async fn keyed_batches_are_stored_once_per_key(store: Arc<dyn Store>) {
+    let u = store
+        .insert_user(user("once@example.com"))
+        .await
+        .expect("insert");
+    let batch = |n: usize| -> Vec<Item> {
+        (0..n)
+            .map(|i| item(u.id, &format!("once {i}"), "", &[]))
+            .collect()
+    };
+    let until = now() + Duration::minutes(5);
+    let first = batch(3);
+    let stored = store
+        .insert_items_once(b"key-1".to_vec(), until, first.clone())
+        .await;
+    assert_eq!(stored, Ok(3));
+    // The same message delivered again (same items) answers as the first did, writing nothing.
+    let again = store
+        .insert_items_once(b"key-1".to_vec(), until, first)
+        .await;
+    assert_eq!(again, Ok(0));
+    // The same key with new items is a replayed request: refused, nothing written.
+    let replay = store
+        .insert_items_once(b"key-1".to_vec(), until, batch(2))
+        .await;
+    assert!(matches!(replay, Err(Error::Conflict(_))), "{replay:?}");
+    // Another key stores; an expired key is forgotten and may be used again.
+    let other = store
+        .insert_items_once(b"key-2".to_vec(), until, batch(1))
+        .await;
+    assert_eq!(other, Ok(1));
+    let past = now() - Duration::seconds(1);
+    let expired = store
+        .insert_items_once(b"key-3".to_vec(), past, batch(1))
+        .await;
+    assert_eq!(expired, Ok(1));
+    let reused = store
+        .insert_items_once(b"key-3".to_vec(), until, batch(1))
+        .await;
+    assert_eq!(reused, Ok(1), "an expired key is forgotten");
+    let (_, count) = store.counts().await.expect("counts");
+    assert_eq!(count, 6);
+}
+
+async fn unfinished_jobs_are_capped_per_user(store: Arc<dyn Store>) {
+    let (busy, idle) = (Uuid::now_v7(), Uuid::now_v7());
+    let capped = |user: Uuid, n: i64| NewJob {
+        max_unfinished: Some(2),
+        ..job(user, serde_json::json!({ "n": n }), None)
+    };
+    let first = capped(busy, 1);
+    store.insert_job(first.clone()).await.expect("first");
+    store.insert_job(capped(busy, 2)).await.expect("second");
+    let third = store.insert_job(capped(busy, 3)).await;
+    assert!(matches!(third, Err(Error::RateLimited { .. })), "{third:?}");
+    // A redelivered insert of a stored job is not a new one.
+    let (_, created) = store.insert_job(first).await.expect("redelivered");
+    assert!(!created);
+    // Another user is not affected; a finished job frees a place.
+    store.insert_job(capped(idle, 1)).await.expect("other user");
+    let claimed = store.claim_jobs(LONG_LEASE, 1).await.expect("claim");
+    let done = claimed
+        .iter()
+        .find(|j| j.user_id == busy)
+        .expect("a job of busy");
+    store
+        .finish_job(
+            done.id,
+            done.attempts,
+            JobOutcome::Done(serde_json::json!({})),
+        )
+        .await
+        .expect("finish");
+    store.insert_job(capped(busy, 4)).await.expect("room again");
 }

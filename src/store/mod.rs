@@ -80,6 +80,16 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_item(&self, item: Item) -> Result<Item>;
     /// Inserts a batch in one transaction; items whose id exists are skipped.
     async fn insert_items(&self, items: Vec<Item>) -> Result<usize>;
+    /// Inserts a batch like [`insert_items`](Store::insert_items), once per `key`: if `key` was
+    /// stored before and has not expired, nothing is written and the answer is `Conflict` (a
+    /// replayed request). `key` is kept until `expires_at`. The same batch delivered again (same
+    /// key, same first item id: a redelivered message, not a replay) answers as the first did.
+    async fn insert_items_once(
+        &self,
+        key: Vec<u8>,
+        expires_at: DateTime<Utc>,
+        items: Vec<Item>,
+    ) -> Result<usize>;
     async fn get_item(&self, id: Uuid) -> Result<Item>;
     /// Applies `patch` if the item belongs to `owner`; `Forbidden` otherwise.
     async fn update_item(&self, id: Uuid, owner: Uuid, patch: ItemPatch) -> Result<Item>;

@@ -330,6 +330,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, run_after);
+-- Counts a user's unfinished jobs (the per-user quota) without reading the jobs themselves.
+CREATE INDEX IF NOT EXISTS jobs_user_state ON jobs(user_id, state);
+-- Ingest signatures already used, each until its window ends (replays are refused); `first_item`
+-- tells a redelivered batch (the same items) from a replayed request (new ids).
+CREATE TABLE IF NOT EXISTS ingest_seen (
+    key BLOB PRIMARY KEY NOT NULL,
+    expires_at INTEGER NOT NULL,
+    first_item BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ingest_seen_expiry ON ingest_seen(expires_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(user_id, idempotency_key);
 "#,
     search_table!(),
@@ -511,6 +521,37 @@ fn select_job(conn: &Connection, id: Uuid) -> Result<Job> {
         .ok_or_else(|| Error::not_found("job"))
 }
 
+/// Refuses a new job of a user who has `cap` unfinished jobs already (a redelivered insert of a
+/// stored job is not new). Inside the writer, so concurrent submissions cannot overshoot.
+fn check_unfinished_jobs(conn: &Connection, job: &NewJob, cap: u32) -> Result<()> {
+    let stored: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+        .and_then(|mut s| s.query_row([job.id], |r| r.get(0)))
+        .map_err(db_error)?;
+    if stored {
+        return Ok(());
+    }
+    let unfinished: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = ?1
+             AND state IN ('queued', 'running', 'failed') LIMIT ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![job.user_id, cap], |r| r.get(0)))
+        .map_err(db_error)?;
+    if unfinished >= i64::from(cap) {
+        return Err(Error::rate_limited(
+            format!(
+                "you have {cap} unfinished jobs, the most allowed; submit more once some are done"
+            ),
+            UNFINISHED_JOBS_RETRY,
+        ));
+    }
+    Ok(())
+}
+
+/// When a user at the unfinished-jobs quota is told to come back: jobs take seconds.
+const UNFINISHED_JOBS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn jobs_from(
     stmt: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
@@ -563,6 +604,20 @@ fn require_user(conn: &Connection, user_id: Uuid) -> Result<()> {
     } else {
         Err(Error::Unauthorized("this account no longer exists".into()))
     }
+}
+
+/// Inserts a batch, skipping items whose id exists; how many were new.
+fn insert_new_items(tx: &Tx<'_>, seqs: &AtomicI64, items: &[Item]) -> Result<usize> {
+    let mut inserted = 0;
+    for item in items {
+        let seq = seqs.fetch_sub(1, Ordering::Relaxed);
+        if insert_item_row(tx, item, seq, true).map_err(db_error)? == 1 {
+            tx.index(seq, item);
+            tx.touch(item.user_id);
+            inserted += 1;
+        }
+    }
+    Ok(inserted)
 }
 
 fn insert_user_row(conn: &Connection, user: &NewUser) -> rusqlite::Result<usize> {
@@ -1126,17 +1181,45 @@ impl Store for SqliteStore {
 
     async fn insert_items(&self, items: Vec<Item>) -> Result<usize> {
         let seqs = self.next_seq.clone();
+        self.write(move |conn| insert_new_items(conn, &seqs, &items))
+            .await
+    }
+
+    async fn insert_items_once(
+        &self,
+        key: Vec<u8>,
+        expires_at: DateTime<Utc>,
+        items: Vec<Item>,
+    ) -> Result<usize> {
+        let seqs = self.next_seq.clone();
         self.write(move |conn| {
-            let mut inserted = 0;
-            for item in &items {
-                let seq = seqs.fetch_sub(1, Ordering::Relaxed);
-                if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
-                    conn.index(seq, item);
-                    conn.touch(item.user_id);
-                    inserted += 1;
+            let now = to_millis(Utc::now());
+            // Expired keys go as new ones come (one index range), which keeps the table bounded.
+            conn.prepare_cached("DELETE FROM ingest_seen WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([now]))
+                .map_err(db_error)?;
+            let first = items.first().map(|i| i.id);
+            let seen: Option<Option<Uuid>> = conn
+                .prepare_cached("SELECT first_item FROM ingest_seen WHERE key = ?1")
+                .and_then(|mut s| s.query_row([&key], |r| r.get(0)).optional())
+                .map_err(db_error)?;
+            match seen {
+                Some(stored) if stored == first => {} // redelivered: the inserts below skip
+                Some(_) => {
+                    return Err(Error::Conflict(
+                        "this signed request was accepted before (a replay); sign it again                          to send the same data once more"
+                            .into(),
+                    ))
+                }
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO ingest_seen (key, expires_at, first_item) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![key, to_millis(expires_at), first]))
+                    .map_err(db_error)?;
                 }
             }
-            Ok(inserted)
+            insert_new_items(conn, &seqs, &items)
         })
         .await
     }
@@ -1289,6 +1372,9 @@ impl Store for SqliteStore {
                         "this Idempotency-Key was used for a different job".into(),
                     ));
                 }
+            }
+            if let Some(cap) = job.max_unfinished {
+                check_unfinished_jobs(conn, &job, cap)?;
             }
             let created = to_millis(job.created_at);
             // Due by the store's clock, the one claims compare with.
