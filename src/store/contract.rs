@@ -1126,7 +1126,7 @@ async fn keyed_batches_are_stored_once_per_key(store: Arc<dyn Store>) {
 }
 
 async fn unfinished_jobs_are_capped_per_user(store: Arc<dyn Store>) {
-    let (busy, idle) = (Uuid::now_v7(), Uuid::now_v7());
+    let (busy, idle) = (owner(&store).await, owner(&store).await);
     let capped = |user: Uuid, n: i64| NewJob {
         max_unfinished: Some(2),
         ..job(user, serde_json::json!({ "n": n }), None)
