@@ -74,12 +74,12 @@ pub fn raise_open_files() -> Option<u64> {
         }
     }
     tracing::info!(
-        before = before as u64,
-        now = limit.rlim_cur as u64,
-        hard = limit.rlim_max as u64,
+        before,
+        now = limit.rlim_cur,
+        hard = limit.rlim_max,
         "open-file limit"
     );
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// The open-file limit as it is, without changing it.
@@ -89,8 +89,7 @@ pub fn open_files_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur as u64)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// Connections a node keeps for itself (store files, Redis, cluster peers, outbound webhooks)

@@ -1155,4 +1155,22 @@ async fn unfinished_jobs_are_capped_per_user(store: Arc<dyn Store>) {
         .await
         .expect("finish");
     store.insert_job(capped(busy, 4)).await.expect("room again");
+    // A dead job frees its place too, and takes it again when retried.
+    let claimed = store.claim_jobs(LONG_LEASE, 10).await.expect("claim");
+    let dead = claimed
+        .iter()
+        .find(|j| j.user_id == busy)
+        .expect("a job of busy");
+    let error = "gave up".to_string();
+    store
+        .finish_job(dead.id, dead.attempts, JobOutcome::Dead { error })
+        .await
+        .expect("dead");
+    store
+        .insert_job(capped(busy, 5))
+        .await
+        .expect("room after a death");
+    store.retry_job(dead.id).await.expect("retry");
+    let over = store.insert_job(capped(busy, 6)).await;
+    assert!(matches!(over, Err(Error::RateLimited { .. })), "{over:?}");
 }
