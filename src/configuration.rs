@@ -227,6 +227,11 @@ pub struct Tuning {
     /// those of point reads and first pages, which thus never wait behind them.
     #[arg(long, env = "GORGON_STORE_HEAVY_READERS", default_value_t = 1)]
     pub store_heavy_readers: usize,
+    /// Scheduling priority (Linux nice, 0 to 19) of those readers' threads: on a busy machine
+    /// they get the CPU that cheap requests leave, so expensive searches slow down first.
+    #[arg(long, env = "GORGON_STORE_HEAVY_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub store_heavy_nice: i32,
     /// Time budget of one search or deep page (over 1,000 items), waiting included; past it the
     /// query is stopped and answered 503 `search_timeout` ("0s": no budget). Keep it under
     /// --direct-timeout so that clients get this clear answer rather than a 504.
@@ -559,6 +564,7 @@ impl RunArgs {
                 .max(Duration::from_millis(10)),
             wal_limit_mib: self.tuning.store_wal_limit_mib,
             heavy_readers: self.tuning.store_heavy_readers.max(1),
+            heavy_nice: self.tuning.store_heavy_nice,
             search_timeout: Some(self.tuning.search_timeout).filter(|t| !t.is_zero()),
         }
     }

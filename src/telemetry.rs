@@ -70,6 +70,39 @@ pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle
 /// Help texts and units of every metric the node exports (one place to find them all).
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "gorgon_store_read_wait_seconds",
+        Unit::Seconds,
+        "Time a store read waited for a connection of its pool, by pool (pages, heavy)."
+    );
+    describe_counter!(
+        "gorgon_store_search_timeouts_total",
+        "Searches and deep pages stopped at their time budget (--search-timeout)."
+    );
+    describe_counter!(
+        "gorgon_password_hashes_refused_total",
+        "Password hashes refused at once because the hashing pool and its queue were full."
+    );
+    describe_counter!(
+        "gorgon_auth_registrations_limited_total",
+        "Registrations refused by the per-address limit."
+    );
+    describe_counter!(
+        "gorgon_quota_refusals_total",
+        "Requests refused by a per-user quota, by quota."
+    );
+    describe_counter!(
+        "gorgon_provider_ingest_replays_total",
+        "Signed ingest requests refused as replays of one already accepted."
+    );
+    describe_counter!(
+        "gorgon_http_connections_refused_total",
+        "Connections closed at once because their address had too many open."
+    );
+    describe_counter!(
+        "gorgon_http_body_timeouts_total",
+        "Requests whose body did not arrive within --http-body-timeout (answered 408)."
+    );
     describe_counter!(
         "gorgon_http_requests_total",
         "HTTP requests answered, by method, route pattern and status."

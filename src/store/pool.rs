@@ -10,37 +10,62 @@
 //! A pool may give its queries a time budget (waiting included): past it SQLite's progress
 //! handler interrupts the statement and the caller gets `SearchTimeout`, a clean 503.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use rusqlite::Connection;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{Error, Result};
 
 /// SQLite virtual-machine steps between two looks at the clock: a few microseconds of work.
 const PROGRESS_STEPS: std::os::raw::c_int = 1000;
 
+/// One query, run by a pool thread on its connection.
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
 pub(super) struct ReadPool {
     /// For metrics: `pages` or `heavy`.
     name: &'static str,
-    connections: Vec<Mutex<Connection>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     permits: Arc<Semaphore>,
 }
 
 impl ReadPool {
-    /// A pool over `connections` (at least one).
-    pub fn new(name: &'static str, connections: Vec<Connection>) -> ReadPool {
-        let permits = Arc::new(Semaphore::new(connections.len()));
-        ReadPool {
-            name,
-            connections: connections.into_iter().map(Mutex::new).collect(),
-            permits,
+    /// A pool with one thread per connection (at least one). Its threads run at `nice` (Linux:
+    /// 0 is normal, 19 the lowest), so on a busy machine the scheduler gives expensive queries
+    /// only what the cheap work leaves: a core shared with HTTP workers and point reads stays
+    /// theirs first.
+    pub fn new(name: &'static str, connections: Vec<Connection>, nice: i32) -> Result<ReadPool> {
+        let permits = Arc::new(Semaphore::new(connections.len().max(1)));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for (n, conn) in connections.into_iter().enumerate() {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("gorgon-store-{name}-{n}"))
+                .spawn(move || {
+                    lower_priority(nice);
+                    loop {
+                        // Holds the lock only while waiting for the next job.
+                        let job = rx.lock().recv();
+                        match job {
+                            Ok(job) => job(&conn),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a store reader: {e}")))?;
         }
+        Ok(ReadPool {
+            name,
+            jobs: Mutex::new(Some(tx)),
+            permits,
+        })
     }
 
-    /// Runs `f` on a connection of the pool, on a blocking thread. With a `budget`, waiting for
+    /// Runs `f` on a connection of the pool, on one of its threads. With a `budget`, waiting for
     /// a connection and running together take at most about that long.
     pub async fn run<T, F>(self: &Arc<Self>, budget: Option<Duration>, f: F) -> Result<T>
     where
@@ -58,33 +83,63 @@ impl ReadPool {
         .map_err(|_| Error::Unavailable("the store is closed".into()))?;
         metrics::histogram!("gorgon_store_read_wait_seconds", "pool" => self.name)
             .record(started.elapsed().as_secs_f64());
-        let pool = self.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection| {
             let _permit = permit;
-            let conn = pool.free_connection();
-            let Some(budget) = budget else {
-                return f(&conn);
+            let result = match budget {
+                None => f(conn),
+                Some(budget) => {
+                    let deadline = started + budget;
+                    conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
+                    let result = f(conn);
+                    conn.progress_handler(0, None::<fn() -> bool>);
+                    result.map_err(|e| match e {
+                        Error::SearchTimeout(_) => over_budget(budget),
+                        other => other,
+                    })
+                }
             };
-            let deadline = started + budget;
-            conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= deadline));
-            let result = f(&conn);
-            conn.progress_handler(0, None::<fn() -> bool>);
-            result.map_err(|e| match e {
-                Error::SearchTimeout(_) => over_budget(budget),
-                other => other,
-            })
+            let _ = reply.send(result);
         });
-        task.await
-            .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+        let sent = match self.jobs.lock().as_ref() {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        answer
+            .await
+            .map_err(|_| Error::Internal("a store read was dropped".into()))?
     }
 
-    /// A connection nobody uses: the caller holds one of as many permits as there are
-    /// connections, so one is free.
-    fn free_connection(&self) -> MutexGuard<'_, Connection> {
-        self.connections
-            .iter()
-            .find_map(|c| c.try_lock())
-            .unwrap_or_else(|| self.connections[0].lock())
+    /// Lets the pool's threads finish the queries they have and exit.
+    pub fn close(&self) {
+        self.jobs.lock().take();
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (an unprivileged process may lower, never
+/// raise, it: which is why these threads are the pool's own and never serve other work).
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+        // this thread's nice value.
+        let done =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if done != 0 {
+            tracing::debug!(nice, "could not lower a store reader's priority");
+        }
     }
 }
 

@@ -81,6 +81,8 @@ pub struct SqliteOptions {
     /// Connections (and blocking threads at a time) for searches and deep pages, apart from
     /// those of point reads and first pages. Each busy one takes a core.
     pub heavy_readers: usize,
+    /// Scheduling priority of the heavy readers' threads (Linux nice, 0 to 19).
+    pub heavy_nice: i32,
     /// Time budget of one search or deep page, waiting for a connection included (`None`:
     /// unbounded); past it the query is stopped with `SearchTimeout`.
     pub search_timeout: Option<std::time::Duration>,
@@ -100,6 +102,7 @@ impl Default for SqliteOptions {
             checkpoint_idle: std::time::Duration::from_secs(1),
             wal_limit_mib: 64,
             heavy_readers: 1,
+            heavy_nice: 10,
             search_timeout: Some(std::time::Duration::from_secs(2)),
         }
     }
@@ -915,14 +918,15 @@ impl SqliteStore {
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, &options, options.mmap_mib).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
-        let pool = |name, size: usize| {
+        let pool = |name, size: usize, nice| {
             (0..size.max(1))
                 .map(|_| open_connection(&path, &options, options.mmap_mib))
                 .collect::<Result<Vec<_>>>()
-                .map(|conns| Arc::new(ReadPool::new(name, conns)))
+                .and_then(|conns| ReadPool::new(name, conns, nice))
+                .map(Arc::new)
         };
-        let pages = pool("pages", options.readers)?;
-        let heavy = pool("heavy", options.heavy_readers)?;
+        let pages = pool("pages", options.readers, 0)?;
+        let heavy = pool("heavy", options.heavy_readers, options.heavy_nice)?;
         let storage_full = Arc::new(AtomicBool::new(false));
         let recent = RecentItems::new(
             options.recent_items,
