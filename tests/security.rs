@@ -89,14 +89,7 @@ async fn demotion_and_deletion_take_effect_at_once() {
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     // Demoted: no admin act succeeds any more, not even once.
-    let resp = app
-        .post(
-            "/api/v1/users",
-            Some(&second_token),
-            &json!({"name": "Sneaky", "email": "sneaky@example.com", "password": PASSWORD, "admin": true}),
-        )
-        .await;
-    expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    creating_an_admin_is_forbidden(&app, &second_token).await;
     let resp = app
         .get_auth("/api/v1/jobs?state=queued", &second_token)
         .await;
@@ -285,14 +278,7 @@ async fn bootstrap_never_promotes_an_account_it_did_not_create() {
         .await;
     let me: Value = resp.json().await.expect("user");
     assert_eq!(me["admin"], false, "the squatter was promoted: {me}");
-    let resp = app
-        .post(
-            "/api/v1/users",
-            Some(&token),
-            &json!({"name": "X", "email": "x@example.com", "password": PASSWORD, "admin": true}),
-        )
-        .await;
-    expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    creating_an_admin_is_forbidden(&app, &token).await;
     // The configured password does not open the squatter's account either.
     let resp = app
         .post(
@@ -531,6 +517,18 @@ async fn registrations_are_limited_and_hashing_is_bounded() {
     // The node is fine afterwards.
     let resp = register(client_from("127.0.3.1"), 999).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// An admin act (creating another admin) by `token` is refused.
+async fn creating_an_admin_is_forbidden(app: &TestApp, token: &str) {
+    let resp = app
+        .post(
+            "/api/v1/users",
+            Some(token),
+            &json!({"name": "Sneaky", "email": "sneaky@example.com", "password": PASSWORD, "admin": true}),
+        )
+        .await;
+    expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
 }
 
 /// The bootstrap admin's own record, as its login returns it.
