@@ -178,6 +178,11 @@ pub struct Tuning {
     /// Largest offset of listings.
     #[arg(long, env = "GORGON_MAX_OFFSET", default_value_t = 100_000)]
     pub max_offset: u32,
+    /// Largest offset of a keyword search: a search walks every match it skips, so deeper
+    /// pages are asked for with `after` (the previous page's `next`), which costs the same at
+    /// any depth.
+    #[arg(long, env = "GORGON_MAX_SEARCH_OFFSET", default_value_t = 1_000)]
+    pub max_search_offset: u32,
     /// Deadline of direct calls between roles (reads, token checks).
     #[arg(long, env = "GORGON_DIRECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub direct_timeout: Duration,
@@ -533,6 +538,7 @@ impl RunArgs {
             max_body_bytes: self.tuning.max_body_bytes,
             max_page_size: self.tuning.max_page_size.max(1),
             max_offset: self.tuning.max_offset,
+            max_search_offset: self.tuning.max_search_offset,
             shutdown_timeout: self.tuning.shutdown_timeout,
             sse_heartbeat: self.tuning.sse_heartbeat.max(Duration::from_millis(100)),
             body_timeout: self.tuning.edge.http_body_timeout,

@@ -88,6 +88,15 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Throttle<K> {
         }
     }
 
+    /// Takes back one attempt counted for `key` (an attempt counted up front that turned out
+    /// not to count, such as a correct password).
+    pub fn refund(&self, key: &K) {
+        if let Some(window) = self.windows.get(key) {
+            let mut window = window.lock();
+            window.count = window.count.saturating_sub(1);
+        }
+    }
+
     /// Opens a fresh window when the old one is over (the cache may keep an entry a little past
     /// its time to live).
     fn roll(&self, window: &mut Window) {

@@ -252,8 +252,12 @@ async fn users_self_or_admin() {
     )
     .await;
     expect_error(
-        app.patch(&path, &ada_token, &json!({"email": "bob@example.com"}))
-            .await,
+        app.patch(
+            &path,
+            &ada_token,
+            &json!({"email": "bob@example.com", "current_password": PASSWORD}),
+        )
+        .await,
         StatusCode::CONFLICT,
         "conflict",
     )

@@ -259,7 +259,7 @@ async fn bootstrap_never_promotes_an_account_it_did_not_create() {
         .patch(
             &format!("/api/v1/users/{admin_id}"),
             &root,
-            &json!({"email": "boss@example.com"}),
+            &json!({"email": "boss@example.com", "current_password": ADMIN_PASSWORD}),
         )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -443,6 +443,22 @@ async fn look_alike_emails_cannot_take_an_address() {
         .await;
         assert_eq!(body["error"]["field"], "email", "{email:?}");
     }
+    // Latin letters that look like others (dotless ı, Latin alpha, a combining dot) take no
+    // second account either.
+    for email in [
+        "ad\u{0251}@example.com",
+        "\u{0251}da@example.com",
+        "a\u{0307}da@example.com",
+    ] {
+        expect_error(register(email).await, StatusCode::CONFLICT, "conflict").await;
+    }
+    app.register("Alice", "alice@example.com").await;
+    expect_error(
+        register("al\u{0131}ce@example.com").await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
     // The fullwidth spelling logs in to the one account.
     app.login("ａｄａ@example.com", PASSWORD).await;
     app.stop().await;
@@ -517,6 +533,84 @@ async fn registrations_are_limited_and_hashing_is_bounded() {
     // The node is fine afterwards.
     let resp = register(client_from("127.0.3.1"), 999).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_when_its_account_changes() {
+    let app = TestApp::spawn_with(&["--sse-heartbeat", "200ms"]).await;
+    let root = app.admin_token().await;
+    let resp = app
+        .post(
+            "/api/v1/users",
+            Some(&root),
+            &json!({"name": "Watcher", "email": "watcher@example.com", "password": PASSWORD, "admin": true}),
+        )
+        .await;
+    let watcher: Value = resp.json().await.expect("user");
+    let token = app.login("watcher@example.com", PASSWORD).await;
+    // An admin's stream of every user's job events...
+    let mut stream = app
+        .client
+        .get(app.url("/api/v1/events?topic=jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "the stream answers");
+    // ...ends once the account is demoted: the client must come back and be checked again.
+    let resp = app
+        .patch(
+            &format!("/api/v1/users/{}", watcher["id"].as_str().expect("id")),
+            &root,
+            &json!({"admin": false}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the demoted admin's stream stayed open");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_sent_at_once_are_held_to_the_account_limit() {
+    let app = TestApp::spawn_with(&["--login-per-minute", "5"]).await;
+    app.register("Target", "target@example.com").await;
+    let guesses: Vec<_> = (0..30)
+        .map(|n| {
+            let client = client_from(&format!("127.0.4.{}", n + 1));
+            let base = app.base.clone();
+            async move {
+                login_as(&client, &base, "target@example.com", "a wrong guess")
+                    .await
+                    .status()
+            }
+        })
+        .collect();
+    let answers = futures::future::join_all(guesses).await;
+    let checked = answers
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(checked + limited, 30, "{answers:?}");
+    assert!(
+        checked <= 5,
+        "{checked} guesses were checked at once, over the limit of 5"
+    );
+    app.stop().await;
 }
 
 /// An admin act (creating another admin) by `token` is refused.

@@ -71,20 +71,21 @@ async fn seed_into(
     (report, ids.lines().map(str::to_string).collect())
 }
 
-/// Every id the search answers for `word`, all pages.
+/// Every id the search answers for `word`, all pages (walked with `after` cursors).
 async fn search_all(app: &TestApp, word: &str) -> std::collections::BTreeSet<String> {
     let mut found = std::collections::BTreeSet::new();
-    for offset in (0..).step_by(100) {
+    let mut after = String::new();
+    loop {
         let page: Value = app
-            .get_json(&format!("/api/v1/items?q={word}&limit=100&offset={offset}"))
+            .get_json(&format!("/api/v1/items?q={word}&limit=100{after}"))
             .await;
         let items = page["items"].as_array().unwrap();
         found.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_string()));
-        if items.len() < 100 {
-            return found;
+        match page["next"].as_str() {
+            Some(next) if items.len() == 100 => after = format!("&after={next}"),
+            _ => return found,
         }
     }
-    unreachable!()
 }
 
 /// Checks the search against the listings of `users` (which must hold `total` items): for the

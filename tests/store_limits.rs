@@ -220,6 +220,8 @@ async fn expensive_searches_do_not_starve_other_reads() {
             &[
                 ("GORGON_DIRECT_TIMEOUT", "1s"),
                 ("GORGON_SEARCH_TIMEOUT", "800ms"),
+                // Deep offsets allowed, so the searches here are the expensive kind.
+                ("GORGON_MAX_SEARCH_OFFSET", "100000"),
             ],
         )
     });

@@ -344,8 +344,8 @@ async fn execute(handler: &AppHandler, request: AppRequest) -> Result<AppReply> 
     })
 }
 
-/// A partial update of a user. Changing one's own password needs the current one (checked
-/// within the login limits); a new password revokes every session of the user but the one the
+/// A partial update of a user. Changing one's own password or email needs the current password
+/// (checked within the login limits); a new password revokes every session of the user but the one the
 /// change was made with (all of them when an admin resets someone else's).
 async fn update_user_now(
     bus: &Bus,
@@ -363,28 +363,26 @@ async fn update_user_now(
         )?;
     }
     let own = actor.user_id == id;
-    let password_hash = match patch.password {
-        Some(new) => {
-            let new = Password::parse(&new)?;
-            if own {
-                let current = patch.current_password.ok_or_else(|| {
-                    Error::invalid(
-                        "current_password",
-                        "is required to change your own password",
-                    )
-                })?;
-                let email = store::get_user(bus, id).await?.email;
-                auth::check_password(bus, email, current, client)
-                    .await
-                    .map_err(|e| match e {
-                        Error::Unauthorized(_) => {
-                            Error::invalid("current_password", "does not match")
-                        }
-                        other => other,
-                    })?;
-            }
-            Some(password::hash(new).await?)
-        }
+    let new_password = patch.password.as_deref().map(Password::parse).transpose()?;
+    // Who holds only a token (left on a shared machine, say) must not take the account over:
+    // a new password or email of one's own needs the current password.
+    if own && (new_password.is_some() || patch.email.is_some()) {
+        let current = patch.current_password.ok_or_else(|| {
+            Error::invalid(
+                "current_password",
+                "is required to change your own password or email",
+            )
+        })?;
+        let email = store::get_user(bus, id).await?.email;
+        auth::check_password(bus, email, current, client)
+            .await
+            .map_err(|e| match e {
+                Error::Unauthorized(_) => Error::invalid("current_password", "does not match"),
+                other => other,
+            })?;
+    }
+    let password_hash = match new_password {
+        Some(new) => Some(password::hash(new).await?),
         None => None,
     };
     let new_password = password_hash.is_some();

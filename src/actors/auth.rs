@@ -410,8 +410,11 @@ async fn check(
         return Err(denied());
     }
     let known = client.is_some_and(|address| shared.known.contains_key(&(email.clone(), address)));
+    // An unknown client's attempt counts as a failure up front and is refunded if the password
+    // is right: guesses sent all at once are then held to the limit too, not just those after
+    // the first answers.
     if !known {
-        if let Err(wait) = shared.failures.check(&email) {
+        if let Err(wait) = shared.failures.hit(&email) {
             login_outcome("rate_limited");
             return Err(Error::rate_limited(
                 "too many failed logins for this account; try again later",
@@ -420,22 +423,41 @@ async fn check(
         }
     }
     let found = match store::get_credentials(bus, email.clone()).await {
-        Ok(found) => Some(found),
-        Err(Error::NotFound(_)) => None,
-        Err(e) => return Err(e),
+        Ok(found) => Ok(Some(found)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
     };
-    let Some((user, hash)) = found else {
-        password::verify_nobody(password).await?;
-        // Counted like a wrong password, so guessing at unknown accounts costs the same.
-        let _ = shared.failures.hit(&email);
-        login_outcome("denied");
-        return Err(denied());
+    // An unknown email costs the same hash and counts the same, so neither the time nor the
+    // lockout tells which accounts exist.
+    let verified = match found {
+        Ok(None) => password::verify_nobody(password).await.map(|()| None),
+        Ok(Some((user, hash))) => password::verify(password, hash)
+            .await
+            .map(|right| right.then_some(user)),
+        Err(e) => Err(e),
     };
-    if !password::verify(password, hash).await? {
-        let _ = shared.failures.hit(&email);
-        login_outcome("denied");
-        return Err(denied());
-    }
+    let user = match verified {
+        // The store or the hashing pool could not answer: not a guess.
+        Err(e) => {
+            if !known {
+                shared.failures.refund(&email);
+            }
+            return Err(e);
+        }
+        Ok(None) => {
+            if known {
+                let _ = shared.failures.hit(&email);
+            }
+            login_outcome("denied");
+            return Err(denied());
+        }
+        Ok(Some(user)) => {
+            if !known {
+                shared.failures.refund(&email);
+            }
+            user
+        }
+    };
     if let Some(address) = client {
         shared.known.insert((email, address), ());
     }

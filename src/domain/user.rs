@@ -75,6 +75,20 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// How the address looks; see [`look_alike_key`].
+    pub fn look_alike_key(&self) -> String {
+        look_alike_key(&self.0)
+    }
+}
+
+/// How an address looks: Unicode's confusable skeleton (UTS #39) without combining marks, so
+/// `alıce`, `ɑlice`, `ali̇ce` and `alice` share one key. The store lets one account own a key.
+pub fn look_alike_key(email: &str) -> String {
+    unicode_security::skeleton(email)
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .collect::<String>()
+        .to_lowercase()
 }
 
 /// The form an email is stored and looked up in: trimmed, NFKC, lower-cased. Login uses it
@@ -236,6 +250,20 @@ mod tests {
         // One script per part is fine: an all-Cyrillic or all-Greek address is a real address.
         assert!(Email::parse("мария@пример.рф").is_ok());
         assert!(Email::parse("ελένη@example.com").is_ok());
+    }
+
+    #[test]
+    fn latin_look_alikes_share_a_key() {
+        let key = look_alike_key("alice@example.com");
+        for spoof in [
+            "al\u{0131}ce@example.com",
+            "\u{0251}lice@example.com",
+            "ali\u{0307}ce@example.com",
+        ] {
+            let parsed = Email::parse(spoof).expect("a single-script address");
+            assert_eq!(parsed.look_alike_key(), key, "{spoof:?}");
+        }
+        assert_ne!(look_alike_key("bob@example.com"), key);
     }
 
     #[test]

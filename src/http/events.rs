@@ -10,8 +10,12 @@
 //! earlier run, ahead of the stream) gets an `event: lagged` notice whose `id:` is a position the
 //! client may resume from next time. A client too slow to keep up receives an `event: lagged`
 //! frame and is disconnected (it never slows the others). A keep-alive comment goes out when idle.
+//! A stream ends as soon as its viewer's account changes (a demotion, a deletion, a new password,
+//! a logout: the store's `user.changed` event): the client reconnects, and its token is checked
+//! again, so an open stream never keeps rights its token has lost.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -25,7 +29,7 @@ use super::error::ErrorBody;
 use super::extract::Authenticated;
 use super::HttpState;
 use crate::actors::notify::{ClientEvent, ConnectedClient, ResetReason, Resume};
-use crate::bus::{topic_is_public, TOPICS};
+use crate::bus::{topic_is_public, Event, EventKind, TOPICS};
 use crate::domain::Principal;
 use crate::error::Error;
 
@@ -168,8 +172,28 @@ pub(super) struct Feed {
     last_sent: u64,
     heartbeat: Duration,
     closed: tokio::sync::watch::Receiver<bool>,
+    /// The bus's events, watched for a change to the viewer's account.
+    account: Option<tokio::sync::broadcast::Receiver<Arc<Event>>>,
     _client: ConnectedClient,
     done: bool,
+}
+
+/// Resolves when `viewer`'s account changes, or when the bus can no longer say (it lagged or
+/// closed: the stream then ends too, and the client's reconnection is checked afresh).
+async fn account_changed(
+    events: &mut Option<tokio::sync::broadcast::Receiver<Arc<Event>>>,
+    viewer: Option<Principal>,
+) {
+    let (Some(events), Some(viewer)) = (events.as_mut(), viewer) else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(e) if e.kind == EventKind::UserChanged && e.user_id == viewer.user_id => return,
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 impl Feed {
@@ -237,6 +261,7 @@ impl Feed {
             last_sent,
             heartbeat: state.limits.sse_heartbeat,
             closed: hub.closed(),
+            account: viewer.map(|_| state.bus.subscribe()),
             _client: hub.connect(),
             done: false,
         })
@@ -275,6 +300,11 @@ impl Feed {
                 },
                 _ = tokio::time::sleep(self.heartbeat) => return Some(FeedItem::KeepAlive),
                 _ = self.closed.changed() => return None,
+                _ = account_changed(&mut self.account, self.filter.viewer) => {
+                    metrics::counter!("gorgon_notify_clients_dropped_total", "reason" => "account_changed").increment(1);
+                    self.done = true;
+                    return None;
+                }
             }
         }
     }

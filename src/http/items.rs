@@ -134,8 +134,9 @@ pub struct SearchQuery {
     /// 1 to 100 (default 10).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// 0 to 100000 (default 0). Deep offsets walk every skipped match: page with `after`.
-    #[param(minimum = 0, maximum = 100000)]
+    /// 0 to 1000 (default 0; `--max-search-offset`). An offset walks every skipped match:
+    /// page deeper with `after`.
+    #[param(minimum = 0, maximum = 1000)]
     pub offset: Option<u32>,
     /// Keyset cursor: the matches older than this item id, i.e. the `next` of the previous
     /// page. Costs the same at any depth; `offset` then counts from the cursor.
@@ -264,6 +265,15 @@ pub async fn search_items(
         after: query.after,
         ..page(query.limit, query.offset, &state.limits)?
     };
+    if page.offset > state.limits.max_search_offset {
+        return Err(Error::invalid(
+            "offset",
+            format!(
+                "a search pages at most {} deep by offset; page deeper with after=<the previous page's next>",
+                state.limits.max_search_offset
+            ),
+        ));
+    }
     if query.q.chars().count() > 500 {
         return Err(Error::invalid("q", "must be at most 500 characters"));
     }

@@ -53,6 +53,8 @@ pub struct HttpLimits {
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub max_offset: u32,
+    /// Largest offset of a keyword search (deeper: `after`).
+    pub max_search_offset: u32,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// Interval of SSE keep-alive comments.
@@ -82,6 +84,7 @@ impl Default for HttpLimits {
             default_page_size: 10,
             max_page_size: 100,
             max_offset: 100_000,
+            max_search_offset: 1_000,
             shutdown_timeout: Duration::from_secs(10),
             sse_heartbeat: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),

@@ -71,8 +71,8 @@ pub struct UpdateUserRequest {
     pub email: Option<String>,
     #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
-    /// Required with `password` when users change their own (not when an admin resets
-    /// someone's). A new password signs out every other session of the user.
+    /// Required with `password` or `email` when users change their own (not when an admin
+    /// changes someone's). A new password signs out every other session of the user.
     #[schema(max_length = 128)]
     pub current_password: Option<String>,
     #[serde(default, deserialize_with = "super::extract::optional_integer")]

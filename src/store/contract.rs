@@ -81,6 +81,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("writes_need_an_existing_owner", |s| {
         Box::pin(writes_need_an_existing_owner(s))
     }),
+    ("look_alike_emails_are_one_account", |s| {
+        Box::pin(look_alike_emails_are_one_account(s))
+    }),
     ("sessions_are_revoked_per_user", |s| {
         Box::pin(sessions_are_revoked_per_user(s))
     }),
@@ -117,6 +120,55 @@ async fn writes_need_an_existing_owner(store: Arc<dyn Store>) {
         .expect("list")
         .is_empty());
     assert_eq!(store.counts().await.expect("counts").1, 0);
+}
+
+/// Two accounts never share the look of an address (`Email::look_alike_key`), on insert or on
+/// an email change; a redelivered insert is still answered with the stored user.
+async fn look_alike_emails_are_one_account(store: Arc<dyn Store>) {
+    let alice = user("alice@example.com");
+    store.insert_user(alice.clone()).await.expect("alice");
+    assert_eq!(
+        store
+            .insert_user(alice.clone())
+            .await
+            .expect("redelivered")
+            .id,
+        alice.id
+    );
+    assert!(matches!(
+        store.insert_user(user("al\u{0131}ce@example.com")).await,
+        Err(Error::Conflict(_))
+    ));
+    let bob = store
+        .insert_user(user("bob@example.com"))
+        .await
+        .expect("bob");
+    let to = |email: &str| UserPatch {
+        email: Some(Email::parse(email).expect("email")),
+        ..UserPatch::default()
+    };
+    assert!(matches!(
+        store
+            .update_user(bob.id, to("\u{0251}lice@example.com"))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    // Bob moves away; his old look is free again, and a deleted account frees its own.
+    store
+        .update_user(bob.id, to("robert@example.com"))
+        .await
+        .expect("move");
+    store
+        .insert_user(user(
+            "b\u{043E}b@example.com".replace('\u{043E}', "o").as_str(),
+        ))
+        .await
+        .expect("bob's old address");
+    store.delete_user(alice.id).await.expect("delete");
+    store
+        .insert_user(user("al\u{0131}ce@example.com"))
+        .await
+        .expect("alice's look, free again");
 }
 
 async fn sessions_are_revoked_per_user(store: Arc<dyn Store>) {

@@ -295,6 +295,12 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS users_email ON users(email);
+-- One account per look of an address (`Email::look_alike_key`): `alıce@` cannot join `alice@`.
+CREATE TABLE IF NOT EXISTS email_keys (
+    key TEXT PRIMARY KEY NOT NULL,
+    user_id BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS email_keys_user ON email_keys(user_id);
 CREATE TABLE IF NOT EXISTS tokens (
     hash BLOB PRIMARY KEY NOT NULL,
     user_id BLOB NOT NULL,
@@ -653,21 +659,75 @@ fn insert_new_items(tx: &Tx<'_>, seqs: &AtomicI64, items: &[Item]) -> Result<usi
     Ok(inserted)
 }
 
-fn insert_user_row(conn: &Connection, user: &NewUser) -> rusqlite::Result<usize> {
+/// `Conflict` when another account has an address that looks like `email`.
+fn check_look_alike(conn: &Connection, key: &str, user_id: Uuid) -> Result<()> {
+    let owner: Option<Uuid> = conn
+        .prepare_cached("SELECT user_id FROM email_keys WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(db_error)?;
+    match owner {
+        Some(owner) if owner != user_id => Err(Error::Conflict(
+            "an address that looks like this one is already registered".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn set_email_key(conn: &Connection, key: &str, user_id: Uuid) -> Result<()> {
+    conn.prepare_cached("DELETE FROM email_keys WHERE user_id = ?1")
+        .and_then(|mut s| s.execute([user_id]))
+        .and_then(|_| {
+            conn.prepare_cached("INSERT OR REPLACE INTO email_keys (key, user_id) VALUES (?1, ?2)")
+        })
+        .and_then(|mut s| s.execute(params![key, user_id]))
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts a user and the look of their address; `Conflict` when the email is taken or looks
+/// like one that is (a redelivered insert of the same user is a `Conflict` the caller resolves).
+fn insert_user_row(conn: &Connection, user: &NewUser) -> Result<()> {
+    let key = user.email.look_alike_key();
+    check_look_alike(conn, &key, user.id)?;
     conn.prepare_cached(
         "INSERT INTO users (id, name, email, grp, admin, created_at, extra, password_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        user.id,
-        user.name.as_str(),
-        user.email.as_str(),
-        user.group,
-        user.admin as i64,
-        to_millis(user.created_at),
-        user.extra.to_json(),
-        user.password_hash,
-    ])
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            user.id,
+            user.name.as_str(),
+            user.email.as_str(),
+            user.group,
+            user.admin as i64,
+            to_millis(user.created_at),
+            user.extra.to_json(),
+            user.password_hash,
+        ])
+    })
+    .map_err(db_error)?;
+    set_email_key(conn, &key, user.id)
+}
+
+/// Fills `email_keys` for the users of a database that had none yet (an older one); accounts
+/// that already look alike keep working, the first one keeping the key.
+fn backfill_email_keys(conn: &Connection) -> Result<()> {
+    let users: Vec<(Uuid, String)> = conn
+        .prepare("SELECT id, email FROM users")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(db_error)?;
+    let mut insert = conn
+        .prepare("INSERT OR IGNORE INTO email_keys (key, user_id) VALUES (?1, ?2)")
+        .map_err(db_error)?;
+    for (id, email) in users {
+        insert
+            .execute(params![crate::domain::user::look_alike_key(&email), id])
+            .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 fn select_user(conn: &Connection, id: Uuid) -> Result<User> {
@@ -883,6 +943,13 @@ impl SqliteStore {
         // scans the whole table, which through a mapping stayed resident in the process (365 of
         // the 590 MB peak RSS of seeding 1M items).
         let writer = open_connection(&path, &options, 0)?;
+        let had_email_keys: bool = writer
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'email_keys')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
         let had_quota: bool = writer
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'job_quota')",
@@ -894,6 +961,9 @@ impl SqliteStore {
         writer.execute_batch(JOB_QUOTA).map_err(db_error)?;
         if !had_quota {
             writer.execute_batch(JOB_QUOTA_BACKFILL).map_err(db_error)?;
+        }
+        if !had_email_keys {
+            backfill_email_keys(&writer)?;
         }
         let interrupted_bulk: Option<String> = writer
             .query_row("SELECT value FROM meta WHERE key = 'bulk_load'", [], |r| {
@@ -1031,10 +1101,11 @@ impl Store for SqliteStore {
     async fn insert_user(&self, user: NewUser) -> Result<User> {
         self.write(move |conn| {
             if let Err(e) = insert_user_row(conn, &user) {
-                return match db_error(e) {
-                    Error::Conflict(_) => match select_user(conn, user.id) {
+                return match e {
+                    Error::Conflict(why) => match select_user(conn, user.id) {
                         // The same id and email again: a redelivered insert; nothing changes.
                         Ok(existing) if existing.email == user.email.as_str() => Ok(existing),
+                        _ if why.contains("looks like") => Err(Error::Conflict(why)),
                         _ => Err(Error::Conflict("email already registered".into())),
                     },
                     other => Err(other),
@@ -1076,6 +1147,11 @@ impl Store for SqliteStore {
                 user.name = name.as_str().to_string();
             }
             if let Some(email) = patch.email {
+                if email.as_str() != user.email {
+                    let key = email.look_alike_key();
+                    check_look_alike(conn, &key, id)?;
+                    set_email_key(conn, &key, id)?;
+                }
                 user.email = email.as_str().to_string();
             }
             if let Some(group) = patch.group {
@@ -1119,6 +1195,8 @@ impl Store for SqliteStore {
             if deleted == 0 {
                 return Err(Error::not_found("user"));
             }
+            conn.execute("DELETE FROM email_keys WHERE user_id = ?1", [id])
+                .map_err(db_error)?;
             let rows = search_rows(
                 conn,
                 "SELECT seq, title, body, keywords FROM items WHERE user_id = ?1",
@@ -1252,7 +1330,7 @@ impl Store for SqliteStore {
                 Some(stored) if stored == first => {} // redelivered: the inserts below skip
                 Some(_) => {
                     return Err(Error::Conflict(
-                        "this signed request was accepted before (a replay); sign it again                          to send the same data once more"
+                        "this signed request was accepted before (a replay); sign it again to send the same data once more"
                             .into(),
                     ))
                 }
@@ -1657,7 +1735,7 @@ impl BulkLoad for SqliteStore {
     async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()> {
         self.write(move |conn| {
             for user in &users {
-                insert_user_row(conn, user).map_err(db_error)?;
+                insert_user_row(conn, user)?;
             }
             Ok(())
         })
