@@ -230,11 +230,11 @@ pub struct Tuning {
     pub store_wal_limit_mib: u32,
     /// Read connections (blocking threads at a time) for searches and deep pages, apart from
     /// those of point reads and first pages, which thus never wait behind them.
-    #[arg(long, env = "GORGON_STORE_HEAVY_READERS", default_value_t = 1)]
+    #[arg(long, env = "GORGON_STORE_HEAVY_READERS", default_value_t = 2)]
     pub store_heavy_readers: usize,
     /// Scheduling priority (Linux nice, 0 to 19) of those readers' threads: on a busy machine
     /// they get the CPU that cheap requests leave, so expensive searches slow down first.
-    #[arg(long, env = "GORGON_STORE_HEAVY_NICE", default_value_t = 10,
+    #[arg(long, env = "GORGON_STORE_HEAVY_NICE", default_value_t = 19,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub store_heavy_nice: i32,
     /// Time budget of one search or deep page (over 1,000 items), waiting included; past it the

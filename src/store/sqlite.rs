@@ -101,8 +101,8 @@ impl Default for SqliteOptions {
             checkpoint_every: Some(std::time::Duration::from_millis(200)),
             checkpoint_idle: std::time::Duration::from_secs(1),
             wal_limit_mib: 64,
-            heavy_readers: 1,
-            heavy_nice: 10,
+            heavy_readers: 2,
+            heavy_nice: 19,
             search_timeout: Some(std::time::Duration::from_secs(2)),
         }
     }
