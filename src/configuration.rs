@@ -228,7 +228,7 @@ pub struct Tuning {
     /// Size the write-ahead log is cut back to whenever it starts over, in MiB.
     #[arg(long, env = "GORGON_STORE_WAL_LIMIT_MIB", default_value_t = 64)]
     pub store_wal_limit_mib: u32,
-    /// Read connections (blocking threads at a time) for searches and deep pages, apart from
+    /// Read connections, each with a thread of its own, for searches and deep pages, apart from
     /// those of point reads and first pages, which thus never wait behind them.
     #[arg(long, env = "GORGON_STORE_HEAVY_READERS", default_value_t = 2)]
     pub store_heavy_readers: usize,

@@ -78,7 +78,7 @@ pub struct SqliteOptions {
     /// Size the write-ahead log is cut back to whenever a checkpoint lets it start over, in MiB
     /// (SQLite's `journal_size_limit`; it otherwise keeps the largest size it ever reached).
     pub wal_limit_mib: u32,
-    /// Connections (and blocking threads at a time) for searches and deep pages, apart from
+    /// Connections, each with a thread of its own, for searches and deep pages, apart from
     /// those of point reads and first pages. Each busy one takes a core.
     pub heavy_readers: usize,
     /// Scheduling priority of the heavy readers' threads (Linux nice, 0 to 19).
