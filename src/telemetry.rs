@@ -76,6 +76,10 @@ fn describe_metrics() {
         "Time a store read waited for a connection of its pool, by pool (pages, heavy)."
     );
     describe_counter!(
+        "gorgon_store_searches_demoted_total",
+        "Searches that ran past their first slice at normal priority and went to the heavy pool."
+    );
+    describe_counter!(
         "gorgon_store_search_timeouts_total",
         "Searches and deep pages stopped at their time budget (--search-timeout)."
     );

@@ -72,12 +72,46 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.run_with(budget, true, f).await
+    }
+
+    /// Runs `f` for at most `slice` (waiting included); `Ok(None)` when it needed longer and was
+    /// stopped (not counted as a timeout: the caller runs it again elsewhere).
+    pub async fn try_within<T, F>(self: &Arc<Self>, slice: Duration, f: F) -> Result<Option<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        match self.run_with(Some(slice), false, f).await {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::SearchTimeout(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_with<T, F>(
+        self: &Arc<Self>,
+        budget: Option<Duration>,
+        count_timeout: bool,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let over = move |budget: Duration| {
+            if count_timeout {
+                over_budget(budget)
+            } else {
+                Error::SearchTimeout(String::new())
+            }
+        };
         let started = Instant::now();
         let acquire = self.permits.clone().acquire_owned();
         let permit = match budget {
             Some(budget) => tokio::time::timeout(budget, acquire)
                 .await
-                .map_err(|_| over_budget(budget))?,
+                .map_err(|_| over(budget))?,
             None => acquire.await,
         }
         .map_err(|_| Error::Unavailable("the store is closed".into()))?;
@@ -94,7 +128,7 @@ impl ReadPool {
                     let result = f(conn);
                     conn.progress_handler(0, None::<fn() -> bool>);
                     result.map_err(|e| match e {
-                        Error::SearchTimeout(_) => over_budget(budget),
+                        Error::SearchTimeout(_) => over(budget),
                         other => other,
                     })
                 }

@@ -234,6 +234,12 @@ fn search_rows(conn: &Connection, sql: &str, key: impl rusqlite::Params) -> Resu
 
 const SEARCH_ROW_BY_ID: &str = "SELECT seq, title, body, keywords FROM items WHERE id = ?1";
 
+/// How long a search may run at normal priority before it is moved to the heavy pool.
+const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// Searches deeper than this (by offset) skip the normal-priority slice.
+const QUICK_SEARCH_MAX_OFFSET: u32 = 100;
+
 /// A user listing deeper than this many items runs with searches, in the heavy pool.
 const DEEP_OFFSET: u32 = 1000;
 
@@ -252,6 +258,9 @@ pub struct SqliteStore {
     pages: Arc<ReadPool>,
     /// Searches, deep pages and full counts, on blocking threads, with a time budget.
     heavy: Arc<ReadPool>,
+    /// Searches' first slice, at normal priority: a connection of its own, so neither listings
+    /// nor the heavy pool wait for it.
+    quick: Arc<ReadPool>,
     search_timeout: Option<std::time::Duration>,
     /// The last write failed for want of disk space (cleared by a successful commit or probe).
     storage_full: Arc<AtomicBool>,
@@ -997,6 +1006,7 @@ impl SqliteStore {
         };
         let pages = pool("pages", options.readers, 0)?;
         let heavy = pool("heavy", options.heavy_readers, options.heavy_nice)?;
+        let quick = pool("quick", 1, 0)?;
         let storage_full = Arc::new(AtomicBool::new(false));
         let recent = RecentItems::new(
             options.recent_items,
@@ -1033,6 +1043,7 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             pages,
             heavy,
+            quick,
             search_timeout: options.search_timeout,
             storage_full,
             next_seq: Arc::new(AtomicI64::new(next_seq)),
@@ -1441,8 +1452,25 @@ impl Store for SqliteStore {
         recent.get(user_id, page.limit)
     }
 
+    /// Most searches are a first page FTS5 answers in a millisecond: they run at normal priority
+    /// on a connection of their own. One still working after [`SEARCH_SLICE`], or asking for a
+    /// deep offset, runs in the heavy pool at low priority within the whole budget: only the
+    /// expensive ones yield to cheap reads.
     async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>> {
         let query = fts_query(query)?;
+        // A deep offset walks every match it skips: straight to the heavy pool.
+        if page.offset <= QUICK_SEARCH_MAX_OFFSET {
+            let quick = {
+                let query = query.clone();
+                self.quick
+                    .try_within(SEARCH_SLICE, move |conn| select_search(conn, &query, page))
+                    .await?
+            };
+            if let Some(found) = quick {
+                return Ok(found);
+            }
+            metrics::counter!("gorgon_store_searches_demoted_total").increment(1);
+        }
         self.heavy
             .run(self.search_timeout, move |conn| {
                 select_search(conn, &query, page)
