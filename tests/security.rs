@@ -62,17 +62,7 @@ async fn demotion_and_deletion_take_effect_at_once() {
     // The default token cache (30 s): a cached token must not outlive the account's rights.
     let app = TestApp::spawn().await;
     let root = app.admin_token().await;
-    let resp = app
-        .post(
-            "/api/v1/users",
-            Some(&root),
-            &json!({"name": "Second", "email": "second@example.com", "password": PASSWORD, "admin": true}),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let second: Value = resp.json().await.expect("user");
-    let second_id = second["id"].as_str().expect("id").to_string();
-    let second_token = app.login("second@example.com", PASSWORD).await;
+    let (second_id, second_token) = second_admin(&app, &root, "second@example.com").await;
     // Used once as an admin, so the node has cached it as one.
     assert_eq!(
         app.get_auth("/api/v1/jobs?state=queued", &second_token)
@@ -539,15 +529,7 @@ async fn registrations_are_limited_and_hashing_is_bounded() {
 async fn an_open_stream_ends_when_its_account_changes() {
     let app = TestApp::spawn_with(&["--sse-heartbeat", "200ms"]).await;
     let root = app.admin_token().await;
-    let resp = app
-        .post(
-            "/api/v1/users",
-            Some(&root),
-            &json!({"name": "Watcher", "email": "watcher@example.com", "password": PASSWORD, "admin": true}),
-        )
-        .await;
-    let watcher: Value = resp.json().await.expect("user");
-    let token = app.login("watcher@example.com", PASSWORD).await;
+    let (watcher, token) = second_admin(&app, &root, "watcher@example.com").await;
     // An admin's stream of every user's job events...
     let mut stream = app
         .client
@@ -562,7 +544,7 @@ async fn an_open_stream_ends_when_its_account_changes() {
     // ...ends once the account is demoted: the client must come back and be checked again.
     let resp = app
         .patch(
-            &format!("/api/v1/users/{}", watcher["id"].as_str().expect("id")),
+            &format!("/api/v1/users/{watcher}"),
             &root,
             &json!({"admin": false}),
         )
@@ -611,6 +593,21 @@ async fn guesses_sent_at_once_are_held_to_the_account_limit() {
         "{checked} guesses were checked at once, over the limit of 5"
     );
     app.stop().await;
+}
+
+/// Another admin, created by `root` and logged in: (user id, token).
+async fn second_admin(app: &TestApp, root: &str, email: &str) -> (String, String) {
+    let resp = app
+        .post(
+            "/api/v1/users",
+            Some(root),
+            &json!({"name": "Second", "email": email, "password": PASSWORD, "admin": true}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let user: Value = resp.json().await.expect("user");
+    let id = user["id"].as_str().expect("id").to_string();
+    (id, app.login(email, PASSWORD).await)
 }
 
 /// An admin act (creating another admin) by `token` is refused.
