@@ -204,15 +204,7 @@ async fn slow_bodies_time_out_and_the_node_stays_healthy() {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client");
-    assert_eq!(
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        StatusCode::OK
-    );
+    assert_healthy(&client, &base).await;
     let (fds_before, rss_before) = fds_and_rss(node.pid());
 
     let started = std::time::Instant::now();
@@ -279,15 +271,7 @@ async fn slow_bodies_time_out_and_the_node_stays_healthy() {
         rss_peak.saturating_sub(rss_before) < 100 * 1024,
         "RSS grew from {rss_before} to {rss_peak} kB"
     );
-    assert_eq!(
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        StatusCode::OK
-    );
+    assert_healthy(&client, &base).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,4 +474,14 @@ async fn oversized_job_payloads_and_items_get_413() {
         )
         .await;
     expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+/// `/healthz` answers 200.
+async fn assert_healthy(client: &reqwest::Client, base: &str) {
+    let resp = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), StatusCode::OK);
 }

@@ -70,14 +70,7 @@ async fn demotion_and_deletion_take_effect_at_once() {
             .status(),
         StatusCode::OK
     );
-    let resp = app
-        .patch(
-            &format!("/api/v1/users/{second_id}"),
-            &root,
-            &json!({"admin": false}),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    demote(&app, &root, &second_id).await;
     // Demoted: no admin act succeeds any more, not even once.
     creating_an_admin_is_forbidden(&app, &second_token).await;
     let resp = app
@@ -542,14 +535,7 @@ async fn an_open_stream_ends_when_its_account_changes() {
     let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
     assert!(matches!(first, Ok(Ok(Some(_)))), "the stream answers");
     // ...ends once the account is demoted: the client must come back and be checked again.
-    let resp = app
-        .patch(
-            &format!("/api/v1/users/{watcher}"),
-            &root,
-            &json!({"admin": false}),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    demote(&app, &root, &watcher).await;
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match stream.chunk().await {
@@ -608,6 +594,18 @@ async fn second_admin(app: &TestApp, root: &str, email: &str) -> (String, String
     let user: Value = resp.json().await.expect("user");
     let id = user["id"].as_str().expect("id").to_string();
     (id, app.login(email, PASSWORD).await)
+}
+
+/// `root` takes the admin flag from user `id`.
+async fn demote(app: &TestApp, root: &str, id: &str) {
+    let resp = app
+        .patch(
+            &format!("/api/v1/users/{id}"),
+            root,
+            &json!({"admin": false}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 /// An admin act (creating another admin) by `token` is refused.
