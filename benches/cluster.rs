@@ -91,10 +91,11 @@ async fn seed(bus: &Bus, items: u64) -> Uuid {
         password_hash: "!bench-no-login".into(),
         created_at: gorgon::domain::now(),
     };
-    let user = store::insert_user(bus, user)
+    let user = bus
+        .call(store::InsertUser(user))
         .await
         .expect("insert the bench user");
-    store::insert_items(bus, fake_items(user.id, items))
+    bus.call(store::InsertItems(fake_items(user.id, items)))
         .await
         .expect("insert the bench user's items");
     user.id
@@ -118,7 +119,7 @@ async fn measure(
             let (mut latency, mut errors) = (histogram(), 0u64);
             for _ in 0..share {
                 let t = Instant::now();
-                let result = store::list_user_items(&bus, user, PAGE).await;
+                let result = bus.call(store::ListUserItems::new(user, PAGE)).await;
                 latency.saturating_record(t.elapsed().as_micros() as u64);
                 errors += u64::from(result.is_err());
             }
@@ -150,7 +151,8 @@ async fn run_path(
     calls: u64,
     warmup: u64,
 ) -> (Row, Row) {
-    let page = store::list_user_items(bus, user, PAGE)
+    let page = bus
+        .call(store::ListUserItems::new(user, PAGE))
         .await
         .unwrap_or_else(|e| panic!("{path}: the first read failed: {e}"));
     assert_eq!(
@@ -281,7 +283,6 @@ async fn main() {
 
     // Direct reads take the cluster only once the backend's store gateway is a member.
     let link = cluster_front
-        .bus()
         .cluster()
         .expect("the cluster front has a cluster link");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -14,16 +14,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gorgon::actors::{RoleActor, RoleArgs, RoleHandler};
 use gorgon::bus::redis::Keys;
-use gorgon::bus::{Bus, BusConfig, Delivery, Protocol, RedisConfig, RedisLink, Role};
+use gorgon::bus::{
+    Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service,
+};
 use gorgon::error::Result;
 use hdrhistogram::Histogram;
 use redis_server::{Fsync, RedisServer};
 use serde::{Deserialize, Serialize};
 
-/// A durable no-op message (what the queue itself costs).
-struct Ping;
+gorgon::requests! {
+    role Provider, call PingCall;
+    /// A durable no-op message (what the queue itself costs).
+    Ping => "ping", durable, u64;
+}
+
+gorgon::requests! {
+    role Stats, call EchoCall;
+    /// A direct read-like call.
+    Echo => "echo", direct, u64;
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Msg {
@@ -32,47 +42,36 @@ struct Msg {
     pad: String,
 }
 
-impl Protocol for Ping {
-    const ROLE: Role = Role::Provider;
-    type Request = Msg;
-    type Reply = u64;
-    fn kind(_: &Msg) -> &'static str {
-        "ping"
-    }
-    fn delivery(_: &Msg) -> Delivery {
-        Delivery::Durable
-    }
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping(Msg);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Echo(Msg);
+
+/// Counts what it answers; answers at once, as a cache hit would.
+macro_rules! counter {
+    ($name:ident, $role:ident, $call:ident, $request:ident) => {
+        struct $name(Arc<AtomicU64>);
+
+        impl Service for $name {
+            const ROLE: Role = Role::$role;
+            type Call = $call;
+        }
+
+        impl Handler<$request> for $name {
+            fn answer_now(&self, r: $request) -> std::result::Result<Result<u64>, $request> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Ok(Ok(r.0.n))
+            }
+
+            async fn handle(self: Arc<Self>, r: $request) -> Result<u64> {
+                Ok(r.0.n)
+            }
+        }
+    };
 }
-
-/// A direct read-like call.
-struct Echo;
-
-impl Protocol for Echo {
-    const ROLE: Role = Role::Stats;
-    type Request = Msg;
-    type Reply = u64;
-    fn kind(_: &Msg) -> &'static str {
-        "echo"
-    }
-    fn delivery(_: &Msg) -> Delivery {
-        Delivery::Direct
-    }
-}
-
-struct Counter<P>(Arc<AtomicU64>, std::marker::PhantomData<fn() -> P>);
-
-impl<P: Protocol<Request = Msg, Reply = u64>> RoleHandler for Counter<P> {
-    type Protocol = P;
-
-    fn answer_now(&self, msg: Msg) -> std::result::Result<Result<u64>, Msg> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(Ok(msg.n))
-    }
-
-    async fn handle(self: Arc<Self>, msg: Msg) -> Result<u64> {
-        Ok(msg.n)
-    }
-}
+counter!(PingCounter, Provider, PingCall, Ping);
+counter!(EchoCounter, Stats, EchoCall, Echo);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -97,23 +96,20 @@ async fn node(redis: &RedisServer, ns: &str, name: &str) -> (Arc<RedisLink>, Bus
     (link, bus)
 }
 
-async fn serve<P: Protocol<Request = Msg, Reply = u64>>(
-    link: &Arc<RedisLink>,
-    bus: &Bus,
-) -> Arc<AtomicU64> {
+async fn serve<S: Service>(bus: &Bus, counter: impl FnOnce(Arc<AtomicU64>) -> S) -> Arc<AtomicU64> {
     let handled = Arc::new(AtomicU64::new(0));
     ractor::Actor::spawn(
         None,
-        RoleActor::<Counter<P>>::default(),
+        RoleActor::<S>::default(),
         RoleArgs {
-            handler: Counter::<P>(handled.clone(), Default::default()),
+            service: counter(handled.clone()),
             bus: bus.clone(),
             concurrency: 1024,
         },
     )
     .await
     .expect("spawn");
-    link.serve::<P>(bus.clone());
+    bus.serve(&[S::ROLE]).await.expect("serve");
     handled
 }
 
@@ -131,7 +127,7 @@ async fn durable(redis: &RedisServer, consumers: usize, messages: u64) -> f64 {
     let mut links = Vec::new();
     for c in 0..consumers {
         let (link, bus) = node(redis, &ns, &format!("consumer-{c}")).await;
-        counters.push(serve::<Ping>(&link, &bus).await);
+        counters.push(serve(&bus, PingCounter).await);
         links.push(link);
     }
     let (producer, _) = node(redis, &ns, "producer").await;
@@ -140,8 +136,8 @@ async fn durable(redis: &RedisServer, consumers: usize, messages: u64) -> f64 {
     let mut sent = 0;
     while sent < messages {
         let n = batch.min(messages - sent);
-        let requests: Vec<Msg> = (sent..sent + n).map(msg).collect();
-        producer.enqueue::<Ping>(&requests).await.expect("enqueue");
+        let requests: Vec<Ping> = (sent..sent + n).map(|i| Ping(msg(i))).collect();
+        producer.enqueue(requests).await.expect("enqueue");
         sent += n;
     }
     let enqueued = started.elapsed();
@@ -206,7 +202,7 @@ async fn request_reply(caller: &Bus, calls: u64, concurrency: u64) -> f64 {
             let mut h = histogram();
             for i in 0..share {
                 let t = Instant::now();
-                let n = caller.call::<Echo>(msg(i)).await.expect("call");
+                let n = caller.call(Echo(msg(i))).await.expect("call");
                 assert_eq!(n, i);
                 let _ = h.record(t.elapsed().as_micros() as u64);
             }
@@ -243,7 +239,7 @@ async fn open_loop(caller: &Bus, rate: u64, seconds: u64) -> (Histogram<u64>, Hi
             let caller = caller.clone();
             tasks.push(tokio::spawn(async move {
                 let sent = tokio::time::Instant::now();
-                let result = caller.call::<Echo>(msg(i)).await;
+                let result = caller.call(Echo(msg(i))).await;
                 (result.is_ok(), intended.elapsed(), sent.elapsed())
             }));
             i += 1;
@@ -321,8 +317,8 @@ async fn main() {
     let four = durable(&redis, 4, messages).await;
 
     let ns = format!("bench{}", uuid::Uuid::now_v7().simple());
-    let (server_link, server_bus) = node(&redis, &ns, "server").await;
-    serve::<Echo>(&server_link, &server_bus).await;
+    let (_server_link, server_bus) = node(&redis, &ns, "server").await;
+    serve(&server_bus, EchoCounter).await;
     let (_caller_link, caller) = node(&redis, &ns, "caller").await;
     request_reply(&caller, calls / 4, 1).await; // warm-up and the sequential figure
     let sequential = request_reply(&caller, calls / 4, 1).await;

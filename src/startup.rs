@@ -13,15 +13,14 @@ use anyhow::Context;
 use ractor::{Actor, ActorCell};
 use tokio::task::JoinHandle;
 
-use crate::actors::app::{AppHandler, AppProtocol};
-use crate::actors::auth::{self, AuthHandler, AuthProtocol, AuthShared};
-use crate::actors::notify::{NotifyActor, NotifyArgs, NotifyHub};
-use crate::actors::provider::{ProviderActor, ProviderArgs, ProviderProtocol};
-use crate::actors::stats::{StatsActor, StatsArgs, StatsHub, StatsProtocol};
-use crate::actors::store::{self as store_role, StoreHandler, StoreProtocol};
-use crate::actors::web::{WebActor, WebArgs};
-use crate::actors::{RoleActor, RoleArgs};
-use crate::bus::{Bus, RedisLink, Role};
+use crate::actors::app::AppHandler;
+use crate::actors::auth::{AuthHandler, AuthShared};
+use crate::actors::notify::{Notify, NotifyHub};
+use crate::actors::provider::Provider;
+use crate::actors::stats::{Stats, StatsHub};
+use crate::actors::store::{self as store_role, StoreHandler};
+use crate::actors::web::Web;
+use crate::bus::{Bus, RedisLink, Role, RoleActor, RoleArgs, Service, Transport};
 use crate::cluster::{ClusterConfig, ClusterLink, LocalNode};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
@@ -33,7 +32,7 @@ use crate::store::{SqliteStore, Store};
 pub struct Node {
     bus: Bus,
     addr: Option<SocketAddr>,
-    /// Actors in start order; stopped in the order of `STOP_ORDER`.
+    /// Role actors in start order ([`Role::in_start_order`]); stopped in reverse.
     actors: Vec<(Role, ActorCell, JoinHandle<()>)>,
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
@@ -41,35 +40,131 @@ pub struct Node {
     cluster: Option<Arc<ClusterLink>>,
     /// The app role's job workers, when this node runs the app role and any workers.
     workers: Option<WorkerPool>,
-    upkeep: JoinHandle<()>,
-    /// Tasks that follow the bus's events for the roles (the auth cache's invalidations).
-    followers: Vec<JoinHandle<()>>,
-    /// Closes each second of traffic into the stats history.
-    stats_clock: JoinHandle<()>,
+    /// Background tasks of the node (metrics upkeep, the stats clock, the auth cache's
+    /// follower), stopped last.
+    background: Vec<JoinHandle<()>>,
     stop_timeout: Duration,
 }
 
-const STOP_ORDER: [Role; 7] = [
-    Role::Web,
-    Role::Provider,
-    Role::App,
-    Role::Auth,
-    Role::Notify,
-    Role::Stats,
-    Role::Store,
-];
+/// What the roles of a node are built from: the bus, the node's settings and shared parts.
+struct Parts<'a> {
+    args: &'a RunArgs,
+    bus: Bus,
+    node_id: String,
+    local_node: Arc<LocalNode>,
+    stats_hub: Arc<StatsHub>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    jobs: JobRegistry,
+    redis: Option<Arc<RedisLink>>,
+    cluster: Option<Arc<ClusterLink>>,
+    // Filled in as roles start:
+    store: Option<Arc<dyn Store>>,
+    hub: Option<Arc<NotifyHub>>,
+    wake_workers: Option<Arc<tokio::sync::Notify>>,
+    background: Vec<JoinHandle<()>>,
+    addr: Option<SocketAddr>,
+}
 
-async fn spawn<A: Actor>(
-    actors: &mut Vec<(Role, ActorCell, JoinHandle<()>)>,
-    role: Role,
-    actor: A,
-    args: A::Arguments,
-) -> anyhow::Result<()> {
-    let (actor_ref, handle) = Actor::spawn(None, actor, args)
-        .await
-        .with_context(|| format!("the {role} role failed to start"))?;
-    actors.push((role, actor_ref.get_cell(), handle));
-    Ok(())
+type Spawned = (Role, ActorCell, JoinHandle<()>);
+
+/// Runs `service` in a role actor.
+async fn spawn<S: Service>(parts: &Parts<'_>, service: S) -> anyhow::Result<Spawned> {
+    let (actor, handle) = Actor::spawn(
+        None,
+        RoleActor::<S>::default(),
+        RoleArgs {
+            service,
+            bus: parts.bus.clone(),
+            concurrency: parts.args.tuning.role_concurrency,
+        },
+    )
+    .await
+    .with_context(|| format!("the {} role failed to start", S::ROLE))?;
+    Ok((S::ROLE, actor.get_cell(), handle))
+}
+
+/// The roles: how each is built. Started in [`Role::in_start_order`] (the store first, the web
+/// front last), stopped in reverse.
+async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned> {
+    let args = parts.args;
+    let bus = parts.bus.clone();
+    match role {
+        Role::Store => {
+            let (dir, options) = (args.data.clone(), args.sqlite_options());
+            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(dir, options))
+                .await
+                .context("opening the embedded store")?
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| {
+                    format!("cannot open the embedded store in {}", args.data.display())
+                })?;
+            let store: Arc<dyn Store> = Arc::new(opened);
+            parts.store = Some(store.clone());
+            spawn(parts, StoreHandler { store, bus }).await
+        }
+        Role::Auth => {
+            let shared = AuthShared::new(args.auth_config());
+            parts.background.push(shared.follow_account_changes(&bus));
+            spawn(parts, AuthHandler { bus, shared }).await
+        }
+        Role::App => {
+            let wake_workers = Arc::new(tokio::sync::Notify::new());
+            parts.wake_workers = Some(wake_workers.clone());
+            let handler = AppHandler {
+                bus,
+                job_kinds: parts.jobs.kinds().iter().map(|k| k.to_string()).collect(),
+                wake_workers,
+                max_unfinished_jobs: Some(args.tuning.edge.user_max_unfinished_jobs)
+                    .filter(|&n| n > 0),
+            };
+            spawn(parts, handler).await
+        }
+        Role::Stats => {
+            metrics::gauge!("gorgon_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let stats = Stats {
+                bus,
+                node_id: parts.node_id.clone(),
+                roles: args.roles.0.clone(),
+                started: std::time::Instant::now(),
+                started_at: chrono::Utc::now(),
+                hub: parts.stats_hub.clone(),
+                redis: parts.redis.clone(),
+                cluster: parts.cluster.clone(),
+            };
+            spawn(parts, stats).await
+        }
+        Role::Notify => {
+            let hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
+            parts.hub = Some(hub.clone());
+            spawn(parts, Notify::start(&bus, hub)).await
+        }
+        Role::Provider => spawn(parts, Provider::start(bus, args.provider_config())).await,
+        Role::Web => {
+            if args.tuning.edge.raise_open_files {
+                crate::http::limits::raise_open_files();
+            }
+            let listener = crate::http::limits::bind(&args.listen, args.tuning.edge.http_backlog)
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let bound = listener.local_addr()?;
+            parts.addr = Some(bound);
+            let _ = parts.local_node.http_addr.set(bound);
+            let limits = args.http_limits();
+            let state = HttpState {
+                node: parts.local_node.clone(),
+                bus,
+                quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
+                limits,
+                metrics: parts.metrics.clone(),
+                notify: parts.hub.clone(),
+                stats: parts.stats_hub.clone(),
+                redis: parts.redis.clone(),
+                cluster: parts.cluster.clone(),
+            };
+            let server = crate::http::server(listener, state, args.tuning.http_workers)?;
+            tracing::info!(addr = %bound, "web role listening");
+            spawn(parts, Web::start(server)).await
+        }
+    }
 }
 
 impl Node {
@@ -90,260 +185,64 @@ impl Node {
             args.tuning.password_hash_queue,
         );
         let metrics = crate::telemetry::metrics();
-        let upkeep = crate::telemetry::spawn_metrics_upkeep(metrics.clone());
         // Random, not time-based: nodes started in the same millisecond must not share an id
         // (it names their Redis processing lists and their cluster identity).
         let node_id = format!("node-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        let cluster_config =
-            ClusterConfig::from_args(&args.cluster, &node_id, args.tuning.role_concurrency)
-                .map_err(anyhow::Error::msg)?;
-        let redis = match args.redis_config() {
-            Some(config) => Some(RedisLink::connect(config, &node_id).await?),
-            None => None,
-        };
         let roles = &args.roles;
         let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
-        let local_node = Arc::new(LocalNode {
-            node_id: node_id.clone(),
-            roles: roles.0.clone(),
-            started: std::time::Instant::now(),
-            started_at: chrono::Utc::now(),
-            cluster_addr: cluster_config
-                .as_ref()
-                .map(|c| c.advertised())
-                .unwrap_or_default(),
-            data_addr: Default::default(),
-            stats: stats_hub.clone(),
-            redis: redis.clone(),
-            http_addr: Default::default(),
-        });
-        let cluster = match cluster_config {
-            Some(config) => Some(ClusterLink::start(config, local_node.clone()).await?),
-            None => None,
+        let (redis, cluster, local_node) = connect(&args, &node_id, &stats_hub).await?;
+        let bus = Bus::with_transports(
+            args.bus_config(),
+            redis.clone().map(|l| l as Arc<dyn Transport>),
+            cluster.clone().map(|l| l as Arc<dyn Transport>),
+        );
+        let jobs = match args.jobs.job_hash_delay {
+            delay if delay.is_zero() => jobs,
+            delay => jobs.register(crate::jobs::hash::HashJob { delay }),
         };
-        if let Some(link) = &cluster {
-            let others = link.embedded_stores();
-            if roles.contains(Role::Store) && !others.is_empty() {
-                link.close().await;
-                anyhow::bail!(
-                    "the store role already runs on {} with its embedded database; a cluster \
-                     on the embedded store has exactly one store node (scale the store out with \
-                     a shared backend instead). Start this node without the store role.",
-                    others.join(", ")
-                );
-            }
-        }
-        let stats_clock = stats_hub.start_clock();
-        let bus = Bus::with_transports(args.bus_config(), redis.clone(), cluster.clone());
-        let concurrency = args.tuning.role_concurrency;
+        let mut parts = Parts {
+            args: &args,
+            bus: bus.clone(),
+            node_id: node_id.clone(),
+            local_node,
+            stats_hub: stats_hub.clone(),
+            metrics: metrics.clone(),
+            jobs: jobs.clone(),
+            redis: redis.clone(),
+            cluster: cluster.clone(),
+            store: None,
+            hub: None,
+            wake_workers: None,
+            background: vec![
+                crate::telemetry::spawn_metrics_upkeep(metrics),
+                stats_hub.start_clock(),
+            ],
+            addr: None,
+        };
         let mut actors = Vec::new();
-
-        let mut store: Option<Arc<dyn Store>> = None;
-        if roles.contains(Role::Store) {
-            let dir = args.data.clone();
-            let options = args.sqlite_options();
-            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(dir, options))
-                .await
-                .context("opening the embedded store")?
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| {
-                    format!("cannot open the embedded store in {}", args.data.display())
-                })?;
-            let opened: Arc<dyn Store> = Arc::new(opened);
-            store = Some(opened.clone());
-            spawn(
-                &mut actors,
-                Role::Store,
-                RoleActor::default(),
-                RoleArgs {
-                    handler: StoreHandler {
-                        store: opened,
-                        bus: bus.clone(),
-                    },
-                    bus: bus.clone(),
-                    concurrency,
-                },
-            )
-            .await?;
+        for role in Role::in_start_order(&roles.0) {
+            if role == Role::Web {
+                // Everything the front calls is up: serve other processes, then clients.
+                serve_transports(&parts, &args).await?;
+            }
+            actors.push(start_role(role, &mut parts).await?);
         }
-        let mut followers = Vec::new();
-        if roles.contains(Role::Auth) {
-            let shared = AuthShared::new(args.auth_config());
-            followers.push(shared.follow_account_changes(&bus));
-            spawn(
-                &mut actors,
-                Role::Auth,
-                RoleActor::default(),
-                RoleArgs {
-                    handler: AuthHandler {
-                        bus: bus.clone(),
-                        shared,
-                    },
-                    bus: bus.clone(),
-                    concurrency,
-                },
-            )
-            .await?;
+        if !roles.contains(Role::Web) {
+            serve_transports(&parts, &args).await?;
         }
-        let mut workers = None;
-        if roles.contains(Role::App) {
-            let jobs = match args.jobs.job_hash_delay {
-                delay if delay.is_zero() => jobs,
-                delay => jobs.register(crate::jobs::hash::HashJob { delay }),
-            };
-            let wake_workers = Arc::new(tokio::sync::Notify::new());
-            spawn(
-                &mut actors,
-                Role::App,
-                RoleActor::default(),
-                RoleArgs {
-                    handler: AppHandler {
-                        bus: bus.clone(),
-                        jobs: jobs.clone(),
-                        wake_workers: wake_workers.clone(),
-                        max_unfinished_jobs: Some(args.tuning.edge.user_max_unfinished_jobs)
-                            .filter(|&n| n > 0),
-                    },
-                    bus: bus.clone(),
-                    concurrency,
-                },
-            )
-            .await?;
-            if args.jobs.job_workers > 0 {
-                workers = Some(WorkerPool::start(
-                    bus.clone(),
-                    jobs,
-                    args.job_config(),
-                    wake_workers,
-                ));
-            }
-        }
-        if roles.contains(Role::Stats) {
-            spawn(
-                &mut actors,
-                Role::Stats,
-                StatsActor,
-                StatsArgs {
-                    bus: bus.clone(),
-                    node_id: node_id.clone(),
-                    roles: roles.0.clone(),
-                    hub: stats_hub.clone(),
-                },
-            )
-            .await?;
-        }
-        let mut hub = None;
-        if roles.contains(Role::Notify) {
-            let notify_hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
-            hub = Some(notify_hub.clone());
-            spawn(
-                &mut actors,
-                Role::Notify,
-                NotifyActor,
-                NotifyArgs {
-                    bus: bus.clone(),
-                    hub: notify_hub,
-                },
-            )
-            .await?;
-        }
-        if roles.contains(Role::Provider) {
-            spawn(
-                &mut actors,
-                Role::Provider,
-                ProviderActor,
-                ProviderArgs {
-                    bus: bus.clone(),
-                    config: args.provider_config(),
-                },
-            )
-            .await?;
-        }
-        if let Some(link) = &redis {
-            // Roles here take their share of the work other processes put on Redis.
-            let local = |role| roles.contains(role);
-            if local(Role::Store) {
-                link.serve::<StoreProtocol>(bus.clone());
-            }
-            if local(Role::Auth) {
-                link.serve::<AuthProtocol>(bus.clone());
-            }
-            if local(Role::App) {
-                link.serve::<AppProtocol>(bus.clone());
-            }
-            if local(Role::Provider) {
-                link.serve::<ProviderProtocol>(bus.clone());
-            }
-            if local(Role::Stats) {
-                link.serve::<StatsProtocol>(bus.clone());
-            }
-            link.relay_events(bus.clone());
-        }
-        if let Some(link) = &cluster {
-            // Other nodes send this node's roles their direct requests (and, without Redis, all).
-            let local = |role| roles.contains(role);
-            if local(Role::Store) {
-                link.serve::<StoreProtocol>(bus.clone(), concurrency)
-                    .await?;
-            }
-            if local(Role::Auth) {
-                link.serve::<AuthProtocol>(bus.clone(), concurrency).await?;
-            }
-            if local(Role::App) {
-                link.serve::<AppProtocol>(bus.clone(), concurrency).await?;
-            }
-            if local(Role::Provider) {
-                link.serve::<ProviderProtocol>(bus.clone(), concurrency)
-                    .await?;
-            }
-            if local(Role::Stats) {
-                link.serve::<StatsProtocol>(bus.clone(), concurrency)
-                    .await?;
-            }
-        }
-        if let Some(email) = &args.admin_email {
-            if roles.contains(Role::Store) {
-                bootstrap_admin(&bus, email, args.admin_password.as_deref()).await?;
-            } else {
-                tracing::info!("no store role here: the admin is created by a node that has one");
-            }
-        }
-        let mut addr = None;
-        if roles.contains(Role::Web) {
-            if args.tuning.edge.raise_open_files {
-                crate::http::limits::raise_open_files();
-            }
-            let listener = crate::http::limits::bind(&args.listen, args.tuning.edge.http_backlog)
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let bound = listener.local_addr()?;
-            addr = Some(bound);
-            let _ = local_node.http_addr.set(bound);
-            let limits = args.http_limits();
-            let state = HttpState {
-                node: local_node.clone(),
-                bus: bus.clone(),
-                quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
-                limits,
-                metrics,
-                notify: hub.clone(),
-                stats: stats_hub.clone(),
-            };
-            spawn(
-                &mut actors,
-                Role::Web,
-                WebActor,
-                WebArgs {
-                    listener,
-                    state,
-                    workers: args.tuning.http_workers,
-                },
-            )
-            .await?;
-        }
+        let workers = match (&parts.wake_workers, args.jobs.job_workers) {
+            (Some(wake), n) if n > 0 => Some(WorkerPool::start(
+                bus.clone(),
+                jobs,
+                args.job_config(),
+                wake.clone(),
+            )),
+            _ => None,
+        };
         tracing::info!(
             node = %node_id,
             roles = ?roles.0.iter().map(|r| r.name()).collect::<Vec<_>>(),
-            addr = ?addr,
+            addr = ?parts.addr,
             redis = redis.is_some(),
             cluster = cluster.is_some(),
             data = %args.data.display(),
@@ -351,16 +250,14 @@ impl Node {
         );
         Ok(Node {
             bus,
-            addr,
+            addr: parts.addr,
             actors,
-            store,
-            hub,
+            store: parts.store,
+            hub: parts.hub,
             redis,
             cluster,
             workers,
-            upkeep,
-            followers,
-            stats_clock,
+            background: parts.background,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
     }
@@ -374,6 +271,11 @@ impl Node {
         &self.bus
     }
 
+    /// The node's cluster link, when it joined one.
+    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
+        self.cluster.as_ref()
+    }
+
     /// Graceful shutdown: stop accepting, drain in-flight work, commit, close.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
@@ -384,11 +286,12 @@ impl Node {
             // Peers stop routing here at once; requests they already sent are finished.
             link.leave(self.stop_timeout).await;
         }
-        for role in STOP_ORDER {
-            if role == Role::Provider {
+        let mut consuming = self.redis.clone();
+        while let Some((role, cell, handle)) = self.actors.pop() {
+            if role != Role::Web {
                 // HTTP has drained; now stop taking work from Redis and finish what was taken,
                 // while the roles that work needs are still running.
-                if let Some(link) = &self.redis {
+                if let Some(link) = consuming.take() {
                     link.stop_consumers().await;
                 }
             }
@@ -398,17 +301,15 @@ impl Node {
                     workers.stop(self.stop_timeout).await;
                 }
             }
-            let (stopping, rest): (Vec<_>, Vec<_>) =
-                self.actors.drain(..).partition(|(r, _, _)| *r == role);
-            self.actors = rest;
-            for (_, cell, handle) in stopping {
-                // Drain: the mailbox is worked off before the actor stops, so no caller is dropped.
-                if let Err(e) = cell.drain_and_wait(Some(self.stop_timeout)).await {
-                    tracing::warn!(%role, error = %e, "role did not stop in time");
-                    cell.kill();
-                }
-                let _ = handle.await;
+            // Drain: the mailbox is worked off before the actor stops, so no caller is dropped.
+            if let Err(e) = cell.drain_and_wait(Some(self.stop_timeout)).await {
+                tracing::warn!(%role, error = %e, "role did not stop in time");
+                cell.kill();
             }
+            let _ = handle.await;
+        }
+        if let Some(link) = consuming {
+            link.stop_consumers().await;
         }
         if let Some(store) = self.store.take() {
             store.close().await;
@@ -419,11 +320,83 @@ impl Node {
         if let Some(link) = self.cluster.take() {
             link.close().await;
         }
-        self.upkeep.abort();
-        self.followers.iter().for_each(JoinHandle::abort);
-        self.stats_clock.abort();
+        self.background.iter().for_each(JoinHandle::abort);
         tracing::info!("stopped");
     }
+}
+
+/// Connects to Redis and joins the cluster, as configured; the node's description for peers.
+async fn connect(
+    args: &RunArgs,
+    node_id: &str,
+    stats_hub: &Arc<StatsHub>,
+) -> anyhow::Result<(
+    Option<Arc<RedisLink>>,
+    Option<Arc<ClusterLink>>,
+    Arc<LocalNode>,
+)> {
+    let cluster_config =
+        ClusterConfig::from_args(&args.cluster, node_id, args.tuning.role_concurrency)
+            .map_err(anyhow::Error::msg)?;
+    let redis = match args.redis_config() {
+        Some(config) => Some(RedisLink::connect(config, node_id).await?),
+        None => None,
+    };
+    let local_node = Arc::new(LocalNode {
+        node_id: node_id.to_string(),
+        roles: args.roles.0.clone(),
+        started: std::time::Instant::now(),
+        started_at: chrono::Utc::now(),
+        cluster_addr: cluster_config
+            .as_ref()
+            .map(|c| c.advertised())
+            .unwrap_or_default(),
+        data_addr: Default::default(),
+        stats: stats_hub.clone(),
+        redis: redis.clone(),
+        http_addr: Default::default(),
+    });
+    let cluster = match cluster_config {
+        Some(config) => Some(ClusterLink::start(config, local_node.clone()).await?),
+        None => None,
+    };
+    if let Some(link) = &cluster {
+        let others = link.embedded_stores();
+        if args.roles.contains(Role::Store) && !others.is_empty() {
+            link.close().await;
+            anyhow::bail!(
+                "the store role already runs on {} with its embedded database; a cluster \
+                 on the embedded store has exactly one store node (scale the store out with \
+                 a shared backend instead). Start this node without the store role.",
+                others.join(", ")
+            );
+        }
+    }
+    Ok((redis, cluster, local_node))
+}
+
+/// Offers this node's roles to other processes (Redis consumers, cluster gateways), relays
+/// events, and creates the configured admin once the store answers.
+async fn serve_transports(parts: &Parts<'_>, args: &RunArgs) -> anyhow::Result<()> {
+    let served: Vec<Role> = args
+        .roles
+        .0
+        .iter()
+        .copied()
+        .filter(|r| !matches!(r, Role::Web | Role::Notify))
+        .collect();
+    parts.bus.serve(&served).await?;
+    if let Some(link) = &parts.redis {
+        link.relay_events(parts.bus.clone());
+    }
+    if let Some(email) = &args.admin_email {
+        if args.roles.contains(Role::Store) {
+            bootstrap_admin(&parts.bus, email, args.admin_password.as_deref()).await?;
+        } else {
+            tracing::info!("no store role here: the admin is created by a node that has one");
+        }
+    }
+    Ok(())
 }
 
 /// Creates the first admin from configuration. An account that already has the address is
@@ -434,8 +407,11 @@ async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyh
     let password =
         password.context("--admin-email needs --admin-password (GORGON_ADMIN_PASSWORD)")?;
     let email = Email::parse(email).map_err(|e| anyhow::anyhow!("admin email: {e}"))?;
-    let existing = match store_role::get_credentials(bus, email.as_str().to_string()).await {
-        Ok(found) => Some(found),
+    let lookup = store_role::GetCredentials {
+        email: email.as_str().to_string(),
+    };
+    let existing = match bus.call(lookup).await {
+        Ok(found) => Some((found.user, found.password_hash)),
         Err(crate::Error::NotFound(_)) => None,
         Err(e) => anyhow::bail!("cannot look up the admin account: {e}"),
     };
@@ -448,10 +424,10 @@ async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyh
             extra: Extra::default(),
             admin: true,
         };
-        let user = auth::new_user(crate::domain::new_id(), input)
+        let user = crate::actors::auth::new_user(crate::domain::new_id(), input)
             .await
             .map_err(|e| anyhow::anyhow!("admin password: {e}"))?;
-        store_role::insert_user(bus, user)
+        bus.call(store_role::InsertUser(user))
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the admin: {e}"))?;
         tracing::info!(email = %email.as_str(), "admin account created");
@@ -471,14 +447,13 @@ async fn bootstrap_admin(bus: &Bus, email: &str, password: Option<&str>) -> anyh
         return Ok(());
     }
     if !user.admin {
-        store_role::update_user(
-            bus,
-            user.id,
-            UserPatch {
+        bus.call(store_role::UpdateUser {
+            id: user.id,
+            patch: UserPatch {
                 admin: Some(true),
                 ..UserPatch::default()
             },
-        )
+        })
         .await
         .map_err(|e| anyhow::anyhow!("cannot promote the admin: {e}"))?;
     }

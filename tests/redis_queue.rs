@@ -13,32 +13,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis::{Fsync, RedisServer};
-use gorgon::actors::{RoleActor, RoleArgs, RoleHandler};
 use gorgon::bus::redis::{dlq, Keys};
-use gorgon::bus::{Bus, BusConfig, Delivery, Protocol, RedisConfig, RedisLink, Role};
+use gorgon::bus::{
+    Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service,
+};
 use gorgon::error::{Error, Result};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-struct Flaky;
+gorgon::requests! {
+    role Provider, call FlakyCall;
+    Work => "work", durable, u32;
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Work {
     n: u32,
-}
-
-impl Protocol for Flaky {
-    const ROLE: Role = Role::Provider;
-    type Request = Work;
-    type Reply = u32;
-
-    fn kind(_: &Work) -> &'static str {
-        "work"
-    }
-
-    fn delivery(_: &Work) -> Delivery {
-        Delivery::Durable
-    }
 }
 
 #[derive(Default)]
@@ -52,9 +42,12 @@ struct Behaviour {
 
 struct FlakyHandler(Arc<Behaviour>);
 
-impl RoleHandler for FlakyHandler {
-    type Protocol = Flaky;
+impl Service for FlakyHandler {
+    const ROLE: Role = Role::Provider;
+    type Call = FlakyCall;
+}
 
+impl Handler<Work> for FlakyHandler {
     async fn handle(self: Arc<Self>, work: Work) -> Result<u32> {
         let b = &self.0;
         b.attempts.fetch_add(1, Ordering::SeqCst);
@@ -98,14 +91,14 @@ async fn consumer_node(redis: &RedisServer, ns: &str) -> (Arc<RedisLink>, Arc<Be
         None,
         RoleActor::<FlakyHandler>::default(),
         RoleArgs {
-            handler: FlakyHandler(behaviour.clone()),
+            service: FlakyHandler(behaviour.clone()),
             bus: bus.clone(),
             concurrency: 16,
         },
     )
     .await
     .expect("spawn the test role");
-    link.serve::<Flaky>(bus);
+    bus.serve(&[Role::Provider]).await.expect("serve");
     (link, behaviour)
 }
 
@@ -135,7 +128,7 @@ async fn a_failing_message_is_retried_with_backoff_then_answered_once() {
     behaviour.fail_next.store(2, Ordering::SeqCst);
     let caller = caller_node(&redis, &ns).await;
     let started = Instant::now();
-    let reply = caller.call::<Flaky>(Work { n: 21 }).await;
+    let reply = caller.call(Work { n: 21 }).await;
     assert_eq!(reply, Ok(42), "answered after two retries");
     // Two backoffs of at least 50 ms and 100 ms (times a jitter of at least 0.5).
     assert!(started.elapsed() >= Duration::from_millis(75));
@@ -155,7 +148,7 @@ async fn a_message_that_always_fails_is_dead_lettered_and_replays() {
     let (_worker, behaviour) = consumer_node(&redis, &ns).await;
     behaviour.fail_always.store(true, Ordering::SeqCst);
     let caller = caller_node(&redis, &ns).await;
-    let reply = caller.call::<Flaky>(Work { n: 7 }).await;
+    let reply = caller.call(Work { n: 7 }).await;
     assert!(
         matches!(&reply, Err(Error::Unavailable(m)) if m.contains("set aside")),
         "the caller is told: {reply:?}"
@@ -205,7 +198,7 @@ async fn the_reaper_delivers_a_dead_consumers_messages_again() {
     // heartbeat any more.
     let envelope = serde_json::json!({
         "id": uuid::Uuid::now_v7(), "kind": "work", "attempt": 1,
-        "enqueued_at": 0, "body": {"n": 5}
+        "enqueued_at": 0, "body": {"Work": {"n": 5}}
     });
     redis
         .lpush(
@@ -259,7 +252,7 @@ async fn a_message_stranded_in_a_live_consumers_list_is_handled() {
     // restart): the message sits in the live consumer's own list, which no reaper visits.
     let envelope = serde_json::json!({
         "id": uuid::Uuid::now_v7(), "kind": "work", "attempt": 1,
-        "enqueued_at": 0, "body": {"n": 9}
+        "enqueued_at": 0, "body": {"Work": {"n": 9}}
     });
     let list = keys.processing("provider", worker.node());
     redis.lpush(&list, &envelope.to_string()).await;
@@ -284,7 +277,7 @@ async fn nodes_started_before_redis_serve_once_it_is_up() {
     let ns = format!("late{}", uuid::Uuid::now_v7().simple());
     let (_worker, behaviour) = consumer_node(&redis, &ns).await;
     let caller = caller_node(&redis, &ns).await;
-    let refused = caller.call::<Flaky>(Work { n: 1 }).await;
+    let refused = caller.call(Work { n: 1 }).await;
     assert!(
         matches!(refused, Err(Error::Unavailable(_))),
         "refused at once while Redis is down: {refused:?}"
@@ -295,7 +288,7 @@ async fn nodes_started_before_redis_serve_once_it_is_up() {
         "a call succeeds once Redis is up",
         Duration::from_secs(15),
         async || {
-            answered = caller.call::<Flaky>(Work { n: 4 }).await.ok();
+            answered = caller.call(Work { n: 4 }).await.ok();
             answered.is_some()
         },
     )

@@ -16,76 +16,85 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{store, unexpected, RoleHandler};
-use crate::bus::{Bus, Delivery, EventKind, Protocol, Role};
+use super::store::{DeleteToken, GetCredentials, GetSession, InsertToken, InsertUser};
+use crate::bus::{Bus, EventKind, Handler, Service};
 use crate::domain::password::{self, Password, MAX_PASSWORD_CHARS};
 use crate::domain::user::{normalise_email, MAX_EMAIL_BYTES};
 use crate::domain::{NewUser, Principal, Token, TokenHash, User, UserInput};
 use crate::error::{Error, Result};
 use crate::throttle::Throttle;
 
-/// Requests the auth role answers (`Debug` shows no password).
-#[derive(Serialize, Deserialize)]
-pub enum AuthRequest {
-    /// `id` is chosen by the caller, so a redelivered registration creates nothing twice.
-    Register {
-        id: Uuid,
-        input: UserInput,
-        /// The client's address, for the per-address registration limit (absent in messages
-        /// queued by older builds, and for callers that are not HTTP clients).
-        #[serde(default)]
-        client: Option<IpAddr>,
-    },
-    Login {
-        email: String,
-        password: String,
-        #[serde(default)]
-        client: Option<IpAddr>,
-    },
-    /// A password check without a new session (a user confirming their current password),
-    /// within the same limits as a login.
-    CheckPassword {
-        email: String,
-        password: String,
-        #[serde(default)]
-        client: Option<IpAddr>,
-    },
-    Logout {
-        token: Token,
-    },
-    Validate {
-        token: Token,
-    },
+crate::requests! {
+    role Auth, call AuthCall;
+    Register => "register", secret, User;
+    Login => "login", secret, Session;
+    CheckPassword => "check_password", secret, ();
+    Logout => "logout", durable, ();
+    Validate => "validate", direct, Principal;
 }
 
-impl std::fmt::Debug for AuthRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthRequest::Register { id, input, client } => f
-                .debug_struct("Register")
-                .field("id", id)
-                .field("input", input)
-                .field("client", client)
-                .finish(),
-            AuthRequest::Login { email, client, .. } => f
-                .debug_struct("Login")
-                .field("email", email)
-                .field("password", &"***")
-                .field("client", client)
-                .finish(),
-            AuthRequest::CheckPassword { email, client, .. } => f
-                .debug_struct("CheckPassword")
-                .field("email", email)
-                .field("password", &"***")
-                .field("client", client)
-                .finish(),
-            AuthRequest::Logout { token } => {
-                f.debug_struct("Logout").field("token", token).finish()
-            }
-            AuthRequest::Validate { token } => {
-                f.debug_struct("Validate").field("token", token).finish()
+/// Creates an account. Carries the password, so it is a direct request that is never queued;
+/// the store gets only its argon2id hash. `id` is chosen by the caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Register {
+    pub id: Uuid,
+    /// `Debug` shows no password.
+    pub input: UserInput,
+    /// The client's address, for the per-address registration limit (absent for callers that
+    /// are not HTTP clients).
+    #[serde(default)]
+    pub client: Option<IpAddr>,
+}
+
+/// Opens a session: at most once (a client retries a failed login), never queued.
+#[derive(Serialize, Deserialize)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub client: Option<IpAddr>,
+}
+
+/// A password check without a new session (a user confirming their current password), within
+/// the same limits as a login.
+#[derive(Serialize, Deserialize)]
+pub struct CheckPassword {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub client: Option<IpAddr>,
+}
+
+macro_rules! redacted_debug {
+    ($($request:ident),+) => {$(
+        impl std::fmt::Debug for $request {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($request))
+                    .field("email", &self.email)
+                    .field("password", &"***")
+                    .field("client", &self.client)
+                    .finish()
             }
         }
+    )+};
+}
+redacted_debug!(Login, CheckPassword);
+
+/// Ends the session of a token, named by its hash (a token is never queued).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Logout {
+    pub hash: TokenHash,
+}
+
+/// Who holds the token of this hash; cached for a short time.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Validate {
+    pub hash: TokenHash,
+}
+
+impl Validate {
+    pub fn token(token: &Token) -> Validate {
+        Validate { hash: token.hash() }
     }
 }
 
@@ -95,40 +104,6 @@ pub struct Session {
     pub token: Token,
     pub expires_at: DateTime<Utc>,
     pub user: User,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum AuthReply {
-    Registered(User),
-    LoggedIn(Session),
-    PasswordOk,
-    LoggedOut,
-    Valid(Principal),
-}
-
-pub struct AuthProtocol;
-
-impl Protocol for AuthProtocol {
-    const ROLE: Role = Role::Auth;
-    type Request = AuthRequest;
-    type Reply = AuthReply;
-
-    fn kind(request: &AuthRequest) -> &'static str {
-        match request {
-            AuthRequest::Register { .. } => "register",
-            AuthRequest::Login { .. } => "login",
-            AuthRequest::CheckPassword { .. } => "check_password",
-            AuthRequest::Logout { .. } => "logout",
-            AuthRequest::Validate { .. } => "validate",
-        }
-    }
-
-    fn delivery(request: &AuthRequest) -> Delivery {
-        match request {
-            AuthRequest::Validate { .. } | AuthRequest::CheckPassword { .. } => Delivery::Direct,
-            _ => Delivery::Durable,
-        }
-    }
 }
 
 /// Tunables of the auth role.
@@ -264,24 +239,93 @@ pub struct AuthHandler {
     pub shared: AuthShared,
 }
 
-impl RoleHandler for AuthHandler {
-    type Protocol = AuthProtocol;
+impl Service for AuthHandler {
+    const ROLE: crate::bus::Role = crate::bus::Role::Auth;
+    type Call = AuthCall;
+}
 
+impl Handler<Validate> for AuthHandler {
     /// The hot path: a cached token is answered without a task or a store round trip.
-    fn answer_now(
-        &self,
-        request: AuthRequest,
-    ) -> std::result::Result<Result<AuthReply>, AuthRequest> {
-        if let AuthRequest::Validate { token } = &request {
-            if let Some(principal) = self.shared.cached(&token.hash()) {
-                return Ok(Ok(AuthReply::Valid(principal)));
-            }
+    fn answer_now(&self, r: Validate) -> std::result::Result<Result<Principal>, Validate> {
+        match self.shared.cached(&r.hash) {
+            Some(principal) => Ok(Ok(principal)),
+            None => Err(r),
         }
-        Err(request)
     }
 
-    async fn handle(self: Arc<Self>, request: AuthRequest) -> Result<AuthReply> {
-        execute(&self.bus, &self.shared, request).await
+    async fn handle(self: Arc<Self>, r: Validate) -> Result<Principal> {
+        // Taken before the store is asked: a change that lands meanwhile makes it stale.
+        let checked = Instant::now();
+        match self.bus.call(GetSession { hash: r.hash }).await? {
+            Some((principal, expires_at)) => {
+                self.shared.cache.insert(
+                    r.hash,
+                    Cached {
+                        principal,
+                        expires_at,
+                        checked,
+                    },
+                );
+                Ok(principal)
+            }
+            None => Err(Error::Unauthorized("unknown or expired token".into())),
+        }
+    }
+}
+
+impl Handler<Register> for AuthHandler {
+    async fn handle(self: Arc<Self>, r: Register) -> Result<User> {
+        if let Some(address) = r.client {
+            if let Err(wait) = self.shared.registrations.hit(&address) {
+                metrics::counter!("gorgon_auth_registrations_limited_total").increment(1);
+                return Err(Error::rate_limited(
+                    "too many registrations from this address; try again later",
+                    wait,
+                ));
+            }
+        }
+        let mut input = r.input;
+        // Self-registration never grants admin.
+        input.admin = false;
+        let user = new_user(r.id, input).await?;
+        self.bus.call(InsertUser(user)).await
+    }
+}
+
+impl Handler<Login> for AuthHandler {
+    async fn handle(self: Arc<Self>, r: Login) -> Result<Session> {
+        let (bus, shared) = (&self.bus, &self.shared);
+        let user = check(bus, shared, r.email, r.password, r.client).await?;
+        let token = Token::generate();
+        let expires_at = crate::domain::now()
+            + chrono::Duration::from_std(shared.config.token_ttl)
+                .unwrap_or(chrono::Duration::hours(24));
+        bus.call(InsertToken {
+            hash: token.hash(),
+            user_id: user.id,
+            expires_at,
+        })
+        .await?;
+        login_outcome("ok");
+        Ok(Session {
+            token,
+            expires_at,
+            user,
+        })
+    }
+}
+
+impl Handler<CheckPassword> for AuthHandler {
+    async fn handle(self: Arc<Self>, r: CheckPassword) -> Result<()> {
+        check(&self.bus, &self.shared, r.email, r.password, r.client).await?;
+        Ok(())
+    }
+}
+
+impl Handler<Logout> for AuthHandler {
+    async fn handle(self: Arc<Self>, r: Logout) -> Result<()> {
+        self.shared.cache.invalidate(&r.hash);
+        self.bus.call(DeleteToken { hash: r.hash }).await
     }
 }
 
@@ -302,81 +346,6 @@ pub async fn new_user(id: Uuid, input: UserInput) -> Result<NewUser> {
 
 fn login_outcome(outcome: &'static str) {
     metrics::counter!("gorgon_auth_login_total", "outcome" => outcome).increment(1);
-}
-
-async fn execute(bus: &Bus, shared: &AuthShared, request: AuthRequest) -> Result<AuthReply> {
-    match request {
-        AuthRequest::Register {
-            id,
-            mut input,
-            client,
-        } => {
-            if let Some(address) = client {
-                if let Err(wait) = shared.registrations.hit(&address) {
-                    metrics::counter!("gorgon_auth_registrations_limited_total").increment(1);
-                    return Err(Error::rate_limited(
-                        "too many registrations from this address; try again later",
-                        wait,
-                    ));
-                }
-            }
-            // Self-registration never grants admin.
-            input.admin = false;
-            let user = store::insert_user(bus, new_user(id, input).await?).await?;
-            Ok(AuthReply::Registered(user))
-        }
-        AuthRequest::Login {
-            email,
-            password,
-            client,
-        } => {
-            let user = check(bus, shared, email, password, client).await?;
-            let token = Token::generate();
-            let expires_at = crate::domain::now()
-                + chrono::Duration::from_std(shared.config.token_ttl)
-                    .unwrap_or(chrono::Duration::hours(24));
-            store::insert_token(bus, token.hash(), user.id, expires_at).await?;
-            login_outcome("ok");
-            Ok(AuthReply::LoggedIn(Session {
-                token,
-                expires_at,
-                user,
-            }))
-        }
-        AuthRequest::CheckPassword {
-            email,
-            password,
-            client,
-        } => {
-            check(bus, shared, email, password, client).await?;
-            Ok(AuthReply::PasswordOk)
-        }
-        AuthRequest::Logout { token } => {
-            let hash = token.hash();
-            shared.cache.invalidate(&hash);
-            store::delete_token(bus, hash).await?;
-            Ok(AuthReply::LoggedOut)
-        }
-        AuthRequest::Validate { token } => {
-            let hash = token.hash();
-            // Taken before the store is asked: a change that lands meanwhile makes it stale.
-            let checked = Instant::now();
-            match store::get_session(bus, hash).await? {
-                Some((principal, expires_at)) => {
-                    shared.cache.insert(
-                        hash,
-                        Cached {
-                            principal,
-                            expires_at,
-                            checked,
-                        },
-                    );
-                    Ok(AuthReply::Valid(principal))
-                }
-                None => Err(Error::Unauthorized("unknown or expired token".into())),
-            }
-        }
-    }
 }
 
 /// Checks an email and password, within three limits: attempts per client address; wrong passwords per
@@ -422,8 +391,13 @@ async fn check(
             ));
         }
     }
-    let found = match store::get_credentials(bus, email.clone()).await {
-        Ok(found) => Ok(Some(found)),
+    let found = match bus
+        .call(GetCredentials {
+            email: email.clone(),
+        })
+        .await
+    {
+        Ok(found) => Ok(Some((found.user, found.password_hash))),
         Err(Error::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
     };
@@ -462,78 +436,4 @@ async fn check(
         shared.known.insert((email, address), ());
     }
     Ok(user)
-}
-
-// ---- typed client -------------------------------------------------------------------------
-
-pub async fn register(bus: &Bus, input: UserInput, client: Option<IpAddr>) -> Result<User> {
-    match bus
-        .call::<AuthProtocol>(AuthRequest::Register {
-            id: crate::domain::new_id(),
-            input,
-            client,
-        })
-        .await?
-    {
-        AuthReply::Registered(user) => Ok(user),
-        _ => Err(unexpected("auth", "register")),
-    }
-}
-
-pub async fn login(
-    bus: &Bus,
-    email: String,
-    password: String,
-    client: Option<IpAddr>,
-) -> Result<Session> {
-    match bus
-        .call::<AuthProtocol>(AuthRequest::Login {
-            email,
-            password,
-            client,
-        })
-        .await?
-    {
-        AuthReply::LoggedIn(session) => Ok(session),
-        _ => Err(unexpected("auth", "login")),
-    }
-}
-
-pub async fn check_password(
-    bus: &Bus,
-    email: String,
-    password: String,
-    client: Option<IpAddr>,
-) -> Result<()> {
-    match bus
-        .call::<AuthProtocol>(AuthRequest::CheckPassword {
-            email,
-            password,
-            client,
-        })
-        .await?
-    {
-        AuthReply::PasswordOk => Ok(()),
-        _ => Err(unexpected("auth", "check_password")),
-    }
-}
-
-pub async fn logout(bus: &Bus, token: Token) -> Result<()> {
-    match bus
-        .call::<AuthProtocol>(AuthRequest::Logout { token })
-        .await?
-    {
-        AuthReply::LoggedOut => Ok(()),
-        _ => Err(unexpected("auth", "logout")),
-    }
-}
-
-pub async fn validate(bus: &Bus, token: Token) -> Result<Principal> {
-    match bus
-        .call::<AuthProtocol>(AuthRequest::Validate { token })
-        .await?
-    {
-        AuthReply::Valid(principal) => Ok(principal),
-        _ => Err(unexpected("auth", "validate")),
-    }
 }

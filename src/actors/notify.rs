@@ -21,14 +21,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::reply;
-use crate::bus::{Bus, Delivery, Event, Protocol, Role, RoleMessage};
-use crate::error::Result;
+use crate::bus::{Bus, Event, NoRequests, Service};
 
 /// An event as sent to clients: the bus event and its position in this node's stream.
 #[derive(Debug, Clone)]
@@ -208,58 +204,17 @@ impl Drop for ConnectedClient {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub enum NotifyRequest {
-    Status,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum NotifyReply {
-    Status { connected_clients: i64 },
-}
-
-pub struct NotifyProtocol;
-
-impl Protocol for NotifyProtocol {
-    const ROLE: Role = Role::Notify;
-    type Request = NotifyRequest;
-    type Reply = NotifyReply;
-    fn kind(_: &NotifyRequest) -> &'static str {
-        "status"
-    }
-    fn delivery(_: &NotifyRequest) -> Delivery {
-        Delivery::Direct
-    }
-}
-
-pub struct NotifyActor;
-
-pub struct NotifyArgs {
-    pub bus: Bus,
-    pub hub: Arc<NotifyHub>,
-}
-
-pub struct NotifyState {
-    bus: Bus,
-    hub: Arc<NotifyHub>,
+/// The notify role: forwards the bus's events into the node's [`NotifyHub`] until it stops. It
+/// answers no requests.
+pub struct Notify {
     forwarder: JoinHandle<()>,
 }
 
-impl Actor for NotifyActor {
-    type Msg = RoleMessage<NotifyProtocol>;
-    type State = NotifyState;
-    type Arguments = NotifyArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: NotifyArgs,
-    ) -> Result<NotifyState, ActorProcessingErr> {
-        args.bus.join(Role::Notify, myself.get_cell());
+impl Notify {
+    pub fn start(bus: &Bus, hub: Arc<NotifyHub>) -> Notify {
         // Exported from the start, so dashboards see 0 rather than no series.
-        metrics::gauge!("gorgon_notify_clients").set(args.hub.connected() as f64);
-        let mut events = args.bus.subscribe();
-        let hub = args.hub.clone();
+        metrics::gauge!("gorgon_notify_clients").set(hub.connected() as f64);
+        let mut events = bus.subscribe();
         let forwarder = tokio::spawn(async move {
             loop {
                 match events.recv().await {
@@ -274,42 +229,16 @@ impl Actor for NotifyActor {
                 }
             }
         });
-        Ok(NotifyState {
-            bus: args.bus,
-            hub: args.hub,
-            forwarder,
-        })
+        Notify { forwarder }
     }
+}
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut NotifyState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        match request {
-            NotifyRequest::Status => reply(
-                port,
-                Ok(NotifyReply::Status {
-                    connected_clients: state.hub.connected(),
-                }),
-            ),
-        }
-        Ok(())
-    }
+impl Service for Notify {
+    const ROLE: crate::bus::Role = crate::bus::Role::Notify;
+    type Call = NoRequests;
 
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut NotifyState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::Notify, myself.get_cell());
-        state.forwarder.abort();
-        Ok(())
+    async fn stop(&self) {
+        self.forwarder.abort();
     }
 }
 

@@ -1,6 +1,6 @@
 //! The provider role: external data in and out.
 //!
-//! - In: signed ingest (`ProviderRequest::Ingest`, from `POST /api/v1/providers/{name}/ingest`):
+//! - In: signed ingest ([`Ingest`], from `POST /api/v1/providers/{name}/ingest`):
 //!   the role holds the providers' secrets, checks the signature and its age, validates the
 //!   items and stores them as one durable batch (see `crate::providers`).
 //! - In: the random provider, which inserts synthetic items for random existing users at a
@@ -14,27 +14,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use parking_lot::Mutex;
 use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{reply, store, unexpected};
-use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
+use super::store::{GetUser, InsertItems, InsertItemsOnce, SampleUserIds};
+use crate::bus::{Bus, Handler, Service};
 use crate::error::{Error, Result};
 use crate::providers::webhooks::WebhookConfig;
 
+crate::requests! {
+    role Provider, call ProviderCall;
+    Status => "status", direct, ProviderStatus;
+    Ingest => "ingest", durable, Vec<Uuid>;
+}
+
+/// How the random provider is doing.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ProviderRequest {
-    Status,
-    /// An external provider's batch, exactly as received (the signature covers these bytes).
-    Ingest {
-        provider: String,
-        signature: Option<String>,
-        body: String,
-    },
+pub struct Status;
+
+/// An external provider's batch, exactly as received (the signature covers these bytes); the
+/// ids of the stored items, in the order sent.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ingest {
+    pub provider: String,
+    pub signature: Option<String>,
+    pub body: String,
 }
 
 /// How the random provider is doing.
@@ -46,33 +54,6 @@ pub struct ProviderStatus {
     pub achieved_rate: f64,
     pub inserted_total: u64,
     pub failed_total: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ProviderReply {
-    Status(ProviderStatus),
-    /// The ids of the stored items, in the order sent.
-    Ingested(Vec<Uuid>),
-}
-
-pub struct ProviderProtocol;
-
-impl Protocol for ProviderProtocol {
-    const ROLE: Role = Role::Provider;
-    type Request = ProviderRequest;
-    type Reply = ProviderReply;
-    fn kind(request: &ProviderRequest) -> &'static str {
-        match request {
-            ProviderRequest::Status => "status",
-            ProviderRequest::Ingest { .. } => "ingest",
-        }
-    }
-    fn delivery(request: &ProviderRequest) -> Delivery {
-        match request {
-            ProviderRequest::Status => Delivery::Direct,
-            ProviderRequest::Ingest { .. } => Delivery::Durable,
-        }
-    }
 }
 
 /// Tunables of the random provider.
@@ -113,108 +94,86 @@ struct Counters {
     failed: AtomicU64,
 }
 
-pub struct ProviderActor;
-
-pub struct ProviderArgs {
-    pub bus: Bus,
-    pub config: ProviderConfig,
-}
-
-pub struct ProviderState {
+/// The provider role: answers status and ingest, and runs the random provider and the webhooks
+/// until it stops.
+pub struct Provider {
     bus: Bus,
     config: Arc<ProviderConfig>,
     started: Instant,
     counters: Arc<Counters>,
-    generator: Option<JoinHandle<()>>,
-    webhooks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Actor for ProviderActor {
-    type Msg = RoleMessage<ProviderProtocol>;
-    type State = ProviderState;
-    type Arguments = ProviderArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ProviderArgs,
-    ) -> Result<ProviderState, ActorProcessingErr> {
-        args.bus.join(Role::Provider, myself.get_cell());
+impl Provider {
+    /// Starts the random provider (at a rate above zero) and the webhooks.
+    pub fn start(bus: Bus, config: ProviderConfig) -> Provider {
         let counters = Arc::new(Counters::default());
-        let generator = (args.config.rate > 0.0).then(|| {
-            tokio::spawn(random_provider(
-                args.bus.clone(),
-                args.config.clone(),
+        let mut tasks = crate::providers::webhooks::start(&bus, config.webhooks.clone());
+        if config.rate > 0.0 {
+            tasks.push(tokio::spawn(random_provider(
+                bus.clone(),
+                config.clone(),
                 counters.clone(),
-            ))
-        });
-        let webhooks = crate::providers::webhooks::start(&args.bus, args.config.webhooks.clone());
-        Ok(ProviderState {
-            bus: args.bus,
-            config: Arc::new(args.config),
+            )));
+        }
+        Provider {
+            bus,
+            config: Arc::new(config),
             started: Instant::now(),
             counters,
-            generator,
-            webhooks,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut ProviderState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        match request {
-            ProviderRequest::Status => {
-                let inserted = state.counters.inserted.load(Ordering::Relaxed);
-                let elapsed = state.started.elapsed().as_secs_f64().max(1e-3);
-                reply(
-                    port,
-                    Ok(ProviderReply::Status(ProviderStatus {
-                        configured_rate: state.config.rate,
-                        achieved_rate: inserted as f64 / elapsed,
-                        inserted_total: inserted,
-                        failed_total: state.counters.failed.load(Ordering::Relaxed),
-                    })),
-                );
-            }
-            ProviderRequest::Ingest {
-                provider,
-                signature,
-                body,
-            } => {
-                let (bus, config) = (state.bus.clone(), state.config.clone());
-                tokio::spawn(async move {
-                    let outcome =
-                        ingest(&bus, &config, &provider, signature.as_deref(), &body).await;
-                    let label = if outcome.is_ok() { "ok" } else { "refused" };
-                    metrics::counter!("gorgon_provider_ingest_total", "provider" => provider, "outcome" => label)
-                        .increment(1);
-                    reply(port, outcome.map(ProviderReply::Ingested));
-                });
-            }
+            tasks: Mutex::new(tasks),
         }
-        Ok(())
     }
+}
 
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut ProviderState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::Provider, myself.get_cell());
-        if let Some(generator) = state.generator.take() {
-            generator.abort();
-        }
-        for task in state.webhooks.drain(..) {
+impl Service for Provider {
+    const ROLE: crate::bus::Role = crate::bus::Role::Provider;
+    type Call = ProviderCall;
+
+    async fn stop(&self) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
-        Ok(())
+    }
+}
+
+impl Provider {
+    fn status(&self) -> ProviderStatus {
+        let inserted = self.counters.inserted.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        ProviderStatus {
+            configured_rate: self.config.rate,
+            achieved_rate: inserted as f64 / elapsed,
+            inserted_total: inserted,
+            failed_total: self.counters.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Handler<Status> for Provider {
+    fn answer_now(&self, _: Status) -> std::result::Result<Result<ProviderStatus>, Status> {
+        Ok(Ok(self.status()))
+    }
+
+    async fn handle(self: Arc<Self>, _: Status) -> Result<ProviderStatus> {
+        Ok(self.status())
+    }
+}
+
+impl Handler<Ingest> for Provider {
+    async fn handle(self: Arc<Self>, r: Ingest) -> Result<Vec<Uuid>> {
+        let outcome = ingest(
+            &self.bus,
+            &self.config,
+            &r.provider,
+            r.signature.as_deref(),
+            &r.body,
+        )
+        .await;
+        let label = if outcome.is_ok() { "ok" } else { "refused" };
+        metrics::counter!("gorgon_provider_ingest_total", "provider" => r.provider, "outcome" => label)
+            .increment(1);
+        outcome
     }
 }
 
@@ -236,7 +195,7 @@ async fn random_provider(bus: Bus, config: ProviderConfig, counters: Arc<Counter
             Duration::from_secs(30)
         };
         if authors_loaded.is_none_or(|t| t.elapsed() > refresh_after) {
-            match store::sample_user_ids(&bus, 10_000).await {
+            match bus.call(SampleUserIds { limit: 10_000 }).await {
                 Ok(ids) => {
                     authors = ids;
                     authors_loaded = Some(Instant::now());
@@ -263,7 +222,7 @@ async fn random_provider(bus: Bus, config: ProviderConfig, counters: Arc<Counter
                 .collect()
         };
         sent += count as u64;
-        match store::insert_items(&bus, items).await {
+        match bus.call(InsertItems(items)).await {
             Ok(_) => {
                 counters.inserted.fetch_add(count as u64, Ordering::Relaxed);
                 metrics::counter!("gorgon_provider_items_total", "provider" => "random", "outcome" => "ok")
@@ -301,7 +260,7 @@ async fn ingest(
     owners.sort();
     owners.dedup();
     for owner in owners {
-        store::get_user(bus, owner).await.map_err(|e| match e {
+        bus.call(GetUser { id: owner }).await.map_err(|e| match e {
             Error::NotFound(_) => Error::invalid("items.user_id", format!("no user {owner}")),
             other => other,
         })?;
@@ -314,8 +273,12 @@ async fn ingest(
     // A minute past the window's end: nodes' clocks differ a little.
     let expires_at = chrono::DateTime::from_timestamp(signed.timestamp + window + 60, 0)
         .unwrap_or_else(chrono::Utc::now);
-    store::insert_items_once(bus, key, expires_at, items)
-        .await
+    bus.call(InsertItemsOnce {
+        key,
+        expires_at,
+        items,
+    })
+    .await
         .inspect_err(|e| {
             if matches!(e, Error::Conflict(_)) {
                 metrics::counter!("gorgon_provider_ingest_replays_total", "provider" => provider.to_string())
@@ -336,30 +299,4 @@ fn seen_key(provider: &str, tag: &[u8]) -> Vec<u8> {
     digest.update([0]);
     digest.update(tag);
     digest.finalize().to_vec()
-}
-
-/// Hands a signed batch to the provider role; the ids of the stored items.
-pub async fn ingest_signed(
-    bus: &Bus,
-    provider: String,
-    signature: Option<String>,
-    body: String,
-) -> Result<Vec<Uuid>> {
-    let request = ProviderRequest::Ingest {
-        provider,
-        signature,
-        body,
-    };
-    match bus.call::<ProviderProtocol>(request).await? {
-        ProviderReply::Ingested(ids) => Ok(ids),
-        _ => Err(unexpected("provider", "ingest")),
-    }
-}
-
-pub async fn status(bus: &Bus) -> Result<ProviderStatus> {
-    match bus.call::<ProviderProtocol>(ProviderRequest::Status).await {
-        Ok(ProviderReply::Status(s)) => Ok(s),
-        Err(e) => Err(e),
-        _ => Err(unexpected("provider", "status")),
-    }
 }

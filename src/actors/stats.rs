@@ -15,12 +15,10 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{reply, unexpected};
-use crate::bus::{Bus, Delivery, Protocol, Role, RoleMessage};
+use crate::bus::{Bus, Handler, Role, Service};
 use crate::error::Result;
 
 use crate::telemetry::LATENCY_BUCKETS;
@@ -201,10 +199,15 @@ pub fn quantile_ms(buckets: &[u64], q: f64) -> f64 {
     LATENCY_BUCKETS.last().copied().unwrap_or(0.0) * 1000.0
 }
 
+crate::requests! {
+    role Stats, call StatsCall;
+    Snapshot => "snapshot", direct, NodeStats;
+}
+
+/// The node summary with the last `last_seconds` seconds of history.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum StatsRequest {
-    /// The node summary with the last `last_seconds` seconds of history.
-    Snapshot { last_seconds: usize },
+pub struct Snapshot {
+    pub last_seconds: usize,
 }
 
 /// A node's identity and health summary.
@@ -236,136 +239,57 @@ pub struct NodeStats {
     pub cluster_seconds: Vec<Interval>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub enum StatsReply {
-    Snapshot(NodeStats),
-}
-
-pub struct StatsProtocol;
-
-impl Protocol for StatsProtocol {
-    const ROLE: Role = Role::Stats;
-    type Request = StatsRequest;
-    type Reply = StatsReply;
-    fn kind(_: &StatsRequest) -> &'static str {
-        "snapshot"
-    }
-    fn delivery(_: &StatsRequest) -> Delivery {
-        Delivery::Direct
-    }
-}
-
-pub struct StatsActor;
-
-pub struct StatsArgs {
+/// The stats role: answers snapshots of this node (and, clustered, of the cluster).
+pub struct Stats {
     pub bus: Bus,
     pub node_id: String,
     pub roles: Vec<Role>,
+    pub started: Instant,
+    pub started_at: DateTime<Utc>,
     pub hub: Arc<StatsHub>,
+    /// For the queue figures, with `--redis`.
+    pub redis: Option<Arc<crate::bus::RedisLink>>,
+    /// For the cluster's figures, with `--cluster-listen`.
+    pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
 }
 
-pub struct StatsState {
-    bus: Bus,
-    node_id: String,
-    roles: Vec<Role>,
-    started: Instant,
-    started_at: DateTime<Utc>,
-    hub: Arc<StatsHub>,
+impl Service for Stats {
+    const ROLE: Role = Role::Stats;
+    type Call = StatsCall;
 }
 
-impl Actor for StatsActor {
-    type Msg = RoleMessage<StatsProtocol>;
-    type State = StatsState;
-    type Arguments = StatsArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: StatsArgs,
-    ) -> Result<StatsState, ActorProcessingErr> {
-        args.bus.join(Role::Stats, myself.get_cell());
-        metrics::gauge!("gorgon_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-        let started = Instant::now();
-        Ok(StatsState {
-            bus: args.bus,
-            node_id: args.node_id,
-            roles: args.roles,
-            started,
-            started_at: Utc::now(),
-            hub: args.hub,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut StatsState,
-    ) -> Result<(), ActorProcessingErr> {
-        let RoleMessage::Call {
-            request,
-            reply: port,
-        } = message;
-        match request {
-            StatsRequest::Snapshot { last_seconds } => {
-                let uptime = state.started.elapsed().as_secs_f64();
-                let (seconds, minutes) = state.hub.history(last_seconds);
-                let mut snapshot = NodeStats {
-                    node_id: state.node_id.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    roles: state.roles.iter().map(|r| r.name().to_string()).collect(),
-                    started_at: state.started_at,
-                    uptime_seconds: uptime,
-                    users: None,
-                    items: None,
-                    bucket_bounds_ms: LATENCY_BUCKETS.iter().map(|b| b * 1000.0).collect(),
-                    seconds,
-                    minutes,
-                    queues: state
-                        .bus
-                        .redis()
-                        .map(|link| link.queue_figures())
-                        .unwrap_or_default(),
-                    cluster: state.bus.cluster().map(|link| link.view().totals),
-                    cluster_seconds: state
-                        .bus
-                        .cluster()
-                        .map(|link| link.history(last_seconds))
-                        .unwrap_or_default(),
-                };
-                let bus = state.bus.clone();
-                // Counting asks the store: answer from a task so the actor stays free.
-                tokio::spawn(async move {
-                    if let Ok((users, items)) = super::store::counts(&bus).await {
-                        snapshot.users = Some(users);
-                        snapshot.items = Some(items);
-                    }
-                    reply(port, Ok(StatsReply::Snapshot(snapshot)));
-                });
-            }
+impl Handler<Snapshot> for Stats {
+    async fn handle(self: Arc<Self>, r: Snapshot) -> Result<NodeStats> {
+        let (seconds, minutes) = self.hub.history(r.last_seconds);
+        let mut snapshot = NodeStats {
+            node_id: self.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            roles: self.roles.iter().map(|r| r.name().to_string()).collect(),
+            started_at: self.started_at,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            users: None,
+            items: None,
+            bucket_bounds_ms: LATENCY_BUCKETS.iter().map(|b| b * 1000.0).collect(),
+            seconds,
+            minutes,
+            queues: self
+                .redis
+                .as_ref()
+                .map(|link| link.queue_figures())
+                .unwrap_or_default(),
+            cluster: self.cluster.as_ref().map(|link| link.view().totals),
+            cluster_seconds: self
+                .cluster
+                .as_ref()
+                .map(|link| link.history(r.last_seconds))
+                .unwrap_or_default(),
+        };
+        // The counts are for show: a store that cannot answer leaves them out.
+        if let Ok((users, items)) = self.bus.call(super::store::Counts).await {
+            snapshot.users = Some(users);
+            snapshot.items = Some(items);
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut StatsState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.bus.leave(Role::Stats, myself.get_cell());
-        Ok(())
-    }
-}
-
-pub async fn snapshot(bus: &Bus, last_seconds: usize) -> Result<NodeStats> {
-    match bus
-        .call::<StatsProtocol>(StatsRequest::Snapshot { last_seconds })
-        .await
-    {
-        Ok(StatsReply::Snapshot(s)) => Ok(s),
-        Err(e) => Err(e),
-        #[allow(unreachable_patterns)]
-        _ => Err(unexpected("stats", "snapshot")),
+        Ok(snapshot)
     }
 }
 

@@ -1,19 +1,21 @@
 //! The store role: the only role that touches the database.
 //!
-//! Consumes `store_get` (reads, direct) and `store_put` (writes, durable) requests; after a write
-//! commits it publishes a `store_notify` event on the bus: item changes on topic `items`, job
-//! state changes (queued, claimed, finished, retried) on topic `jobs`. Claiming jobs is a write
-//! (durable): it changes their state and lease.
+//! Reads are direct requests, writes durable ones; after a write commits the role publishes an
+//! event on the bus: item changes on topic `items`, job state changes (queued, claimed, finished,
+//! retried) on topic `jobs`, account changes as `user.changed` (for every node's auth cache).
+//! Claiming jobs is a write (durable): it changes their state and lease.
+//!
+//! Every request of the role is declared in the [`requests!`](crate::requests) table below, one
+//! line each, and answered by one `Handler` impl further down.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{unexpected, RoleHandler};
-use crate::bus::{Bus, Delivery, Event, EventKind, Protocol, Role};
+use crate::bus::{Bus, Event, EventKind, Handler, Service};
 use crate::domain::{
     Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Principal, TokenHash, User,
     UserPatch,
@@ -21,186 +23,225 @@ use crate::domain::{
 use crate::error::Result;
 use crate::store::{Page, Store};
 
-/// Requests the store role answers.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum StoreRequest {
-    InsertUser(NewUser),
-    GetUser {
-        id: Uuid,
-    },
-    GetCredentials {
-        email: String,
-    },
-    UpdateUser {
-        id: Uuid,
-        patch: UserPatch,
-    },
-    DeleteUser {
-        id: Uuid,
-    },
-    InsertToken {
-        hash: TokenHash,
-        user_id: Uuid,
-        expires_at: DateTime<Utc>,
-    },
-    GetSession {
-        hash: TokenHash,
-    },
-    DeleteToken {
-        hash: TokenHash,
-    },
-    /// Every session of the user but `keep` (a password change keeps the changer's own).
-    RevokeSessions {
-        user_id: Uuid,
-        keep: Option<TokenHash>,
-    },
-    InsertItem(Item),
-    InsertItems(Vec<Item>),
-    /// A signed ingest batch: stored once per `key` (see `Store::insert_items_once`).
-    InsertItemsOnce {
-        key: Vec<u8>,
-        expires_at: DateTime<Utc>,
-        items: Vec<Item>,
-    },
-    GetItem {
-        id: Uuid,
-    },
-    UpdateItem {
-        id: Uuid,
-        owner: Uuid,
-        patch: ItemPatch,
-    },
-    DeleteItem {
-        id: Uuid,
-        owner: Uuid,
-    },
-    ListUserItems {
-        user_id: Uuid,
-        limit: u32,
-        offset: u32,
-        /// Keyset cursor; absent in messages of older nodes.
-        #[serde(default)]
-        after: Option<Uuid>,
-    },
-    SearchItems {
-        query: String,
-        limit: u32,
-        offset: u32,
-        #[serde(default)]
-        after: Option<Uuid>,
-    },
-    SampleUserIds {
-        limit: u32,
-    },
-    InsertJob(NewJob),
-    GetJob {
-        id: Uuid,
-    },
-    ClaimJobs {
-        lease_ms: u64,
-        limit: u32,
-    },
-    FinishJob {
-        id: Uuid,
-        attempt: u32,
-        outcome: JobOutcome,
-    },
-    RetryJob {
-        id: Uuid,
-    },
-    ListJobs {
-        state: JobState,
-        limit: u32,
-        offset: u32,
-    },
-    PurgeJobs {
-        before: DateTime<Utc>,
-    },
-    Counts,
-    Ping,
+crate::requests! {
+    role Store, call StoreCall;
+    InsertUser => "insert_user", durable, User;
+    GetUser => "get_user", direct, User;
+    GetCredentials => "get_credentials", direct, Credentials;
+    UpdateUser => "update_user", durable, User;
+    DeleteUser => "delete_user", durable, ();
+    InsertToken => "insert_token", durable, ();
+    GetSession => "get_session", direct, Option<(Principal, DateTime<Utc>)>;
+    DeleteToken => "delete_token", durable, ();
+    RevokeSessions => "revoke_sessions", durable, ();
+    InsertItem => "insert_item", durable, Item;
+    InsertItems => "insert_items", durable, usize;
+    InsertItemsOnce => "insert_items_once", durable, usize;
+    GetItem => "get_item", direct, Item;
+    UpdateItem => "update_item", durable, Item;
+    DeleteItem => "delete_item", durable, ();
+    ListUserItems => "list_user_items", direct, Vec<Item>;
+    SearchItems => "search_items", direct, Vec<Item>;
+    SampleUserIds => "sample_user_ids", direct, Vec<Uuid>;
+    InsertJob => "insert_job", durable, JobInserted;
+    GetJob => "get_job", direct, Job;
+    ClaimJobs => "claim_jobs", durable, Vec<Job>;
+    FinishJob => "finish_job", durable, Job;
+    RetryJob => "retry_job", durable, Job;
+    ListJobs => "list_jobs", direct, Vec<Job>;
+    PurgeJobs => "purge_jobs", durable, u64;
+    Counts => "counts", direct, (u64, u64);
+    Ping => "ping", direct, ();
 }
 
-/// Replies of the store role.
+/// Stores a new user (with the argon2id hash of the password, never the password).
 #[derive(Debug, Serialize, Deserialize)]
-pub enum StoreReply {
-    User(User),
-    Credentials { user: User, password_hash: String },
-    Session(Option<(Principal, DateTime<Utc>)>),
-    Item(Item),
-    Items(Vec<Item>),
-    Inserted(usize),
-    UserIds(Vec<Uuid>),
-    Job(Job),
-    JobInserted { job: Job, created: bool },
-    Jobs(Vec<Job>),
-    Purged(u64),
-    Counts { users: u64, items: u64 },
-    Done,
+pub struct InsertUser(pub NewUser);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetUser {
+    pub id: Uuid,
 }
 
-pub struct StoreProtocol;
+/// A user and the hash of their password, by normalised email (for the auth role's checks).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetCredentials {
+    pub email: String,
+}
 
-impl Protocol for StoreProtocol {
-    const ROLE: Role = Role::Store;
-    type Request = StoreRequest;
-    type Reply = StoreReply;
+#[derive(Serialize, Deserialize)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
 
-    fn kind(request: &StoreRequest) -> &'static str {
-        use StoreRequest::*;
-        match request {
-            InsertUser(_) => "insert_user",
-            GetUser { .. } => "get_user",
-            GetCredentials { .. } => "get_credentials",
-            UpdateUser { .. } => "update_user",
-            DeleteUser { .. } => "delete_user",
-            RevokeSessions { .. } => "revoke_sessions",
-            InsertToken { .. } => "insert_token",
-            GetSession { .. } => "get_session",
-            DeleteToken { .. } => "delete_token",
-            InsertItem(_) => "insert_item",
-            InsertItems(_) => "insert_items",
-            InsertItemsOnce { .. } => "insert_items_once",
-            GetItem { .. } => "get_item",
-            UpdateItem { .. } => "update_item",
-            DeleteItem { .. } => "delete_item",
-            ListUserItems { .. } => "list_user_items",
-            SearchItems { .. } => "search_items",
-            SampleUserIds { .. } => "sample_user_ids",
-            InsertJob(_) => "insert_job",
-            GetJob { .. } => "get_job",
-            ClaimJobs { .. } => "claim_jobs",
-            FinishJob { .. } => "finish_job",
-            RetryJob { .. } => "retry_job",
-            ListJobs { .. } => "list_jobs",
-            PurgeJobs { .. } => "purge_jobs",
-            Counts => "counts",
-            Ping => "ping",
-        }
-    }
-
-    fn delivery(request: &StoreRequest) -> Delivery {
-        use StoreRequest::*;
-        match request {
-            InsertUser(_)
-            | UpdateUser { .. }
-            | DeleteUser { .. }
-            | RevokeSessions { .. }
-            | InsertToken { .. }
-            | DeleteToken { .. }
-            | InsertItem(_)
-            | InsertItems(_)
-            | InsertItemsOnce { .. }
-            | UpdateItem { .. }
-            | DeleteItem { .. }
-            | InsertJob(_)
-            | ClaimJobs { .. }
-            | FinishJob { .. }
-            | RetryJob { .. }
-            | PurgeJobs { .. } => Delivery::Durable,
-            _ => Delivery::Direct,
-        }
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password_hash", &"***")
+            .finish()
     }
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateUser {
+    pub id: Uuid,
+    pub patch: UserPatch,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteUser {
+    pub id: Uuid,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InsertToken {
+    pub hash: TokenHash,
+    pub user_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetSession {
+    pub hash: TokenHash,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteToken {
+    pub hash: TokenHash,
+}
+
+/// Every session of the user but `keep` (a password change keeps the changer's own).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokeSessions {
+    pub user_id: Uuid,
+    pub keep: Option<TokenHash>,
+}
+
+/// Stores an item whose id the caller chose: a redelivery stores nothing twice.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InsertItem(pub Item);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InsertItems(pub Vec<Item>);
+
+/// A signed ingest batch: stored once per `key` (see `Store::insert_items_once`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InsertItemsOnce {
+    pub key: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetItem {
+    pub id: Uuid,
+}
+
+/// Changes an item of `owner`'s (anyone else's is "not found").
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateItem {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub patch: ItemPatch,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteItem {
+    pub id: Uuid,
+    pub owner: Uuid,
+}
+
+/// A user's items, newest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListUserItems {
+    pub user_id: Uuid,
+    pub limit: u32,
+    pub offset: u32,
+    /// Keyset cursor; absent in messages of older nodes.
+    #[serde(default)]
+    pub after: Option<Uuid>,
+}
+
+/// Items matching every word of `query`, newest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchItems {
+    pub query: String,
+    pub limit: u32,
+    pub offset: u32,
+    #[serde(default)]
+    pub after: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SampleUserIds {
+    pub limit: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InsertJob(pub NewJob);
+
+/// A stored job; `created` is false when its idempotency key had stored it before.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobInserted {
+    pub job: Job,
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetJob {
+    pub id: Uuid,
+}
+
+/// Leases up to `limit` due jobs for `lease_ms`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClaimJobs {
+    pub lease_ms: u64,
+    pub limit: u32,
+}
+
+impl ClaimJobs {
+    pub fn new(lease: Duration, limit: u32) -> ClaimJobs {
+        ClaimJobs {
+            lease_ms: lease.as_millis().min(u64::MAX as u128) as u64,
+            limit,
+        }
+    }
+}
+
+/// Records an attempt's outcome; matched on `attempt`, so a stale worker changes nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FinishJob {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub outcome: JobOutcome,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RetryJob {
+    pub id: Uuid,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListJobs {
+    pub state: JobState,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Deletes finished jobs older than `before`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PurgeJobs {
+    pub before: DateTime<Utc>,
+}
+
+/// Users and items in the store.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Counts;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ping;
 
 /// The store role's handler: runs requests against the backend, publishes events after writes.
 pub struct StoreHandler {
@@ -208,42 +249,274 @@ pub struct StoreHandler {
     pub bus: Bus,
 }
 
-impl RoleHandler for StoreHandler {
-    type Protocol = StoreProtocol;
+impl Service for StoreHandler {
+    const ROLE: crate::bus::Role = crate::bus::Role::Store;
+    type Call = StoreCall;
 
+    fn observe(&self, kind: &'static str, elapsed: Duration) {
+        metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+impl Handler<InsertUser> for StoreHandler {
+    async fn handle(self: Arc<Self>, InsertUser(user): InsertUser) -> Result<User> {
+        self.store.insert_user(user).await
+    }
+}
+
+impl Handler<GetUser> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetUser) -> Result<User> {
+        self.store.get_user(r.id).await
+    }
+}
+
+impl Handler<GetCredentials> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetCredentials) -> Result<Credentials> {
+        let found = self.store.get_credentials(&r.email).await?;
+        Ok(Credentials {
+            user: found.user,
+            password_hash: found.password_hash,
+        })
+    }
+}
+
+impl Handler<UpdateUser> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: UpdateUser) -> Result<User> {
+        let user = self.store.update_user(r.id, r.patch).await?;
+        self.bus.publish(Event::user_changed(r.id));
+        Ok(user)
+    }
+}
+
+impl Handler<DeleteUser> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: DeleteUser) -> Result<()> {
+        self.store.delete_user(r.id).await?;
+        self.bus.publish(Event::user_changed(r.id));
+        Ok(())
+    }
+}
+
+impl Handler<InsertToken> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: InsertToken) -> Result<()> {
+        self.store
+            .insert_token(r.hash, r.user_id, r.expires_at)
+            .await
+    }
+}
+
+impl Handler<GetSession> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetSession) -> Result<Option<(Principal, DateTime<Utc>)>> {
+        self.store.get_session(r.hash).await
+    }
+}
+
+impl Handler<DeleteToken> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: DeleteToken) -> Result<()> {
+        if let Some(owner) = self.store.delete_token(r.hash).await? {
+            // Other nodes may hold the token in their caches.
+            self.bus.publish(Event::user_changed(owner));
+        }
+        Ok(())
+    }
+}
+
+impl Handler<RevokeSessions> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: RevokeSessions) -> Result<()> {
+        self.store.revoke_sessions(r.user_id, r.keep).await?;
+        self.bus.publish(Event::user_changed(r.user_id));
+        Ok(())
+    }
+}
+
+impl Handler<InsertItem> for StoreHandler {
+    async fn handle(self: Arc<Self>, InsertItem(item): InsertItem) -> Result<Item> {
+        let item = self.store.insert_item(item).await?;
+        self.bus.publish(item_event(EventKind::ItemCreated, &item));
+        Ok(item)
+    }
+}
+
+impl Handler<InsertItems> for StoreHandler {
+    async fn handle(self: Arc<Self>, InsertItems(items): InsertItems) -> Result<usize> {
+        let events: Vec<Event> = items
+            .iter()
+            .map(|i| item_event(EventKind::ItemCreated, i))
+            .collect();
+        let inserted = self.store.insert_items(items).await?;
+        events.into_iter().for_each(|e| self.bus.publish(e));
+        Ok(inserted)
+    }
+}
+
+impl Handler<InsertItemsOnce> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: InsertItemsOnce) -> Result<usize> {
+        let events: Vec<Event> = r
+            .items
+            .iter()
+            .map(|i| item_event(EventKind::ItemCreated, i))
+            .collect();
+        let inserted = self
+            .store
+            .insert_items_once(r.key, r.expires_at, r.items)
+            .await?;
+        events.into_iter().for_each(|e| self.bus.publish(e));
+        Ok(inserted)
+    }
+}
+
+impl Handler<GetItem> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetItem) -> Result<Item> {
+        self.store.get_item(r.id).await
+    }
+}
+
+impl Handler<UpdateItem> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: UpdateItem) -> Result<Item> {
+        let item = self.store.update_item(r.id, r.owner, r.patch).await?;
+        self.bus.publish(item_event(EventKind::ItemUpdated, &item));
+        Ok(item)
+    }
+}
+
+impl Handler<DeleteItem> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: DeleteItem) -> Result<()> {
+        let item = self.store.delete_item(r.id, r.owner).await?;
+        self.bus.publish(item_event(EventKind::ItemDeleted, &item));
+        Ok(())
+    }
+}
+
+impl ListUserItems {
+    pub fn new(user_id: Uuid, page: Page) -> ListUserItems {
+        ListUserItems {
+            user_id,
+            limit: page.limit,
+            offset: page.offset,
+            after: page.after,
+        }
+    }
+
+    fn page(&self) -> Page {
+        Page {
+            limit: self.limit,
+            offset: self.offset,
+            after: self.after,
+        }
+    }
+}
+
+impl Handler<ListUserItems> for StoreHandler {
     /// A user's newest items held in memory are answered by the actor itself, without a task.
     fn answer_now(
         &self,
-        request: StoreRequest,
-    ) -> std::result::Result<Result<StoreReply>, StoreRequest> {
-        if let StoreRequest::ListUserItems {
-            user_id,
-            limit,
-            offset,
-            after,
-        } = request
-        {
-            if let Some(items) = self.store.recent_user_items(
-                user_id,
-                Page {
-                    limit,
-                    offset,
-                    after,
-                },
-            ) {
-                return Ok(Ok(StoreReply::Items(items)));
-            }
+        r: ListUserItems,
+    ) -> std::result::Result<Result<Vec<Item>>, ListUserItems> {
+        match self.store.recent_user_items(r.user_id, r.page()) {
+            Some(items) => Ok(Ok(items)),
+            None => Err(r),
         }
-        Err(request)
     }
 
-    async fn handle(self: Arc<Self>, request: StoreRequest) -> Result<StoreReply> {
-        let kind = StoreProtocol::kind(&request);
-        let started = Instant::now();
-        let result = execute(self.store.as_ref(), &self.bus, request).await;
-        metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
-            .record(started.elapsed().as_secs_f64());
-        result
+    async fn handle(self: Arc<Self>, r: ListUserItems) -> Result<Vec<Item>> {
+        self.store.list_user_items(r.user_id, r.page()).await
+    }
+}
+
+impl SearchItems {
+    pub fn new(query: String, page: Page) -> SearchItems {
+        SearchItems {
+            query,
+            limit: page.limit,
+            offset: page.offset,
+            after: page.after,
+        }
+    }
+}
+
+impl Handler<SearchItems> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: SearchItems) -> Result<Vec<Item>> {
+        let page = Page {
+            limit: r.limit,
+            offset: r.offset,
+            after: r.after,
+        };
+        self.store.search_items(&r.query, page).await
+    }
+}
+
+impl Handler<SampleUserIds> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: SampleUserIds) -> Result<Vec<Uuid>> {
+        self.store.sample_user_ids(r.limit).await
+    }
+}
+
+impl Handler<InsertJob> for StoreHandler {
+    async fn handle(self: Arc<Self>, InsertJob(job): InsertJob) -> Result<JobInserted> {
+        let (job, created) = self.store.insert_job(job).await?;
+        if created {
+            self.bus.publish(job_event(&job));
+        }
+        Ok(JobInserted { job, created })
+    }
+}
+
+impl Handler<GetJob> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetJob) -> Result<Job> {
+        self.store.get_job(r.id).await
+    }
+}
+
+impl Handler<ClaimJobs> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: ClaimJobs) -> Result<Vec<Job>> {
+        let jobs = self
+            .store
+            .claim_jobs(Duration::from_millis(r.lease_ms), r.limit)
+            .await?;
+        jobs.iter().for_each(|j| self.bus.publish(job_event(j)));
+        Ok(jobs)
+    }
+}
+
+impl Handler<FinishJob> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: FinishJob) -> Result<Job> {
+        let job = self.store.finish_job(r.id, r.attempt, r.outcome).await?;
+        self.bus.publish(job_event(&job));
+        Ok(job)
+    }
+}
+
+impl Handler<RetryJob> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: RetryJob) -> Result<Job> {
+        let job = self.store.retry_job(r.id).await?;
+        self.bus.publish(job_event(&job));
+        Ok(job)
+    }
+}
+
+impl Handler<ListJobs> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: ListJobs) -> Result<Vec<Job>> {
+        self.store
+            .list_jobs(r.state, Page::new(r.limit, r.offset))
+            .await
+    }
+}
+
+impl Handler<PurgeJobs> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: PurgeJobs) -> Result<u64> {
+        self.store.purge_jobs(r.before).await
+    }
+}
+
+impl Handler<Counts> for StoreHandler {
+    async fn handle(self: Arc<Self>, _: Counts) -> Result<(u64, u64)> {
+        self.store.counts().await
+    }
+}
+
+impl Handler<Ping> for StoreHandler {
+    async fn handle(self: Arc<Self>, _: Ping) -> Result<()> {
+        self.store.ping().await
     }
 }
 
@@ -281,343 +554,4 @@ fn job_event(job: &Job) -> Event {
         at: crate::domain::now(),
         data,
     }
-}
-
-async fn execute(store: &dyn Store, bus: &Bus, request: StoreRequest) -> Result<StoreReply> {
-    use StoreRequest::*;
-    Ok(match request {
-        InsertUser(user) => StoreReply::User(store.insert_user(user).await?),
-        GetUser { id } => StoreReply::User(store.get_user(id).await?),
-        GetCredentials { email } => {
-            let c = store.get_credentials(&email).await?;
-            StoreReply::Credentials {
-                user: c.user,
-                password_hash: c.password_hash,
-            }
-        }
-        UpdateUser { id, patch } => {
-            let user = store.update_user(id, patch).await?;
-            bus.publish(Event::user_changed(id));
-            StoreReply::User(user)
-        }
-        DeleteUser { id } => {
-            store.delete_user(id).await?;
-            bus.publish(Event::user_changed(id));
-            StoreReply::Done
-        }
-        RevokeSessions { user_id, keep } => {
-            store.revoke_sessions(user_id, keep).await?;
-            bus.publish(Event::user_changed(user_id));
-            StoreReply::Done
-        }
-        InsertToken {
-            hash,
-            user_id,
-            expires_at,
-        } => {
-            store.insert_token(hash, user_id, expires_at).await?;
-            StoreReply::Done
-        }
-        GetSession { hash } => StoreReply::Session(store.get_session(hash).await?),
-        DeleteToken { hash } => {
-            if let Some(owner) = store.delete_token(hash).await? {
-                // Other nodes may hold the token in their caches.
-                bus.publish(Event::user_changed(owner));
-            }
-            StoreReply::Done
-        }
-        InsertItem(item) => {
-            let item = store.insert_item(item).await?;
-            bus.publish(item_event(EventKind::ItemCreated, &item));
-            StoreReply::Item(item)
-        }
-        InsertItems(items) => {
-            let events: Vec<Event> = items
-                .iter()
-                .map(|i| item_event(EventKind::ItemCreated, i))
-                .collect();
-            let inserted = store.insert_items(items).await?;
-            events.into_iter().for_each(|e| bus.publish(e));
-            StoreReply::Inserted(inserted)
-        }
-        InsertItemsOnce {
-            key,
-            expires_at,
-            items,
-        } => {
-            let events: Vec<Event> = items
-                .iter()
-                .map(|i| item_event(EventKind::ItemCreated, i))
-                .collect();
-            let inserted = store.insert_items_once(key, expires_at, items).await?;
-            events.into_iter().for_each(|e| bus.publish(e));
-            StoreReply::Inserted(inserted)
-        }
-        GetItem { id } => StoreReply::Item(store.get_item(id).await?),
-        UpdateItem { id, owner, patch } => {
-            let item = store.update_item(id, owner, patch).await?;
-            bus.publish(item_event(EventKind::ItemUpdated, &item));
-            StoreReply::Item(item)
-        }
-        DeleteItem { id, owner } => {
-            let item = store.delete_item(id, owner).await?;
-            bus.publish(item_event(EventKind::ItemDeleted, &item));
-            StoreReply::Done
-        }
-        ListUserItems {
-            user_id,
-            limit,
-            offset,
-            after,
-        } => StoreReply::Items(
-            store
-                .list_user_items(
-                    user_id,
-                    Page {
-                        limit,
-                        offset,
-                        after,
-                    },
-                )
-                .await?,
-        ),
-        SearchItems {
-            query,
-            limit,
-            offset,
-            after,
-        } => StoreReply::Items(
-            store
-                .search_items(
-                    &query,
-                    Page {
-                        limit,
-                        offset,
-                        after,
-                    },
-                )
-                .await?,
-        ),
-        SampleUserIds { limit } => StoreReply::UserIds(store.sample_user_ids(limit).await?),
-        InsertJob(job) => {
-            let (job, created) = store.insert_job(job).await?;
-            if created {
-                bus.publish(job_event(&job));
-            }
-            StoreReply::JobInserted { job, created }
-        }
-        GetJob { id } => StoreReply::Job(store.get_job(id).await?),
-        ClaimJobs { lease_ms, limit } => {
-            let jobs = store
-                .claim_jobs(std::time::Duration::from_millis(lease_ms), limit)
-                .await?;
-            jobs.iter().for_each(|j| bus.publish(job_event(j)));
-            StoreReply::Jobs(jobs)
-        }
-        FinishJob {
-            id,
-            attempt,
-            outcome,
-        } => {
-            let job = store.finish_job(id, attempt, outcome).await?;
-            bus.publish(job_event(&job));
-            StoreReply::Job(job)
-        }
-        RetryJob { id } => {
-            let job = store.retry_job(id).await?;
-            bus.publish(job_event(&job));
-            StoreReply::Job(job)
-        }
-        ListJobs {
-            state,
-            limit,
-            offset,
-        } => StoreReply::Jobs(store.list_jobs(state, Page::new(limit, offset)).await?),
-        PurgeJobs { before } => StoreReply::Purged(store.purge_jobs(before).await?),
-        Counts => {
-            let (users, items) = store.counts().await?;
-            StoreReply::Counts { users, items }
-        }
-        Ping => {
-            store.ping().await?;
-            StoreReply::Done
-        }
-    })
-}
-
-// ---- typed client -------------------------------------------------------------------------
-
-async fn call(bus: &Bus, request: StoreRequest) -> Result<StoreReply> {
-    bus.call::<StoreProtocol>(request).await
-}
-
-macro_rules! expect {
-    ($reply:expr, $pat:pat => $out:expr, $kind:literal) => {
-        match $reply {
-            $pat => Ok($out),
-            _ => Err(unexpected("store", $kind)),
-        }
-    };
-}
-
-pub async fn insert_user(bus: &Bus, user: NewUser) -> Result<User> {
-    expect!(call(bus, StoreRequest::InsertUser(user)).await?, StoreReply::User(u) => u, "insert_user")
-}
-
-pub async fn get_user(bus: &Bus, id: Uuid) -> Result<User> {
-    expect!(call(bus, StoreRequest::GetUser { id }).await?, StoreReply::User(u) => u, "get_user")
-}
-
-pub async fn get_credentials(bus: &Bus, email: String) -> Result<(User, String)> {
-    expect!(
-        call(bus, StoreRequest::GetCredentials { email }).await?,
-        StoreReply::Credentials { user, password_hash } => (user, password_hash),
-        "get_credentials"
-    )
-}
-
-pub async fn update_user(bus: &Bus, id: Uuid, patch: UserPatch) -> Result<User> {
-    expect!(call(bus, StoreRequest::UpdateUser { id, patch }).await?, StoreReply::User(u) => u, "update_user")
-}
-
-pub async fn delete_user(bus: &Bus, id: Uuid) -> Result<()> {
-    expect!(call(bus, StoreRequest::DeleteUser { id }).await?, StoreReply::Done => (), "delete_user")
-}
-
-pub async fn revoke_sessions(bus: &Bus, user_id: Uuid, keep: Option<TokenHash>) -> Result<()> {
-    expect!(call(bus, StoreRequest::RevokeSessions { user_id, keep }).await?, StoreReply::Done => (), "revoke_sessions")
-}
-
-pub async fn insert_token(
-    bus: &Bus,
-    hash: TokenHash,
-    user_id: Uuid,
-    expires_at: DateTime<Utc>,
-) -> Result<()> {
-    expect!(
-        call(bus, StoreRequest::InsertToken { hash, user_id, expires_at }).await?,
-        StoreReply::Done => (),
-        "insert_token"
-    )
-}
-
-pub async fn get_session(bus: &Bus, hash: TokenHash) -> Result<Option<(Principal, DateTime<Utc>)>> {
-    expect!(call(bus, StoreRequest::GetSession { hash }).await?, StoreReply::Session(s) => s, "get_session")
-}
-
-pub async fn delete_token(bus: &Bus, hash: TokenHash) -> Result<()> {
-    expect!(call(bus, StoreRequest::DeleteToken { hash }).await?, StoreReply::Done => (), "delete_token")
-}
-
-pub async fn insert_item(bus: &Bus, item: Item) -> Result<Item> {
-    expect!(call(bus, StoreRequest::InsertItem(item)).await?, StoreReply::Item(i) => i, "insert_item")
-}
-
-pub async fn insert_items(bus: &Bus, items: Vec<Item>) -> Result<usize> {
-    expect!(call(bus, StoreRequest::InsertItems(items)).await?, StoreReply::Inserted(n) => n, "insert_items")
-}
-
-/// Stores a signed ingest batch once per `key`; `Conflict` for a replay (see
-/// `Store::insert_items_once`).
-pub async fn insert_items_once(
-    bus: &Bus,
-    key: Vec<u8>,
-    expires_at: DateTime<Utc>,
-    items: Vec<Item>,
-) -> Result<usize> {
-    expect!(
-        call(bus, StoreRequest::InsertItemsOnce { key, expires_at, items }).await?,
-        StoreReply::Inserted(n) => n,
-        "insert_items_once"
-    )
-}
-
-pub async fn get_item(bus: &Bus, id: Uuid) -> Result<Item> {
-    expect!(call(bus, StoreRequest::GetItem { id }).await?, StoreReply::Item(i) => i, "get_item")
-}
-
-pub async fn update_item(bus: &Bus, id: Uuid, owner: Uuid, patch: ItemPatch) -> Result<Item> {
-    expect!(
-        call(bus, StoreRequest::UpdateItem { id, owner, patch }).await?,
-        StoreReply::Item(i) => i,
-        "update_item"
-    )
-}
-
-pub async fn delete_item(bus: &Bus, id: Uuid, owner: Uuid) -> Result<()> {
-    expect!(call(bus, StoreRequest::DeleteItem { id, owner }).await?, StoreReply::Done => (), "delete_item")
-}
-
-pub async fn list_user_items(bus: &Bus, user_id: Uuid, page: Page) -> Result<Vec<Item>> {
-    expect!(
-        call(bus, StoreRequest::ListUserItems { user_id, limit: page.limit, offset: page.offset, after: page.after }).await?,
-        StoreReply::Items(i) => i,
-        "list_user_items"
-    )
-}
-
-pub async fn search_items(bus: &Bus, query: String, page: Page) -> Result<Vec<Item>> {
-    expect!(
-        call(bus, StoreRequest::SearchItems { query, limit: page.limit, offset: page.offset, after: page.after }).await?,
-        StoreReply::Items(i) => i,
-        "search_items"
-    )
-}
-
-pub async fn sample_user_ids(bus: &Bus, limit: u32) -> Result<Vec<Uuid>> {
-    expect!(call(bus, StoreRequest::SampleUserIds { limit }).await?, StoreReply::UserIds(ids) => ids, "sample_user_ids")
-}
-
-pub async fn counts(bus: &Bus) -> Result<(u64, u64)> {
-    expect!(call(bus, StoreRequest::Counts).await?, StoreReply::Counts { users, items } => (users, items), "counts")
-}
-
-pub async fn ping(bus: &Bus) -> Result<()> {
-    expect!(call(bus, StoreRequest::Ping).await?, StoreReply::Done => (), "ping")
-}
-
-/// Stores a new job; `(job, false)` when its idempotency key had already stored it.
-pub async fn insert_job(bus: &Bus, job: NewJob) -> Result<(Job, bool)> {
-    expect!(
-        call(bus, StoreRequest::InsertJob(job)).await?,
-        StoreReply::JobInserted { job, created } => (job, created),
-        "insert_job"
-    )
-}
-
-pub async fn get_job(bus: &Bus, id: Uuid) -> Result<Job> {
-    expect!(call(bus, StoreRequest::GetJob { id }).await?, StoreReply::Job(j) => j, "get_job")
-}
-
-pub async fn claim_jobs(bus: &Bus, lease: std::time::Duration, limit: u32) -> Result<Vec<Job>> {
-    let lease_ms = lease.as_millis().min(u64::MAX as u128) as u64;
-    expect!(
-        call(bus, StoreRequest::ClaimJobs { lease_ms, limit }).await?,
-        StoreReply::Jobs(j) => j,
-        "claim_jobs"
-    )
-}
-
-pub async fn finish_job(bus: &Bus, id: Uuid, attempt: u32, outcome: JobOutcome) -> Result<Job> {
-    expect!(
-        call(bus, StoreRequest::FinishJob { id, attempt, outcome }).await?,
-        StoreReply::Job(j) => j,
-        "finish_job"
-    )
-}
-
-pub async fn retry_job(bus: &Bus, id: Uuid) -> Result<Job> {
-    expect!(call(bus, StoreRequest::RetryJob { id }).await?, StoreReply::Job(j) => j, "retry_job")
-}
-
-pub async fn list_jobs(bus: &Bus, state: JobState, page: Page) -> Result<Vec<Job>> {
-    expect!(
-        call(bus, StoreRequest::ListJobs { state, limit: page.limit, offset: page.offset }).await?,
-        StoreReply::Jobs(j) => j,
-        "list_jobs"
-    )
-}
-
-pub async fn purge_jobs(bus: &Bus, before: DateTime<Utc>) -> Result<u64> {
-    expect!(call(bus, StoreRequest::PurgeJobs { before }).await?, StoreReply::Purged(n) => n, "purge_jobs")
 }

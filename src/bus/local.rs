@@ -1,56 +1,290 @@
-//! The in-process transport: a request is a `ractor` call to a local member of the role's group.
+//! The in-process side of the bus: the actor every role runs in, calls to a local instance, and
+//! the door through which requests from other processes reach one.
+//!
+//! A role is a [`Service`] (its handler) inside a [`RoleActor`]: the actor joins the node's
+//! process group of the role, hands each call to the handler (on a bounded task when it must
+//! wait), and on stop leaves the group, waits for running requests and stops the service.
+//! Requests from a transport arrive as bytes: [`answer`] decodes them with the codec of the
+//! transport into the role's `Call`, hands them to a local instance and encodes the reply.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, Semaphore};
 
-use super::{Bus, Protocol, Role};
+use super::message::{Call, Codec, Dispatch, Encoded, Replier, Request, Service};
+use super::{Bus, Role};
 use crate::error::{Error, Result};
 
-/// What every role actor receives from the bus.
-pub enum RoleMessage<P: Protocol> {
-    Call {
-        request: P::Request,
-        reply: RpcReplyPort<Result<P::Reply>>,
-    },
+/// What a role's actor receives: one of its requests and where the reply goes.
+pub struct Inbound<C> {
+    pub call: C,
+    pub reply: Replier,
 }
 
-// In-process only (a reply port cannot cross a socket): never announced to cluster peers; the
-// role's gateway (`crate::cluster::gateway`) is.
-impl<P: Protocol> ractor::Message for RoleMessage<P> {}
+// In-process only (a reply port cannot cross a socket): transports hand requests in through
+// [`answer`].
+impl<C: Send + 'static> ractor::Message for Inbound<C> {}
+
+/// The actor of a role: the same around every [`Service`].
+pub struct RoleActor<S>(PhantomData<fn() -> S>);
+
+impl<S> Default for RoleActor<S> {
+    fn default() -> Self {
+        RoleActor(PhantomData)
+    }
+}
+
+pub struct RoleArgs<S> {
+    pub service: S,
+    pub bus: Bus,
+    /// Requests handled at once; more wait in the mailbox.
+    pub concurrency: usize,
+}
+
+pub struct RoleState<S> {
+    service: Arc<S>,
+    bus: Bus,
+    inflight: Inflight,
+}
+
+impl<S: Service> Actor for RoleActor<S> {
+    type Msg = Inbound<S::Call>;
+    type State = RoleState<S>;
+    type Arguments = RoleArgs<S>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RoleArgs<S>,
+    ) -> std::result::Result<RoleState<S>, ActorProcessingErr> {
+        args.bus.join::<S>(myself.get_cell());
+        Ok(RoleState {
+            service: Arc::new(args.service),
+            bus: args.bus,
+            inflight: Inflight::new(args.concurrency),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut RoleState<S>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let Inbound { call, reply } = message;
+        let kind = call.kind();
+        let started = Instant::now();
+        match call.dispatch(&state.service, reply) {
+            None => state.service.observe(kind, started.elapsed()),
+            Some(work) => {
+                let service = state.service.clone();
+                state
+                    .inflight
+                    .spawn(async move {
+                        work.await;
+                        service.observe(kind, started.elapsed());
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut RoleState<S>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        state.bus.leave(S::ROLE, myself.get_cell());
+        state.inflight.drain().await;
+        state.service.stop().await;
+        Ok(())
+    }
+}
+
+/// Runs a role's requests on their own tasks, at most `limit` at a time.
+///
+/// An actor handles one message at a time; a request that waits (on another role, a commit or a
+/// password hash) would hold up every request behind it. So the actor hands each request to a
+/// task and moves on. When `limit` tasks are running, the actor waits for a slot before taking
+/// its next message: work stays bounded and the mailbox is the queue.
+#[derive(Clone)]
+pub struct Inflight {
+    slots: Arc<Semaphore>,
+    limit: u32,
+}
+
+impl Inflight {
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        Inflight {
+            slots: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
+    pub async fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self.slots.clone().acquire_owned().await {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            // Closed only by `drain`, after which no new work is accepted.
+            Err(_) => tracing::warn!("request dropped: the role is shutting down"),
+        }
+    }
+
+    /// Waits until every running request has finished, then refuses new ones.
+    pub async fn drain(&self) {
+        if let Ok(all) = self.slots.acquire_many(self.limit).await {
+            all.forget();
+        }
+        self.slots.close();
+    }
+}
 
 pub(super) fn has_members(bus: &Bus, role: Role) -> bool {
     !ractor::pg::get_scoped_local_members(bus.scope(), &role.group()).is_empty()
 }
 
-pub(super) async fn call<P: Protocol>(
-    bus: &Bus,
-    request: P::Request,
-    timeout: Duration,
-) -> Result<P::Reply> {
-    let members = ractor::pg::get_scoped_local_members(bus.scope(), &P::ROLE.group());
+/// One local instance of `role` (round-robin), as the actor of its `Call`.
+fn pick<C: Call>(bus: &Bus, role: Role) -> Result<ActorRef<Inbound<C>>> {
+    let members = ractor::pg::get_scoped_local_members(bus.scope(), &role.group());
     if members.is_empty() {
         return Err(Error::Unavailable(format!(
-            "no {} role is reachable from this node",
-            P::ROLE
+            "no {role} role is reachable from this node"
         )));
     }
-    let index = bus.next_index(P::ROLE, members.len());
-    let actor: ActorRef<RoleMessage<P>> = members[index].clone().into();
-    let outcome = actor
-        .call(|reply| RoleMessage::Call { request, reply }, Some(timeout))
-        .await;
-    match outcome {
-        Ok(CallResult::Success(reply)) => reply,
-        Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
-            "the {} role did not answer within {} ms",
-            P::ROLE,
-            timeout.as_millis()
-        ))),
-        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable(format!(
-            "the {} role stopped before answering",
-            P::ROLE
-        ))),
+    let index = bus.next_index(role, members.len());
+    Ok(members[index].clone().into())
+}
+
+fn stopped(role: Role) -> Error {
+    Error::Unavailable(format!("the {role} role stopped before answering"))
+}
+
+fn late(role: Role, timeout: Duration) -> Error {
+    Error::Timeout(format!(
+        "the {role} role did not answer within {} ms",
+        timeout.as_millis()
+    ))
+}
+
+/// Calls a local instance of the request's role, with no encoding at all.
+pub(super) async fn call<R: Request>(bus: &Bus, request: R, timeout: Duration) -> Result<R::Reply> {
+    let role = <R::Call as Call>::ROLE;
+    let actor = pick::<R::Call>(bus, role)?;
+    let (port, answer) = oneshot::channel::<Result<R::Reply>>();
+    let message = Inbound {
+        call: R::Call::from(request),
+        reply: Replier::local(port),
+    };
+    actor.send_message(message).map_err(|_| stopped(role))?;
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(stopped(role)),
+        Err(_) => Err(late(role, timeout)),
+    }
+}
+
+/// What became of a request that arrived as bytes.
+pub enum Answered {
+    /// The bytes are not a request of the role: the reason.
+    Undecodable(String),
+    /// Handled (or failed): the reply, encoded with the transport's codec.
+    Done(Encoded),
+}
+
+/// Decodes bytes into a role's requests and hands them to a local instance.
+trait Endpoint: Send + Sync {
+    fn answer(&self, bus: Bus, bytes: &[u8], codec: Codec) -> BoxFuture<'static, Answered>;
+}
+
+struct EndpointOf<C>(PhantomData<fn() -> C>);
+
+impl<C: Call> Endpoint for EndpointOf<C> {
+    fn answer(&self, bus: Bus, bytes: &[u8], codec: Codec) -> BoxFuture<'static, Answered> {
+        let call = match codec.decode::<C>(bytes) {
+            Ok(call) => call,
+            Err(e) => {
+                return Box::pin(async move {
+                    Answered::Undecodable(format!("not a {} request: {e}", C::ROLE))
+                })
+            }
+        };
+        Box::pin(async move {
+            let role = C::ROLE;
+            let timeout = bus.timeout(call.delivery());
+            let failed = |error: Error| {
+                Answered::Done(Encoded {
+                    bytes: codec.encode_reply::<()>(&Err(error.clone())),
+                    error: Some(error),
+                })
+            };
+            let actor = match pick::<C>(&bus, role) {
+                Ok(actor) => actor,
+                Err(e) => return failed(e),
+            };
+            let (port, answer) = oneshot::channel();
+            let message = Inbound {
+                call,
+                reply: Replier::Encoded(codec, port),
+            };
+            if actor.send_message(message).is_err() {
+                return failed(stopped(role));
+            }
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(encoded)) => Answered::Done(encoded),
+                Ok(Err(_)) => failed(stopped(role)),
+                Err(_) => failed(late(role, timeout)),
+            }
+        })
+    }
+}
+
+/// The endpoints of the roles running in this process, by role.
+#[derive(Default)]
+pub(super) struct Endpoints(RwLock<HashMap<Role, Arc<dyn Endpoint>>>);
+
+impl Endpoints {
+    pub(super) fn add<C: Call>(&self, role: Role) {
+        self.0
+            .write()
+            .entry(role)
+            .or_insert_with(|| Arc::new(EndpointOf::<C>(PhantomData)));
+    }
+
+    /// Hands a request that arrived as bytes to a local instance of `role`.
+    pub(super) async fn answer(
+        &self,
+        bus: &Bus,
+        role: Role,
+        bytes: &[u8],
+        codec: Codec,
+    ) -> Answered {
+        let endpoint = self.0.read().get(&role).cloned();
+        match endpoint {
+            Some(endpoint) => endpoint.answer(bus.clone(), bytes, codec).await,
+            None => Answered::Done(Encoded {
+                bytes: codec.encode_reply::<()>(&Err(Error::Unavailable(format!(
+                    "no {role} role runs on this node"
+                )))),
+                error: Some(Error::Unavailable(format!(
+                    "no {role} role runs on this node"
+                ))),
+            }),
+        }
     }
 }

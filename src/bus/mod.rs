@@ -1,80 +1,102 @@
 //! The bus: how roles talk to each other, by role name and never by `ActorRef`.
 //!
-//! A role defines a [`Protocol`]: its request and reply types (serde data with stable names) and the
-//! delivery class of each request. Callers use [`Bus::call`]; the bus finds an instance of the role
-//! and delivers the request by the class's rules:
+//! A request is a type (see [`message`]): it knows its role, its reply type and its delivery
+//! class. Callers write `bus.call(GetItem { id }).await` and get the reply's type; the bus finds
+//! an instance of the role and delivers the request by the class's rules:
 //!
-//! - **direct** (reads, token checks): at-most-once, the caller's deadline bounds the wait;
+//! - **direct** (reads, token checks, anything carrying a password): at-most-once, the caller's
+//!   deadline bounds the wait;
 //! - **durable** (writes, jobs): the reply means the receiving role has made the work durable
 //!   (in one process: the embedded store committed it);
 //! - **event** fan-out goes through [`Bus::publish`] / [`Bus::subscribe`].
 //!
-//! In one process, instances are local `ractor` actors found in the node's process groups
-//! (`role:{name}`, scoped per node so several nodes can share a test process). A role that is
-//! not in this process is reached through another node of the cluster (`crate::cluster`, with
-//! `--cluster-listen`: direct requests, node to node) or through Redis mailboxes ([`redis`], with
-//! `--redis`: durable requests on the role's queue, replies on this node's reply channel).
-//! Local instances are always preferred; the roles never know which path was taken.
+//! Routing is in one place, [`Bus::call`]: a local instance first (an actor in this process,
+//! found in the node's process group `role:{name}`, no encoding at all); else a direct request to
+//! another cluster node that has the role; else the queue transport (Redis), which also takes
+//! every durable request; else the cluster. Both transports implement [`Transport`] and carry
+//! bytes only; the roles never know which path was taken.
 
 mod event;
 mod local;
+pub mod message;
 pub mod redis;
+mod transport;
 
 pub use event::{topic_is_public, Event, EventKind, PUBLIC_TOPICS, TOPICS};
-pub use local::RoleMessage;
+pub use local::{Answered, Inflight, RoleActor, RoleArgs};
+pub use message::{Call, Codec, Dispatch, Encoded, Handler, NoRequests, Replier, Request, Service};
 pub use redis::{RedisConfig, RedisLink};
+pub use transport::{Outgoing, Transport};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::cluster::ClusterLink;
 use crate::error::{Error, Result};
 
-/// The roles of the design, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Web,
-    Auth,
-    App,
-    Store,
-    Provider,
-    Notify,
-    Stats,
+/// Declares the roles, one line each: name and place in the start order. Writes the enum,
+/// `ALL`, the names and the start order.
+macro_rules! roles {
+    ($( $(#[$doc:meta])* $role:ident => $name:literal, start $rank:literal, )+) => {
+        /// The roles of the design, by name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+        #[serde(rename_all = "lowercase")]
+        pub enum Role {
+            $( $(#[$doc])* $role, )+
+        }
+
+        impl Role {
+            pub const ALL: &'static [Role] = &[$( Role::$role, )+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Role::$role => $name, )+
+                }
+            }
+
+            /// Where the role starts among a node's roles (stopped in reverse).
+            fn start_rank(self) -> u8 {
+                match self {
+                    $( Role::$role => $rank, )+
+                }
+            }
+        }
+    };
+}
+
+// A node starts its roles by rank and stops them in reverse: the store first, so every role
+// that needs it finds it; the web front last, so no client arrives before the roles it calls.
+roles! {
+    Web => "web", start 6,
+    Auth => "auth", start 1,
+    App => "app", start 2,
+    Store => "store", start 0,
+    Provider => "provider", start 5,
+    Notify => "notify", start 4,
+    Stats => "stats", start 3,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
-        Role::Web,
-        Role::Auth,
-        Role::App,
-        Role::Store,
-        Role::Provider,
-        Role::Notify,
-        Role::Stats,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Web => "web",
-            Role::Auth => "auth",
-            Role::App => "app",
-            Role::Store => "store",
-            Role::Provider => "provider",
-            Role::Notify => "notify",
-            Role::Stats => "stats",
-        }
-    }
-
     /// The process group its instances join.
     pub fn group(self) -> String {
         format!("role:{}", self.name())
+    }
+
+    /// `roles` in start order.
+    pub fn in_start_order(roles: &[Role]) -> Vec<Role> {
+        let mut ordered = roles.to_vec();
+        ordered.sort_by_key(|r| r.start_rank());
+        ordered.dedup();
+        ordered
+    }
+
+    /// The role with this name.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.iter().copied().find(|r| r.name() == name)
     }
 }
 
@@ -87,22 +109,11 @@ impl fmt::Display for Role {
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.name() == s.trim())
-            .ok_or_else(|| {
-                format!(
-                    "unknown role {s:?} (known: web, auth, app, store, provider, notify, stats)"
-                )
-            })
+        Role::from_name(s.trim()).ok_or_else(|| {
+            let known: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown role {s:?} (known: {})", known.join(", "))
+        })
     }
-}
-
-/// The path one request takes.
-enum Transport<'a> {
-    Local,
-    Cluster(&'a Arc<ClusterLink>),
-    Redis(&'a Arc<RedisLink>),
 }
 
 /// How a request must be delivered (see the module docs).
@@ -110,17 +121,6 @@ enum Transport<'a> {
 pub enum Delivery {
     Direct,
     Durable,
-}
-
-/// The message contract of one role.
-pub trait Protocol: Send + Sync + 'static {
-    const ROLE: Role;
-    type Request: Serialize + DeserializeOwned + Send + fmt::Debug + 'static;
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
-
-    /// The stable name of a request kind, used in metrics, logs and queue names.
-    fn kind(request: &Self::Request) -> &'static str;
-    fn delivery(request: &Self::Request) -> Delivery;
 }
 
 /// Deadlines per delivery class.
@@ -153,38 +153,39 @@ struct BusInner {
     scope: String,
     config: BusConfig,
     events: broadcast::Sender<Arc<Event>>,
-    round_robin: [AtomicUsize; Role::ALL.len()],
-    /// The way to roles in other processes, when the node runs with `--redis`.
-    redis: Option<Arc<RedisLink>>,
-    /// Other nodes of a `ractor_cluster`, when the node runs with `--cluster-listen`.
-    cluster: Option<Arc<ClusterLink>>,
+    /// The one round-robin of the node, per role: local instances and transports take turns
+    /// from it.
+    round_robin: Vec<AtomicUsize>,
+    endpoints: local::Endpoints,
+    /// Keeps durable requests until a consumer takes them (Redis), when the node has one.
+    queue: Option<Arc<dyn Transport>>,
+    /// Other nodes of the cluster, when the node has joined one.
+    peers: Option<Arc<dyn Transport>>,
+}
+
+/// The path one request takes.
+enum Route<'a> {
+    Local,
+    Remote(&'a Arc<dyn Transport>),
 }
 
 impl Bus {
     /// A bus for one process: every role it calls must be local.
     pub fn new(config: BusConfig) -> Self {
-        Self::build(config, None, None)
+        Self::with_transports(config, None, None)
     }
 
     /// A bus that reaches roles missing from this process through Redis.
     pub fn with_redis(config: BusConfig, link: Arc<RedisLink>) -> Self {
-        Self::build(config, Some(link), None)
+        Self::with_transports(config, Some(link), None)
     }
 
-    /// A bus with every transport this node has: direct requests for roles missing here go to
-    /// another cluster node, durable ones through Redis (or the cluster when there is no Redis).
+    /// A bus with the transports this node has: `queue` (Redis) keeps durable requests until a
+    /// consumer takes them; `peers` (the cluster) reaches roles on other nodes directly.
     pub fn with_transports(
         config: BusConfig,
-        redis: Option<Arc<RedisLink>>,
-        cluster: Option<Arc<ClusterLink>>,
-    ) -> Self {
-        Self::build(config, redis, cluster)
-    }
-
-    fn build(
-        config: BusConfig,
-        redis: Option<Arc<RedisLink>>,
-        cluster: Option<Arc<ClusterLink>>,
+        queue: Option<Arc<dyn Transport>>,
+        peers: Option<Arc<dyn Transport>>,
     ) -> Self {
         let (events, _) = broadcast::channel(config.event_capacity.max(16));
         Bus {
@@ -192,38 +193,34 @@ impl Bus {
                 scope: format!("gorgon-node-{}", uuid::Uuid::now_v7()),
                 config,
                 events,
-                round_robin: Default::default(),
-                redis,
-                cluster,
+                round_robin: Role::ALL.iter().map(|_| AtomicUsize::new(0)).collect(),
+                endpoints: Default::default(),
+                queue,
+                peers,
             }),
         }
-    }
-
-    pub fn redis(&self) -> Option<&Arc<RedisLink>> {
-        self.inner.redis.as_ref()
-    }
-
-    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
-        self.inner.cluster.as_ref()
     }
 
     pub fn config(&self) -> &BusConfig {
         &self.inner.config
     }
 
-    /// Sends `request` to an instance of `P::ROLE` and waits for its reply.
-    pub async fn call<P: Protocol>(&self, request: P::Request) -> Result<P::Reply> {
-        let kind = P::kind(&request);
-        let delivery = P::delivery(&request);
-        let timeout = match delivery {
+    /// The deadline of a delivery class.
+    pub fn timeout(&self, delivery: Delivery) -> Duration {
+        match delivery {
             Delivery::Direct => self.inner.config.direct_timeout,
             Delivery::Durable => self.inner.config.durable_timeout,
-        };
+        }
+    }
+
+    /// Sends `request` to an instance of its role and waits for the reply.
+    pub async fn call<R: Request>(&self, request: R) -> Result<R::Reply> {
+        let role = <R::Call as Call>::ROLE;
+        let timeout = self.timeout(R::DELIVERY);
         let started = std::time::Instant::now();
-        let (transport, result) = match self.route(P::ROLE, delivery) {
-            Transport::Local => ("local", local::call::<P>(self, request, timeout).await),
-            Transport::Cluster(link) => ("cluster", link.call::<P>(&request, timeout).await),
-            Transport::Redis(link) => ("redis", link.call::<P>(request, timeout).await),
+        let (transport, result) = match self.route(role, R::DELIVERY) {
+            Route::Local => ("local", local::call(self, request, timeout).await),
+            Route::Remote(link) => (link.name(), self.call_remote(link, request, timeout).await),
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -233,14 +230,14 @@ impl Bus {
         };
         metrics::histogram!(
             "gorgon_bus_call_duration_seconds",
-            "role" => P::ROLE.name(),
-            "kind" => kind,
+            "role" => role.name(),
+            "kind" => R::KIND,
         )
         .record(started.elapsed().as_secs_f64());
         metrics::counter!(
             "gorgon_bus_calls_total",
-            "role" => P::ROLE.name(),
-            "kind" => kind,
+            "role" => role.name(),
+            "kind" => R::KIND,
             "outcome" => outcome,
             "transport" => transport,
         )
@@ -248,34 +245,61 @@ impl Bus {
         result
     }
 
+    async fn call_remote<R: Request>(
+        &self,
+        link: &Arc<dyn Transport>,
+        request: R,
+        timeout: Duration,
+    ) -> Result<R::Reply> {
+        let role = <R::Call as Call>::ROLE;
+        let codec = link.codec();
+        let body = codec.encode(&R::Call::from(request)).map_err(|e| {
+            tracing::error!(%role, kind = R::KIND, error = %e, "cannot encode a request");
+            Error::Internal(format!("cannot encode a {} request", R::KIND))
+        })?;
+        let out = Outgoing {
+            role,
+            kind: R::KIND,
+            delivery: R::DELIVERY,
+            secret: R::SECRET,
+            body: &body,
+            turn: self.turn(role),
+        };
+        let reply = link.call(out, timeout).await?;
+        codec.decode_reply::<R::Reply>(role, &reply)
+    }
+
     /// Where a request for `role` goes: a local instance first; else a direct request to another
-    /// cluster node; else Redis (durable work always, when the node has it); else the cluster.
-    fn route(&self, role: Role, delivery: Delivery) -> Transport<'_> {
+    /// cluster node; else the queue (durable work always, when the node has one); else the
+    /// cluster.
+    fn route(&self, role: Role, delivery: Delivery) -> Route<'_> {
         if local::has_members(self, role) {
-            return Transport::Local;
+            return Route::Local;
         }
-        let cluster = self
-            .inner
-            .cluster
-            .as_ref()
-            .filter(|link| link.has_member(role));
-        match (delivery, cluster, &self.inner.redis) {
-            (Delivery::Direct, Some(link), _) => Transport::Cluster(link),
-            (_, _, Some(link)) => Transport::Redis(link),
-            (_, Some(link), None) => Transport::Cluster(link),
+        let peers = self.inner.peers.as_ref().filter(|link| link.reaches(role));
+        match (delivery, peers, &self.inner.queue) {
+            (Delivery::Direct, Some(link), _) => Route::Remote(link),
+            (_, _, Some(link)) => Route::Remote(link),
+            (_, Some(link), None) => Route::Remote(link),
             // Answers "unavailable" from the in-process path.
-            (_, None, None) => Transport::Local,
+            (_, None, None) => Route::Local,
         }
     }
 
-    /// Calls a local instance of `P::ROLE` only (how requests from other processes are handed
-    /// to this node's roles).
-    pub(crate) async fn call_local<P: Protocol>(
-        &self,
-        request: P::Request,
-        timeout: Duration,
-    ) -> Result<P::Reply> {
-        local::call::<P>(self, request, timeout).await
+    /// Hands a request that arrived through a transport, as bytes in `codec`, to a local
+    /// instance of `role`.
+    pub async fn answer(&self, role: Role, bytes: &[u8], codec: Codec) -> Answered {
+        self.inner.endpoints.answer(self, role, bytes, codec).await
+    }
+
+    /// Starts taking requests for the roles of this node through every transport it has.
+    pub async fn serve(&self, roles: &[Role]) -> anyhow::Result<()> {
+        for link in [&self.inner.queue, &self.inner.peers].into_iter().flatten() {
+            for &role in roles {
+                link.clone().serve(role, self.clone()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Fans an event out to every subscriber, on this node and (with Redis) on every other;
@@ -283,7 +307,7 @@ impl Bus {
     pub fn publish(&self, event: Event) {
         metrics::counter!("gorgon_events_published_total", "topic" => event.kind.topic())
             .increment(1);
-        if let Some(link) = &self.inner.redis {
+        for link in [&self.inner.queue, &self.inner.peers].into_iter().flatten() {
             link.publish(&event);
         }
         self.broadcast_local(event);
@@ -303,21 +327,20 @@ impl Bus {
         local::has_members(self, role)
     }
 
-    /// Whether `role` can be reached from this node: in this process, or through a Redis that
-    /// answers (where a consumer of the role may be).
+    /// Whether `role` can be reached from this node: in this process, or through a transport
+    /// (another node that has it, or a Redis that answers, where a consumer of it may be).
     pub fn has_role(&self, role: Role) -> bool {
         self.has_local(role)
-            || self
-                .inner
-                .cluster
-                .as_ref()
-                .is_some_and(|link| link.has_member(role))
-            || self.inner.redis.as_ref().is_some_and(|l| l.is_healthy())
+            || [&self.inner.queue, &self.inner.peers]
+                .into_iter()
+                .flatten()
+                .any(|link| link.reaches(role))
     }
 
-    /// Registers a local actor as an instance of `role`.
-    pub fn join(&self, role: Role, actor: ractor::ActorCell) {
-        ractor::pg::join_scoped(self.inner.scope.clone(), role.group(), vec![actor]);
+    /// Registers a local actor as an instance of its service's role.
+    pub fn join<S: Service>(&self, actor: ractor::ActorCell) {
+        self.inner.endpoints.add::<S::Call>(S::ROLE);
+        ractor::pg::join_scoped(self.inner.scope.clone(), S::ROLE.group(), vec![actor]);
     }
 
     pub fn leave(&self, role: Role, actor: ractor::ActorCell) {
@@ -328,8 +351,12 @@ impl Bus {
         &self.inner.scope
     }
 
+    /// The next turn of `role`'s round-robin.
+    fn turn(&self, role: Role) -> usize {
+        self.inner.round_robin[role as usize].fetch_add(1, Ordering::Relaxed)
+    }
+
     fn next_index(&self, role: Role, len: usize) -> usize {
-        let slot = &self.inner.round_robin[role as usize];
-        slot.fetch_add(1, Ordering::Relaxed) % len.max(1)
+        self.turn(role) % len.max(1)
     }
 }

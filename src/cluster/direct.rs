@@ -283,9 +283,9 @@ async fn serve_connection(
         requests.spawn(async move {
             let reply = match handler {
                 Some(handler) => handler(body).await,
-                None => super::gateway::encode_reply::<()>(&Err(Error::Unavailable(format!(
-                    "the {role} role is not served on this node (any more)"
-                )))),
+                None => crate::bus::Codec::Binary.encode_reply::<()>(&Err(Error::Unavailable(
+                    format!("the {role} role is not served on this node (any more)"),
+                ))),
             };
             let mut frame = Vec::with_capacity(reply.len() + 12);
             wire::put_frame(&mut frame, id, None, &reply);

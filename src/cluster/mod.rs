@@ -30,7 +30,6 @@ pub mod membership;
 pub mod wire;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,7 +46,9 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use crate::actors::stats::{quantile_ms, Interval, StatsHub};
-use crate::bus::{Bus, Delivery, Protocol, RedisLink, Role};
+use futures::future::BoxFuture;
+
+use crate::bus::{Bus, Codec, Delivery, Outgoing, RedisLink, Role, Transport};
 use crate::configuration::ClusterTuning;
 use crate::error::{Error, Result};
 use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
@@ -328,7 +329,6 @@ pub struct ClusterLink {
     history: Arc<history::ClusterHistory>,
     direct_server: Arc<direct::DirectServer>,
     direct: direct::DirectClient,
-    round_robin: [AtomicUsize; Role::ALL.len()],
     /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
     actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
     server_handle: Mutex<Option<JoinHandle<()>>>,
@@ -345,7 +345,7 @@ impl ClusterLink {
         metrics::gauge!("gorgon_cluster_peers").set(0.0);
         metrics::counter!("gorgon_cluster_peers_dropped_total").increment(0);
         metrics::counter!("gorgon_cluster_auth_failures_total").increment(0);
-        for role in Role::ALL {
+        for &role in Role::ALL {
             metrics::counter!("gorgon_cluster_call_retries_total", "role" => role.name())
                 .increment(0);
         }
@@ -387,7 +387,6 @@ impl ClusterLink {
             history: history.clone(),
             direct_server,
             direct: direct::DirectClient::new(limits, config.call_timeout),
-            round_robin: Default::default(),
             actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
             server_handle: Mutex::new(Some(server_handle)),
             tasks: Mutex::new(vec![watcher]),
@@ -468,23 +467,28 @@ impl ClusterLink {
         }
     }
 
-    /// Offers the local role `P` to the cluster.
-    pub async fn serve<P: Protocol>(&self, bus: Bus, concurrency: usize) -> anyhow::Result<()> {
+    /// Offers the local role `role` to the cluster: on the direct-call server, and through a
+    /// gateway actor in the cluster's process group (peers route by that group).
+    async fn offer(&self, role: Role, bus: Bus) -> anyhow::Result<()> {
         let answering = bus.clone();
         self.direct_server.register(
-            P::ROLE,
+            role,
             Arc::new(move |body: Vec<u8>| {
                 let bus = answering.clone();
-                Box::pin(async move { gateway::answer::<P>(&bus, &body).await })
+                Box::pin(async move { gateway::answer(&bus, role, &body).await })
             }),
         );
         let (gateway, handle) = Actor::spawn(
             None,
-            RoleGateway::<P>::default(),
-            GatewayArgs { bus, concurrency },
+            RoleGateway,
+            GatewayArgs {
+                bus,
+                role,
+                concurrency: self.config.concurrency,
+            },
         )
         .await
-        .with_context(|| format!("the {} role's cluster gateway failed to start", P::ROLE))?;
+        .with_context(|| format!("the {role} role's cluster gateway failed to start"))?;
         self.actors.lock().push((gateway.get_cell(), handle));
         Ok(())
     }
@@ -517,27 +521,22 @@ impl ClusterLink {
             .any(|cell| !cell.get_id().is_local())
     }
 
-    /// Sends `request` to a remote instance of `P::ROLE`. A direct request that times out or
-    /// whose node goes away is tried on another member, up to `call_attempts`, within `timeout`.
-    pub async fn call<P: Protocol>(
-        &self,
-        request: &P::Request,
-        timeout: Duration,
-    ) -> Result<P::Reply> {
-        let bytes = serde_json::to_vec(request)
-            .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
-        let direct = P::delivery(request) == Delivery::Direct;
+    /// Sends an encoded request to a remote instance of its role. A direct request that times
+    /// out or whose node goes away is tried on another member, up to `call_attempts`, within
+    /// `timeout`.
+    async fn deliver(&self, out: Outgoing<'_>, timeout: Duration) -> Result<Vec<u8>> {
+        let role = out.role;
+        let direct = out.delivery == Delivery::Direct;
         let attempts = if direct { self.config.call_attempts } else { 1 };
         let deadline = Instant::now() + timeout;
         let mut tried: Vec<ActorCell> = Vec::new();
-        let mut last =
-            Error::Unavailable(format!("no {} role is reachable in the cluster", P::ROLE));
+        let mut last = Error::Unavailable(format!("no {role} role is reachable in the cluster"));
         for attempt in 0..attempts {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let members = self.members(P::ROLE);
+            let members = self.members(role);
             let fresh: Vec<&ActorCell> = members
                 .iter()
                 .filter(|m| !tried.iter().any(|t| t.get_id() == m.get_id()))
@@ -550,10 +549,9 @@ impl ClusterLink {
             if pool.is_empty() {
                 break;
             }
-            let slot = &self.round_robin[P::ROLE as usize];
-            let cell = pool[slot.fetch_add(1, Ordering::Relaxed) % pool.len()].clone();
+            let cell = pool[(out.turn + attempt as usize) % pool.len()].clone();
             if attempt > 0 {
-                metrics::counter!("gorgon_cluster_call_retries_total", "role" => P::ROLE.name())
+                metrics::counter!("gorgon_cluster_call_retries_total", "role" => role.name())
                     .increment(1);
             }
             let per_call = if direct {
@@ -564,14 +562,14 @@ impl ClusterLink {
             // The member's node takes direct calls on its own connection; a node that has not
             // announced one yet is called through its gateway actor.
             let outcome = match self.peers.data_addr(cell.get_id().node()) {
-                Some(addr) => self.direct.call(&addr, P::ROLE, &bytes, per_call).await,
+                Some(addr) => self.direct.call(&addr, role, out.body, per_call).await,
                 None => {
-                    self.call_gateway(&cell, bytes.clone(), per_call, P::ROLE)
+                    self.call_gateway(&cell, out.body.to_vec(), per_call, role)
                         .await
                 }
             };
             match outcome {
-                Ok(reply) => return gateway::decode_reply::<P::Reply>(P::ROLE.name(), &reply),
+                Ok(reply) => return Ok(reply),
                 Err(error) => last = error,
             }
             tried.push(cell);
@@ -678,6 +676,32 @@ impl ClusterLink {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+    }
+}
+
+impl Transport for ClusterLink {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn codec(&self) -> Codec {
+        Codec::Binary
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn reaches(&self, role: Role) -> bool {
+        self.has_member(role)
+    }
+
+    fn call<'a>(&'a self, out: Outgoing<'a>, timeout: Duration) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(self.deliver(out, timeout))
+    }
+
+    fn serve(self: Arc<Self>, role: Role, bus: Bus) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move { self.offer(role, bus).await })
     }
 }
 

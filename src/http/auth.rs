@@ -97,7 +97,12 @@ pub async fn register(
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, Error> {
     let input = body.into_inner().parse(false)?;
-    let user = auth::register(&state.bus, input, client_address(&req)).await?;
+    let register = auth::Register {
+        id: crate::domain::new_id(),
+        input,
+        client: client_address(&req),
+    };
+    let user = state.bus.call(register).await?;
     Ok(created_user(user))
 }
 
@@ -133,7 +138,12 @@ pub async fn login(
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, Error> {
     let body = body.into_inner();
-    let session = auth::login(&state.bus, body.email, body.password, client_address(&req)).await?;
+    let login = auth::Login {
+        email: body.email,
+        password: body.password,
+        client: client_address(&req),
+    };
+    let session = state.bus.call(login).await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         token: session.token.as_str().to_string(),
         token_type: "Bearer".into(),
@@ -153,7 +163,8 @@ pub async fn logout(
     token: BearerToken,
 ) -> Result<HttpResponse, Error> {
     // Validate first so an unknown token gets 401, not a silent 204.
-    auth::validate(&state.bus, token.0.clone()).await?;
-    auth::logout(&state.bus, token.0).await?;
+    let hash = token.0.hash();
+    state.bus.call(auth::Validate { hash }).await?;
+    state.bus.call(auth::Logout { hash }).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -15,7 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(get, path = "/api/v1/cluster", tag = "observability",
     responses((status = 200, description = "The cluster's nodes", body = ClusterView)))]
 pub async fn cluster_nodes(state: web::Data<HttpState>) -> HttpResponse {
-    let view = match state.bus.cluster() {
+    let view = match state.cluster.as_ref() {
         Some(link) => link.view(),
         None => ClusterView::single(&state.node),
     };

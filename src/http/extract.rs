@@ -54,7 +54,11 @@ impl FromRequest for Authenticated {
         Box::pin(async move {
             let token = token?;
             let state = state.ok_or_else(|| Error::Internal("HTTP state missing".into()))?;
-            auth::validate(&state.bus, token).await.map(Authenticated)
+            state
+                .bus
+                .call(auth::Validate::token(&token))
+                .await
+                .map(Authenticated)
         })
     }
 }

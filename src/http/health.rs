@@ -58,7 +58,7 @@ pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         };
         checks.insert(role.name().to_string(), found.to_string());
     }
-    if let Some(link) = state.bus.redis() {
+    if let Some(link) = state.redis.as_ref() {
         let found = if link.is_healthy() {
             "ok"
         } else {
@@ -66,7 +66,7 @@ pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         };
         checks.insert("redis".into(), found.to_string());
     }
-    let store_check = match store::ping(&state.bus).await {
+    let store_check = match state.bus.call(store::Ping).await {
         Ok(()) => "ok".to_string(),
         Err(e) => e.to_string(),
     };

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::error::ErrorBody;
 use super::users::page;
 use super::HttpState;
-use crate::actors::app;
+use crate::actors::store::ListUserItems;
 use crate::domain::Item;
 use crate::error::Error;
 
@@ -35,7 +35,7 @@ async fn respond(
     offset: Option<u32>,
 ) -> Result<HttpResponse, Error> {
     let page = page(limit, offset, &state.limits)?;
-    let items = app::list_user_items(&state.bus, uid, page).await?;
+    let items = state.bus.call(ListUserItems::new(uid, page)).await?;
     Ok(HttpResponse::Ok().json(InfoResponse {
         user_id: uid,
         limit: page.limit,

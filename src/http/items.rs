@@ -9,7 +9,7 @@ use super::error::ErrorBody;
 use super::extract::{nullable, Authenticated};
 use super::users::{page, ItemPage};
 use super::HttpState;
-use crate::actors::app;
+use crate::actors::store;
 use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url};
 use crate::domain::{Extra, Item, ItemPatch, Location, NewItem};
 use crate::error::Error;
@@ -182,7 +182,12 @@ pub async fn create_item(
     let new = body.into_inner().parse()?;
     state.quotas.check_item(&new)?;
     state.quotas.item_created(&caller.0)?;
-    let item = app::create_item(&state.bus, caller.0, new).await?;
+    let item = new.into_item(
+        crate::domain::new_id(),
+        caller.0.user_id,
+        crate::domain::now(),
+    );
+    let item = state.bus.call(store::InsertItem(item)).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", item_location(item.id)))
         .json(item))
@@ -200,7 +205,12 @@ pub async fn get_item(
     state: web::Data<HttpState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    let item = app::get_item(&state.bus, id.into_inner()).await?;
+    let item = state
+        .bus
+        .call(store::GetItem {
+            id: id.into_inner(),
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(item))
 }
 
@@ -225,7 +235,12 @@ pub async fn update_item(
 ) -> Result<HttpResponse, Error> {
     let patch = body.into_inner().parse()?;
     state.quotas.check_patch(&patch)?;
-    let item = app::update_item(&state.bus, caller.0, id.into_inner(), patch).await?;
+    let update = store::UpdateItem {
+        id: id.into_inner(),
+        owner: caller.0.user_id,
+        patch,
+    };
+    let item = state.bus.call(update).await?;
     Ok(HttpResponse::Ok().json(item))
 }
 
@@ -244,7 +259,11 @@ pub async fn delete_item(
     caller: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    app::delete_item(&state.bus, caller.0, id.into_inner()).await?;
+    let delete = store::DeleteItem {
+        id: id.into_inner(),
+        owner: caller.0.user_id,
+    };
+    state.bus.call(delete).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -282,7 +301,10 @@ pub async fn search_items(
     }
     // Text with no word in it (only punctuation, say) matches nothing.
     let items = if crate::store::sqlite::fts_query(&query.q).is_ok() {
-        app::search_items(&state.bus, query.q, page).await?
+        state
+            .bus
+            .call(store::SearchItems::new(query.q, page))
+            .await?
     } else {
         Vec::new()
     };

@@ -113,9 +113,16 @@ pub async fn submit_job(
         return Err(Error::invalid("kind", "must be 1 to 100 characters"));
     }
     state.quotas.check_job_payload(&body.payload)?;
-    let (job, created) =
-        app::submit_job(&state.bus, caller.0, body.kind, body.payload, key).await?;
-    let mut response = if created {
+    let submit = app::SubmitJob {
+        actor: caller.0,
+        id: crate::domain::new_id(),
+        kind: body.kind,
+        payload: body.payload,
+        idempotency_key: key,
+    };
+    let submitted = state.bus.call(submit).await?;
+    let job = submitted.job;
+    let mut response = if submitted.created {
         HttpResponse::Accepted()
     } else {
         HttpResponse::Ok()
@@ -140,7 +147,13 @@ pub async fn get_job(
     caller: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    let job = app::get_job(&state.bus, caller.0, id.into_inner()).await?;
+    let job = state
+        .bus
+        .call(app::GetJob {
+            actor: caller.0,
+            id: id.into_inner(),
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -166,7 +179,13 @@ pub async fn list_jobs(
         .as_deref()
         .and_then(JobState::parse)
         .ok_or_else(|| Error::invalid("state", "one of queued, running, done, failed, dead"))?;
-    let jobs = app::list_jobs(&state.bus, caller.0, job_state, page).await?;
+    let list = app::ListJobs {
+        actor: caller.0,
+        state: job_state,
+        limit: page.limit,
+        offset: page.offset,
+    };
+    let jobs = state.bus.call(list).await?;
     Ok(HttpResponse::Ok().json(JobPage {
         jobs,
         limit: page.limit,
@@ -190,6 +209,12 @@ pub async fn retry_job(
     caller: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    let job = app::retry_job(&state.bus, caller.0, id.into_inner()).await?;
+    let job = state
+        .bus
+        .call(app::RetryJob {
+            actor: caller.0,
+            id: id.into_inner(),
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(job))
 }

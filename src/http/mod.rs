@@ -113,6 +113,10 @@ pub struct HttpState {
     pub stats: Arc<StatsHub>,
     /// Per-user rate limits of this node's edge.
     pub quotas: Arc<quotas::Quotas>,
+    /// This node's Redis link, for readiness (with `--redis`).
+    pub redis: Option<Arc<crate::bus::RedisLink>>,
+    /// This node's cluster link, for `GET /api/v1/cluster` (with `--cluster-listen`).
+    pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
 }
 
 /// Routes and per-app configuration, shared by the server and in-process tests.

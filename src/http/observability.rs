@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 
 use super::error::ErrorBody;
 use super::HttpState;
-use crate::actors::stats::{self, NodeStats};
+use crate::actors::stats::{NodeStats, Snapshot};
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -51,7 +51,10 @@ pub async fn node_stats(
     if last > 3600 {
         return Err(Error::invalid("last", "must be at most 3600"));
     }
-    Ok(HttpResponse::Ok().json(stats::snapshot(&state.bus, last as usize).await?))
+    let snapshot = Snapshot {
+        last_seconds: last as usize,
+    };
+    Ok(HttpResponse::Ok().json(state.bus.call(snapshot).await?))
 }
 
 /// The live dashboard: a latency heatmap, throughput, errors and node health, refreshed every

@@ -61,7 +61,12 @@ pub async fn ingest(
     };
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| Error::BadRequest("the body is not UTF-8 JSON".into()))?;
-    let ids = provider::ingest_signed(&state.bus, name, signature, body).await?;
+    let ingest = provider::Ingest {
+        provider: name,
+        signature,
+        body,
+    };
+    let ids = state.bus.call(ingest).await?;
     Ok(HttpResponse::Created().json(IngestReply {
         inserted: ids.len(),
         ids,

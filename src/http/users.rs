@@ -10,6 +10,7 @@ use super::error::ErrorBody;
 use super::extract::{Authenticated, BearerToken};
 use super::HttpState;
 use crate::actors::app;
+use crate::actors::store::ListUserItems;
 use crate::domain::password::Password;
 use crate::domain::user::parse_group;
 use crate::domain::{Email, Extra, Item, User, UserName, UserPatchInput};
@@ -208,7 +209,12 @@ pub async fn create_user(
         extra: body.extra,
     }
     .parse(admin)?;
-    let user = app::create_user(&state.bus, caller.0, input).await?;
+    let create = app::CreateUser {
+        actor: caller.0,
+        id: crate::domain::new_id(),
+        input,
+    };
+    let user = state.bus.call(create).await?;
     Ok(created_user(user))
 }
 
@@ -227,7 +233,13 @@ pub async fn get_user(
     caller: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    let user = app::get_user(&state.bus, caller.0, id.into_inner()).await?;
+    let user = state
+        .bus
+        .call(app::GetUser {
+            actor: caller.0,
+            id: id.into_inner(),
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -255,15 +267,14 @@ pub async fn update_user(
     body: web::Json<UpdateUserRequest>,
 ) -> Result<HttpResponse, Error> {
     let patch = body.into_inner().parse()?;
-    let user = app::update_user(
-        &state.bus,
-        caller.0,
-        id.into_inner(),
+    let update = app::UpdateUser {
+        actor: caller.0,
+        id: id.into_inner(),
         patch,
-        Some(token.0.hash()),
-        super::auth::client_address(&req),
-    )
-    .await?;
+        session: Some(token.0.hash()),
+        client: super::auth::client_address(&req),
+    };
+    let user = state.bus.call(update).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -282,7 +293,13 @@ pub async fn delete_user(
     caller: Authenticated,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Error> {
-    app::delete_user(&state.bus, caller.0, id.into_inner()).await?;
+    state
+        .bus
+        .call(app::DeleteUser {
+            actor: caller.0,
+            id: id.into_inner(),
+        })
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -301,6 +318,9 @@ pub async fn list_user_items(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Error> {
     let page = query.parse(&state.limits)?;
-    let items = app::list_user_items(&state.bus, id.into_inner(), page).await?;
+    let items = state
+        .bus
+        .call(ListUserItems::new(id.into_inner(), page))
+        .await?;
     Ok(HttpResponse::Ok().json(ItemPage::of(items, page)))
 }

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{backoff, JobRegistry};
-use crate::actors::store;
+use crate::actors::store::{ClaimJobs, FinishJob, PurgeJobs};
 use crate::bus::Bus;
 use crate::domain::{Job, JobOutcome};
 use crate::error::Error;
@@ -156,7 +156,10 @@ async fn dispatch(
             permits.push(p);
         }
         let wanted = permits.len();
-        let claimed = store::claim_jobs(&shared.bus, shared.config.lease, wanted as u32).await;
+        let claimed = shared
+            .bus
+            .call(ClaimJobs::new(shared.config.lease, wanted as u32))
+            .await;
         match claimed {
             Ok(jobs) => {
                 failures = 0;
@@ -213,7 +216,15 @@ async fn attempt(shared: &Shared, job: Job) {
         }
     };
     let outcome_name = outcome.state().name();
-    match store::finish_job(&shared.bus, job.id, job.attempts, outcome).await {
+    match shared
+        .bus
+        .call(FinishJob {
+            id: job.id,
+            attempt: job.attempts,
+            outcome,
+        })
+        .await
+    {
         Ok(_) => {
             metrics::counter!("gorgon_jobs_total", "kind" => kind, "outcome" => outcome_name)
                 .increment(1);
@@ -269,7 +280,7 @@ async fn purge(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let never = Notify::new();
     while idle(every, &never, &mut stopped).await {
         let before = shift(retention, false);
-        match store::purge_jobs(&shared.bus, before).await {
+        match shared.bus.call(PurgeJobs { before }).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "finished jobs purged"),
             Err(e) => tracing::debug!(error = %e, "cannot purge jobs"),

@@ -650,7 +650,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
 
     // Provider figures, from the in-process node.
     let (provider_configured_rate, provider_achieved_rate) = match &target.node {
-        Some(node) => match crate::actors::provider::status(node.bus()).await {
+        Some(node) => match node.bus().call(crate::actors::provider::Status).await {
             Ok(s) => (Some(s.configured_rate), Some(s.achieved_rate)),
             Err(_) => (None, None),
         },

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::envelope::{now_ms, DeadLetter, RawEnvelope, ReplyFrame};
 use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
-use crate::bus::{local, Bus, Delivery, Protocol};
+use crate::bus::{Answered, Bus, Codec, Delivery, Role};
 use crate::error::{Error, Result};
 
 /// Moves up to ARGV[1] messages from the queue to the processing list, oldest first.
@@ -52,12 +52,12 @@ return n
     )
 });
 
-/// Starts the consumers of `P`'s two queues.
-pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>> {
+/// Starts the consumers of `role`'s two queues.
+pub fn start(link: Arc<RedisLink>, bus: Bus, role: Role) -> Vec<JoinHandle<()>> {
     [Delivery::Direct, Delivery::Durable]
         .into_iter()
         .map(|delivery| {
-            let queue = queue_name(P::ROLE, delivery);
+            let queue = queue_name(role, delivery);
             link.consuming.lock().insert(queue.clone());
             // Exported from the start, so dashboards show a zero rather than nothing.
             metrics::counter!("gorgon_queue_redelivered_total", "queue" => queue.clone())
@@ -67,10 +67,7 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
                 qkey: link.keys.queue(&queue),
                 pkey: link.keys.processing(&queue, &link.node),
                 durable: delivery == Delivery::Durable,
-                timeout: match delivery {
-                    Delivery::Direct => bus.config().direct_timeout,
-                    Delivery::Durable => bus.config().durable_timeout,
-                },
+                role,
                 link: link.clone(),
                 bus: bus.clone(),
                 queue,
@@ -78,9 +75,9 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
             });
             let slots = Arc::new(Semaphore::new(link.config.inflight));
             if delivery == Delivery::Direct {
-                link.feed_direct(P::ROLE, direct_feed::<P>(ctx.clone(), slots.clone()));
+                link.feed_direct(role, direct_feed(ctx.clone(), slots.clone()));
             }
-            tokio::spawn(run::<P>(ctx, slots))
+            tokio::spawn(run(ctx, slots))
         })
         .collect()
 }
@@ -89,11 +86,11 @@ pub fn start<P: Protocol>(link: Arc<RedisLink>, bus: Bus) -> Vec<JoinHandle<()>>
 /// never wait here (replies travel through it too, and a handler may be waiting for one), so a
 /// request that finds every slot taken goes to the role's list instead, for whichever consumer
 /// frees up first.
-fn direct_feed<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) -> super::DirectFeed {
+fn direct_feed(ctx: Arc<Consumer>, slots: Arc<Semaphore>) -> super::DirectFeed {
     Arc::new(
         move |raw: Vec<u8>| match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
+                tokio::spawn(handle(ctx.clone(), raw, permit));
                 None
             }
             Err(_) => Some(raw),
@@ -108,13 +105,12 @@ struct Consumer {
     qkey: String,
     pkey: String,
     durable: bool,
-    /// How long the local role may take.
-    timeout: Duration,
+    role: Role,
     /// The messages being worked on (as taken, byte for byte).
     held: parking_lot::Mutex<HashSet<Vec<u8>>>,
 }
 
-async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
+async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
     let link = &ctx.link;
     let limit = link.config.inflight;
     let mut stop = link.stopping_consumers();
@@ -133,7 +129,7 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
     while !*stop.borrow() {
         if ctx.durable && last_scan.elapsed() >= link.config.heartbeat {
             last_scan = tokio::time::Instant::now();
-            reclaim::<P>(&ctx, &slots, &mut suspects).await;
+            reclaim(&ctx, &slots, &mut suspects).await;
         }
         let free = slots.available_permits();
         if free == 0 {
@@ -169,7 +165,7 @@ async fn run<P: Protocol>(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
                 break;
             };
             ctx.held.lock().insert(raw.clone());
-            tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
+            tokio::spawn(handle(ctx.clone(), raw, permit));
         }
     }
     // Drain: every message taken is answered (or given back) before the consumer ends.
@@ -205,11 +201,7 @@ async fn register(ctx: &Consumer) -> redis::RedisResult<()> {
 /// that was given up on leaves a message there that nobody works on, and a reaper never looks
 /// at a live consumer's list. A message counts as stranded when two scans a heartbeat apart
 /// find it in the list and not among the messages being worked on.
-async fn reclaim<P: Protocol>(
-    ctx: &Arc<Consumer>,
-    slots: &Arc<Semaphore>,
-    suspects: &mut HashSet<Vec<u8>>,
-) {
+async fn reclaim(ctx: &Arc<Consumer>, slots: &Arc<Semaphore>, suspects: &mut HashSet<Vec<u8>>) {
     let mut conn = ctx.link.conn();
     let listed: Vec<Vec<u8>> = match redis::cmd("LRANGE")
         .arg(&ctx.pkey)
@@ -239,7 +231,7 @@ async fn reclaim<P: Protocol>(
         metrics::counter!("gorgon_queue_redelivered_total", "queue" => ctx.queue.clone())
             .increment(1);
         ctx.held.lock().insert(raw.clone());
-        tokio::spawn(handle::<P>(ctx.clone(), raw, permit));
+        tokio::spawn(handle(ctx.clone(), raw, permit));
     }
 }
 
@@ -309,15 +301,15 @@ fn retryable(error: &Error) -> bool {
     )
 }
 
-async fn handle<P: Protocol>(ctx: Arc<Consumer>, raw: Vec<u8>, _slot: OwnedSemaphorePermit) {
+async fn handle(ctx: Arc<Consumer>, raw: Vec<u8>, _slot: OwnedSemaphorePermit) {
     let inflight = metrics::gauge!("gorgon_queue_inflight", "queue" => ctx.queue.clone());
     inflight.increment(1.0);
-    handle_one::<P>(&ctx, &raw).await;
+    handle_one(&ctx, &raw).await;
     ctx.held.lock().remove(&raw);
     inflight.decrement(1.0);
 }
 
-async fn handle_one<P: Protocol>(ctx: &Consumer, raw: &[u8]) {
+async fn handle_one(ctx: &Consumer, raw: &[u8]) {
     let envelope = match RawEnvelope::decode(raw) {
         Ok(envelope) => envelope,
         Err(reason) => return dead_letter(ctx, raw, None, reason).await,
@@ -326,21 +318,24 @@ async fn handle_one<P: Protocol>(ctx: &Consumer, raw: &[u8]) {
         metrics::counter!("gorgon_queue_redelivered_total", "queue" => ctx.queue.clone())
             .increment(1);
     }
-    let request = match serde_json::from_str::<P::Request>(envelope.body.get()) {
-        Ok(request) => request,
-        Err(e) => {
-            let reason = format!("not a {} request ({}): {e}", P::ROLE, envelope.kind);
-            return dead_letter(ctx, raw, Some(&envelope), reason).await;
-        }
-    };
     if !ctx.durable && envelope.deadline.is_some_and(|d| d < now_ms()) {
         // The caller has given up on this read; answering would be wasted work.
         count(ctx, "expired");
         return;
     }
-    let result = local::call::<P>(&ctx.bus, request, ctx.timeout).await;
+    let reply = match ctx
+        .bus
+        .answer(ctx.role, envelope.body.get().as_bytes(), Codec::Json)
+        .await
+    {
+        Answered::Done(reply) => reply,
+        Answered::Undecodable(reason) => {
+            let reason = format!("{reason} ({})", envelope.kind);
+            return dead_letter(ctx, raw, Some(&envelope), reason).await;
+        }
+    };
     if ctx.durable {
-        if let Err(error) = &result {
+        if let Some(error) = &reply.error {
             if retryable(error) {
                 if envelope.attempt >= ctx.link.config.max_attempts {
                     let reason = format!("failed {} times, last: {error}", envelope.attempt);
@@ -350,10 +345,10 @@ async fn handle_one<P: Protocol>(ctx: &Consumer, raw: &[u8]) {
             }
         }
     }
-    count(ctx, if result.is_ok() { "ok" } else { "error" });
+    count(ctx, if reply.error.is_none() { "ok" } else { "error" });
     let mut pipe = redis::pipe();
     pipe.atomic();
-    push_reply(&mut pipe, &envelope, &result);
+    push_reply(&mut pipe, &envelope, &reply.bytes);
     ack(ctx, &mut pipe, raw);
     commit(ctx, pipe, "acknowledge").await;
 }
@@ -363,13 +358,17 @@ fn count(ctx: &Consumer, outcome: &'static str) {
         .increment(1);
 }
 
-fn push_reply<T: serde::Serialize>(
-    pipe: &mut redis::Pipeline,
-    envelope: &RawEnvelope,
-    result: &Result<T>,
-) {
+/// Publishes a reply (`Result<Reply, Error>` as JSON) on the caller's reply channel.
+fn push_reply(pipe: &mut redis::Pipeline, envelope: &RawEnvelope, result: &[u8]) {
     let Some(reply_to) = &envelope.reply_to else {
         return;
+    };
+    let result = match serde_json::from_slice::<&serde_json::value::RawValue>(result) {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, kind = %envelope.kind, "a reply that is not JSON");
+            return;
+        }
     };
     let frame = ReplyFrame {
         id: envelope.id,
@@ -423,7 +422,7 @@ async fn dead_letter(ctx: &Consumer, raw: &[u8], envelope: Option<&RawEnvelope>,
         let failed: Result<()> = Err(Error::Unavailable(format!(
             "the request could not be handled and was set aside: {reason}"
         )));
-        push_reply(&mut pipe, envelope, &failed);
+        push_reply(&mut pipe, envelope, &Codec::Json.encode_reply(&failed));
     }
     ack(ctx, &mut pipe, raw);
     commit(ctx, pipe, "dead-letter").await;

@@ -25,7 +25,7 @@ mod replies;
 mod upkeep;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ use uuid::Uuid;
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
 pub use keys::{queue_name, Keys};
 
-use super::{Bus, Delivery, Event, Protocol, Role};
+use super::message::Codec;
+use super::{Bus, Call, Delivery, Event, Outgoing, Request, Role, Transport};
 use crate::error::{Error, Result};
 
 /// Settings of the link (see `QueueTuning` for the flags).
@@ -113,7 +114,6 @@ pub struct RedisLink {
     feeds: parking_lot::RwLock<HashMap<String, DirectFeed>>,
     /// Live nodes consuming each role's direct requests (refreshed by `upkeep`).
     members: parking_lot::RwLock<HashMap<Role, Vec<String>>>,
-    round_robin: AtomicUsize,
     /// The last queue sample, for the stats role.
     figures: Mutex<Vec<QueueFigures>>,
     events: events::Publisher,
@@ -165,7 +165,6 @@ impl RedisLink {
             consuming: Mutex::new(HashSet::new()),
             feeds: Default::default(),
             members: Default::default(),
-            round_robin: AtomicUsize::new(0),
             figures: Mutex::new(Vec::new()),
             stop_consumers,
             stop_heartbeat,
@@ -205,12 +204,6 @@ impl RedisLink {
         self.tasks.lock().extend(tasks);
     }
 
-    /// Starts consuming `P`'s queues (direct and durable) for the local role instances.
-    pub fn serve<P: Protocol>(self: &Arc<Self>, bus: Bus) {
-        let handles = consumer::start::<P>(self.clone(), bus);
-        self.consumer_tasks.lock().extend(handles);
-    }
-
     pub(crate) fn feed_direct(&self, role: Role, feed: DirectFeed) {
         self.feeds.write().insert(role.name().to_string(), feed);
     }
@@ -219,13 +212,13 @@ impl RedisLink {
         self.feeds.read().get(role).cloned()
     }
 
-    /// Live consumers of `role`'s direct requests, starting at the next in round-robin order.
-    fn direct_members(&self, role: Role) -> Vec<String> {
+    /// Live consumers of `role`'s direct requests, starting at the bus's turn.
+    fn direct_members(&self, role: Role, turn: usize) -> Vec<String> {
         let members = self.members.read();
         let Some(list) = members.get(&role).filter(|l| !l.is_empty()) else {
             return Vec::new();
         };
-        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % list.len();
+        let start = turn % list.len();
         list[start..]
             .iter()
             .chain(&list[..start])
@@ -333,12 +326,8 @@ impl RedisLink {
         matches!(subscribed, Ok(Ok(_)))
     }
 
-    /// Sends `request` to `P`'s queue and waits up to `timeout` for the reply.
-    pub async fn call<P: Protocol>(
-        &self,
-        request: P::Request,
-        timeout: Duration,
-    ) -> Result<P::Reply> {
+    /// Delivers one encoded request (JSON) and waits up to `timeout` for the encoded reply.
+    async fn deliver(&self, out: Outgoing<'_>, timeout: Duration) -> Result<Vec<u8>> {
         self.ensure_healthy()?;
         // A reply published before the inbox subscribed would reach nobody.
         if !*self.inbox_ready.borrow()
@@ -348,30 +337,28 @@ impl RedisLink {
         {
             return Err(self.unavailable("the reply channel is not subscribed"));
         }
-        let delivery = P::delivery(&request);
-        let queue = queue_name(P::ROLE, delivery);
+        let role = out.role;
+        let queue = queue_name(role, out.delivery);
         let id = Uuid::now_v7();
         let now = envelope::now_ms();
-        let envelope = Envelope {
+        let bytes = envelope::encode(&Envelope {
             id,
-            kind: P::kind(&request).to_string(),
+            kind: out.kind.to_string(),
             attempt: 1,
             enqueued_at: now,
             reply_to: Some(self.reply_key.clone()),
             deadline: Some(now + timeout.as_millis() as i64),
-            body: &request,
-        };
-        let bytes = serde_json::to_vec(&envelope)
-            .map_err(|e| Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE)))?;
+            body: out.body,
+        })?;
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
         let waiter = self.replies.register(id);
         let mut conn = self.conn();
         let mut sent = false;
-        if delivery == Delivery::Direct {
+        if out.delivery == Delivery::Direct {
             // Straight to a live consumer's channel; PUBLISH says whether anyone heard it.
-            for member in self.direct_members(P::ROLE).into_iter().take(3) {
+            for member in self.direct_members(role, out.turn).into_iter().take(3) {
                 let heard: i64 = redis::cmd("PUBLISH")
-                    .arg(self.keys.direct(P::ROLE.name(), &member))
+                    .arg(self.keys.direct(role.name(), &member))
                     .arg(&bytes)
                     .query_async(&mut conn)
                     .await
@@ -380,14 +367,20 @@ impl RedisLink {
                     sent = true;
                     break;
                 }
-                self.forget_member(P::ROLE, &member);
+                self.forget_member(role, &member);
             }
+        }
+        if !sent && out.secret {
+            // A password must not wait in a list for a consumer that may never come.
+            return Err(Error::Unavailable(format!(
+                "no {role} role is reachable right now; try again shortly"
+            )));
         }
         if !sent {
             let key = self.keys.queue(&queue);
             let mut pipe = redis::pipe();
             pipe.cmd("LPUSH").arg(&key).arg(bytes).ignore();
-            if delivery == Delivery::Direct {
+            if out.delivery == Delivery::Direct {
                 // Nobody may be consuming: keep the fallback list of reads bounded in length
                 // and in time (its requests are useless once their callers gave up).
                 pipe.cmd("LTRIM")
@@ -406,54 +399,48 @@ impl RedisLink {
         }
         let frame = waiter.wait(timeout).await.ok_or_else(|| {
             Error::Timeout(format!(
-                "the {} role did not answer within {} ms",
-                P::ROLE,
+                "the {role} role did not answer within {} ms",
                 timeout.as_millis()
             ))
         })?;
-        serde_json::from_str::<Result<P::Reply>>(frame.get()).map_err(|e| {
-            Error::Internal(format!("undecodable reply from the {} role: {e}", P::ROLE))
-        })?
+        Ok(frame.get().as_bytes().to_vec())
     }
 
-    /// Puts a durable message on `P`'s queue without waiting for it to be handled: once this
-    /// returns, the message is in Redis (and survives a crash as far as Redis's AOF policy
+    /// Puts durable requests on their role's queue without waiting for them to be handled: once
+    /// this returns, the messages are in Redis (and survive a crash as far as Redis's AOF policy
     /// allows). Takes many at once, in one round trip.
-    pub async fn enqueue<P: Protocol>(&self, requests: &[P::Request]) -> Result<()> {
-        let mut by_queue: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+    pub async fn enqueue<R: Request>(&self, requests: Vec<R>) -> Result<()> {
+        if R::SECRET {
+            return Err(Error::Internal(format!(
+                "{} carries a secret and is never queued",
+                R::KIND
+            )));
+        }
+        let role = <R::Call as Call>::ROLE;
+        let queue = self.keys.queue(&queue_name(role, R::DELIVERY));
         let now = envelope::now_ms();
+        let mut messages = Vec::with_capacity(requests.len());
         for request in requests {
-            let envelope = Envelope {
+            let body = Codec::Json
+                .encode(&R::Call::from(request))
+                .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", R::KIND)))?;
+            messages.push(envelope::encode(&Envelope {
                 id: Uuid::now_v7(),
-                kind: P::kind(request).to_string(),
+                kind: R::KIND.to_string(),
                 attempt: 1,
                 enqueued_at: now,
                 reply_to: None,
                 deadline: None,
-                body: request,
-            };
-            let bytes = serde_json::to_vec(&envelope).map_err(|e| {
-                Error::Internal(format!("cannot encode a {} request: {e}", P::ROLE))
-            })?;
-            let queue = queue_name(P::ROLE, P::delivery(request));
-            by_queue.entry(queue).or_default().push(bytes);
-        }
-        let mut pipe = redis::pipe();
-        for (queue, messages) in by_queue {
-            pipe.cmd("LPUSH")
-                .arg(self.keys.queue(&queue))
-                .arg(messages)
-                .ignore();
+                body: &body,
+            })?);
         }
         let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn)
+        redis::cmd("LPUSH")
+            .arg(queue)
+            .arg(messages)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.unavailable(e))
-    }
-
-    /// Sends an event to every other node (best effort; see [`events`]).
-    pub fn publish(&self, event: &Event) {
-        self.events.send(&self.node, event);
     }
 
     /// Stops taking messages, finishes and acknowledges those in flight, gives back any left,
@@ -521,6 +508,47 @@ impl RedisLink {
 
     fn stopping(&self) -> watch::Receiver<bool> {
         self.stop_all.subscribe()
+    }
+}
+
+impl Transport for RedisLink {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn codec(&self) -> Codec {
+        Codec::Json
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    /// A Redis that answers may have a consumer of any role.
+    fn reaches(&self, _role: Role) -> bool {
+        self.is_healthy()
+    }
+
+    fn call<'a>(
+        &'a self,
+        out: Outgoing<'a>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(self.deliver(out, timeout))
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        role: Role,
+        bus: Bus,
+    ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+        let handles = consumer::start(self.clone(), bus, role);
+        self.consumer_tasks.lock().extend(handles);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish(&self, event: &Event) {
+        self.events.send(&self.node, event);
     }
 }
 

@@ -325,7 +325,7 @@ async fn refresh_members(link: &RedisLink) -> redis::RedisResult<()> {
     use crate::bus::{Delivery, Role};
     let mut conn = link.conn();
     let mut pipe = redis::pipe();
-    for role in Role::ALL {
+    for &role in Role::ALL {
         let queue = super::queue_name(role, Delivery::Direct);
         pipe.cmd("SMEMBERS").arg(link.keys.consumers(&queue));
     }
@@ -349,7 +349,7 @@ async fn refresh_members(link: &RedisLink) -> redis::RedisResult<()> {
         );
     }
     let mut members = link.members.write();
-    for (role, listed) in Role::ALL.into_iter().zip(listed) {
+    for (&role, listed) in Role::ALL.iter().zip(listed) {
         let live: Vec<String> = listed.into_iter().filter(|n| alive.contains(n)).collect();
         members.insert(role, live);
     }
