@@ -1,10 +1,9 @@
 //! Storage: the `Store` trait every backend implements, and the backends.
 //!
-//! Only the `store` role touches a `Store`. The trait is the contract: `contract` holds the test
-//! suite every backend must pass (run by `tests/store_contract.rs`).
+//! Only the `store` role touches a `Store`. The trait is the contract: `tests/common/contract.rs`
+//! holds the test suite every backend must pass (run by `tests/store_contract.rs`).
 
 mod checkpointer;
-pub mod contract;
 mod pool;
 pub mod recent;
 mod search_build;
