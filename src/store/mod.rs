@@ -21,32 +21,14 @@ use crate::error::Result;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 
+/// Paging is a domain type; re-exported here while `actors` still names it `store::Page`.
+pub use crate::domain::Page;
+
 /// A user together with what is needed to check their password.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
-}
-
-/// A page of a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Page {
-    pub limit: u32,
-    pub offset: u32,
-    /// Keyset cursor: start after the item with this id (in the listing's order), then skip
-    /// `offset`. Costs the same at any depth, where a deep `offset` walks every skipped row.
-    pub after: Option<Uuid>,
-}
-
-impl Page {
-    /// The page at `offset`, without a cursor.
-    pub const fn new(limit: u32, offset: u32) -> Page {
-        Page {
-            limit,
-            offset,
-            after: None,
-        }
-    }
 }
 
 /// The database, as the store role sees it.

@@ -41,10 +41,10 @@ use super::checkpointer::{self, Checkpointer};
 use super::pool::ReadPool;
 use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
-use super::{BulkLoad, Credentials, Page, Store};
+use super::{BulkLoad, Credentials, Store};
 use crate::domain::{
     from_millis, to_millis, Extra, Item, ItemPatch, Job, JobOutcome, JobState, Location, NewJob,
-    NewUser, Principal, TokenHash, User, UserPatch,
+    NewUser, Page, Principal, SearchQuery, TokenHash, User, UserPatch,
 };
 use crate::error::{Error, Result};
 
@@ -837,18 +837,10 @@ fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<
     result
 }
 
-/// Turns free text into an FTS5 query that matches every word, with no operator syntax exposed.
-pub fn fts_query(text: &str) -> Result<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(16)
-        .map(|w| format!("\"{}\"", w.to_lowercase()))
-        .collect();
-    if words.is_empty() {
-        return Err(Error::invalid("q", "must contain at least one word"));
-    }
-    Ok(words.join(" "))
+/// The FTS5 query of a search: every word quoted (so none is an operator), all of them required.
+fn fts_query(query: &SearchQuery) -> String {
+    let words: Vec<String> = query.words().iter().map(|w| format!("\"{w}\"")).collect();
+    words.join(" ")
 }
 
 fn writer_loop(
@@ -1457,7 +1449,7 @@ impl Store for SqliteStore {
     /// deep offset, runs in the heavy pool at low priority within the whole budget: only the
     /// expensive ones yield to cheap reads.
     async fn search_items(&self, query: &str, page: Page) -> Result<Vec<Item>> {
-        let query = fts_query(query)?;
+        let query = fts_query(&SearchQuery::parse(query)?);
         // A deep offset walks every match it skips: straight to the heavy pool.
         if page.offset <= QUICK_SEARCH_MAX_OFFSET {
             let quick = {

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use gorgon::domain::{
     new_id, now, Email, Extra, Item, ItemPatch, JobOutcome, JobState, Location, NewJob, NewUser,
-    Token, TokenHash, UserName, UserPatch,
+    Page, Token, TokenHash, UserName, UserPatch,
 };
-use gorgon::store::{Page, Store};
+use gorgon::store::Store;
 use gorgon::Error;
 
 type Check = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
