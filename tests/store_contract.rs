@@ -1,25 +1,29 @@
-//! Runs the store contract (`gorgon::store::contract`) against every backend present.
-//! The embedded store is always present. (The MongoDB backend is not in this build yet.)
+//! Runs the store contract (`tests/common/contract.rs`) against every backend present, and tests
+//! what is particular to the embedded store. The embedded store is always present. (The MongoDB
+//! backend is not in this build yet.) A backend joins the contract with one line in
+//! `contract_tests!` below, naming a factory of fresh, empty stores.
+
+#[path = "common/contract.rs"]
+mod contract;
 
 use std::sync::Arc;
 
-use gorgon::store::{contract, SqliteOptions, SqliteStore, Store};
+use gorgon::store::{SqliteOptions, SqliteStore, Store};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_store_passes_the_contract() {
-    let dirs = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let keep = dirs.clone();
-    contract::run_all(move || {
-        let dirs = keep.clone();
-        async move {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let store = SqliteStore::open(dir.path(), Default::default()).expect("open");
-            dirs.lock().push(dir);
-            Arc::new(store) as Arc<dyn Store>
-        }
-    })
-    .await;
-    assert_eq!(dirs.lock().len(), contract::CHECKS.len());
+contract::contract_tests! {
+    embedded_store_passes_the_contract => embedded_stores(),
+}
+
+/// Fresh embedded stores, each in a temporary directory of its own; the directories go when the
+/// factory is dropped, after the contract closed every store.
+fn embedded_stores() -> impl Fn() -> std::future::Ready<Arc<dyn Store>> {
+    let dirs = parking_lot::Mutex::new(Vec::new());
+    move || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path(), Default::default()).expect("open");
+        dirs.lock().push(dir);
+        std::future::ready(Arc::new(store) as Arc<dyn Store>)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use crate::bus::{Bus, Event, EventKind, Handler, Service};
 use crate::domain::{
-    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Principal, TokenHash, User,
+    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
     UserPatch,
 };
 use crate::error::Result;
-use crate::store::{Page, Store};
+use crate::store::Store;
 
 crate::requests! {
     role Store, call StoreCall;

@@ -7,13 +7,17 @@
 mod fields;
 pub mod item;
 pub mod job;
+pub mod page;
 pub mod password;
+pub mod search;
 pub mod token;
 pub mod user;
 
 pub use fields::{Extra, Location};
 pub use item::{Item, ItemPatch, NewItem};
 pub use job::{Job, JobOutcome, JobState, NewJob};
+pub use page::Page;
+pub use search::SearchQuery;
 pub use token::{Principal, Token, TokenHash};
 pub use user::{Email, NewUser, User, UserInput, UserName, UserPatch, UserPatchInput};
 

@@ -11,9 +11,9 @@ use super::users::{page, ItemPage};
 use super::HttpState;
 use crate::actors::store;
 use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url};
+use crate::domain::Page;
 use crate::domain::{Extra, Item, ItemPatch, Location, NewItem};
 use crate::error::Error;
-use crate::store::Page;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -300,7 +300,7 @@ pub async fn search_items(
         return Err(Error::invalid("q", "must not be empty"));
     }
     // Text with no word in it (only punctuation, say) matches nothing.
-    let items = if crate::store::sqlite::fts_query(&query.q).is_ok() {
+    let items = if crate::domain::SearchQuery::parse(&query.q).is_ok() {
         state
             .bus
             .call(store::SearchItems::new(query.q, page))

@@ -13,9 +13,9 @@ use crate::actors::app;
 use crate::actors::store::ListUserItems;
 use crate::domain::password::Password;
 use crate::domain::user::parse_group;
+use crate::domain::Page;
 use crate::domain::{Email, Extra, Item, User, UserName, UserPatchInput};
 use crate::error::Error;
-use crate::store::Page;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/users", "POST").route(web::post().to(create_user)))

@@ -1,10 +1,9 @@
 //! Storage: the `Store` trait every backend implements, and the backends.
 //!
-//! Only the `store` role touches a `Store`. The trait is the contract: `contract` holds the test
-//! suite every backend must pass (run by `tests/store_contract.rs`).
+//! Only the `store` role touches a `Store`. The trait is the contract: `tests/common/contract.rs`
+//! holds the test suite every backend must pass (run by `tests/store_contract.rs`).
 
 mod checkpointer;
-pub mod contract;
 mod pool;
 pub mod recent;
 mod search_build;
@@ -15,7 +14,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{
-    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Principal, TokenHash, User,
+    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
     UserPatch,
 };
 use crate::error::Result;
@@ -27,27 +26,6 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
-}
-
-/// A page of a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Page {
-    pub limit: u32,
-    pub offset: u32,
-    /// Keyset cursor: start after the item with this id (in the listing's order), then skip
-    /// `offset`. Costs the same at any depth, where a deep `offset` walks every skipped row.
-    pub after: Option<Uuid>,
-}
-
-impl Page {
-    /// The page at `offset`, without a cursor.
-    pub const fn new(limit: u32, offset: u32) -> Page {
-        Page {
-            limit,
-            offset,
-            after: None,
-        }
-    }
 }
 
 /// The database, as the store role sees it.

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::Page;
 use crate::domain::Item;
+use crate::domain::Page;
 
 /// Generation counters are striped: one lock per user would be a map of its own.
 const STRIPES: usize = 256;

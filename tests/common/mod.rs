@@ -1,5 +1,8 @@
 //! Test support: a real node on a random loopback port, over a real embedded store, and an
 //! HTTP client. Nothing is mocked.
+//!
+//! `contract.rs` beside it (the store contract) is not part of this module: only
+//! `tests/store_contract.rs` includes it, so other tests do not compile it.
 
 #![allow(dead_code)]
 

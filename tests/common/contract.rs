@@ -1,8 +1,10 @@
 //! The store contract: behaviour every `Store` backend must have.
 //!
-//! `tests/store_contract.rs` runs [`run_all`] against every backend that is present (the embedded
-//! store always; MongoDB when `GORGON_TEST_MONGODB_URI` is set). Each check gets a fresh, empty
-//! store from the factory. A failed check panics with its name.
+//! Test code only: `tests/store_contract.rs` includes this file and runs [`run_all`] against every
+//! backend that is present, one test per backend. A new backend adds one line there: its name and
+//! a factory of fresh, empty stores. Each check gets a fresh store from the factory, and uses only
+//! the public `Store` API, so the contract means the same for every backend. A failed check
+//! panics with its name.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,12 +13,12 @@ use std::sync::Arc;
 use chrono::Duration;
 use uuid::Uuid;
 
-use super::{Page, Store};
-use crate::domain::{
+use gorgon::domain::{
     new_id, now, Email, Extra, Item, ItemPatch, JobOutcome, JobState, Location, NewJob, NewUser,
-    Token, TokenHash, UserName, UserPatch,
+    Page, Token, TokenHash, UserName, UserPatch,
 };
-use crate::error::Error;
+use gorgon::store::Store;
+use gorgon::Error;
 
 type Check = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -198,19 +200,33 @@ async fn sessions_are_revoked_per_user(store: Arc<dyn Store>) {
     assert!(store.get_session(hashes[0]).await.expect("get").is_none());
 }
 
-/// Runs every check, each on a fresh store from `factory`.
-pub async fn run_all<F, Fut>(factory: F)
+/// Runs every check, each on a fresh store from `factory`, and closes the store after its check.
+/// `backend` names the backend in the log.
+pub async fn run_all<F, Fut>(backend: &str, factory: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
     for (name, check) in CHECKS {
         let store = factory().await;
-        eprintln!("store contract: {name}");
+        eprintln!("store contract ({backend}): {name}");
         check(store.clone()).await;
         store.close().await;
     }
 }
+
+/// One test per backend, one line each: `contract_tests! { test_name => factory, }`, where
+/// `factory` is an expression whose value is a `Fn() -> impl Future<Output = Arc<dyn Store>>`
+/// making fresh, empty stores (see [`run_all`]).
+macro_rules! contract_tests {
+    ($($test:ident => $factory:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            $crate::contract::run_all(stringify!($test), $factory).await;
+        }
+    )*};
+}
+pub(crate) use contract_tests;
 
 fn user(email: &str) -> NewUser {
     NewUser {
