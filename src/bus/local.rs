@@ -102,7 +102,7 @@ impl<S: Service> Actor for RoleActor<S> {
         myself: ActorRef<Self::Msg>,
         state: &mut RoleState<S>,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        state.bus.leave(S::ROLE, myself.get_cell());
+        state.bus.leave(S::ROLE, &myself.get_cell());
         state.inflight.drain().await;
         state.service.stop().await;
         Ok(())
@@ -156,19 +156,31 @@ impl Inflight {
 }
 
 pub(super) fn has_members(bus: &Bus, role: Role) -> bool {
-    !ractor::pg::get_scoped_local_members(bus.scope(), &role.group()).is_empty()
+    !bus.members(role).read().is_empty()
 }
 
-/// One local instance of `role` (round-robin), as the actor of its `Call`.
-fn pick<C: Call>(bus: &Bus, role: Role) -> Result<ActorRef<Inbound<C>>> {
-    let members = ractor::pg::get_scoped_local_members(bus.scope(), &role.group());
-    if members.is_empty() {
-        return Err(Error::Unavailable(format!(
-            "no {role} role is reachable from this node"
-        )));
+/// Sends `message` to one local instance of `role` (round-robin), as the actor of its `Call`;
+/// an instance that is gone is forgotten and the next one tried.
+fn send<C: Call>(bus: &Bus, role: Role, mut message: Inbound<C>) -> Result<()> {
+    loop {
+        let actor: ActorRef<Inbound<C>> = {
+            let members = bus.members(role).read();
+            if members.is_empty() {
+                return Err(Error::Unavailable(format!(
+                    "no {role} role is reachable from this node"
+                )));
+            }
+            members[bus.next_index(role, members.len())].clone().into()
+        };
+        match actor.send_message(message) {
+            Ok(()) => return Ok(()),
+            Err(ractor::MessagingErr::SendErr(returned)) => {
+                bus.leave(role, &actor.get_cell());
+                message = returned;
+            }
+            Err(_) => return Err(stopped(role)),
+        }
     }
-    let index = bus.next_index(role, members.len());
-    Ok(members[index].clone().into())
 }
 
 fn stopped(role: Role) -> Error {
@@ -185,13 +197,12 @@ fn late(role: Role, timeout: Duration) -> Error {
 /// Calls a local instance of the request's role, with no encoding at all.
 pub(super) async fn call<R: Request>(bus: &Bus, request: R, timeout: Duration) -> Result<R::Reply> {
     let role = <R::Call as Call>::ROLE;
-    let actor = pick::<R::Call>(bus, role)?;
     let (port, answer) = oneshot::channel::<Result<R::Reply>>();
     let message = Inbound {
         call: R::Call::from(request),
         reply: Replier::local(port),
     };
-    actor.send_message(message).map_err(|_| stopped(role))?;
+    send(bus, role, message)?;
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Err(stopped(role)),
@@ -233,17 +244,13 @@ impl<C: Call> Endpoint for EndpointOf<C> {
                     error: Some(error),
                 })
             };
-            let actor = match pick::<C>(&bus, role) {
-                Ok(actor) => actor,
-                Err(e) => return failed(e),
-            };
             let (port, answer) = oneshot::channel();
             let message = Inbound {
                 call,
                 reply: Replier::Encoded(codec, port),
             };
-            if actor.send_message(message).is_err() {
-                return failed(stopped(role));
+            if let Err(e) = send(&bus, role, message) {
+                return failed(e);
             }
             match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(encoded)) => Answered::Done(encoded),

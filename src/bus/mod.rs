@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -149,8 +150,9 @@ pub struct Bus {
 }
 
 struct BusInner {
-    /// Scope of this node's process groups, unique per node.
-    scope: String,
+    /// This node's instances of each role (indexed by `Role as usize`): the role actors join
+    /// and leave it; a lookup is a read lock, with no allocation.
+    members: Vec<RwLock<Vec<ractor::ActorCell>>>,
     config: BusConfig,
     events: broadcast::Sender<Arc<Event>>,
     /// The one round-robin of the node, per role: local instances and transports take turns
@@ -190,7 +192,7 @@ impl Bus {
         let (events, _) = broadcast::channel(config.event_capacity.max(16));
         Bus {
             inner: Arc::new(BusInner {
-                scope: format!("gorgon-node-{}", uuid::Uuid::now_v7()),
+                members: Role::ALL.iter().map(|_| RwLock::default()).collect(),
                 config,
                 events,
                 round_robin: Role::ALL.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -340,15 +342,19 @@ impl Bus {
     /// Registers a local actor as an instance of its service's role.
     pub fn join<S: Service>(&self, actor: ractor::ActorCell) {
         self.inner.endpoints.add::<S::Call>(S::ROLE);
-        ractor::pg::join_scoped(self.inner.scope.clone(), S::ROLE.group(), vec![actor]);
+        self.inner.members[S::ROLE as usize].write().push(actor);
     }
 
-    pub fn leave(&self, role: Role, actor: ractor::ActorCell) {
-        ractor::pg::leave_scoped(self.inner.scope.clone(), role.group(), vec![actor]);
+    pub fn leave(&self, role: Role, actor: &ractor::ActorCell) {
+        let id = actor.get_id();
+        self.inner.members[role as usize]
+            .write()
+            .retain(|m| m.get_id() != id);
     }
 
-    fn scope(&self) -> &String {
-        &self.inner.scope
+    /// This node's instances of `role`.
+    fn members(&self, role: Role) -> &RwLock<Vec<ractor::ActorCell>> {
+        &self.inner.members[role as usize]
     }
 
     /// The next turn of `role`'s round-robin.
