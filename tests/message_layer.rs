@@ -1131,12 +1131,7 @@ async fn a_message_queued_in_the_old_format_is_handled() {
 
 /// A logout queued by the previous build (`AuthRequest::Logout { token }`, durable, on `q:auth`)
 /// still ends the session after an upgrade, and leaves no token in a dead letter.
-///
-/// Ignored: this build's `auth::Logout` reads only `{"hash": ..}`, so the old message is
-/// dead-lettered ("missing field `hash`"), the session stays valid, and the token is printed by
-/// `gorgon dlq list auth` (src/actors/auth.rs, `Logout`; the same for the direct `Validate`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src/actors/auth.rs: Logout no longer reads the previous build's {\"token\"} shape"]
 async fn a_logout_queued_in_the_old_format_ends_the_session() {
     bounded(async {
         let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {

@@ -82,14 +82,46 @@ redacted_debug!(Login, CheckPassword);
 
 /// Ends the session of a token, named by its hash (a token is never queued).
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(from = "TokenOrHash")]
 pub struct Logout {
     pub hash: TokenHash,
 }
 
 /// Who holds the token of this hash; cached for a short time.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(from = "TokenOrHash")]
 pub struct Validate {
     pub hash: TokenHash,
+}
+
+/// How a token is named on the wire: by its hash, or (in messages queued by earlier builds,
+/// which carried the token itself) by the token, hashed on arrival.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenOrHash {
+    Hash { hash: TokenHash },
+    Token { token: Token },
+}
+
+impl TokenOrHash {
+    fn hash(self) -> TokenHash {
+        match self {
+            TokenOrHash::Hash { hash } => hash,
+            TokenOrHash::Token { token } => token.hash(),
+        }
+    }
+}
+
+impl From<TokenOrHash> for Logout {
+    fn from(wire: TokenOrHash) -> Self {
+        Logout { hash: wire.hash() }
+    }
+}
+
+impl From<TokenOrHash> for Validate {
+    fn from(wire: TokenOrHash) -> Self {
+        Validate { hash: wire.hash() }
+    }
 }
 
 impl Validate {
