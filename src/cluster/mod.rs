@@ -45,12 +45,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
-use crate::actors::stats::{quantile_ms, Interval, StatsHub};
 use futures::future::BoxFuture;
 
 use crate::bus::{Bus, Codec, Delivery, Outgoing, RedisLink, Role, Transport};
 use crate::configuration::ClusterTuning;
 use crate::error::{Error, Result};
+use crate::telemetry::history::{quantile_ms, Interval, StatsHub};
 use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
 
 /// The `ractor::pg` scope of everything the cluster shares.
