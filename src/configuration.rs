@@ -1,5 +1,6 @@
 //! Command line and environment: every flag has a `GORGON_*` equivalent and a sane default.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::actors::auth::AuthConfig;
 use crate::actors::provider::ProviderConfig;
 use crate::bus::{BusConfig, Role};
+use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
 use crate::store::SqliteOptions;
 
@@ -424,6 +426,84 @@ pub struct ClusterTuning {
     /// How long start-up waits for the seeds before going on alone (seeds are dialled again later).
     #[arg(long, env = "GORGON_CLUSTER_JOIN_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub cluster_join_wait: Duration,
+}
+
+impl ClusterTuning {
+    /// The settings of `--cluster-listen` and friends, `None` when the node is not clustered.
+    pub fn cluster_config(
+        &self,
+        node_id: &str,
+        concurrency: usize,
+    ) -> Result<Option<ClusterConfig>, String> {
+        let args = self;
+        let Some(listen) = &args.cluster_listen else {
+            if args.join.is_empty() {
+                return Ok(None);
+            }
+            return Err("--join needs --cluster-listen: peers dial each other both ways".into());
+        };
+        let listen = listen
+            .to_socket_addrs()
+            .map_err(|e| format!("--cluster-listen {listen}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--cluster-listen {listen}: no address"))?;
+        if listen.ip().is_unspecified() {
+            return Err(format!(
+                "--cluster-listen {listen}: give the address peers reach this node at, not a wildcard"
+            ));
+        }
+        let cookie = match args.cluster_cookie.as_deref().map(str::trim) {
+            Some(cookie) if !cookie.is_empty() => cookie.to_string(),
+            _ if listen.ip().is_loopback() => crate::cluster::LOOPBACK_COOKIE.to_string(),
+            _ => {
+                return Err(format!(
+                "--cluster-listen {listen} is not a loopback address: set GORGON_CLUSTER_COOKIE \
+                     (a long random secret shared by every node) so strangers cannot join"
+            ))
+            }
+        };
+        let seeds: Vec<String> = args
+            .join
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for seed in &seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("--join {seed}: expected HOST:PORT"));
+            }
+        }
+        let data_listen = match &args.cluster_data_listen {
+            Some(addr) => addr
+                .to_socket_addrs()
+                .map_err(|e| format!("--cluster-data-listen {addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--cluster-data-listen {addr}: no address"))?,
+            None => SocketAddr::new(listen.ip(), 0),
+        };
+        Ok(Some(ClusterConfig {
+            listen,
+            data_listen,
+            max_frame: args.cluster_max_frame.max(64 * 1024),
+            concurrency: concurrency.max(1),
+            advertise_host: listen.ip().to_string(),
+            seeds,
+            cookie,
+            node_name: args
+                .cluster_node_name
+                .clone()
+                .unwrap_or_else(|| node_id.to_string()),
+            call_timeout: args.cluster_call_timeout.max(Duration::from_millis(10)),
+            call_attempts: args.cluster_call_attempts.max(1),
+            heartbeat: args.cluster_heartbeat.max(Duration::from_millis(50)),
+            missed_pings: args.cluster_missed_pings.max(1),
+            join_wait: args.cluster_join_wait,
+        }))
+    }
 }
 
 /// External providers: signed ingest and outbound webhooks.

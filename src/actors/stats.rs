@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::telemetry::LATENCY_BUCKETS;
 
 // The per-second history lives in telemetry (the cluster reads it too); re-exported here.
-pub use crate::telemetry::history::{quantile_ms, Interval, StatsHub};
+pub use crate::telemetry::history::{quantile_ms, ClusterFigures, Interval, StatsHub};
 
 crate::requests! {
     role Stats, call StatsCall;
@@ -54,7 +54,7 @@ pub struct NodeStats {
     pub queues: Vec<crate::bus::redis::QueueFigures>,
     /// The whole cluster's figures (with `--cluster-listen`; per node at `/api/v1/cluster`).
     #[serde(default)]
-    pub cluster: Option<crate::cluster::ClusterFigures>,
+    pub cluster: Option<ClusterFigures>,
     /// The whole cluster's traffic per second (every node's added up), oldest first; empty when
     /// the node is not clustered. Lags `seconds` by two seconds, so every node's share is in.
     #[serde(default)]
@@ -99,7 +99,10 @@ impl Handler<Snapshot> for Stats {
                 .as_ref()
                 .map(|link| link.queue_figures())
                 .unwrap_or_default(),
-            cluster: self.cluster.as_ref().map(|link| link.view().totals),
+            cluster: self.cluster.as_ref().map(|link| {
+                let nodes = link.nodes();
+                ClusterFigures::add_up(nodes.iter().map(|n| (&n.summary.recent[..], n.healthy())))
+            }),
             cluster_seconds: self
                 .cluster
                 .as_ref()

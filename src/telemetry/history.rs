@@ -193,6 +193,58 @@ pub fn quantile_ms(buckets: &[u64], q: f64) -> f64 {
     LATENCY_BUCKETS.last().copied().unwrap_or(0.0) * 1000.0
 }
 
+/// Cluster-wide figures: the nodes' last seconds of HTTP traffic added up.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterFigures {
+    pub nodes: usize,
+    pub healthy_nodes: usize,
+    /// Requests answered per second across every web node (average of the last full seconds).
+    pub requests_per_second: f64,
+    pub errors_per_second: f64,
+    /// Latency quantiles of all those requests together.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl ClusterFigures {
+    /// Adds up each node's recent seconds; `healthy` counts the nodes that answer and are well.
+    pub fn add_up<'a>(nodes: impl IntoIterator<Item = (&'a [Interval], bool)>) -> ClusterFigures {
+        let mut buckets: Vec<u64> = Vec::new();
+        let (mut requests, mut errors, mut seconds) = (0u64, 0u64, 0usize);
+        let (mut count, mut healthy) = (0usize, 0usize);
+        for (recent, well) in nodes {
+            count += 1;
+            healthy += usize::from(well);
+            seconds = seconds.max(recent.len());
+            for second in recent {
+                requests += second.requests;
+                errors += second.errors;
+                if buckets.len() < second.buckets.len() {
+                    buckets.resize(second.buckets.len(), 0);
+                }
+                for (sum, count) in buckets.iter_mut().zip(&second.buckets) {
+                    *sum += count;
+                }
+            }
+        }
+        let per_second = |n: u64| {
+            if seconds == 0 {
+                0.0
+            } else {
+                n as f64 / seconds as f64
+            }
+        };
+        ClusterFigures {
+            nodes: count,
+            healthy_nodes: healthy,
+            requests_per_second: per_second(requests),
+            errors_per_second: per_second(errors),
+            p50_ms: quantile_ms(&buckets, 0.5),
+            p99_ms: quantile_ms(&buckets, 0.99),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
