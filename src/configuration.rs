@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
 
 use crate::actors::auth::AuthConfig;
 use crate::actors::provider::ProviderConfig;
@@ -31,7 +32,7 @@ pub enum Command {
     /// Bulk-loads synthetic users and items into the embedded store.
     Seed(SeedArgs),
     /// Simulates a workload: seeds, starts every role (or targets --target), drives load, reports.
-    Sim(crate::sim::SimArgs),
+    Sim(SimArgs),
     /// Inspects and repairs a Redis dead-letter list: list, replay or purge.
     Dlq(DlqArgs),
 }
@@ -556,6 +557,79 @@ pub fn parse_secret(value: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((name.to_string(), secret.to_string()))
+}
+
+/// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults. A scenario
+/// file (TOML) holds the same settings by the same names, durations as text (`"30s"`).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimArgs {
+    /// A scenario file (TOML) with any of the settings below.
+    #[arg(long, env = "GORGON_SIM_SCENARIO")]
+    #[serde(skip)]
+    pub scenario: Option<PathBuf>,
+    /// Users to seed (default 10000).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Items to seed (default 1000000).
+    #[arg(long)]
+    pub items: Option<u64>,
+    /// Items per second inserted by the random provider during the run (default 1000).
+    #[arg(long)]
+    pub provider_rate: Option<f64>,
+    /// Concurrent clients of the closed loop (default 16: on 2 cores more only queue).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Open loop at this many requests per second instead of the closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop in steps, e.g. 1,10,100,1000,10000 (each for --step).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<f64>>,
+    /// Length of each open-loop step (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub step: Option<Duration>,
+    /// Length of the measured run (default 30s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub duration: Option<Duration>,
+    /// Unmeasured warm-up before it (default 3s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub warmup: Option<Duration>,
+    /// Operation mix, e.g. read=90,write=5,search=5 (the default).
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Drive this running node instead of starting one (seeding through the API).
+    #[arg(long)]
+    #[serde(skip)]
+    pub target: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+    /// Data directory for the in-process node (default: a fresh temporary one).
+    #[arg(long)]
+    #[serde(skip)]
+    pub data: Option<PathBuf>,
+    /// Per-request timeout (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub timeout: Option<Duration>,
+    /// Writer accounts the simulated clients write as (default 16).
+    #[arg(long)]
+    pub writers: Option<usize>,
+}
+
+/// A duration written as text in a scenario file.
+fn duration_text<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// `gorgon dlq`.
