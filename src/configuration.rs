@@ -1,13 +1,16 @@
 //! Command line and environment: every flag has a `GORGON_*` equivalent and a sane default.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
 
 use crate::actors::auth::AuthConfig;
 use crate::actors::provider::ProviderConfig;
 use crate::bus::{BusConfig, Role};
+use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
 use crate::store::SqliteOptions;
 
@@ -29,7 +32,7 @@ pub enum Command {
     /// Bulk-loads synthetic users and items into the embedded store.
     Seed(SeedArgs),
     /// Simulates a workload: seeds, starts every role (or targets --target), drives load, reports.
-    Sim(crate::sim::SimArgs),
+    Sim(SimArgs),
     /// Inspects and repairs a Redis dead-letter list: list, replay or purge.
     Dlq(DlqArgs),
 }
@@ -426,6 +429,84 @@ pub struct ClusterTuning {
     pub cluster_join_wait: Duration,
 }
 
+impl ClusterTuning {
+    /// The settings of `--cluster-listen` and friends, `None` when the node is not clustered.
+    pub fn cluster_config(
+        &self,
+        node_id: &str,
+        concurrency: usize,
+    ) -> Result<Option<ClusterConfig>, String> {
+        let args = self;
+        let Some(listen) = &args.cluster_listen else {
+            if args.join.is_empty() {
+                return Ok(None);
+            }
+            return Err("--join needs --cluster-listen: peers dial each other both ways".into());
+        };
+        let listen = listen
+            .to_socket_addrs()
+            .map_err(|e| format!("--cluster-listen {listen}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--cluster-listen {listen}: no address"))?;
+        if listen.ip().is_unspecified() {
+            return Err(format!(
+                "--cluster-listen {listen}: give the address peers reach this node at, not a wildcard"
+            ));
+        }
+        let cookie = match args.cluster_cookie.as_deref().map(str::trim) {
+            Some(cookie) if !cookie.is_empty() => cookie.to_string(),
+            _ if listen.ip().is_loopback() => crate::cluster::LOOPBACK_COOKIE.to_string(),
+            _ => {
+                return Err(format!(
+                "--cluster-listen {listen} is not a loopback address: set GORGON_CLUSTER_COOKIE \
+                     (a long random secret shared by every node) so strangers cannot join"
+            ))
+            }
+        };
+        let seeds: Vec<String> = args
+            .join
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for seed in &seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("--join {seed}: expected HOST:PORT"));
+            }
+        }
+        let data_listen = match &args.cluster_data_listen {
+            Some(addr) => addr
+                .to_socket_addrs()
+                .map_err(|e| format!("--cluster-data-listen {addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--cluster-data-listen {addr}: no address"))?,
+            None => SocketAddr::new(listen.ip(), 0),
+        };
+        Ok(Some(ClusterConfig {
+            listen,
+            data_listen,
+            max_frame: args.cluster_max_frame.max(64 * 1024),
+            concurrency: concurrency.max(1),
+            advertise_host: listen.ip().to_string(),
+            seeds,
+            cookie,
+            node_name: args
+                .cluster_node_name
+                .clone()
+                .unwrap_or_else(|| node_id.to_string()),
+            call_timeout: args.cluster_call_timeout.max(Duration::from_millis(10)),
+            call_attempts: args.cluster_call_attempts.max(1),
+            heartbeat: args.cluster_heartbeat.max(Duration::from_millis(50)),
+            missed_pings: args.cluster_missed_pings.max(1),
+            join_wait: args.cluster_join_wait,
+        }))
+    }
+}
+
 /// External providers: signed ingest and outbound webhooks.
 #[derive(Debug, Clone, Args)]
 pub struct ProviderTuning {
@@ -476,6 +557,79 @@ pub fn parse_secret(value: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((name.to_string(), secret.to_string()))
+}
+
+/// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults. A scenario
+/// file (TOML) holds the same settings by the same names, durations as text (`"30s"`).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimArgs {
+    /// A scenario file (TOML) with any of the settings below.
+    #[arg(long, env = "GORGON_SIM_SCENARIO")]
+    #[serde(skip)]
+    pub scenario: Option<PathBuf>,
+    /// Users to seed (default 10000).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Items to seed (default 1000000).
+    #[arg(long)]
+    pub items: Option<u64>,
+    /// Items per second inserted by the random provider during the run (default 1000).
+    #[arg(long)]
+    pub provider_rate: Option<f64>,
+    /// Concurrent clients of the closed loop (default 16: on 2 cores more only queue).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Open loop at this many requests per second instead of the closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop in steps, e.g. 1,10,100,1000,10000 (each for --step).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<f64>>,
+    /// Length of each open-loop step (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub step: Option<Duration>,
+    /// Length of the measured run (default 30s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub duration: Option<Duration>,
+    /// Unmeasured warm-up before it (default 3s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub warmup: Option<Duration>,
+    /// Operation mix, e.g. read=90,write=5,search=5 (the default).
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Drive this running node instead of starting one (seeding through the API).
+    #[arg(long)]
+    #[serde(skip)]
+    pub target: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+    /// Data directory for the in-process node (default: a fresh temporary one).
+    #[arg(long)]
+    #[serde(skip)]
+    pub data: Option<PathBuf>,
+    /// Per-request timeout (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub timeout: Option<Duration>,
+    /// Writer accounts the simulated clients write as (default 16).
+    #[arg(long)]
+    pub writers: Option<usize>,
+}
+
+/// A duration written as text in a scenario file.
+fn duration_text<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// `gorgon dlq`.

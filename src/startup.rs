@@ -21,7 +21,7 @@ use crate::actors::stats::{Stats, StatsHub};
 use crate::actors::store::{self as store_role, StoreHandler};
 use crate::actors::web::Web;
 use crate::bus::{Bus, RedisLink, Role, RoleActor, RoleArgs, Service, Transport};
-use crate::cluster::{ClusterConfig, ClusterLink, LocalNode};
+use crate::cluster::{ClusterLink, LocalNode};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
 use crate::http::HttpState;
@@ -335,9 +335,10 @@ async fn connect(
     Option<Arc<ClusterLink>>,
     Arc<LocalNode>,
 )> {
-    let cluster_config =
-        ClusterConfig::from_args(&args.cluster, node_id, args.tuning.role_concurrency)
-            .map_err(anyhow::Error::msg)?;
+    let cluster_config = args
+        .cluster
+        .cluster_config(node_id, args.tuning.role_concurrency)
+        .map_err(anyhow::Error::msg)?;
     let redis = match args.redis_config() {
         Some(config) => Some(RedisLink::connect(config, node_id).await?),
         None => None,

@@ -1,5 +1,7 @@
 //! Logs (`tracing`) and metrics (`metrics` with the Prometheus exporter), set up once per process.
 
+pub mod history;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 

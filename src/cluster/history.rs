@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
-use crate::actors::stats::{quantile_ms, Interval};
+use crate::telemetry::history::{quantile_ms, Interval};
 
 /// Seconds of cluster history kept.
 const KEEP_SECONDS: i64 = 3600;

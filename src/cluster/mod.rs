@@ -10,7 +10,8 @@
 //!   node's own connection to the member's node ([`direct`], framing and cookie handshake in
 //!   [`wire`]), or through the gateway actor while that node's address is not known yet;
 //! - a **node agent** ([`agent`]) in `gorgon:nodes`, which answers each peer's heartbeat with this
-//!   node's summary ([`NodeSummary`]): `GET /api/v1/cluster` and the stats role read them.
+//!   node's summary ([`NodeSummary`]): [`ClusterLink::nodes`] returns them, which
+//!   `GET /api/v1/cluster` (`http::cluster`) and the stats role shape and add up.
 //!
 //! Durable work (writes, jobs) keeps going through Redis when the node has `--redis`: a reliable
 //! queue survives the loss of a node, a call in flight does not. Without Redis, durable requests
@@ -29,7 +30,7 @@ pub mod history;
 pub mod membership;
 pub mod wire;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,14 +44,12 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use utoipa::ToSchema;
 
-use crate::actors::stats::{quantile_ms, Interval, StatsHub};
 use futures::future::BoxFuture;
 
 use crate::bus::{Bus, Codec, Delivery, Outgoing, RedisLink, Role, Transport};
-use crate::configuration::ClusterTuning;
 use crate::error::{Error, Result};
+use crate::telemetry::history::{Interval, StatsHub};
 use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
 
 /// The `ractor::pg` scope of everything the cluster shares.
@@ -58,9 +57,9 @@ pub const CLUSTER_SCOPE: &str = "gorgon-cluster";
 /// The process group of the node agents.
 pub const NODES_GROUP: &str = "gorgon:nodes";
 /// The cookie of a loopback-only cluster started without one.
-const LOOPBACK_COOKIE: &str = "gorgon-loopback-only";
+pub const LOOPBACK_COOKIE: &str = "gorgon-loopback-only";
 
-/// Validated cluster settings.
+/// Validated cluster settings (built from the command line by `configuration`).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub listen: SocketAddr,
@@ -83,81 +82,6 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// The settings of `--cluster-listen` and friends, `None` when the node is not clustered.
-    pub fn from_args(
-        args: &ClusterTuning,
-        node_id: &str,
-        concurrency: usize,
-    ) -> std::result::Result<Option<ClusterConfig>, String> {
-        let Some(listen) = &args.cluster_listen else {
-            if args.join.is_empty() {
-                return Ok(None);
-            }
-            return Err("--join needs --cluster-listen: peers dial each other both ways".into());
-        };
-        let listen = listen
-            .to_socket_addrs()
-            .map_err(|e| format!("--cluster-listen {listen}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("--cluster-listen {listen}: no address"))?;
-        if listen.ip().is_unspecified() {
-            return Err(format!(
-                "--cluster-listen {listen}: give the address peers reach this node at, not a wildcard"
-            ));
-        }
-        let cookie = match args.cluster_cookie.as_deref().map(str::trim) {
-            Some(cookie) if !cookie.is_empty() => cookie.to_string(),
-            _ if listen.ip().is_loopback() => LOOPBACK_COOKIE.to_string(),
-            _ => {
-                return Err(format!(
-                "--cluster-listen {listen} is not a loopback address: set GORGON_CLUSTER_COOKIE \
-                     (a long random secret shared by every node) so strangers cannot join"
-            ))
-            }
-        };
-        let seeds: Vec<String> = args
-            .join
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for seed in &seeds {
-            if seed
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(format!("--join {seed}: expected HOST:PORT"));
-            }
-        }
-        let data_listen = match &args.cluster_data_listen {
-            Some(addr) => addr
-                .to_socket_addrs()
-                .map_err(|e| format!("--cluster-data-listen {addr}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("--cluster-data-listen {addr}: no address"))?,
-            None => SocketAddr::new(listen.ip(), 0),
-        };
-        Ok(Some(ClusterConfig {
-            listen,
-            data_listen,
-            max_frame: args.cluster_max_frame.max(64 * 1024),
-            concurrency: concurrency.max(1),
-            advertise_host: listen.ip().to_string(),
-            seeds,
-            cookie,
-            node_name: args
-                .cluster_node_name
-                .clone()
-                .unwrap_or_else(|| node_id.to_string()),
-            call_timeout: args.cluster_call_timeout.max(Duration::from_millis(10)),
-            call_attempts: args.cluster_call_attempts.max(1),
-            heartbeat: args.cluster_heartbeat.max(Duration::from_millis(50)),
-            missed_pings: args.cluster_missed_pings.max(1),
-            join_wait: args.cluster_join_wait,
-        }))
-    }
-
     /// `host:port` as peers see it.
     pub fn advertised(&self) -> String {
         format!("{}:{}", self.advertise_host, self.listen.port())
@@ -165,7 +89,7 @@ impl ClusterConfig {
 }
 
 /// One node as the cluster sees it (answered by its agent once per heartbeat).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeSummary {
     pub node_id: String,
     /// `host:port` of its cluster listener.
@@ -202,6 +126,16 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
+    /// This node as it sees itself (a node that is not clustered is its own cluster).
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            summary: self.summary(membership::RECENT_SECONDS as usize),
+            this_node: true,
+            reachable: true,
+            last_seen: Duration::ZERO,
+        }
+    }
+
     pub fn summary(&self, seconds: usize) -> NodeSummary {
         let (recent, _) = self.stats.history(seconds);
         let health = match &self.redis {
@@ -227,96 +161,22 @@ impl LocalNode {
     }
 }
 
-/// A node in `GET /api/v1/cluster`: its own summary and how this node sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ClusterMember {
-    #[serde(flatten)]
+/// A node as this one sees it: its last summary, and whether it answers its heartbeats.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
     pub summary: NodeSummary,
-    /// True for the node that answered this request.
+    /// True for this node.
     pub this_node: bool,
-    /// "ok", or "unresponsive" while it misses heartbeats.
-    pub reachable: String,
-    /// Seconds since it last answered a heartbeat (0 for this node).
-    pub last_seen_seconds: f64,
+    /// False while it misses heartbeats.
+    pub reachable: bool,
+    /// Since it last answered a heartbeat (zero for this node).
+    pub last_seen: Duration,
 }
 
-/// Cluster-wide figures: the nodes' last seconds of HTTP traffic added up.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ClusterFigures {
-    pub nodes: usize,
-    pub healthy_nodes: usize,
-    /// Requests answered per second across every web node (average of the last full seconds).
-    pub requests_per_second: f64,
-    pub errors_per_second: f64,
-    /// Latency quantiles of all those requests together.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-}
-
-/// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ClusterView {
-    /// False when this node was started without `--cluster-listen` (it is its own cluster).
-    pub clustered: bool,
-    pub nodes: Vec<ClusterMember>,
-    pub totals: ClusterFigures,
-}
-
-impl ClusterView {
-    /// A node that is not clustered: itself only.
-    pub fn single(local: &LocalNode) -> ClusterView {
-        let member = ClusterMember {
-            summary: local.summary(membership::RECENT_SECONDS as usize),
-            this_node: true,
-            reachable: "ok".into(),
-            last_seen_seconds: 0.0,
-        };
-        ClusterView::from_members(false, vec![member])
-    }
-
-    fn from_members(clustered: bool, nodes: Vec<ClusterMember>) -> ClusterView {
-        let totals = totals(&nodes);
-        ClusterView {
-            clustered,
-            nodes,
-            totals,
-        }
-    }
-}
-
-fn totals(nodes: &[ClusterMember]) -> ClusterFigures {
-    let mut buckets: Vec<u64> = Vec::new();
-    let (mut requests, mut errors, mut seconds) = (0u64, 0u64, 0usize);
-    for node in nodes {
-        seconds = seconds.max(node.summary.recent.len());
-        for second in &node.summary.recent {
-            requests += second.requests;
-            errors += second.errors;
-            if buckets.len() < second.buckets.len() {
-                buckets.resize(second.buckets.len(), 0);
-            }
-            for (sum, count) in buckets.iter_mut().zip(&second.buckets) {
-                *sum += count;
-            }
-        }
-    }
-    let per_second = |n: u64| {
-        if seconds == 0 {
-            0.0
-        } else {
-            n as f64 / seconds as f64
-        }
-    };
-    ClusterFigures {
-        nodes: nodes.len(),
-        healthy_nodes: nodes
-            .iter()
-            .filter(|n| n.reachable == "ok" && n.summary.health == "ok")
-            .count(),
-        requests_per_second: per_second(requests),
-        errors_per_second: per_second(errors),
-        p50_ms: quantile_ms(&buckets, 0.5),
-        p99_ms: quantile_ms(&buckets, 0.99),
+impl NodeStatus {
+    /// Answers its heartbeats and says it is well.
+    pub fn healthy(&self) -> bool {
+        self.reachable && self.summary.health == "ok"
     }
 }
 
@@ -602,32 +462,20 @@ impl ClusterLink {
     }
 
     /// Every node of the cluster, this one first.
-    pub fn view(&self) -> ClusterView {
-        let mut nodes = vec![ClusterMember {
-            summary: self.local.summary(membership::RECENT_SECONDS as usize),
-            this_node: true,
-            reachable: "ok".into(),
-            last_seen_seconds: 0.0,
-        }];
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let mut nodes = vec![self.local.status()];
         for peer in self.peers.list() {
             let Some(summary) = peer.summary else {
                 continue;
             };
-            nodes.push(ClusterMember {
+            nodes.push(NodeStatus {
                 summary,
                 this_node: false,
-                reachable: if peer.missed == 0 {
-                    "ok".into()
-                } else {
-                    "unresponsive".into()
-                },
-                last_seen_seconds: peer
-                    .last_answer
-                    .map(|t| t.elapsed().as_secs_f64())
-                    .unwrap_or(0.0),
+                reachable: peer.missed == 0,
+                last_seen: peer.last_answer.map(|t| t.elapsed()).unwrap_or_default(),
             });
         }
-        ClusterView::from_members(true, nodes)
+        nodes
     }
 
     /// The cluster's traffic per second (every node's added up), the last `last` seconds.

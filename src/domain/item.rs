@@ -41,6 +41,18 @@ pub struct NewItem {
 }
 
 impl NewItem {
+    /// Validates what a client sent: every field within its bounds, keywords normalised.
+    pub fn parse(draft: ItemDraft) -> Result<NewItem> {
+        Ok(NewItem {
+            title: parse_title(&draft.title)?,
+            body: parse_body(&draft.body)?,
+            url: draft.url.as_deref().map(parse_url).transpose()?,
+            location: draft.location.map(Location::parse).transpose()?,
+            keywords: parse_keywords(&draft.keywords)?,
+            extra: Extra::parse(draft.extra.unwrap_or_default())?,
+        })
+    }
+
     pub fn into_item(self, id: Uuid, user_id: Uuid, ts: DateTime<Utc>) -> Item {
         Item {
             id,
@@ -55,6 +67,59 @@ impl NewItem {
         }
     }
 }
+
+/// A new item as a client sends it (the body of `POST /api/v1/items`, one entry of a provider's
+/// ingest), not validated yet: [`NewItem::parse`] turns it into a [`NewItem`] or says which field
+/// is wrong. Published in the OpenAPI document as `CreateItemRequest`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = CreateItemRequest)]
+pub struct ItemDraft {
+    /// 1 to 300 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 300,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub title: String,
+    /// Up to 65536 characters.
+    #[serde(default)]
+    #[schema(
+        max_length = 65536,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub body: String,
+    /// An absolute http(s) URL.
+    #[schema(
+        max_length = 2048,
+        pattern = "^https?://[^\\s/\\u0000-\\u001F\\u007F-\\u009F][^\\s\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub url: Option<String>,
+    pub location: Option<Location>,
+    /// Up to 32 keywords of 1 to 64 characters; stored lower-case.
+    #[serde(default)]
+    #[schema(max_items = 32, value_type = Vec<Keyword>)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A keyword, 1 to 64 characters (documentation only: keywords travel as strings).
+pub struct Keyword;
+
+impl utoipa::PartialSchema for Keyword {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"))
+            .into()
+    }
+}
+
+impl ToSchema for Keyword {}
 
 /// A partial update of an item. `url` and `location` may be cleared with `null` (`Some(None)`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use super::extract::{nullable, Authenticated};
 use super::users::{page, ItemPage};
 use super::HttpState;
 use crate::actors::store;
-use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url};
+use crate::domain::item::{parse_body, parse_keywords, parse_title, parse_url, ItemDraft, Keyword};
 use crate::domain::Page;
 use crate::domain::{Extra, Item, ItemPatch, Location, NewItem};
 use crate::error::Error;
@@ -27,52 +27,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(update_item))
             .route(web::delete().to(delete_item)),
     );
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateItemRequest {
-    /// 1 to 300 characters.
-    #[schema(
-        min_length = 1,
-        max_length = 300,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub title: String,
-    /// Up to 65536 characters.
-    #[serde(default)]
-    #[schema(
-        max_length = 65536,
-        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub body: String,
-    /// An absolute http(s) URL.
-    #[schema(
-        max_length = 2048,
-        pattern = "^https?://[^\\s/\\u0000-\\u001F\\u007F-\\u009F][^\\s\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub url: Option<String>,
-    pub location: Option<Location>,
-    /// Up to 32 keywords of 1 to 64 characters; stored lower-case.
-    #[serde(default)]
-    #[schema(max_items = 32, value_type = Vec<Keyword>)]
-    pub keywords: Vec<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl CreateItemRequest {
-    pub fn parse(self) -> Result<NewItem, Error> {
-        Ok(NewItem {
-            title: parse_title(&self.title)?,
-            body: parse_body(&self.body)?,
-            url: self.url.as_deref().map(parse_url).transpose()?,
-            location: self.location.map(Location::parse).transpose()?,
-            keywords: parse_keywords(&self.keywords)?,
-            extra: Extra::parse(self.extra.unwrap_or_default())?,
-        })
-    }
 }
 
 /// Only the fields given change; `url` and `location` are cleared with `null`.
@@ -143,28 +97,12 @@ pub struct SearchQuery {
     pub after: Option<Uuid>,
 }
 
-/// A keyword, 1 to 64 characters (documentation only: keywords travel as strings).
-pub struct Keyword;
-
-impl utoipa::PartialSchema for Keyword {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(64))
-            .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"))
-            .into()
-    }
-}
-
-impl ToSchema for Keyword {}
-
 fn item_location(id: Uuid) -> String {
     format!("/api/v1/items/{id}")
 }
 
 /// Publishes an item owned by the caller.
-#[utoipa::path(post, path = "/api/v1/items", tag = "items", request_body = CreateItemRequest,
+#[utoipa::path(post, path = "/api/v1/items", tag = "items", request_body = ItemDraft,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Created", body = Item, headers(("Location" = String))),
@@ -177,9 +115,9 @@ fn item_location(id: Uuid) -> String {
 pub async fn create_item(
     state: web::Data<HttpState>,
     caller: Authenticated,
-    body: web::Json<CreateItemRequest>,
+    body: web::Json<ItemDraft>,
 ) -> Result<HttpResponse, Error> {
-    let new = body.into_inner().parse()?;
+    let new = NewItem::parse(body.into_inner())?;
     state.quotas.check_item(&new)?;
     state.quotas.item_created(&caller.0)?;
     let item = new.into_item(

@@ -43,8 +43,8 @@ use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::notify::NotifyHub;
-use crate::actors::stats::StatsHub;
 use crate::bus::Bus;
+use crate::telemetry::history::StatsHub;
 
 /// Limits of the HTTP edge.
 #[derive(Debug, Clone)]

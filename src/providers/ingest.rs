@@ -5,9 +5,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::Item;
+use crate::domain::item::ItemDraft;
+use crate::domain::{Item, NewItem};
 use crate::error::{Error, Result};
-use crate::http::items::CreateItemRequest;
 
 /// The body of `POST /api/v1/providers/{name}/ingest`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -22,7 +22,7 @@ pub struct IngestRequest {
 pub struct IngestItem {
     pub user_id: Uuid,
     #[serde(flatten)]
-    pub item: CreateItemRequest,
+    pub item: ItemDraft,
 }
 
 /// Parses and validates a whole batch (all or nothing), giving each item its id and time.
@@ -41,7 +41,7 @@ pub fn parse(body: &[u8], max_items: usize) -> Result<Vec<Item>> {
         .into_iter()
         .enumerate()
         .map(|(i, entry)| {
-            let new = entry.item.parse().map_err(|e| match e {
+            let new = NewItem::parse(entry.item).map_err(|e| match e {
                 Error::Invalid { field, message } => {
                     Error::invalid(format!("items[{i}].{field}"), message)
                 }

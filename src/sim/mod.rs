@@ -23,80 +23,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::configuration::{parse_duration, RunArgs, SeedArgs};
+pub use crate::configuration::SimArgs;
+use crate::configuration::{RunArgs, SeedArgs};
 use crate::startup::Node;
 use invariants::Check;
 use report::{OpSummary, Outcome, Recorder, SecondSample};
 use schedule::Schedule;
 use workload::{Mix, Op, Workload};
-
-/// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults. A scenario
-/// file (TOML) holds the same settings by the same names, durations as text (`"30s"`).
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimArgs {
-    /// A scenario file (TOML) with any of the settings below.
-    #[arg(long, env = "GORGON_SIM_SCENARIO")]
-    #[serde(skip)]
-    pub scenario: Option<PathBuf>,
-    /// Users to seed (default 10000).
-    #[arg(long)]
-    pub users: Option<u64>,
-    /// Items to seed (default 1000000).
-    #[arg(long)]
-    pub items: Option<u64>,
-    /// Items per second inserted by the random provider during the run (default 1000).
-    #[arg(long)]
-    pub provider_rate: Option<f64>,
-    /// Concurrent clients of the closed loop (default 16: on 2 cores more only queue).
-    #[arg(long)]
-    pub clients: Option<usize>,
-    /// Open loop at this many requests per second instead of the closed loop.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Open loop in steps, e.g. 1,10,100,1000,10000 (each for --step).
-    #[arg(long, value_delimiter = ',')]
-    pub rates: Option<Vec<f64>>,
-    /// Length of each open-loop step (default 10s).
-    #[arg(long, value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "duration_text")]
-    pub step: Option<Duration>,
-    /// Length of the measured run (default 30s).
-    #[arg(long, value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "duration_text")]
-    pub duration: Option<Duration>,
-    /// Unmeasured warm-up before it (default 3s).
-    #[arg(long, value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "duration_text")]
-    pub warmup: Option<Duration>,
-    /// Operation mix, e.g. read=90,write=5,search=5 (the default).
-    #[arg(long)]
-    pub mix: Option<String>,
-    /// Drive this running node instead of starting one (seeding through the API).
-    #[arg(long)]
-    #[serde(skip)]
-    pub target: Option<String>,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    #[serde(skip)]
-    pub json: Option<PathBuf>,
-    /// Data directory for the in-process node (default: a fresh temporary one).
-    #[arg(long)]
-    #[serde(skip)]
-    pub data: Option<PathBuf>,
-    /// Per-request timeout (default 10s).
-    #[arg(long, value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "duration_text")]
-    pub timeout: Option<Duration>,
-    /// Writer accounts the simulated clients write as (default 16).
-    #[arg(long)]
-    pub writers: Option<usize>,
-}
 
 /// A resolved scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -114,16 +52,6 @@ pub struct Scenario {
     pub writers: usize,
     pub timeout_seconds: f64,
     pub target: Option<String>,
-}
-
-/// A duration written as text in a scenario file.
-fn duration_text<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    Option::<String>::deserialize(deserializer)?
-        .map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
-        .transpose()
 }
 
 impl Scenario {

@@ -1,4 +1,5 @@
-//! Dead letters: list, replay and purge a queue's `dlq:{queue}` (the `gorgon dlq` command).
+//! Dead letters: list, replay and purge a queue's `dlq:{queue}`. The `gorgon dlq` command
+//! (`main.rs`) calls these; they take plain arguments and print nothing.
 
 use redis::aio::MultiplexedConnection;
 
@@ -104,30 +105,4 @@ pub async fn purge(
         .query_async(conn)
         .await?;
     Ok(count)
-}
-
-/// `gorgon dlq list|replay|purge QUEUE`.
-pub async fn run(args: crate::configuration::DlqArgs) -> anyhow::Result<()> {
-    use crate::configuration::DlqAction;
-    let mut conn = connect(&args.redis).await?;
-    let keys = Keys::new(&args.redis_namespace);
-    match args.action {
-        DlqAction::List => {
-            for record in list(&mut conn, &keys, &args.queue, args.limit).await? {
-                println!("{record}");
-            }
-        }
-        DlqAction::Replay => {
-            let done = replay(&mut conn, &keys, &args.queue, args.limit).await?;
-            println!(
-                "replayed {} message(s) onto {}; {} dead letter(s) hold no message and were kept",
-                done.requeued, args.queue, done.kept
-            );
-        }
-        DlqAction::Purge => {
-            let n = purge(&mut conn, &keys, &args.queue).await?;
-            println!("purged {n} dead letter(s) of {}", args.queue);
-        }
-    }
-    Ok(())
 }
