@@ -23,6 +23,7 @@ pub mod http;
 pub mod jobs;
 pub mod providers;
 pub mod seed;
+pub mod shutdown;
 pub mod sim;
 pub mod startup;
 pub mod store;

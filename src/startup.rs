@@ -26,6 +26,7 @@ use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
 use crate::http::HttpState;
 use crate::jobs::{JobRegistry, WorkerPool};
+use crate::shutdown::Shutdown;
 use crate::store::{SqliteStore, Store};
 
 /// A running node.
@@ -40,9 +41,8 @@ pub struct Node {
     cluster: Option<Arc<ClusterLink>>,
     /// The app role's job workers, when this node runs the app role and any workers.
     workers: Option<WorkerPool>,
-    /// Background tasks of the node (metrics upkeep, the stats clock, the auth cache's
-    /// follower), stopped last.
-    background: Vec<JoinHandle<()>>,
+    /// The node's one shutdown: every background task runs on it, every part watches it.
+    shutdown: Shutdown,
     stop_timeout: Duration,
 }
 
@@ -61,7 +61,7 @@ struct Parts<'a> {
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
     wake_workers: Option<Arc<tokio::sync::Notify>>,
-    background: Vec<JoinHandle<()>>,
+    shutdown: Shutdown,
     addr: Option<SocketAddr>,
 }
 
@@ -104,7 +104,7 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
         }
         Role::Auth => {
             let shared = AuthShared::new(args.auth_config());
-            parts.background.push(shared.follow_account_changes(&bus));
+            parts.shutdown.spawn(shared.follow_account_changes(&bus));
             spawn(parts, AuthHandler { bus, shared }).await
         }
         Role::App => {
@@ -190,7 +190,10 @@ impl Node {
         let node_id = format!("node-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let roles = &args.roles;
         let stats_hub = StatsHub::new(args.tuning.stats_seconds, args.tuning.stats_minutes);
-        let (redis, cluster, local_node) = connect(&args, &node_id, &stats_hub).await?;
+        let shutdown = Shutdown::new();
+        shutdown.spawn(crate::telemetry::metrics_upkeep(metrics.clone()));
+        shutdown.spawn(stats_hub.clone().clock());
+        let (redis, cluster, local_node) = connect(&args, &node_id, &stats_hub, &shutdown).await?;
         let bus = Bus::with_transports(
             args.bus_config(),
             redis.clone().map(|l| l as Arc<dyn Transport>),
@@ -213,10 +216,7 @@ impl Node {
             store: None,
             hub: None,
             wake_workers: None,
-            background: vec![
-                crate::telemetry::spawn_metrics_upkeep(metrics),
-                stats_hub.start_clock(),
-            ],
+            shutdown: shutdown.clone(),
             addr: None,
         };
         let mut actors = Vec::new();
@@ -236,6 +236,7 @@ impl Node {
                 jobs,
                 args.job_config(),
                 wake.clone(),
+                &shutdown,
             )),
             _ => None,
         };
@@ -257,7 +258,7 @@ impl Node {
             redis,
             cluster,
             workers,
-            background: parts.background,
+            shutdown,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
         })
     }
@@ -320,7 +321,7 @@ impl Node {
         if let Some(link) = self.cluster.take() {
             link.close().await;
         }
-        self.background.iter().for_each(JoinHandle::abort);
+        self.shutdown.finish(self.stop_timeout).await;
         tracing::info!("stopped");
     }
 }
@@ -330,6 +331,7 @@ async fn connect(
     args: &RunArgs,
     node_id: &str,
     stats_hub: &Arc<StatsHub>,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<(
     Option<Arc<RedisLink>>,
     Option<Arc<ClusterLink>>,
@@ -358,7 +360,9 @@ async fn connect(
         http_addr: Default::default(),
     });
     let cluster = match cluster_config {
-        Some(config) => Some(ClusterLink::start(config, local_node.clone()).await?),
+        Some(config) => {
+            Some(ClusterLink::start(config, local_node.clone(), shutdown.child()).await?)
+        }
         None => None,
     };
     if let Some(link) = &cluster {

@@ -59,14 +59,12 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 /// Histograms are drained into their buckets by upkeep; run it in the background.
-pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    })
+pub async fn metrics_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 /// Help texts and units of every metric the node exports (one place to find them all).

@@ -228,10 +228,10 @@ impl AuthShared {
 
     /// Forgets the cached sessions of every user whose account changes, on this node or (through
     /// the bus's events) any other, for as long as the bus runs.
-    pub fn follow_account_changes(&self, bus: &Bus) -> tokio::task::JoinHandle<()> {
+    pub fn follow_account_changes(&self, bus: &Bus) -> impl std::future::Future<Output = ()> {
         let mut events = bus.subscribe();
         let shared = self.clone();
-        tokio::spawn(async move {
+        async move {
             loop {
                 match events.recv().await {
                     Ok(event) if event.kind == EventKind::UserChanged => {
@@ -243,7 +243,7 @@ impl AuthShared {
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
-        })
+        }
     }
 
     /// Makes every token of `user_id` validated up to now be checked with the store again.

@@ -18,11 +18,12 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::agent::AgentMessage;
 use super::history::ClusterHistory;
 use super::{ClusterConfig, LocalNode, NodeSummary, CLUSTER_SCOPE, NODES_GROUP};
+use crate::shutdown::Shutdown;
 
 /// Seconds of per-second traffic each heartbeat brings back from a peer.
 pub(super) const RECENT_SECONDS: u32 = 10;
@@ -113,19 +114,18 @@ fn peer_addr(ses: &NodeServerSessionInformation) -> String {
 pub(super) fn watch_sessions(
     server: &ActorRef<NodeServerMessage>,
     peers: Arc<Peers>,
-    mut stop: watch::Receiver<bool>,
+    stop: &Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, MessagingErr<NodeServerMessage>> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     server.cast(NodeServerMessage::SubscribeToEvents {
         id: "gorgon-membership".into(),
         subscription: Box::new(Forward(tx)),
     })?;
-    Ok(tokio::spawn(async move {
+    Ok(stop.spawn(async move {
         let mut authenticated: HashMap<u64, String> = HashMap::new();
         loop {
-            let event = tokio::select! {
-                event = rx.recv() => match event { Some(e) => e, None => return },
-                _ = stop.changed() => return,
+            let Some(event) = rx.recv().await else {
+                return;
             };
             match event {
                 SessionEvent::Opened(ses) => {
@@ -206,7 +206,6 @@ pub(super) async fn run(
     peers: Arc<Peers>,
     local: Arc<LocalNode>,
     history: Arc<ClusterHistory>,
-    mut stop: watch::Receiver<bool>,
 ) {
     let mut seeds: Vec<Seed> = config
         .seeds
@@ -220,10 +219,7 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+        tick.tick().await;
         let Some(sessions) = sessions(&server).await else {
             continue;
         };

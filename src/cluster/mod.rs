@@ -42,13 +42,13 @@ use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use futures::future::BoxFuture;
 
 use crate::bus::{Bus, Codec, Delivery, Outgoing, RedisLink, Role, Transport};
 use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 use crate::telemetry::history::{Interval, StatsHub};
 use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
 
@@ -192,14 +192,18 @@ pub struct ClusterLink {
     /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
     actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
     server_handle: Mutex<Option<JoinHandle<()>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
+    /// The link's part of the node's shutdown: its background tasks run on it.
+    shutdown: Shutdown,
 }
 
 impl ClusterLink {
     /// Starts the node server and the node agent, dials the seeds and waits (up to
     /// `join_wait`) until each has a session and the peers' summaries are in.
-    pub async fn start(config: ClusterConfig, local: Arc<LocalNode>) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        config: ClusterConfig,
+        local: Arc<LocalNode>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Arc<Self>> {
         let config = Arc::new(config);
         // Exported from the start, so dashboards show a zero rather than nothing.
         metrics::gauge!("gorgon_cluster_peers").set(0.0);
@@ -233,8 +237,7 @@ impl ClusterLink {
             .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
         let peers = Arc::new(membership::Peers::default());
         let history = Arc::new(history::ClusterHistory::default());
-        let (stop, _) = watch::channel(false);
-        let watcher = membership::watch_sessions(&server, peers.clone(), stop.subscribe())
+        membership::watch_sessions(&server, peers.clone(), &shutdown)
             .map_err(|e| anyhow::anyhow!("cannot watch cluster sessions: {e}"))?;
         let (agent, agent_handle) = Actor::spawn(None, agent::NodeAgent, local.clone())
             .await
@@ -249,22 +252,19 @@ impl ClusterLink {
             direct: direct::DirectClient::new(limits, config.call_timeout),
             actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
             server_handle: Mutex::new(Some(server_handle)),
-            tasks: Mutex::new(vec![watcher]),
-            stop,
+            shutdown,
         });
         if let Err(e) = link.join_seeds().await {
             link.close().await;
             return Err(e);
         }
-        let heartbeat = tokio::spawn(membership::run(
+        link.shutdown.spawn(membership::run(
             config.clone(),
             server,
             peers,
             link.local.clone(),
             history,
-            link.stop.subscribe(),
         ));
-        link.tasks.lock().push(heartbeat);
         tracing::info!(
             listen = %config.listen,
             name = %config.node_name,
@@ -511,7 +511,7 @@ impl ClusterLink {
 
     /// Closes every session and the listener.
     pub async fn close(&self) {
-        let _ = self.stop.send(true);
+        self.shutdown.cancel();
         self.direct_server.close();
         for (cell, _) in self.actors.lock().drain(..) {
             cell.stop(Some("shutdown".into()));
@@ -520,9 +520,6 @@ impl ClusterLink {
         let handle = self.server_handle.lock().take();
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-        }
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
         }
     }
 }

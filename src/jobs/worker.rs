@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{backoff, JobRegistry};
@@ -21,6 +21,7 @@ use crate::actors::store::{ClaimJobs, FinishJob, PurgeJobs};
 use crate::bus::Bus;
 use crate::domain::{Job, JobOutcome};
 use crate::error::Error;
+use crate::shutdown::Shutdown;
 
 /// The pool's settings (`--job-*` flags).
 #[derive(Debug, Clone)]
@@ -60,7 +61,8 @@ impl Default for JobConfig {
 
 /// The running pool; [`WorkerPool::stop`] ends it.
 pub struct WorkerPool {
-    stop: watch::Sender<bool>,
+    /// The pool's phase of the node's shutdown (stopped before the app role drains).
+    stop: Shutdown,
     tasks: Vec<JoinHandle<()>>,
     slots: Arc<Semaphore>,
     workers: u32,
@@ -80,6 +82,7 @@ impl WorkerPool {
         registry: JobRegistry,
         config: JobConfig,
         wake: Arc<Notify>,
+        shutdown: &Shutdown,
     ) -> WorkerPool {
         if config.lease <= config.timeout {
             tracing::warn!(
@@ -90,20 +93,20 @@ impl WorkerPool {
         }
         let workers = config.workers.clamp(1, 10_000) as u32;
         let slots = Arc::new(Semaphore::new(workers as usize));
-        let (stop, stopped) = watch::channel(false);
+        let stop = shutdown.child();
         let shared = Arc::new(Shared {
             bus,
             registry,
             config,
         });
         let tasks = vec![
-            tokio::spawn(dispatch(
+            stop.spawn_draining(dispatch(
                 shared.clone(),
                 slots.clone(),
                 wake.clone(),
-                stopped.clone(),
+                stop.clone(),
             )),
-            tokio::spawn(purge(shared, stopped)),
+            stop.spawn_draining(purge(shared, stop.clone())),
         ];
         WorkerPool {
             stop,
@@ -116,7 +119,7 @@ impl WorkerPool {
     /// Stops claiming and waits up to `timeout` for running attempts to report. Attempts still
     /// running then are left to their leases.
     pub async fn stop(self, timeout: Duration) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -128,11 +131,11 @@ impl WorkerPool {
 }
 
 /// Waits for `delay`, a wake-up or the stop signal; returns false on stop.
-async fn idle(delay: Duration, wake: &Notify, stopped: &mut watch::Receiver<bool>) -> bool {
+async fn idle(delay: Duration, wake: &Notify, stopped: &Shutdown) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = wake.notified() => true,
-        _ = stopped.changed() => false,
+        _ = tokio::time::sleep(delay) => !stopped.is_cancelled(),
+        _ = wake.notified() => !stopped.is_cancelled(),
+        _ = stopped.cancelled() => false,
     }
 }
 
@@ -140,16 +143,16 @@ async fn dispatch(
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     wake: Arc<Notify>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: Shutdown,
 ) {
     let mut failures: u32 = 0;
-    while !*stopped.borrow() {
+    while !stopped.is_cancelled() {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = stopped.changed() => return,
+            _ = stopped.cancelled() => return,
         };
         let mut permits = vec![first];
         while let Ok(p) = slots.clone().try_acquire_owned() {
@@ -172,7 +175,7 @@ async fn dispatch(
                     });
                 }
                 drop(permits);
-                if drained && !idle(shared.config.poll, &wake, &mut stopped).await {
+                if drained && !idle(shared.config.poll, &wake, &stopped).await {
                     return;
                 }
             }
@@ -183,7 +186,7 @@ async fn dispatch(
                 // rather than flood the log and the bus.
                 let delay = backoff(shared.config.poll, Duration::from_secs(5), failures);
                 tracing::warn!(error = %e, ?delay, "cannot claim jobs");
-                if !idle(delay, &wake, &mut stopped).await {
+                if !idle(delay, &wake, &stopped).await {
                     return;
                 }
             }
@@ -274,11 +277,11 @@ fn shift(by: Duration, forward: bool) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Deletes done and dead jobs older than the retention, periodically.
-async fn purge(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+async fn purge(shared: Arc<Shared>, stopped: Shutdown) {
     let retention = shared.config.retention;
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let never = Notify::new();
-    while idle(every, &never, &mut stopped).await {
+    while idle(every, &never, &stopped).await {
         let before = shift(retention, false);
         match shared.bus.call(PurgeJobs { before }).await {
             Ok(0) => {}

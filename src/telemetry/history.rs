@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use super::LATENCY_BUCKETS;
@@ -68,20 +67,17 @@ impl StatsHub {
 
     /// Closes each second into the history, on every node (with or without the stats role: a
     /// web-only node's traffic is what the cluster's figures add up).
-    pub fn start_clock(self: &Arc<Self>) -> JoinHandle<()> {
-        let hub = self.clone();
+    pub async fn clock(self: Arc<Self>) {
         let started = Instant::now();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let second_start = Utc::now() - chrono::Duration::seconds(1);
             tick.tick().await;
-            loop {
-                let second_start = Utc::now() - chrono::Duration::seconds(1);
-                tick.tick().await;
-                hub.close_second(second_start);
-                metrics::gauge!("gorgon_node_uptime_seconds").set(started.elapsed().as_secs_f64());
-            }
-        })
+            self.close_second(second_start);
+            metrics::gauge!("gorgon_node_uptime_seconds").set(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Counts one answered request.
