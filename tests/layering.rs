@@ -306,7 +306,7 @@ fn references(source: &str, relative: &Path) -> Vec<Found> {
     let mut braces = 0usize;
     let mut i = 0;
     while i < tokens.len() {
-        let (token, line) = &tokens[i];
+        let token = &tokens[i].0;
         match token {
             Token::Open => braces += 1,
             Token::Close => {
@@ -322,10 +322,12 @@ fn references(source: &str, relative: &Path) -> Vec<Found> {
                     inline_mods.push(braces);
                 }
             }
-            Token::Ident(word) if word == "crate" && !after_path_sep(&tokens, i) => {
-                if tokens.get(i + 1).map(|t| &t.0) == Some(&Token::PathSep) {
-                    found.extend(names_after(&tokens, i + 2, *line));
-                }
+            Token::Ident(word)
+                if word == "crate"
+                    && !after_path_sep(&tokens, i)
+                    && tokens.get(i + 1).map(|t| &t.0) == Some(&Token::PathSep) =>
+            {
+                found.extend(names_after(&tokens, i + 2));
             }
             Token::Ident(word) if word == "super" && !after_path_sep(&tokens, i) => {
                 let mut supers = 0;
@@ -337,7 +339,7 @@ fn references(source: &str, relative: &Path) -> Vec<Found> {
                     j += 2;
                 }
                 if supers == depth + inline_mods.len() {
-                    found.extend(names_after(&tokens, j, *line));
+                    found.extend(names_after(&tokens, j));
                 }
                 i = j.max(i + 1);
                 continue;
@@ -354,7 +356,7 @@ fn after_path_sep(tokens: &[(Token, usize)], i: usize) -> bool {
 }
 
 /// The first name of the path at `start`, or the first name of each item of a `{…}` group.
-fn names_after(tokens: &[(Token, usize)], start: usize, line: usize) -> Vec<Found> {
+fn names_after(tokens: &[(Token, usize)], start: usize) -> Vec<Found> {
     match tokens.get(start) {
         Some((Token::Ident(name), line)) => vec![Found {
             name: name.clone(),
@@ -383,10 +385,7 @@ fn names_after(tokens: &[(Token, usize)], start: usize, line: usize) -> Vec<Foun
             }
             names
         }
-        _ => {
-            let _ = line;
-            Vec::new()
-        }
+        _ => Vec::new(),
     }
 }
 
