@@ -3,6 +3,12 @@
 //! Errors cross role boundaries (and later process boundaries), so they are plain serde data:
 //! a kind that maps to exactly one HTTP status, and a message for humans. The mapping to HTTP
 //! lives in `http::error`, in one place.
+//!
+//! The causes stay where they happened: each layer whose failures have sources (the store's
+//! SQLite and file errors, password hashing) has a `thiserror` type of its own that keeps them
+//! (`#[source]`), and its `From` into [`Error`] logs the whole chain once, through
+//! [`Error::internal`], and hands on only its own message. A cause never travels (it may quote
+//! a path, SQL or data).
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +83,14 @@ impl Error {
         }
     }
 
+    /// A failure on our side: logs `error` with every cause below it (once, here, where they are
+    /// known) and gives `Internal` with `error`'s own message, without its causes. Layer errors
+    /// call it from their `From<…> for Error`; their messages must hold no secret.
+    pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %Chain(error), "internal error");
+        Error::Internal(error.to_string())
+    }
+
     pub fn not_found(what: &str) -> Self {
         Error::NotFound(format!("{what} not found"))
     }
@@ -100,5 +114,42 @@ impl Error {
             Error::SearchTimeout(_) => "search_timeout",
             Error::RequestTimeout(_) => "request_timeout",
         }
+    }
+}
+
+/// An error and its causes on one line: `outer: cause: root cause`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the store's commit failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn internal_keeps_the_message_and_the_chain_stays_in_the_log() {
+        let failure = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            Chain(&failure).to_string(),
+            "the store's commit failed: disk on fire"
+        );
+        assert_eq!(
+            Error::internal(&failure),
+            Error::Internal("the store's commit failed".into())
+        );
     }
 }

@@ -13,6 +13,21 @@ use crate::error::{Error, Result};
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
+/// Hashing that failed on our side, with its cause for the log (never the password).
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("password hashing failed")]
+    Argon2(#[source] argon2::password_hash::Error),
+    #[error("the password hashing task did not finish")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl From<HashError> for Error {
+    fn from(e: HashError) -> Error {
+        Error::internal(&e)
+    }
+}
+
 /// A password as typed by a user: checked for length, never stored or logged.
 pub struct Password(String);
 
@@ -115,7 +130,7 @@ async fn gated<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|_| Error::Unavailable("password hashing is shut down".into()))?;
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))
+        .map_err(|e| HashError::Task(e).into())
 }
 
 /// Hashes on the blocking pool; returns the PHC string.
@@ -128,7 +143,7 @@ pub fn hash_now(password: &Password) -> Result<String> {
     Argon2::default()
         .hash_password(password.0.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))
+        .map_err(|e| HashError::Argon2(e).into())
 }
 
 /// Verifies on the blocking pool. A malformed stored hash counts as a mismatch.

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::sqlite::db_error;
-use crate::error::{Error, Result};
+use super::sqlite::{db_error, StoreError};
+use crate::error::Result;
 
 /// The writer's side: says "something was committed" without ever waiting.
 pub(super) struct CheckpointSignal(mpsc::SyncSender<()>);
@@ -73,7 +73,7 @@ pub(super) fn start(
                 }
             }
         })
-        .map_err(|e| Error::Internal(format!("cannot start the store checkpointer: {e}")))?;
+        .map_err(|e| StoreError::Thread("the store checkpointer", e))?;
     Ok(Checkpointer {
         signal: CheckpointSignal(signal),
         thread,

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::Result;
 
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, StoreError};
 
 /// A user together with what is needed to check their password.
 #[derive(Debug, Clone)]

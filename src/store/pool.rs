@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use tokio::sync::{oneshot, Semaphore};
 
+use super::sqlite::StoreError;
 use crate::error::{Error, Result};
 
 /// SQLite virtual-machine steps between two looks at the clock: a few microseconds of work.
@@ -56,7 +57,7 @@ impl ReadPool {
                         }
                     }
                 })
-                .map_err(|e| Error::Internal(format!("cannot start a store reader: {e}")))?;
+                .map_err(|e| StoreError::Thread("a store reader", e))?;
         }
         Ok(ReadPool {
             name,
@@ -144,7 +145,7 @@ impl ReadPool {
         }
         answer
             .await
-            .map_err(|_| Error::Internal("a store read was dropped".into()))?
+            .map_err(|_| Error::from(StoreError::Gone("a store read was dropped")))?
     }
 
     /// Lets the pool's threads finish the queries they have and exit.

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::sqlite::{db_error, SearchRow, SEARCH_TABLE};
+use super::sqlite::{db_error, SearchRow, StoreError, SEARCH_TABLE};
 use crate::error::{Error, Result};
 
 /// The scratch database, next to the store's.
@@ -52,7 +52,7 @@ impl SearchBuild {
         let thread = std::thread::Builder::new()
             .name("gorgon-search-build".into())
             .spawn(move || build(conn, received))
-            .map_err(|e| Error::Internal(format!("cannot start the search index builder: {e}")))?;
+            .map_err(|e| StoreError::Thread("the search index builder", e))?;
         Ok(SearchBuild {
             rows,
             thread,
@@ -74,7 +74,7 @@ impl SearchBuild {
         let started = std::time::Instant::now();
         self.thread
             .join()
-            .map_err(|_| Error::Internal("the search index builder panicked".into()))??;
+            .map_err(|_| Error::from(StoreError::Gone("the search index builder panicked")))??;
         let merged = started.elapsed();
         let conn = Connection::open(database).map_err(db_error)?;
         conn.execute(
@@ -106,7 +106,7 @@ impl SearchQueue {
         self.0
             .send(rows)
             .await
-            .map_err(|_| Error::Internal("the search index builder stopped".into()))
+            .map_err(|_| StoreError::Gone("the search index builder stopped").into())
     }
 }
 
@@ -144,9 +144,11 @@ pub(super) fn remove_scratch(scratch: &Path) -> Result<()> {
     match std::fs::remove_file(scratch) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Internal(format!(
-            "cannot remove {}: {e}",
-            scratch.display()
-        ))),
+        Err(source) => Err(StoreError::File {
+            what: "remove",
+            path: scratch.to_path_buf(),
+            source,
+        }
+        .into()),
     }
 }

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 
-use super::errors::db_error;
+use super::errors::{db_error, StoreError};
 use super::items::insert_item_row;
 use super::rows::SearchRow;
 use super::schema::{DROP_SECONDARY, SECONDARY};
 use super::users::insert_user_row;
 use super::SqliteStore;
 use crate::domain::{Item, NewUser};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::search_build::SearchBuild;
 use crate::store::BulkLoad;
 
@@ -121,7 +121,7 @@ impl BulkLoad for SqliteStore {
             let database = self.path.clone();
             tokio::task::spawn_blocking(move || build.install(&database))
                 .await
-                .map_err(|e| Error::Internal(format!("the search index copy failed: {e}")))??;
+                .map_err(|e| StoreError::Task("the search index copy", e))??;
         }
         self.write(|conn| {
             conn.execute_batch(

@@ -5,7 +5,7 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::errors::db_error;
+use super::errors::{db_error, StoreError};
 use super::rows::{job_from_row, jobs_from, JOB_COLUMNS};
 use super::users::require_user;
 use super::writer::Tx;
@@ -39,7 +39,7 @@ pub(super) fn insert_job(conn: &Tx<'_>, job: NewJob) -> Result<(Job, bool)> {
     // Due by the store's clock, the one claims compare with.
     let due = to_millis(Utc::now());
     let payload = serde_json::to_string(&job.payload)
-        .map_err(|e| Error::Internal(format!("job payload: {e}")))?;
+        .map_err(|e| StoreError::Encode("a job's payload", e))?;
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, user_id, kind, state, payload, attempts,
@@ -109,7 +109,7 @@ pub(super) fn finish_job(
         JobOutcome::Done(value) => (
             Some(
                 serde_json::to_string(value)
-                    .map_err(|e| Error::Internal(format!("job result: {e}")))?,
+                    .map_err(|e| StoreError::Encode("a job's result", e))?,
             ),
             None,
             now,

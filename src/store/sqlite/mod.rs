@@ -68,6 +68,7 @@ use crate::error::{Error, Result};
 pub use self::connection::SqliteOptions;
 // For the store's other SQLite parts (checkpointer, bulk search index builder).
 pub(super) use self::errors::db_error;
+pub use self::errors::StoreError;
 pub(super) use self::rows::SearchRow;
 pub(super) use self::schema::SEARCH_TABLE;
 
@@ -118,14 +119,16 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`. Fails if another process holds it.
     pub fn open(dir: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::File {
+            what: "create the data directory",
+            path: dir.to_path_buf(),
+            source,
         })?;
-        let lock = File::create(dir.join(LOCK_FILE))
-            .map_err(|e| Error::Internal(format!("cannot create lock file: {e}")))?;
+        let lock = File::create(dir.join(LOCK_FILE)).map_err(|source| StoreError::File {
+            what: "create the lock file",
+            path: dir.join(LOCK_FILE),
+            source,
+        })?;
         if lock.try_lock().is_err() {
             return Err(Error::Conflict(format!(
                 "the embedded store in {} is open in another process; one process owns it",
@@ -187,7 +190,7 @@ impl SqliteStore {
                 let storage_full = storage_full.clone();
                 move || writer_loop(writer, rx, max_batch, recent, checkpointer, storage_full)
             })
-            .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))?;
+            .map_err(|e| StoreError::Thread("the store writer", e))?;
         Ok(SqliteStore {
             path,
             readers,
@@ -450,7 +453,7 @@ impl Store for SqliteStore {
                         "the store's disk is full ({e}): writes fail until space is freed"
                     )))
                 }
-                Err(e) => return Err(Error::Internal(format!("the space probe failed: {e}"))),
+                Err(e) => return Err(StoreError::Task("the space probe", e).into()),
             }
         }
         self.read(|conn| {

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::errors::{commit_error, db_error, insufficient_storage};
+use super::errors::{commit_error, db_error, insufficient_storage, StoreError};
 use super::rows::SearchRow;
 use super::SqliteStore;
 use crate::domain::Item;
@@ -118,9 +118,7 @@ fn in_savepoint<T>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<
         // SQLite rolled the whole transaction back (it may, on a full disk or an I/O error):
         // there is no savepoint left, and the writer fails the batch.
         tx.search.borrow_mut().truncate(mark);
-        return result.and(Err(Error::Internal(
-            "the store rolled its transaction back".into(),
-        )));
+        return result.and(Err(StoreError::RolledBack.into()));
     }
     let end = if result.is_ok() {
         "RELEASE op"
@@ -158,16 +156,16 @@ pub(super) fn writer_loop(
             }
         }
         let outcome = match began {
-            Err(e) => Err(commit_error(&e)),
+            Err(e) => Err(commit_error(e)),
             Ok(()) if conn.is_autocommit() => Err(if tx.storage_full.get() {
                 insufficient_storage()
             } else {
-                Error::Internal("the store rolled its transaction back".into())
+                StoreError::RolledBack.into()
             }),
             Ok(()) => tx
                 .apply_search_changes()
                 .and_then(|_| conn.execute_batch("COMMIT"))
-                .map_err(|e| commit_error(&e)),
+                .map_err(commit_error),
         };
         if tx.storage_full.get() || matches!(outcome, Err(Error::InsufficientStorage(_))) {
             storage_full.store(true, Ordering::Relaxed);
