@@ -5,9 +5,9 @@
 //! only when it has been answered (`LREM`, in the same `MULTI` as the reply), retried later
 //! (`ZADD delayed`) or dead-lettered (`LPUSH dlq`). If the process dies first, the message stays
 //! in the processing list until the reaper gives it back (see `upkeep`). Direct messages are
-//! popped (at most once), or arrive on this node's channel (see `inbox`), and are dropped
-//! unhandled once their caller's deadline has passed. Replies are published on the caller's
-//! reply channel.
+//! popped (at most once), or arrive on this node's channel (see `replies::listen`), and are
+//! dropped unhandled once their caller's deadline has passed. Replies are published on the
+//! caller's reply channel (a durable request's in the `MULTI` that acknowledges it).
 //!
 //! At most `inflight` messages per queue are worked on at once; the rest wait in Redis, where
 //! any other consumer of the queue can take them.
@@ -21,7 +21,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::envelope::{now_ms, DeadLetter, RawEnvelope, ReplyFrame};
+use super::envelope::{now_ms, reply_frame, DeadLetter, RawEnvelope};
 use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
 use crate::bus::{Answered, Bus, Codec, Delivery, Role};
 use crate::error::{Error, Result};
@@ -358,28 +358,17 @@ fn count(ctx: &Consumer, outcome: &'static str) {
         .increment(1);
 }
 
-/// Publishes a reply (`Result<Reply, Error>` as JSON) on the caller's reply channel.
-fn push_reply(pipe: &mut redis::Pipeline, envelope: &RawEnvelope, result: &[u8]) {
+/// Publishes a reply (`Result<Reply, Error>` as JSON, from the bus's JSON codec) on the
+/// caller's reply channel; false when the message asked for none.
+fn push_reply(pipe: &mut redis::Pipeline, envelope: &RawEnvelope, result: &[u8]) -> bool {
     let Some(reply_to) = &envelope.reply_to else {
-        return;
+        return false;
     };
-    let result = match serde_json::from_slice::<&serde_json::value::RawValue>(result) {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!(error = %e, kind = %envelope.kind, "a reply that is not JSON");
-            return;
-        }
-    };
-    let frame = ReplyFrame {
-        id: envelope.id,
-        result,
-    };
-    match serde_json::to_vec(&frame) {
-        Ok(bytes) => {
-            pipe.cmd("PUBLISH").arg(reply_to).arg(bytes).ignore();
-        }
-        Err(e) => tracing::error!(error = %e, kind = %envelope.kind, "cannot encode a reply"),
-    }
+    pipe.cmd("PUBLISH")
+        .arg(reply_to)
+        .arg(reply_frame(envelope.id, result))
+        .ignore();
+    true
 }
 
 fn ack(ctx: &Consumer, pipe: &mut redis::Pipeline, raw: &[u8]) {

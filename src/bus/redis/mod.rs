@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
 pub use keys::{queue_name, Keys};
@@ -212,7 +211,7 @@ impl RedisLink {
         self.feeds.read().get(role).cloned()
     }
 
-    /// Live consumers of `role`'s direct requests, starting at the bus's turn.
+    /// Up to three live consumers of `role`'s direct requests, starting at the bus's turn.
     fn direct_members(&self, role: Role, turn: usize) -> Vec<String> {
         let members = self.members.read();
         let Some(list) = members.get(&role).filter(|l| !l.is_empty()) else {
@@ -222,6 +221,7 @@ impl RedisLink {
         list[start..]
             .iter()
             .chain(&list[..start])
+            .take(3)
             .cloned()
             .collect()
     }
@@ -339,26 +339,25 @@ impl RedisLink {
         }
         let role = out.role;
         let queue = queue_name(role, out.delivery);
-        let id = Uuid::now_v7();
         let now = envelope::now_ms();
-        let bytes = envelope::encode(&Envelope {
+        let id = envelope::new_id(now);
+        let bytes = envelope::encode(&envelope::Outbound {
             id,
-            kind: out.kind.to_string(),
-            attempt: 1,
+            kind: out.kind,
             enqueued_at: now,
-            reply_to: Some(self.reply_key.clone()),
+            reply_to: Some(&self.reply_key),
             deadline: Some(now + timeout.as_millis() as i64),
             body: out.body,
-        })?;
+        });
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
         let waiter = self.replies.register(id);
         let mut conn = self.conn();
         let mut sent = false;
         if out.delivery == Delivery::Direct {
             // Straight to a live consumer's channel; PUBLISH says whether anyone heard it.
-            for member in self.direct_members(role, out.turn).into_iter().take(3) {
+            for member in &self.direct_members(role, out.turn) {
                 let heard: i64 = redis::cmd("PUBLISH")
-                    .arg(self.keys.direct(role.name(), &member))
+                    .arg(self.keys.direct(role.name(), member))
                     .arg(&bytes)
                     .query_async(&mut conn)
                     .await
@@ -367,7 +366,7 @@ impl RedisLink {
                     sent = true;
                     break;
                 }
-                self.forget_member(role, &member);
+                self.forget_member(role, member);
             }
         }
         if !sent && out.secret {
@@ -397,13 +396,12 @@ impl RedisLink {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        let frame = waiter.wait(timeout).await.ok_or_else(|| {
+        waiter.wait(timeout).await.ok_or_else(|| {
             Error::Timeout(format!(
                 "the {role} role did not answer within {} ms",
                 timeout.as_millis()
             ))
-        })?;
-        Ok(frame.get().as_bytes().to_vec())
+        })
     }
 
     /// Puts durable requests on their role's queue without waiting for them to be handled: once
@@ -424,15 +422,14 @@ impl RedisLink {
             let body = Codec::Json
                 .encode(&R::Call::from(request))
                 .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", R::KIND)))?;
-            messages.push(envelope::encode(&Envelope {
-                id: Uuid::now_v7(),
-                kind: R::KIND.to_string(),
-                attempt: 1,
+            messages.push(envelope::encode(&envelope::Outbound {
+                id: envelope::new_id(now),
+                kind: R::KIND,
                 enqueued_at: now,
                 reply_to: None,
                 deadline: None,
                 body: &body,
-            })?);
+            }));
         }
         let mut conn = self.conn();
         redis::cmd("LPUSH")
