@@ -21,6 +21,7 @@ pub mod dlq;
 mod envelope;
 mod events;
 pub mod keys;
+mod outbox;
 mod replies;
 mod upkeep;
 
@@ -104,6 +105,8 @@ pub struct RedisLink {
     node: String,
     reply_key: String,
     replies: replies::Pending,
+    /// Publishes direct requests and their replies, many per round trip.
+    outbox: outbox::Outbox,
     healthy: AtomicBool,
     /// Since when Redis has answered every health check (None while it does not).
     healthy_since: Mutex<Option<std::time::Instant>>,
@@ -159,6 +162,7 @@ impl RedisLink {
             node: node.to_string(),
             reply_key,
             replies: replies::Pending::default(),
+            outbox: outbox::Outbox::new(),
             healthy: AtomicBool::new(false),
             healthy_since: Mutex::new(None),
             consuming: Mutex::new(HashSet::new()),
@@ -180,6 +184,7 @@ impl RedisLink {
         }
         let background = vec![
             tokio::spawn(replies::listen(link.clone())),
+            tokio::spawn(outbox::run(link.clone())),
             tokio::spawn(upkeep::health(link.clone())),
             tokio::spawn(upkeep::reaper(link.clone())),
             tokio::spawn(upkeep::sample_depths(link.clone())),
@@ -351,17 +356,19 @@ impl RedisLink {
         });
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
         let waiter = self.replies.register(id);
-        let mut conn = self.conn();
         let mut sent = false;
         if out.delivery == Delivery::Direct {
             // Straight to a live consumer's channel; PUBLISH says whether anyone heard it.
             for member in &self.direct_members(role, out.turn) {
-                let heard: i64 = redis::cmd("PUBLISH")
-                    .arg(self.keys.direct(role.name(), member))
-                    .arg(&bytes)
-                    .query_async(&mut conn)
+                let heard = self
+                    .outbox
+                    .publish(
+                        &self.conn,
+                        self.keys.direct(role.name(), member),
+                        bytes.clone(),
+                    )
                     .await
-                    .map_err(|e| self.unavailable(e))?;
+                    .ok_or_else(|| self.unavailable("PUBLISH failed"))?;
                 if heard > 0 {
                     sent = true;
                     break;
@@ -392,7 +399,7 @@ impl RedisLink {
                     .arg(timeout.as_millis() as u64 + 1000)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut conn)
+            pipe.query_async::<()>(&mut self.conn())
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
