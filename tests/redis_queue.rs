@@ -1,7 +1,8 @@
 //! The Redis mailboxes from the library side, against a real `redis-server`: a failing durable
 //! message is retried with backoff and then succeeds once; one that always fails ends in the
 //! dead-letter list after `max_attempts` and replays from there; a consumer that died with a
-//! message in its processing list has it delivered again by the reaper.
+//! message in its processing list has it delivered again by the reaper; many direct calls at
+//! once (their requests and replies share round trips) each get their own answer.
 //!
 //! A small test protocol (on the provider role's queue name, in a namespace of its own) stands in
 //! for a role, so the handler can be told to fail.
@@ -24,6 +25,12 @@ use serde::{Deserialize, Serialize};
 gorgon::requests! {
     role Provider, call FlakyCall;
     Work => "work", durable, u32;
+    Double => "double", direct, u32;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Double {
+    n: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +67,16 @@ impl Handler<Work> for FlakyHandler {
         }
         b.handled.lock().push(work.n);
         Ok(work.n * 2)
+    }
+}
+
+impl Handler<Double> for FlakyHandler {
+    async fn handle(self: Arc<Self>, double: Double) -> Result<u32> {
+        // Some answers wait, so replies leave in another order than the requests came.
+        if double.n % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(double.n % 7))).await;
+        }
+        Ok(double.n * 2)
     }
 }
 
@@ -295,4 +312,31 @@ async fn nodes_started_before_redis_serve_once_it_is_up() {
     .await;
     assert_eq!(answered, Some(8));
     assert!(behaviour.handled.lock().contains(&4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_direct_calls_at_once_each_get_their_own_answer() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("many{}", uuid::Uuid::now_v7().simple());
+    let (_worker, _) = consumer_node(&redis, &ns).await;
+    let caller = caller_node(&redis, &ns).await;
+    // Wait until the caller knows the consumer (its direct requests then skip the list).
+    eventually(
+        "the first call is answered",
+        Duration::from_secs(5),
+        async || caller.call(Double { n: 1 }).await == Ok(2),
+    )
+    .await;
+    let calls = (0..2000u32).map(|n| {
+        let caller = caller.clone();
+        tokio::spawn(async move { (n, caller.call(Double { n }).await) })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (n, answer) = call.expect("call task");
+        assert_eq!(answer, Ok(n * 2), "call {n}");
+    }
+    let keys = Keys::new(&ns);
+    assert_eq!(redis.llen(&keys.queue("provider.direct")).await, 0);
 }

@@ -5,9 +5,10 @@
 //! only when it has been answered (`LREM`, in the same `MULTI` as the reply), retried later
 //! (`ZADD delayed`) or dead-lettered (`LPUSH dlq`). If the process dies first, the message stays
 //! in the processing list until the reaper gives it back (see `upkeep`). Direct messages are
-//! popped (at most once), or arrive on this node's channel (see `inbox`), and are dropped
-//! unhandled once their caller's deadline has passed. Replies are published on the caller's
-//! reply channel.
+//! popped (at most once), or arrive on this node's channel (see `replies::listen`), and are
+//! dropped unhandled once their caller's deadline has passed. Replies are published on the
+//! caller's reply channel: a durable request's in the `MULTI` that acknowledges it, a direct
+//! request's (which has nothing to acknowledge) through the node's outbox, many per round trip.
 //!
 //! At most `inflight` messages per queue are worked on at once; the rest wait in Redis, where
 //! any other consumer of the queue can take them.
@@ -21,7 +22,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::envelope::{now_ms, DeadLetter, RawEnvelope, ReplyFrame};
+use super::envelope::{now_ms, reply_frame, DeadLetter, RawEnvelope};
 use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
 use crate::bus::{Answered, Bus, Codec, Delivery, Role};
 use crate::error::{Error, Result};
@@ -63,7 +64,13 @@ pub fn start(link: Arc<RedisLink>, bus: Bus, role: Role) -> Vec<JoinHandle<()>> 
             metrics::counter!("gorgon_queue_redelivered_total", "queue" => queue.clone())
                 .increment(0);
             metrics::gauge!("gorgon_queue_inflight", "queue" => queue.clone()).increment(0.0);
+            let outcome = |outcome: &'static str| {
+                let counter = metrics::counter!("gorgon_queue_messages_total", "queue" => queue.clone(), "outcome" => outcome);
+                (outcome, counter)
+            };
             let ctx = Arc::new(Consumer {
+                inflight: metrics::gauge!("gorgon_queue_inflight", "queue" => queue.clone()),
+                outcomes: ["ok", "error", "expired", "retried", "dead"].map(outcome),
                 qkey: link.keys.queue(&queue),
                 pkey: link.keys.processing(&queue, &link.node),
                 durable: delivery == Delivery::Durable,
@@ -106,8 +113,11 @@ struct Consumer {
     pkey: String,
     durable: bool,
     role: Role,
-    /// The messages being worked on (as taken, byte for byte).
+    /// The durable messages being worked on (as taken, byte for byte).
     held: parking_lot::Mutex<HashSet<Vec<u8>>>,
+    inflight: metrics::Gauge,
+    /// `gorgon_queue_messages_total` of this queue, by outcome.
+    outcomes: [(&'static str, metrics::Counter); 5],
 }
 
 async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
@@ -164,7 +174,9 @@ async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            ctx.held.lock().insert(raw.clone());
+            if ctx.durable {
+                ctx.held.lock().insert(raw.clone());
+            }
             tokio::spawn(handle(ctx.clone(), raw, permit));
         }
     }
@@ -301,15 +313,18 @@ fn retryable(error: &Error) -> bool {
     )
 }
 
-async fn handle(ctx: Arc<Consumer>, raw: Vec<u8>, _slot: OwnedSemaphorePermit) {
-    let inflight = metrics::gauge!("gorgon_queue_inflight", "queue" => ctx.queue.clone());
-    inflight.increment(1.0);
-    handle_one(&ctx, &raw).await;
-    ctx.held.lock().remove(&raw);
-    inflight.decrement(1.0);
+/// Handles one message; `slot` is held until it is answered (a direct request's until its reply
+/// has left through the outbox).
+async fn handle(ctx: Arc<Consumer>, raw: Vec<u8>, slot: OwnedSemaphorePermit) {
+    ctx.inflight.increment(1.0);
+    handle_one(&ctx, &raw, slot).await;
+    if ctx.durable {
+        ctx.held.lock().remove(&raw);
+    }
+    ctx.inflight.decrement(1.0);
 }
 
-async fn handle_one(ctx: &Consumer, raw: &[u8]) {
+async fn handle_one(ctx: &Consumer, raw: &[u8], slot: OwnedSemaphorePermit) {
     let envelope = match RawEnvelope::decode(raw) {
         Ok(envelope) => envelope,
         Err(reason) => return dead_letter(ctx, raw, None, reason).await,
@@ -346,40 +361,52 @@ async fn handle_one(ctx: &Consumer, raw: &[u8]) {
         }
     }
     count(ctx, if reply.error.is_none() { "ok" } else { "error" });
+    if !ctx.durable {
+        // Nothing to acknowledge: the reply leaves with others, and frees the slot once sent.
+        if let Some(reply_to) = envelope.reply_to {
+            let frame = reply_frame(envelope.id, &reply.bytes);
+            ctx.link
+                .outbox
+                .reply(
+                    &ctx.link.conn,
+                    reply_to,
+                    frame,
+                    envelope.deadline,
+                    Some(slot),
+                )
+                .await;
+        }
+        return;
+    }
     let mut pipe = redis::pipe();
-    pipe.atomic();
-    push_reply(&mut pipe, &envelope, &reply.bytes);
+    let replied = push_reply(&mut pipe, &envelope, &reply.bytes);
     ack(ctx, &mut pipe, raw);
+    if replied {
+        // The reply goes out if and only if the message is acknowledged.
+        pipe.atomic();
+    }
     commit(ctx, pipe, "acknowledge").await;
 }
 
 fn count(ctx: &Consumer, outcome: &'static str) {
-    metrics::counter!("gorgon_queue_messages_total", "queue" => ctx.queue.clone(), "outcome" => outcome)
-        .increment(1);
+    match ctx.outcomes.iter().find(|(name, _)| *name == outcome) {
+        Some((_, counter)) => counter.increment(1),
+        None => metrics::counter!("gorgon_queue_messages_total", "queue" => ctx.queue.clone(), "outcome" => outcome)
+            .increment(1),
+    }
 }
 
-/// Publishes a reply (`Result<Reply, Error>` as JSON) on the caller's reply channel.
-fn push_reply(pipe: &mut redis::Pipeline, envelope: &RawEnvelope, result: &[u8]) {
+/// Publishes a reply (`Result<Reply, Error>` as JSON, from the bus's JSON codec) on the
+/// caller's reply channel; false when the message asked for none.
+fn push_reply(pipe: &mut redis::Pipeline, envelope: &RawEnvelope, result: &[u8]) -> bool {
     let Some(reply_to) = &envelope.reply_to else {
-        return;
+        return false;
     };
-    let result = match serde_json::from_slice::<&serde_json::value::RawValue>(result) {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!(error = %e, kind = %envelope.kind, "a reply that is not JSON");
-            return;
-        }
-    };
-    let frame = ReplyFrame {
-        id: envelope.id,
-        result,
-    };
-    match serde_json::to_vec(&frame) {
-        Ok(bytes) => {
-            pipe.cmd("PUBLISH").arg(reply_to).arg(bytes).ignore();
-        }
-        Err(e) => tracing::error!(error = %e, kind = %envelope.kind, "cannot encode a reply"),
-    }
+    pipe.cmd("PUBLISH")
+        .arg(reply_to)
+        .arg(reply_frame(envelope.id, result))
+        .ignore();
+    true
 }
 
 fn ack(ctx: &Consumer, pipe: &mut redis::Pipeline, raw: &[u8]) {
@@ -390,6 +417,7 @@ fn ack(ctx: &Consumer, pipe: &mut redis::Pipeline, raw: &[u8]) {
 }
 
 async fn retry_later(ctx: &Consumer, raw: &[u8], envelope: &RawEnvelope, error: &Error) {
+    debug_assert!(ctx.durable);
     let base = ctx.link.config.retry_base.as_millis() as f64;
     let exponent = envelope.attempt.saturating_sub(1).min(16) as i32;
     let jitter = rand::rng().random_range(0.5..1.5);

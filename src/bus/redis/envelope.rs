@@ -65,23 +65,94 @@ impl RawEnvelope {
     }
 }
 
-/// An envelope whose body is already JSON, as bytes (encoded by the bus with the JSON codec).
-pub fn encode(envelope: &Envelope<&[u8]>) -> crate::error::Result<Vec<u8>> {
-    let failed = |e: serde_json::Error| {
-        tracing::error!(kind = %envelope.kind, error = %e, "cannot encode an envelope");
-        crate::error::Error::Internal(format!("cannot encode a {} request", envelope.kind))
-    };
-    let body: &RawValue = serde_json::from_slice(envelope.body).map_err(failed)?;
-    serde_json::to_vec(&Envelope {
-        id: envelope.id,
-        kind: envelope.kind.clone(),
-        attempt: envelope.attempt,
-        enqueued_at: envelope.enqueued_at,
-        reply_to: envelope.reply_to.clone(),
-        deadline: envelope.deadline,
-        body,
-    })
-    .map_err(failed)
+/// A request on its way to a queue or a consumer, its body already JSON (encoded by the bus
+/// with the JSON codec).
+pub struct Outbound<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub enqueued_at: i64,
+    pub reply_to: Option<&'a str>,
+    pub deadline: Option<i64>,
+    pub body: &'a [u8],
+}
+
+/// The bytes of a first delivery of `out`: exactly what serde writes for an [`Envelope`] (the
+/// same fields in the same order), written directly, since the body is JSON already and need
+/// not be parsed again to be embedded.
+pub fn encode(out: &Outbound<'_>) -> Vec<u8> {
+    debug_assert!(serde_json::from_slice::<&RawValue>(out.body).is_ok());
+    let mut bytes = Vec::with_capacity(out.body.len() + 160);
+    bytes.extend_from_slice(b"{\"id\":\"");
+    bytes.extend_from_slice(
+        out.id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    bytes.extend_from_slice(b"\",\"kind\":");
+    json_str(&mut bytes, out.kind);
+    bytes.extend_from_slice(b",\"attempt\":1,\"enqueued_at\":");
+    bytes.extend_from_slice(out.enqueued_at.to_string().as_bytes());
+    if let Some(reply_to) = out.reply_to {
+        bytes.extend_from_slice(b",\"reply_to\":");
+        json_str(&mut bytes, reply_to);
+    }
+    if let Some(deadline) = out.deadline {
+        bytes.extend_from_slice(b",\"deadline\":");
+        bytes.extend_from_slice(deadline.to_string().as_bytes());
+    }
+    bytes.extend_from_slice(b",\"body\":");
+    bytes.extend_from_slice(out.body);
+    bytes.push(b'}');
+    bytes
+}
+
+/// `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A fresh correlation id: a UUIDv7 for `now_ms`, its random bits from the thread's generator
+/// (`Uuid::now_v7` asks the kernel for them, a system call per message).
+pub fn new_id(now_ms: i64) -> Uuid {
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(now_ms.max(0) as u64, &random).into_uuid()
+}
+
+/// The bytes of a [`ReplyFrame`] around `result` (JSON already), written directly.
+pub fn reply_frame(id: Uuid, result: &[u8]) -> Vec<u8> {
+    debug_assert!(serde_json::from_slice::<&RawValue>(result).is_ok());
+    let mut bytes = Vec::with_capacity(result.len() + 60);
+    bytes.extend_from_slice(b"{\"id\":\"");
+    bytes.extend_from_slice(
+        id.hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    bytes.extend_from_slice(b"\",\"result\":");
+    bytes.extend_from_slice(result);
+    bytes.push(b'}');
+    bytes
+}
+
+/// A reply frame's correlation id and its `result` (as JSON bytes). Frames written by
+/// [`reply_frame`] are split without parsing the result; anything else is parsed.
+pub fn split_reply(frame: &[u8]) -> Result<(Uuid, Vec<u8>), serde_json::Error> {
+    const HEAD: &[u8] = b"{\"id\":\"";
+    const MID: &[u8] = b"\",\"result\":";
+    let id_end = HEAD.len() + 36;
+    if frame.len() > id_end + MID.len()
+        && frame.starts_with(HEAD)
+        && frame[id_end..].starts_with(MID)
+        && frame.ends_with(b"}")
+    {
+        if let Ok(id) = Uuid::try_parse_ascii(&frame[HEAD.len()..id_end]) {
+            return Ok((id, frame[id_end + MID.len()..frame.len() - 1].to_vec()));
+        }
+    }
+    let parsed: ReplyFrame<Box<RawValue>> = serde_json::from_slice(frame)?;
+    Ok((parsed.id, parsed.result.get().as_bytes().to_vec()))
 }
 
 /// A reply on a node's reply list; `result` is the callee's `Result<Reply, Error>`.
@@ -132,6 +203,56 @@ mod tests {
         assert!(RawEnvelope::decode(b"not json at all").is_err());
         assert!(RawEnvelope::decode(&[0xff, 0xfe, 0x00]).is_err());
         assert!(RawEnvelope::decode(br#"{"id":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn written_directly_as_serde_would() {
+        let id = new_id(now_ms());
+        let body = br#"{"GetItem":{"id":"a\"b"}}"#;
+        for (reply_to, deadline) in [(Some("gorgon:x:r:n\"1"), Some(7)), (None, None)] {
+            let direct = encode(&Outbound {
+                id,
+                kind: "get_item",
+                enqueued_at: 5,
+                reply_to,
+                deadline,
+                body,
+            });
+            let body: &RawValue = serde_json::from_slice(body).expect("body");
+            let serde = serde_json::to_vec(&Envelope {
+                id,
+                kind: "get_item".to_string(),
+                attempt: 1,
+                enqueued_at: 5,
+                reply_to: reply_to.map(str::to_string),
+                deadline,
+                body,
+            })
+            .expect("encode");
+            assert_eq!(
+                String::from_utf8(direct).expect("utf-8"),
+                String::from_utf8(serde).expect("utf-8")
+            );
+        }
+        let result = br#"{"Ok":[1,"}"]}"#;
+        let frame = reply_frame(id, result);
+        let serde = serde_json::to_vec(&ReplyFrame {
+            id,
+            result: serde_json::from_slice::<&RawValue>(result).expect("result"),
+        })
+        .expect("frame");
+        assert_eq!(frame, serde);
+        assert_eq!(split_reply(&frame).expect("split"), (id, result.to_vec()));
+        // A frame written otherwise (fields reordered, spaces) is parsed.
+        let other = format!(r#"{{ "result": {{"Ok":1}}, "id": "{id}" }}"#);
+        assert_eq!(
+            split_reply(other.as_bytes()).expect("parsed"),
+            (id, br#"{"Ok":1}"#.to_vec())
+        );
+        assert!(split_reply(b"garbage").is_err());
+        // Ids are v7, time-ordered by millisecond.
+        assert_eq!(id.get_version_num(), 7);
+        assert!(new_id(now_ms() + 10) > id);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod dlq;
 mod envelope;
 mod events;
 pub mod keys;
+mod outbox;
 mod replies;
 mod upkeep;
 
@@ -36,7 +37,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
 pub use keys::{queue_name, Keys};
@@ -105,6 +105,8 @@ pub struct RedisLink {
     node: String,
     reply_key: String,
     replies: replies::Pending,
+    /// Publishes direct requests and their replies, many per round trip.
+    outbox: outbox::Outbox,
     healthy: AtomicBool,
     /// Since when Redis has answered every health check (None while it does not).
     healthy_since: Mutex<Option<std::time::Instant>>,
@@ -160,6 +162,7 @@ impl RedisLink {
             node: node.to_string(),
             reply_key,
             replies: replies::Pending::default(),
+            outbox: outbox::Outbox::new(),
             healthy: AtomicBool::new(false),
             healthy_since: Mutex::new(None),
             consuming: Mutex::new(HashSet::new()),
@@ -181,6 +184,7 @@ impl RedisLink {
         }
         let background = vec![
             tokio::spawn(replies::listen(link.clone())),
+            tokio::spawn(outbox::run(link.clone())),
             tokio::spawn(upkeep::health(link.clone())),
             tokio::spawn(upkeep::reaper(link.clone())),
             tokio::spawn(upkeep::sample_depths(link.clone())),
@@ -212,7 +216,7 @@ impl RedisLink {
         self.feeds.read().get(role).cloned()
     }
 
-    /// Live consumers of `role`'s direct requests, starting at the bus's turn.
+    /// Up to three live consumers of `role`'s direct requests, starting at the bus's turn.
     fn direct_members(&self, role: Role, turn: usize) -> Vec<String> {
         let members = self.members.read();
         let Some(list) = members.get(&role).filter(|l| !l.is_empty()) else {
@@ -222,6 +226,7 @@ impl RedisLink {
         list[start..]
             .iter()
             .chain(&list[..start])
+            .take(3)
             .cloned()
             .collect()
     }
@@ -339,35 +344,36 @@ impl RedisLink {
         }
         let role = out.role;
         let queue = queue_name(role, out.delivery);
-        let id = Uuid::now_v7();
         let now = envelope::now_ms();
-        let bytes = envelope::encode(&Envelope {
+        let id = envelope::new_id(now);
+        let bytes = envelope::encode(&envelope::Outbound {
             id,
-            kind: out.kind.to_string(),
-            attempt: 1,
+            kind: out.kind,
             enqueued_at: now,
-            reply_to: Some(self.reply_key.clone()),
+            reply_to: Some(&self.reply_key),
             deadline: Some(now + timeout.as_millis() as i64),
             body: out.body,
-        })?;
+        });
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
         let waiter = self.replies.register(id);
-        let mut conn = self.conn();
         let mut sent = false;
         if out.delivery == Delivery::Direct {
             // Straight to a live consumer's channel; PUBLISH says whether anyone heard it.
-            for member in self.direct_members(role, out.turn).into_iter().take(3) {
-                let heard: i64 = redis::cmd("PUBLISH")
-                    .arg(self.keys.direct(role.name(), &member))
-                    .arg(&bytes)
-                    .query_async(&mut conn)
+            for member in &self.direct_members(role, out.turn) {
+                let heard = self
+                    .outbox
+                    .publish(
+                        &self.conn,
+                        self.keys.direct(role.name(), member),
+                        bytes.clone(),
+                    )
                     .await
-                    .map_err(|e| self.unavailable(e))?;
+                    .ok_or_else(|| self.unavailable("PUBLISH failed"))?;
                 if heard > 0 {
                     sent = true;
                     break;
                 }
-                self.forget_member(role, &member);
+                self.forget_member(role, member);
             }
         }
         if !sent && out.secret {
@@ -393,17 +399,16 @@ impl RedisLink {
                     .arg(timeout.as_millis() as u64 + 1000)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut conn)
+            pipe.query_async::<()>(&mut self.conn())
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        let frame = waiter.wait(timeout).await.ok_or_else(|| {
+        waiter.wait(timeout).await.ok_or_else(|| {
             Error::Timeout(format!(
                 "the {role} role did not answer within {} ms",
                 timeout.as_millis()
             ))
-        })?;
-        Ok(frame.get().as_bytes().to_vec())
+        })
     }
 
     /// Puts durable requests on their role's queue without waiting for them to be handled: once
@@ -424,15 +429,14 @@ impl RedisLink {
             let body = Codec::Json
                 .encode(&R::Call::from(request))
                 .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", R::KIND)))?;
-            messages.push(envelope::encode(&Envelope {
-                id: Uuid::now_v7(),
-                kind: R::KIND.to_string(),
-                attempt: 1,
+            messages.push(envelope::encode(&envelope::Outbound {
+                id: envelope::new_id(now),
+                kind: R::KIND,
                 enqueued_at: now,
                 reply_to: None,
                 deadline: None,
                 body: &body,
-            })?);
+            }));
         }
         let mut conn = self.conn();
         redis::cmd("LPUSH")

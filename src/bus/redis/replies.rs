@@ -8,17 +8,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::envelope::ReplyFrame;
-use futures::StreamExt;
+use super::envelope::split_reply;
 
 use super::{backoff, sleep_or_stop, RedisLink};
 
-type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Box<RawValue>>>>>;
+/// A reply's `result`, as JSON bytes.
+type Result = Vec<u8>;
+
+type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Result>>>>;
 
 /// Calls waiting for their reply, by correlation id.
 #[derive(Default)]
@@ -37,7 +39,7 @@ impl Pending {
         }
     }
 
-    fn deliver(&self, id: Uuid, result: Box<RawValue>) -> bool {
+    fn deliver(&self, id: Uuid, result: Result) -> bool {
         match self.waiters.lock().remove(&id) {
             Some(tx) => tx.send(result).is_ok(),
             None => false,
@@ -52,13 +54,13 @@ impl Pending {
 /// One call's claim on its reply; removes itself from [`Pending`] when dropped.
 pub struct Waiter {
     id: Uuid,
-    rx: Option<oneshot::Receiver<Box<RawValue>>>,
+    rx: Option<oneshot::Receiver<Result>>,
     waiters: Waiters,
 }
 
 impl Waiter {
     /// The reply's `result`, or `None` when none came in time.
-    pub async fn wait(mut self, timeout: Duration) -> Option<Box<RawValue>> {
+    pub async fn wait(mut self, timeout: Duration) -> Option<Result> {
         let rx = self.rx.take()?;
         tokio::time::timeout(timeout, rx).await.ok()?.ok()
     }
@@ -109,11 +111,9 @@ pub async fn listen(link: Arc<RedisLink>) {
             let Some(message) = message else { break };
             let channel = message.get_channel_name();
             if channel == reply_channel {
-                match serde_json::from_slice::<ReplyFrame<Box<RawValue>>>(
-                    message.get_payload_bytes(),
-                ) {
-                    Ok(reply) => {
-                        if !link.replies.deliver(reply.id, reply.result) {
+                match split_reply(message.get_payload_bytes()) {
+                    Ok((id, result)) => {
+                        if !link.replies.deliver(id, result) {
                             metrics::counter!("gorgon_bus_late_replies_total").increment(1);
                         }
                     }
@@ -162,15 +162,9 @@ mod tests {
         let pending = Pending::default();
         let id = Uuid::now_v7();
         let waiter = pending.register(id);
-        let raw = RawValue::from_string("{\"Ok\":\"Done\"}".into()).expect("raw");
+        let raw = b"{\"Ok\":\"Done\"}".to_vec();
         assert!(pending.deliver(id, raw.clone()));
-        assert_eq!(
-            waiter
-                .wait(Duration::from_secs(1))
-                .await
-                .map(|r| r.get().to_string()),
-            Some(raw.get().to_string())
-        );
+        assert_eq!(waiter.wait(Duration::from_secs(1)).await, Some(raw.clone()));
         // A waiter that timed out is gone: its reply is refused and nothing is kept.
         let late = Uuid::now_v7();
         let waiter = pending.register(late);
