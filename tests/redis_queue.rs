@@ -73,7 +73,7 @@ impl Handler<Work> for FlakyHandler {
 impl Handler<Double> for FlakyHandler {
     async fn handle(self: Arc<Self>, double: Double) -> Result<u32> {
         // Some answers wait, so replies leave in another order than the requests came.
-        if double.n % 3 == 0 {
+        if double.n.is_multiple_of(3) {
             tokio::time::sleep(Duration::from_millis(u64::from(double.n % 7))).await;
         }
         Ok(double.n * 2)

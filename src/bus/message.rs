@@ -176,6 +176,32 @@ pub enum CodecError {
     Decode(#[from] rmp_serde::decode::Error),
 }
 
+/// What goes wrong inside the bus itself (a bug, not a client's mistake); the cause is kept and
+/// logged once when it becomes an [`Error`].
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot encode a {kind} request")]
+    Encode {
+        kind: &'static str,
+        #[source]
+        source: CodecError,
+    },
+    #[error("undecodable reply from the {role} role")]
+    DecodeReply {
+        role: Role,
+        #[source]
+        source: CodecError,
+    },
+    #[error("{kind} carries a secret and is never queued")]
+    SecretQueued { kind: &'static str },
+}
+
+impl From<BusError> for Error {
+    fn from(error: BusError) -> Error {
+        Error::internal(&error)
+    }
+}
+
 impl Codec {
     pub fn encode<T: Serialize + ?Sized>(
         self,
@@ -205,12 +231,8 @@ impl Codec {
 
     /// Reply bytes back as a value; bytes that are not one are an internal error.
     pub fn decode_reply<T: DeserializeOwned>(self, role: Role, bytes: &[u8]) -> Result<T> {
-        self.decode::<Result<T>>(bytes).unwrap_or_else(|e| {
-            tracing::error!(%role, error = %e, "undecodable reply");
-            Err(Error::Internal(format!(
-                "undecodable reply from the {role} role"
-            )))
-        })
+        self.decode::<Result<T>>(bytes)
+            .unwrap_or_else(|source| Err(BusError::DecodeReply { role, source }.into()))
     }
 }
 

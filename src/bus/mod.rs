@@ -24,7 +24,9 @@ mod transport;
 
 pub use event::{topic_is_public, Event, EventKind, PUBLIC_TOPICS, TOPICS};
 pub use local::{Answered, Inflight, RoleActor, RoleArgs};
-pub use message::{Call, Codec, Dispatch, Encoded, Handler, NoRequests, Replier, Request, Service};
+pub use message::{
+    BusError, Call, Codec, Dispatch, Encoded, Handler, NoRequests, Replier, Request, Service,
+};
 pub use redis::{RedisConfig, RedisLink};
 pub use transport::{Outgoing, Transport};
 
@@ -255,10 +257,12 @@ impl Bus {
     ) -> Result<R::Reply> {
         let role = <R::Call as Call>::ROLE;
         let codec = link.codec();
-        let body = codec.encode(&R::Call::from(request)).map_err(|e| {
-            tracing::error!(%role, kind = R::KIND, error = %e, "cannot encode a request");
-            Error::Internal(format!("cannot encode a {} request", R::KIND))
-        })?;
+        let body = codec
+            .encode(&R::Call::from(request))
+            .map_err(|source| BusError::Encode {
+                kind: R::KIND,
+                source,
+            })?;
         let out = Outgoing {
             role,
             kind: R::KIND,

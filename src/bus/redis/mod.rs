@@ -41,7 +41,7 @@ use utoipa::ToSchema;
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
 pub use keys::{queue_name, Keys};
 
-use super::message::Codec;
+use super::message::{BusError, Codec};
 use super::{Bus, Call, Delivery, Event, Outgoing, Request, Role, Transport};
 use crate::error::{Error, Result};
 
@@ -416,10 +416,7 @@ impl RedisLink {
     /// allows). Takes many at once, in one round trip.
     pub async fn enqueue<R: Request>(&self, requests: Vec<R>) -> Result<()> {
         if R::SECRET {
-            return Err(Error::Internal(format!(
-                "{} carries a secret and is never queued",
-                R::KIND
-            )));
+            return Err(BusError::SecretQueued { kind: R::KIND }.into());
         }
         let role = <R::Call as Call>::ROLE;
         let queue = self.keys.queue(&queue_name(role, R::DELIVERY));
@@ -428,7 +425,10 @@ impl RedisLink {
         for request in requests {
             let body = Codec::Json
                 .encode(&R::Call::from(request))
-                .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", R::KIND)))?;
+                .map_err(|source| BusError::Encode {
+                    kind: R::KIND,
+                    source,
+                })?;
             messages.push(envelope::encode(&envelope::Outbound {
                 id: envelope::new_id(now),
                 kind: R::KIND,
