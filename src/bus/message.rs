@@ -165,15 +165,51 @@ pub enum Codec {
     Binary,
 }
 
-/// A value that cannot be encoded or decoded.
+/// A value that cannot be encoded or decoded: where and what kind of mismatch, never the text
+/// of the parser's message, which may quote a value of the message (a password in a login, a
+/// token in its reply) into a log or a dead letter.
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("MessagePack encoding: {0}")]
-    Encode(#[from] rmp_serde::encode::Error),
-    #[error("MessagePack decoding: {0}")]
-    Decode(#[from] rmp_serde::decode::Error),
+#[error("{0}")]
+pub struct CodecError(String);
+
+impl From<serde_json::Error> for CodecError {
+    fn from(e: serde_json::Error) -> Self {
+        CodecError(format!(
+            "JSON: {:?} error at line {}, column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    }
+}
+
+impl From<rmp_serde::encode::Error> for CodecError {
+    fn from(e: rmp_serde::encode::Error) -> Self {
+        let what = match e {
+            rmp_serde::encode::Error::InvalidValueWrite(_) => "cannot write a value",
+            rmp_serde::encode::Error::UnknownLength => "a sequence of unknown length",
+            rmp_serde::encode::Error::InvalidDataModel(_) => "a type MessagePack cannot hold",
+            rmp_serde::encode::Error::DepthLimitExceeded => "nested too deep",
+            rmp_serde::encode::Error::Syntax(_) => "the type refused to serialise",
+        };
+        CodecError(format!("MessagePack encoding: {what}"))
+    }
+}
+
+impl From<rmp_serde::decode::Error> for CodecError {
+    fn from(e: rmp_serde::decode::Error) -> Self {
+        use rmp_serde::decode::Error::*;
+        let what = match e {
+            InvalidMarkerRead(_) | InvalidDataRead(_) => "truncated or unreadable bytes",
+            TypeMismatch(_) => "a value of another type",
+            OutOfRange => "a number out of range",
+            LengthMismatch(_) => "a sequence of another length",
+            Uncategorized(_) | Syntax(_) => "bytes that are not the expected type",
+            Utf8Error(_) => "text that is not UTF-8",
+            DepthLimitExceeded => "nested too deep",
+        };
+        CodecError(format!("MessagePack decoding: {what}"))
+    }
 }
 
 /// What goes wrong inside the bus itself (a bug, not a client's mistake); the cause is kept and
