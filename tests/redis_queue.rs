@@ -340,3 +340,77 @@ async fn many_direct_calls_at_once_each_get_their_own_answer() {
     let keys = Keys::new(&ns);
     assert_eq!(redis.llen(&keys.queue("provider.direct")).await, 0);
 }
+
+/// A consumer of an earlier build: it listens on the plain channel of direct requests only, and
+/// answers each request with a reply of its own on the plain reply channel.
+async fn old_build_consumer(
+    redis: &RedisServer,
+    ns: &str,
+    node: &str,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let keys = Keys::new(ns);
+    let mut conn = redis.connection().await;
+    let _: () = ::redis::pipe()
+        .cmd("SET")
+        .arg(keys.heartbeat(node))
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .cmd("SADD")
+        .arg(keys.consumers("provider.direct"))
+        .arg(node)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("register the old consumer");
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(keys.direct("provider", node))
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let envelope: serde_json::Value =
+                serde_json::from_slice(message.get_payload_bytes()).expect("an envelope");
+            let n = envelope["body"]["Double"]["n"].as_u64().expect("a Double");
+            let frame = serde_json::json!({"id": envelope["id"], "result": {"Ok": n * 2}});
+            let _: i64 = ::redis::cmd("PUBLISH")
+                .arg(envelope["reply_to"].as_str().expect("reply_to"))
+                .arg(frame.to_string())
+                .query_async(&mut conn)
+                .await
+                .expect("publish the reply");
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_an_earlier_build_gets_every_request_one_by_one() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("old{}", uuid::Uuid::now_v7().simple());
+    let old = old_build_consumer(&redis, &ns, "old-node").await;
+    let caller = caller_node(&redis, &ns).await;
+    eventually(
+        "the first call is answered",
+        Duration::from_secs(5),
+        async || caller.call(Double { n: 1 }).await == Ok(2),
+    )
+    .await;
+    // Many at once: the caller packs them for the old node, which does not listen for packs;
+    // nobody hears the pack, and they go again one by one.
+    let calls = (0..300u32).map(|n| {
+        let caller = caller.clone();
+        tokio::spawn(async move { (n, caller.call(Double { n }).await) })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (n, answer) = call.expect("call task");
+        assert_eq!(answer, Ok(n * 2), "call {n}");
+    }
+    old.abort();
+}

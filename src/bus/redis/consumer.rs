@@ -365,11 +365,15 @@ async fn handle_one(ctx: &Consumer, raw: &[u8], slot: OwnedSemaphorePermit) {
         // Nothing to acknowledge: the reply leaves with others, and frees the slot once sent.
         if let Some(reply_to) = envelope.reply_to {
             let frame = reply_frame(envelope.id, &reply.bytes);
+            let channel = super::outbox::Channel {
+                packed: ctx.link.keys.packed_reply_channel(&reply_to),
+                name: reply_to,
+            };
             ctx.link
                 .outbox
                 .reply(
                     &ctx.link.conn,
-                    reply_to,
+                    channel,
                     frame,
                     envelope.deadline,
                     Some(slot),

@@ -162,6 +162,39 @@ pub struct ReplyFrame<R> {
     pub result: R,
 }
 
+/// Several messages as one pub/sub message (on the `rb:`/`db:` channels): a version byte, then
+/// each message as its length (4 bytes, big-endian) and its bytes.
+pub fn pack<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut packed = vec![PACK_VERSION];
+    for message in messages {
+        packed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        packed.extend_from_slice(message);
+    }
+    packed
+}
+
+/// The messages of a [`pack`]; `None` when the bytes are not one (nothing is taken from it).
+pub fn unpack(packed: &[u8]) -> Option<Vec<&[u8]>> {
+    let (&version, mut rest) = packed.split_first()?;
+    if version != PACK_VERSION {
+        return None;
+    }
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return None;
+        }
+        let (message, tail) = tail.split_at(len);
+        messages.push(message);
+        rest = tail;
+    }
+    Some(messages)
+}
+
+const PACK_VERSION: u8 = 1;
+
 /// A dead letter: why the message died, and the message as it was.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -253,6 +286,19 @@ mod tests {
         // Ids are v7, time-ordered by millisecond.
         assert_eq!(id.get_version_num(), 7);
         assert!(new_id(now_ms() + 10) > id);
+    }
+
+    #[test]
+    fn packed_messages_come_apart_as_they_went_in() {
+        let messages: [&[u8]; 3] = [b"{\"a\":1}", b"", b"{\"b\":[2]}"];
+        let packed = pack(messages);
+        assert_eq!(unpack(&packed), Some(messages.to_vec()));
+        assert_eq!(unpack(&pack([])), Some(Vec::new()));
+        // Truncated, another version, or not packed at all: refused whole.
+        assert_eq!(unpack(&packed[..packed.len() - 1]), None);
+        assert_eq!(unpack(&packed[..3]), None);
+        assert_eq!(unpack(b"{\"id\":1}"), None);
+        assert_eq!(unpack(b""), None);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! | `dlq:{queue}` | list | dead letters: JSON records with the reason and the message |
 //! | `queues` | set | every queue name in use (for tools and metrics) |
 //! | `r:{node}` | pub/sub channel | replies to a node's requests |
+//! | `rb:{node}` | pub/sub channel | the same, several in one message (see `envelope::pack`) |
 //! | `d:{role}:{node}` | pub/sub channel | direct requests for the role's instance on a node |
+//! | `db:{role}:{node}` | pub/sub channel | the same, several in one message |
 //! | `events:{topic}` | pub/sub channel | events |
 //! | `lock:reaper` | string, TTL | one reaper at a time, cluster-wide |
 //!
@@ -78,18 +80,38 @@ impl Keys {
         format!("{}r:{node}", self.prefix)
     }
 
+    /// The channel of `node`'s replies packed several to a message.
+    pub fn replies_packed(&self, node: &str) -> String {
+        format!("{}rb:{node}", self.prefix)
+    }
+
+    /// The packed counterpart of a reply channel of this namespace (none for another name).
+    pub fn packed_reply_channel(&self, reply_to: &str) -> Option<String> {
+        let node = reply_to.strip_prefix(&self.prefix)?.strip_prefix("r:")?;
+        Some(self.replies_packed(node))
+    }
+
     /// The channel of direct requests for `role` on `node` (`*` as a pattern).
     pub fn direct(&self, role: &str, node: &str) -> String {
         format!("{}d:{role}:{node}", self.prefix)
     }
 
-    /// The role named by a direct-request channel of `node`.
-    pub fn role_of_direct<'a>(&self, channel: &'a str, node: &str) -> Option<&'a str> {
-        channel
-            .strip_prefix(&self.prefix)?
-            .strip_prefix("d:")?
-            .strip_suffix(node)?
-            .strip_suffix(':')
+    /// The channel of direct requests for `role` on `node` packed several to a message (`*` as
+    /// a pattern).
+    pub fn direct_packed(&self, role: &str, node: &str) -> String {
+        format!("{}db:{role}:{node}", self.prefix)
+    }
+
+    /// The role named by a direct-request channel of `node`, and whether the channel carries
+    /// packed requests.
+    pub fn role_of_direct<'a>(&self, channel: &'a str, node: &str) -> Option<(&'a str, bool)> {
+        let rest = channel.strip_prefix(&self.prefix)?;
+        let (rest, packed) = match rest.strip_prefix("db:") {
+            Some(rest) => (rest, true),
+            None => (rest.strip_prefix("d:")?, false),
+        };
+        let role = rest.strip_suffix(node)?.strip_suffix(':')?;
+        Some((role, packed))
     }
 
     pub fn events(&self, topic: &str) -> String {
@@ -117,7 +139,21 @@ mod tests {
         assert_eq!(keys.processing("app", "n1/app"), "gorgon:shop:p:app:n1/app");
         let channel = keys.direct("store", "node-1");
         assert_eq!(channel, "gorgon:shop:d:store:node-1");
-        assert_eq!(keys.role_of_direct(&channel, "node-1"), Some("store"));
+        assert_eq!(
+            keys.role_of_direct(&channel, "node-1"),
+            Some(("store", false))
+        );
         assert_eq!(keys.role_of_direct(&channel, "node-2"), None);
+        let packed = keys.direct_packed("store", "node-1");
+        assert_eq!(packed, "gorgon:shop:db:store:node-1");
+        assert_eq!(
+            keys.role_of_direct(&packed, "node-1"),
+            Some(("store", true))
+        );
+        assert_eq!(
+            keys.packed_reply_channel(&keys.replies("node-1")),
+            Some("gorgon:shop:rb:node-1".to_string())
+        );
+        assert_eq!(keys.packed_reply_channel("gorgon:other:r:node-1"), None);
     }
 }

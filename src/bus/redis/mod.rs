@@ -364,7 +364,10 @@ impl RedisLink {
                     .outbox
                     .publish(
                         &self.conn,
-                        self.keys.direct(role.name(), member),
+                        outbox::Channel {
+                            name: self.keys.direct(role.name(), member),
+                            packed: Some(self.keys.direct_packed(role.name(), member)),
+                        },
                         bytes.clone(),
                     )
                     .await

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::envelope::split_reply;
+use super::envelope::{split_reply, unpack};
 
 use super::{backoff, sleep_or_stop, RedisLink};
 
@@ -73,17 +73,24 @@ impl Drop for Waiter {
 }
 
 /// This node's inbox: one pub/sub connection receiving the replies to its calls
-/// (`r:{node}`) and the direct requests addressed to its roles (`d:{role}:{node}`).
+/// (`r:{node}`) and the direct requests addressed to its roles (`d:{role}:{node}`), and both
+/// packed several to a message (`rb:{node}`, `db:{role}:{node}`).
 pub async fn listen(link: Arc<RedisLink>) {
     let mut stop = link.stopping();
     let mut failures = 0;
     let reply_channel = link.reply_key.clone();
+    let packed_reply_channel = link.keys.replies_packed(&link.node);
     let direct_pattern = link.keys.direct("*", &link.node);
+    let packed_direct_pattern = link.keys.direct_packed("*", &link.node);
     loop {
         let subscribed = async {
             let mut pubsub = link.client.get_async_pubsub().await?;
-            pubsub.subscribe(&reply_channel).await?;
-            pubsub.psubscribe(&direct_pattern).await?;
+            pubsub
+                .subscribe(&[&reply_channel, &packed_reply_channel])
+                .await?;
+            pubsub
+                .psubscribe(&[&direct_pattern, &packed_direct_pattern])
+                .await?;
             redis::RedisResult::Ok(pubsub)
         };
         let subscribed = tokio::time::timeout(Duration::from_secs(5), subscribed)
@@ -110,25 +117,35 @@ pub async fn listen(link: Arc<RedisLink>) {
             };
             let Some(message) = message else { break };
             let channel = message.get_channel_name();
+            let payload = message.get_payload_bytes();
             if channel == reply_channel {
-                match split_reply(message.get_payload_bytes()) {
-                    Ok((id, result)) => {
-                        if !link.replies.deliver(id, result) {
-                            metrics::counter!("gorgon_bus_late_replies_total").increment(1);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "dropped an undecodable reply"),
+                reply(&link, payload);
+            } else if channel == packed_reply_channel {
+                match unpack(payload) {
+                    Some(replies) => replies.into_iter().for_each(|r| reply(&link, r)),
+                    None => tracing::warn!("dropped an undecodable pack of replies"),
                 }
-            } else if let Some(role) = link.keys.role_of_direct(channel, &link.node) {
-                let raw = message.get_payload_bytes().to_vec();
+            } else if let Some((role, packed)) = link.keys.role_of_direct(channel, &link.node) {
+                let requests = if packed {
+                    unpack(payload).unwrap_or_else(|| {
+                        tracing::warn!(role, "dropped an undecodable pack of direct requests");
+                        Vec::new()
+                    })
+                } else {
+                    vec![payload]
+                };
                 // Not served here any more (the node is stopping), or every slot is taken: the
                 // role's list holds the request for whichever consumer is free first.
-                let refused = match link.direct_feed(role) {
-                    Some(feed) => feed(raw),
-                    None => Some(raw),
-                };
-                if let Some(raw) = refused {
-                    hand_over(&link, role, raw).await;
+                let feed = link.direct_feed(role);
+                let refused: Vec<Vec<u8>> = requests
+                    .into_iter()
+                    .filter_map(|raw| match &feed {
+                        Some(feed) => feed(raw.to_vec()),
+                        None => Some(raw.to_vec()),
+                    })
+                    .collect();
+                if !refused.is_empty() {
+                    hand_over(&link, role, refused).await;
                 }
             }
         }
@@ -140,7 +157,19 @@ pub async fn listen(link: Arc<RedisLink>) {
     }
 }
 
-async fn hand_over(link: &RedisLink, role: &str, raw: Vec<u8>) {
+/// Hands a reply frame to the call waiting for it.
+fn reply(link: &RedisLink, frame: &[u8]) {
+    match split_reply(frame) {
+        Ok((id, result)) => {
+            if !link.replies.deliver(id, result) {
+                metrics::counter!("gorgon_bus_late_replies_total").increment(1);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "dropped an undecodable reply"),
+    }
+}
+
+async fn hand_over(link: &RedisLink, role: &str, raw: Vec<Vec<u8>>) {
     let mut conn = link.conn();
     let queue = link.keys.queue(&format!("{role}.direct"));
     if let Err(e) = redis::cmd("LPUSH")
