@@ -26,6 +26,13 @@ gorgon::requests! {
     role Provider, call FlakyCall;
     Work => "work", durable, u32;
     Double => "double", direct, u32;
+    Secret => "secret_work", secret, u32;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Secret {
+    n: u32,
+    password: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +84,14 @@ impl Handler<Double> for FlakyHandler {
             tokio::time::sleep(Duration::from_millis(u64::from(double.n % 7))).await;
         }
         Ok(double.n * 2)
+    }
+}
+
+impl Handler<Secret> for FlakyHandler {
+    async fn handle(self: Arc<Self>, secret: Secret) -> Result<u32> {
+        // Slow, so a burst finds every slot of a small consumer taken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(secret.n)
     }
 }
 
@@ -413,4 +428,104 @@ async fn a_consumer_of_an_earlier_build_gets_every_request_one_by_one() {
         assert_eq!(answer, Ok(n * 2), "call {n}");
     }
     old.abort();
+}
+
+/// How many `LPUSH` commands the server has run so far.
+async fn lpushes(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    let stats: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_lpush:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_a_busy_consumer_cannot_take_is_refused_never_queued() {
+    let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+        return;
+    };
+    let ns = format!("busy{}", uuid::Uuid::now_v7().simple());
+    // A consumer that works on two requests at a time.
+    let small = RedisConfig {
+        inflight: 2,
+        ..config(&redis, &ns)
+    };
+    let link = RedisLink::connect(small, "small-worker")
+        .await
+        .expect("link");
+    let bus = Bus::with_redis(bus_config(), link.clone());
+    ractor::Actor::spawn(
+        None,
+        RoleActor::<FlakyHandler>::default(),
+        RoleArgs {
+            service: FlakyHandler(Arc::new(Behaviour::default())),
+            bus: bus.clone(),
+            concurrency: 16,
+        },
+    )
+    .await
+    .expect("spawn the test role");
+    bus.serve(&[Role::Provider]).await.expect("serve");
+    let caller = caller_node(&redis, &ns).await;
+    let password = "correct horse battery staple";
+    let secret = |n| Secret {
+        n,
+        password: password.to_string(),
+    };
+    eventually(
+        "the first call is answered",
+        Duration::from_secs(5),
+        async || caller.call(secret(1)).await == Ok(1),
+    )
+    .await;
+    let before = lpushes(&redis).await;
+    let calls = (0..12u32).map(|n| {
+        let caller = caller.clone();
+        tokio::spawn(async move { (n, caller.call(secret(n)).await) })
+    });
+    let mut refused = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.expect("call task") {
+            (n, Ok(answer)) => assert_eq!(answer, n),
+            (_, Err(Error::Unavailable(_))) => refused += 1,
+            (n, Err(e)) => panic!("call {n}: neither answered nor refused at once: {e:?}"),
+        }
+    }
+    assert!(refused > 0, "a burst of 12 on 2 slots: some are refused");
+    assert_eq!(
+        lpushes(&redis).await,
+        before,
+        "no request was put on a list"
+    );
+    // Nothing in the namespace holds the password.
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("gorgon:{ns}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    for key in keys {
+        let kind: String = ::redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        if kind == "list" {
+            let values: Vec<String> = ::redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .expect("LRANGE");
+            assert!(values.iter().all(|v| !v.contains(password)), "{key}");
+        }
+    }
 }

@@ -440,16 +440,27 @@ async fn retry_later(ctx: &Consumer, raw: &[u8], envelope: &RawEnvelope, error: 
 }
 
 async fn dead_letter(ctx: &Consumer, raw: &[u8], envelope: Option<&RawEnvelope>, reason: String) {
+    // A request carrying a secret is never written to a list, and its decoding error (which may
+    // quote the request) goes nowhere: the caller is told, and nothing is kept.
+    let secret = envelope.is_some_and(|e| e.secret);
+    let reason = if secret {
+        let kind = envelope.map(|e| e.kind.as_str()).unwrap_or_default();
+        format!("a {kind} request (it carries a secret) could not be handled; not kept")
+    } else {
+        reason
+    };
     tracing::warn!(queue = %ctx.queue, %reason, "message dead-lettered");
     count(ctx, "dead");
-    let attempts = envelope.map(|e| e.attempt).unwrap_or(0);
-    let letter = DeadLetter::new(&ctx.queue, raw, attempts, reason.clone());
     let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("LPUSH")
-        .arg(ctx.link.keys.dead(&ctx.queue))
-        .arg(letter.encode())
-        .ignore();
+    pipe.atomic();
+    if !secret {
+        let attempts = envelope.map(|e| e.attempt).unwrap_or(0);
+        let letter = DeadLetter::new(&ctx.queue, raw, attempts, reason.clone());
+        pipe.cmd("LPUSH")
+            .arg(ctx.link.keys.dead(&ctx.queue))
+            .arg(letter.encode())
+            .ignore();
+    }
     if let Some(envelope) = envelope {
         let failed: Result<()> = Err(Error::Unavailable(format!(
             "the request could not be handled and was set aside: {reason}"

@@ -25,6 +25,10 @@ pub struct Envelope<B> {
     /// When the caller stops waiting (ms since the epoch): a direct request past it is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<i64>,
+    /// Carries a secret (a password): a consumer never writes it to a list, not even a
+    /// dead-letter list. Absent (false) in the envelopes of earlier builds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
     pub body: B,
 }
 
@@ -45,6 +49,7 @@ impl RawEnvelope {
             enqueued_at: self.enqueued_at,
             reply_to: self.reply_to.clone(),
             deadline: self.deadline,
+            secret: self.secret,
             body: &self.body,
         };
         serde_json::to_vec(&next).unwrap_or_default()
@@ -59,6 +64,7 @@ impl RawEnvelope {
             enqueued_at: now_ms(),
             reply_to: None,
             deadline: None,
+            secret: self.secret,
             body: &self.body,
         };
         serde_json::to_vec(&fresh).unwrap_or_default()
@@ -73,6 +79,7 @@ pub struct Outbound<'a> {
     pub enqueued_at: i64,
     pub reply_to: Option<&'a str>,
     pub deadline: Option<i64>,
+    pub secret: bool,
     pub body: &'a [u8],
 }
 
@@ -100,6 +107,9 @@ pub fn encode(out: &Outbound<'_>) -> Vec<u8> {
     if let Some(deadline) = out.deadline {
         bytes.extend_from_slice(b",\"deadline\":");
         bytes.extend_from_slice(deadline.to_string().as_bytes());
+    }
+    if out.secret {
+        bytes.extend_from_slice(b",\"secret\":true");
     }
     bytes.extend_from_slice(b",\"body\":");
     bytes.extend_from_slice(out.body);
@@ -242,13 +252,18 @@ mod tests {
     fn written_directly_as_serde_would() {
         let id = new_id(now_ms());
         let body = br#"{"GetItem":{"id":"a\"b"}}"#;
-        for (reply_to, deadline) in [(Some("gorgon:x:r:n\"1"), Some(7)), (None, None)] {
+        for (reply_to, deadline, secret) in [
+            (Some("gorgon:x:r:n\"1"), Some(7), true),
+            (Some("gorgon:x:r:n"), Some(7), false),
+            (None, None, false),
+        ] {
             let direct = encode(&Outbound {
                 id,
                 kind: "get_item",
                 enqueued_at: 5,
                 reply_to,
                 deadline,
+                secret,
                 body,
             });
             let body: &RawValue = serde_json::from_slice(body).expect("body");
@@ -259,6 +274,7 @@ mod tests {
                 enqueued_at: 5,
                 reply_to: reply_to.map(str::to_string),
                 deadline,
+                secret,
                 body,
             })
             .expect("encode");
@@ -310,8 +326,14 @@ mod tests {
             enqueued_at: 1,
             reply_to: Some("r".into()),
             deadline: Some(2),
+            secret: false,
             body: serde_json::json!({"InsertItem": {"title": "x"}}),
         };
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&first).expect("encode"))
+                .expect("utf-8")
+                .contains("secret")
+        );
         let bytes = serde_json::to_vec(&first).expect("encode");
         let raw = RawEnvelope::decode(&bytes).expect("decode");
         let again = RawEnvelope::decode(&raw.next_attempt()).expect("decode again");
@@ -320,5 +342,11 @@ mod tests {
         assert_eq!(again.body.get(), raw.body.get());
         let replayed = RawEnvelope::decode(&again.fresh()).expect("decode replay");
         assert_eq!((replayed.attempt, replayed.reply_to), (1, None));
+    }
+
+    #[test]
+    fn an_envelope_of_an_earlier_build_carries_no_secret() {
+        let earlier = br#"{"id":"0190f5d6-4d2a-7c3e-9a1b-2c3d4e5f6a7b","kind":"get_item","attempt":1,"enqueued_at":5,"body":{}}"#;
+        assert!(!RawEnvelope::decode(earlier).expect("decode").secret);
     }
 }

@@ -352,6 +352,7 @@ impl RedisLink {
             enqueued_at: now,
             reply_to: Some(&self.reply_key),
             deadline: Some(now + timeout.as_millis() as i64),
+            secret: out.secret,
             body: out.body,
         });
         // Registered before sending, so a fast reply finds its waiter; dropped on every way out.
@@ -438,6 +439,7 @@ impl RedisLink {
                 enqueued_at: now,
                 reply_to: None,
                 deadline: None,
+                secret: false,
                 body: &body,
             }));
         }

@@ -13,9 +13,11 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::envelope::{split_reply, unpack};
-
+use super::envelope::{reply_frame, split_reply, unpack, RawEnvelope};
+use super::outbox::Channel;
 use super::{backoff, sleep_or_stop, RedisLink};
+use crate::bus::Codec;
+use crate::error::{Error, Result as BusResult};
 
 /// A reply's `result`, as JSON bytes.
 type Result = Vec<u8>;
@@ -169,7 +171,37 @@ fn reply(link: &RedisLink, frame: &[u8]) {
     }
 }
 
-async fn hand_over(link: &RedisLink, role: &str, raw: Vec<Vec<u8>>) {
+/// Puts direct requests this node cannot take now on the role's list, for whichever consumer
+/// is free first; except a request carrying a secret, which is never written to a list: its
+/// caller is told to try again.
+async fn hand_over(link: &RedisLink, role: &str, mut raw: Vec<Vec<u8>>) {
+    let mut secrets = Vec::new();
+    raw.retain(|r| match RawEnvelope::decode(r) {
+        Ok(envelope) if envelope.secret => {
+            secrets.push(envelope);
+            false
+        }
+        _ => true,
+    });
+    for envelope in secrets {
+        let Some(reply_to) = envelope.reply_to else {
+            continue;
+        };
+        let busy: BusResult<()> = Err(Error::Unavailable(format!(
+            "the {role} role is busy; try again shortly"
+        )));
+        let frame = reply_frame(envelope.id, &Codec::Json.encode_reply(&busy));
+        let channel = Channel {
+            packed: link.keys.packed_reply_channel(&reply_to),
+            name: reply_to,
+        };
+        link.outbox
+            .reply(&link.conn, channel, frame, envelope.deadline, None)
+            .await;
+    }
+    if raw.is_empty() {
+        return;
+    }
     let mut conn = link.conn();
     let queue = link.keys.queue(&format!("{role}.direct"));
     if let Err(e) = redis::cmd("LPUSH")
