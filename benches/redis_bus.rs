@@ -19,6 +19,7 @@ use gorgon::bus::{
     Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service,
 };
 use gorgon::error::Result;
+use gorgon::shutdown::Shutdown;
 use hdrhistogram::Histogram;
 use redis_server::{Fsync, RedisServer};
 use serde::{Deserialize, Serialize};
@@ -89,7 +90,7 @@ fn bus_config() -> BusConfig {
 }
 
 async fn node(redis: &RedisServer, ns: &str, name: &str) -> (Arc<RedisLink>, Bus) {
-    let link = RedisLink::connect(RedisConfig::new(&redis.url(), ns), name)
+    let link = RedisLink::connect(RedisConfig::new(&redis.url(), ns), name, &Shutdown::new())
         .await
         .expect("connect");
     let bus = Bus::with_redis(bus_config(), link.clone());

@@ -3,9 +3,11 @@
 //!
 //! A part that must stop in a phase of its own (the Redis consumers stop taking work before the
 //! roles drain; the heartbeat outlives them) takes a [`Shutdown::child`]: cancelling the node
-//! cancels every child, and a child can be cancelled alone. [`Node::shutdown`] keeps the drain
-//! order (stop taking, finish and acknowledge, give back, deregister) and ends with
-//! [`Shutdown::finish`], which cancels what is left and waits for every tracked task.
+//! cancels every child, and a child can be cancelled alone. A part that must also wait for its
+//! own tasks alone takes a [`Shutdown::phase`]: a child whose tasks a tracker of its own counts
+//! as well as the node's. [`Node::shutdown`] keeps the drain order (stop taking, finish and
+//! acknowledge, give back, deregister) and ends with [`Shutdown::finish`], which cancels what is
+//! left and waits for every tracked task.
 //!
 //! [`Node::shutdown`]: crate::startup::Node::shutdown
 
@@ -19,7 +21,11 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    /// The node's tracker: every task of every part.
     tracker: TaskTracker,
+    /// The trackers of the phases this one belongs to, outermost first; each counts the tasks
+    /// spawned in it (and in its phases), to be waited for alone.
+    phases: Vec<TaskTracker>,
 }
 
 impl Shutdown {
@@ -32,7 +38,16 @@ impl Shutdown {
         Shutdown {
             token: self.token.child_token(),
             tracker: self.tracker.clone(),
+            phases: self.phases.clone(),
         }
+    }
+
+    /// A child whose tasks can be waited for alone ([`Shutdown::stop`]); they are tracked by the
+    /// node (and by every phase this one belongs to) too.
+    pub fn phase(&self) -> Shutdown {
+        let mut phase = self.child();
+        phase.phases.push(TaskTracker::new());
+        phase
     }
 
     pub fn token(&self) -> &CancellationToken {
@@ -58,7 +73,7 @@ impl Shutdown {
         F: Future<Output = ()> + Send + 'static,
     {
         let token = self.token.clone();
-        self.tracker.spawn(async move {
+        self.spawn_draining(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
                 _ = work => {}
@@ -72,7 +87,14 @@ impl Shutdown {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(work)
+        if self.phases.is_empty() {
+            return self.tracker.spawn(work);
+        }
+        let phases: Vec<_> = self.phases.iter().map(TaskTracker::token).collect();
+        self.tracker.spawn(async move {
+            let _phases = phases;
+            work.await
+        })
     }
 
     /// Waits `delay`, or less if this shutdown begins; true when it has.
@@ -83,18 +105,60 @@ impl Shutdown {
         }
     }
 
-    /// Cancels everything and waits (up to `timeout`) for every tracked task to end.
-    pub async fn finish(&self, timeout: Duration) {
+    /// The tracker [`Shutdown::stop`] waits on: this phase's, or the node's.
+    fn own_tracker(&self) -> &TaskTracker {
+        self.phases.last().unwrap_or(&self.tracker)
+    }
+
+    /// Cancels this shutdown and waits for its tasks (this phase's, or every task of the node)
+    /// to end.
+    pub async fn stop(&self) {
         self.token.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let tracker = self.own_tracker();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Like [`Shutdown::stop`], waiting no longer than `timeout`.
+    pub async fn finish(&self, timeout: Duration) {
+        if tokio::time::timeout(timeout, self.stop()).await.is_err() {
             tracing::warn!(
-                left = self.tracker.len(),
+                left = self.own_tracker().len(),
                 "background tasks did not stop in time"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_phase_is_stopped_and_waited_for_alone() {
+        let node = Shutdown::new();
+        let link = node.phase();
+        let first = link.phase();
+        let last = link.phase();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let watched = first.clone();
+        first.spawn_draining(async move {
+            watched.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = done_tx.send(());
+        });
+        last.spawn_draining({
+            let last = last.clone();
+            async move { last.cancelled().await }
+        });
+        first.stop().await;
+        // The phase's task finished what it held before `stop` returned; the others run on.
+        assert!(done_rx.await.is_ok());
+        assert!(!last.is_cancelled() && !link.is_cancelled() && !node.is_cancelled());
+        // Stopping the link stops its phases too, and waits for their tasks.
+        link.stop().await;
+        assert!(last.is_cancelled() && !node.is_cancelled());
+        node.finish(Duration::from_secs(1)).await;
+        assert!(node.is_cancelled());
     }
 }

@@ -342,7 +342,7 @@ async fn connect(
         .cluster_config(node_id, args.tuning.role_concurrency)
         .map_err(anyhow::Error::msg)?;
     let redis = match args.redis_config() {
-        Some(config) => Some(RedisLink::connect(config, node_id).await?),
+        Some(config) => Some(RedisLink::connect(config, node_id, shutdown).await?),
         None => None,
     };
     let local_node = Arc::new(LocalNode {

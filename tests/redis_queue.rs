@@ -19,6 +19,7 @@ use gorgon::bus::{
     Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service,
 };
 use gorgon::error::{Error, Result};
+use gorgon::shutdown::Shutdown;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +115,7 @@ fn bus_config() -> BusConfig {
 
 /// A node consuming the test protocol's queue; returns its link and the handler's record.
 async fn consumer_node(redis: &RedisServer, ns: &str) -> (Arc<RedisLink>, Arc<Behaviour>) {
-    let link = RedisLink::connect(config(redis, ns), &format!("worker-{ns}"))
+    let link = RedisLink::connect(config(redis, ns), &format!("worker-{ns}"), &Shutdown::new())
         .await
         .expect("link");
     let bus = Bus::with_redis(bus_config(), link.clone());
@@ -136,7 +137,7 @@ async fn consumer_node(redis: &RedisServer, ns: &str) -> (Arc<RedisLink>, Arc<Be
 
 /// A node without the role: its calls go through Redis.
 async fn caller_node(redis: &RedisServer, ns: &str) -> Bus {
-    let link = RedisLink::connect(config(redis, ns), &format!("caller-{ns}"))
+    let link = RedisLink::connect(config(redis, ns), &format!("caller-{ns}"), &Shutdown::new())
         .await
         .expect("link");
     Bus::with_redis(bus_config(), link)
@@ -457,7 +458,7 @@ async fn a_secret_a_busy_consumer_cannot_take_is_refused_never_queued() {
         inflight: 2,
         ..config(&redis, &ns)
     };
-    let link = RedisLink::connect(small, "small-worker")
+    let link = RedisLink::connect(small, "small-worker", &Shutdown::new())
         .await
         .expect("link");
     let bus = Bus::with_redis(bus_config(), link.clone());

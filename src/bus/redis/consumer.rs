@@ -20,10 +20,9 @@ use std::time::Duration;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 
 use super::envelope::{now_ms, reply_frame, DeadLetter, RawEnvelope};
-use super::{backoff, queue_name, sleep_or_stop, RedisLink, BLOCK};
+use super::{backoff, queue_name, RedisLink, BLOCK};
 use crate::bus::{Answered, Bus, Codec, Delivery, Role};
 use crate::error::{Error, Result};
 
@@ -53,11 +52,11 @@ return n
     )
 });
 
-/// Starts the consumers of `role`'s two queues.
-pub fn start(link: Arc<RedisLink>, bus: Bus, role: Role) -> Vec<JoinHandle<()>> {
+/// Starts the consumers of `role`'s two queues, in the link's consumer phase.
+pub fn start(link: Arc<RedisLink>, bus: Bus, role: Role) {
     [Delivery::Direct, Delivery::Durable]
         .into_iter()
-        .map(|delivery| {
+        .for_each(|delivery| {
             let queue = queue_name(role, delivery);
             link.consuming.lock().insert(queue.clone());
             // Exported from the start, so dashboards show a zero rather than nothing.
@@ -84,9 +83,8 @@ pub fn start(link: Arc<RedisLink>, bus: Bus, role: Role) -> Vec<JoinHandle<()>> 
             if delivery == Delivery::Direct {
                 link.feed_direct(role, direct_feed(ctx.clone(), slots.clone()));
             }
-            tokio::spawn(run(ctx, slots))
+            link.consumers.spawn_draining(run(ctx, slots));
         })
-        .collect()
 }
 
 /// How direct requests published to this node's channel reach the consumer. The inbox must
@@ -97,7 +95,9 @@ fn direct_feed(ctx: Arc<Consumer>, slots: Arc<Semaphore>) -> super::DirectFeed {
     Arc::new(
         move |raw: Vec<u8>| match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(handle(ctx.clone(), raw, permit));
+                ctx.link
+                    .consumers
+                    .spawn_draining(handle(ctx.clone(), raw, permit));
                 None
             }
             Err(_) => Some(raw),
@@ -123,20 +123,20 @@ struct Consumer {
 async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
     let link = &ctx.link;
     let limit = link.config.inflight;
-    let mut stop = link.stopping_consumers();
+    let stop = &link.consumers;
     let mut blocking: Option<MultiplexedConnection> = None;
     let mut failures = 0;
     // Known to the reapers before the first take, so no message is ever in an unknown list.
     while let Err(e) = register(&ctx).await {
         failures += 1;
         tracing::debug!(queue = %ctx.queue, error = %e, "consumer cannot register yet");
-        if sleep_or_stop(&mut stop, backoff(failures)).await {
+        if stop.sleep(backoff(failures)).await {
             return;
         }
     }
     let mut last_scan = tokio::time::Instant::now();
     let mut suspects = HashSet::new();
-    while !*stop.borrow() {
+    while !stop.is_cancelled() {
         if ctx.durable && last_scan.elapsed() >= link.config.heartbeat {
             last_scan = tokio::time::Instant::now();
             reclaim(&ctx, &slots, &mut suspects).await;
@@ -146,7 +146,7 @@ async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
             // Full: wait for a slot (or the stop signal) before taking more.
             tokio::select! {
                 permit = slots.clone().acquire_owned() => drop(permit),
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
             }
             continue;
         }
@@ -164,7 +164,7 @@ async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
                 blocking = None;
                 failures += 1;
                 tracing::debug!(queue = %ctx.queue, error = %e, "consumer cannot reach Redis");
-                if sleep_or_stop(&mut stop, backoff(failures)).await {
+                if stop.sleep(backoff(failures)).await {
                     break;
                 }
                 continue;
@@ -177,7 +177,7 @@ async fn run(ctx: Arc<Consumer>, slots: Arc<Semaphore>) {
             if ctx.durable {
                 ctx.held.lock().insert(raw.clone());
             }
-            tokio::spawn(handle(ctx.clone(), raw, permit));
+            stop.spawn_draining(handle(ctx.clone(), raw, permit));
         }
     }
     // Drain: every message taken is answered (or given back) before the consumer ends.
@@ -243,7 +243,9 @@ async fn reclaim(ctx: &Arc<Consumer>, slots: &Arc<Semaphore>, suspects: &mut Has
         metrics::counter!("gorgon_queue_redelivered_total", "queue" => ctx.queue.clone())
             .increment(1);
         ctx.held.lock().insert(raw.clone());
-        tokio::spawn(handle(ctx.clone(), raw, permit));
+        ctx.link
+            .consumers
+            .spawn_draining(handle(ctx.clone(), raw, permit));
     }
 }
 

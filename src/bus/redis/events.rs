@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{backoff, sleep_or_stop, RedisLink};
+use super::{backoff, RedisLink};
 use crate::bus::{Bus, Event};
 
 /// Events queued for publishing; past this, new events are dropped (and counted).
@@ -91,7 +91,7 @@ pub async fn publish(link: Arc<RedisLink>) {
 
 /// Receives other nodes' events and broadcasts them on this node's bus.
 pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     let pattern = link.keys.events("*");
     let mut failures = 0;
     loop {
@@ -104,7 +104,7 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
             Err(e) => {
                 failures += 1;
                 tracing::debug!(error = %e, "event subscriber cannot connect");
-                if sleep_or_stop(&mut stop, backoff(failures)).await {
+                if stop.sleep(backoff(failures)).await {
                     return;
                 }
                 continue;
@@ -116,7 +116,7 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
         if let Err(e) = subscribed {
             failures += 1;
             tracing::debug!(error = %e, "event subscription failed");
-            if sleep_or_stop(&mut stop, backoff(failures)).await {
+            if stop.sleep(backoff(failures)).await {
                 return;
             }
             continue;
@@ -133,11 +133,11 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
                         Err(e) => tracing::debug!(error = %e, "ignored an undecodable event"),
                     }
                 }
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
         }
         tracing::debug!("event subscription lost; reconnecting");
-        if sleep_or_stop(&mut stop, Duration::from_millis(100)).await {
+        if stop.sleep(Duration::from_millis(100)).await {
             return;
         }
     }

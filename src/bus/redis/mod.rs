@@ -35,7 +35,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::AsyncConnectionConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 pub use envelope::{DeadLetter, Envelope, RawEnvelope};
@@ -44,6 +43,7 @@ pub use keys::{queue_name, Keys};
 use super::message::{BusError, Codec};
 use super::{Bus, Call, Delivery, Event, Outgoing, Request, Role, Transport};
 use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 
 /// Settings of the link (see `QueueTuning` for the flags).
 #[derive(Debug, Clone)]
@@ -91,8 +91,11 @@ pub(crate) type DirectFeed = Arc<dyn Fn(Vec<u8>) -> Option<Vec<u8>> + Send + Syn
 /// Most direct requests kept waiting in a role's fallback list.
 const DIRECT_BACKLOG: i64 = 10_000;
 
-/// How long a blocking take waits before looking at the stop flag again.
+/// How long a blocking take waits before looking at the shutdown again.
 const BLOCK: Duration = Duration::from_secs(1);
+
+/// How long [`RedisLink::close`] waits for the link's tasks to end.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// A node's connection to Redis; shared by the bus, the consumers and the upkeep tasks.
 pub struct RedisLink {
@@ -119,22 +122,26 @@ pub struct RedisLink {
     /// The last queue sample, for the stats role.
     figures: Mutex<Vec<QueueFigures>>,
     events: events::Publisher,
-    /// Tells consumers to stop taking (first) and background tasks to stop (at close).
-    stop_consumers: watch::Sender<bool>,
-    /// Stops the heartbeat (after the consumers have finished and given back what they held).
-    stop_heartbeat: watch::Sender<bool>,
-    stop_all: watch::Sender<bool>,
+    /// The link's phase of the node's shutdown: its background tasks (inbox, outbox, health,
+    /// reaper, samples, events) run on it and end at [`RedisLink::close`].
+    shutdown: Shutdown,
+    /// A phase of the link's, cancelled first: the consumers stop taking, finish what they took
+    /// and end ([`RedisLink::stop_consumers`]).
+    consumers: Shutdown,
+    /// A phase of the link's, cancelled once the consumers have given back what they held.
+    heartbeat: Shutdown,
     /// Whether the inbox is subscribed: a reply published before that would reach nobody.
     inbox_ready: watch::Sender<bool>,
-    heartbeat_task: Mutex<Option<JoinHandle<()>>>,
-    consumer_tasks: Mutex<Vec<JoinHandle<()>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl RedisLink {
     /// Connects (lazily: a node starts even while Redis is down) and starts the reply listener,
-    /// the health check and the upkeep tasks.
-    pub async fn connect(config: RedisConfig, node: &str) -> anyhow::Result<Arc<RedisLink>> {
+    /// the health check and the upkeep tasks, in a phase of `shutdown`.
+    pub async fn connect(
+        config: RedisConfig,
+        node: &str,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Arc<RedisLink>> {
         // rustls needs one process-wide crypto provider for `rediss://`; another component may
         // have installed it first, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -149,9 +156,7 @@ impl RedisLink {
             .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
         let keys = Keys::new(&config.namespace);
         let reply_key = keys.replies(node);
-        let (stop_consumers, _) = watch::channel(false);
-        let (stop_all, _) = watch::channel(false);
-        let (stop_heartbeat, _) = watch::channel(false);
+        let shutdown = shutdown.phase();
         let (inbox_ready, _) = watch::channel(false);
         let link = Arc::new(RedisLink {
             events: events::Publisher::new(),
@@ -169,43 +174,38 @@ impl RedisLink {
             feeds: Default::default(),
             members: Default::default(),
             figures: Mutex::new(Vec::new()),
-            stop_consumers,
-            stop_heartbeat,
-            stop_all,
+            consumers: shutdown.phase(),
+            heartbeat: shutdown.phase(),
+            shutdown,
             inbox_ready,
-            heartbeat_task: Mutex::new(None),
-            consumer_tasks: Mutex::new(Vec::new()),
-            tasks: Mutex::new(Vec::new()),
         });
         metrics::counter!("gorgon_bus_late_replies_total").increment(0);
         link.check_health().await;
         if !link.is_healthy() {
             tracing::warn!(url = %redact(&link.config.url), "Redis is not reachable yet; retrying in the background");
         }
-        let background = vec![
-            tokio::spawn(replies::listen(link.clone())),
-            tokio::spawn(outbox::run(link.clone())),
-            tokio::spawn(upkeep::health(link.clone())),
-            tokio::spawn(upkeep::reaper(link.clone())),
-            tokio::spawn(upkeep::sample_depths(link.clone())),
-            tokio::spawn(upkeep::members(link.clone())),
-        ];
-        link.tasks.lock().extend(background);
+        let background = &link.shutdown;
+        background.spawn(replies::listen(link.clone()));
+        background.spawn(outbox::run(link.clone()));
+        background.spawn(upkeep::health(link.clone()));
+        background.spawn(upkeep::reaper(link.clone()));
+        background.spawn(upkeep::sample_depths(link.clone()));
+        background.spawn(upkeep::members(link.clone()));
         if link.is_healthy() {
             // Start serving with the reply channel subscribed (a moment, Redis being up).
             link.wait_for_inbox(Duration::from_secs(2)).await;
         }
-        *link.heartbeat_task.lock() = Some(tokio::spawn(upkeep::heartbeat(link.clone())));
+        // Drained, not dropped: a heartbeat cut off mid-write could land after the
+        // deregistration and announce a consumer that is gone.
+        link.heartbeat
+            .spawn_draining(upkeep::heartbeat(link.clone()));
         Ok(link)
     }
 
     /// Starts relaying events between this node's bus and every other node's.
     pub fn relay_events(self: &Arc<Self>, bus: Bus) {
-        let tasks = [
-            tokio::spawn(events::subscribe(self.clone(), bus)),
-            tokio::spawn(events::publish(self.clone())),
-        ];
-        self.tasks.lock().extend(tasks);
+        self.shutdown.spawn(events::subscribe(self.clone(), bus));
+        self.shutdown.spawn(events::publish(self.clone()));
     }
 
     pub(crate) fn feed_direct(&self, role: Role, feed: DirectFeed) {
@@ -455,12 +455,9 @@ impl RedisLink {
     /// Stops taking messages, finishes and acknowledges those in flight, gives back any left,
     /// and stops the heartbeat: the first half of a graceful shutdown, before the roles stop.
     pub async fn stop_consumers(&self) {
-        self.stop_consumers.send_replace(true);
+        self.consumers.cancel();
         self.feeds.write().clear();
-        let handles: Vec<_> = self.consumer_tasks.lock().drain(..).collect();
-        for handle in handles {
-            let _ = handle.await;
-        }
+        self.consumers.stop().await;
         let queues: Vec<String> = self.consuming.lock().iter().cloned().collect();
         let mut released = Vec::new();
         for queue in queues {
@@ -472,11 +469,7 @@ impl RedisLink {
         // a heartbeat is alive no reaper touches our messages, and a list that could not be given
         // back stays known to the reapers.
         self.consuming.lock().retain(|q| !released.contains(q));
-        self.stop_heartbeat.send_replace(true);
-        let heartbeat = self.heartbeat_task.lock().take();
-        if let Some(heartbeat) = heartbeat {
-            let _ = heartbeat.await;
-        }
+        self.heartbeat.stop().await;
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         if self.consuming.lock().is_empty() {
@@ -495,28 +488,10 @@ impl RedisLink {
         }
     }
 
-    /// Stops the background tasks; call after the roles have stopped.
+    /// Stops the background tasks (and the heartbeat, if [`RedisLink::stop_consumers`] did not);
+    /// call after the roles have stopped.
     pub async fn close(&self) {
-        self.stop_all.send_replace(true);
-        self.stop_heartbeat.send_replace(true);
-        let mut handles: Vec<_> = self.tasks.lock().drain(..).collect();
-        handles.extend(self.heartbeat_task.lock().take());
-        for handle in handles {
-            handle.abort();
-            let _ = handle.await;
-        }
-    }
-
-    fn stopping_consumers(&self) -> watch::Receiver<bool> {
-        self.stop_consumers.subscribe()
-    }
-
-    fn stopping_heartbeat(&self) -> watch::Receiver<bool> {
-        self.stop_heartbeat.subscribe()
-    }
-
-    fn stopping(&self) -> watch::Receiver<bool> {
-        self.stop_all.subscribe()
+        self.shutdown.finish(CLOSE_LIMIT).await;
     }
 }
 
@@ -551,8 +526,7 @@ impl Transport for RedisLink {
         role: Role,
         bus: Bus,
     ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
-        let handles = consumer::start(self.clone(), bus, role);
-        self.consumer_tasks.lock().extend(handles);
+        consumer::start(self.clone(), bus, role);
         Box::pin(async { Ok(()) })
     }
 
@@ -591,17 +565,6 @@ fn redact(url: &str) -> String {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_string(),
-    }
-}
-
-/// Waits `delay` or until `stop` fires; true when it fired.
-async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    if *stop.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => *stop.borrow(),
-        _ = stop.changed() => true,
     }
 }
 

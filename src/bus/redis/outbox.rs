@@ -187,14 +187,14 @@ pub(super) async fn run(link: Arc<RedisLink>) {
     let Some(mut rx) = link.outbox.rx.lock().take() else {
         return;
     };
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
     let mut failures = 0;
     loop {
         if batch.is_empty() {
             let first = tokio::select! {
                 item = rx.recv() => item,
-                _ = stop.changed() => None,
+                _ = stop.cancelled() => None,
             };
             let Some(first) = first else { return };
             batch.push(first);
@@ -252,9 +252,11 @@ pub(super) async fn run(link: Arc<RedisLink>) {
                     None => item.until.is_some_and(|until| until > now),
                 });
                 if !batch.is_empty() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff(failures).min(Duration::from_millis(500))) => {}
-                        _ = stop.changed() => return,
+                    if stop
+                        .sleep(backoff(failures).min(Duration::from_millis(500)))
+                        .await
+                    {
+                        return;
                     }
                 }
             }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::envelope::{reply_frame, split_reply, unpack, RawEnvelope};
 use super::outbox::Channel;
-use super::{backoff, sleep_or_stop, RedisLink};
+use super::{backoff, RedisLink};
 use crate::bus::Codec;
 use crate::error::{Error, Result as BusResult};
 
@@ -78,7 +78,7 @@ impl Drop for Waiter {
 /// (`r:{node}`) and the direct requests addressed to its roles (`d:{role}:{node}`), and both
 /// packed several to a message (`rb:{node}`, `db:{role}:{node}`).
 pub async fn listen(link: Arc<RedisLink>) {
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     let mut failures = 0;
     let reply_channel = link.reply_key.clone();
     let packed_reply_channel = link.keys.replies_packed(&link.node);
@@ -103,7 +103,7 @@ pub async fn listen(link: Arc<RedisLink>) {
             Err(e) => {
                 tracing::debug!(error = %e, "inbox cannot subscribe");
                 failures += 1;
-                if sleep_or_stop(&mut stop, backoff(failures)).await {
+                if stop.sleep(backoff(failures)).await {
                     return;
                 }
                 continue;
@@ -115,7 +115,7 @@ pub async fn listen(link: Arc<RedisLink>) {
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             };
             let Some(message) = message else { break };
             let channel = message.get_channel_name();
@@ -153,7 +153,7 @@ pub async fn listen(link: Arc<RedisLink>) {
         }
         link.inbox_ready.send_replace(false);
         tracing::debug!("inbox connection lost; resubscribing");
-        if sleep_or_stop(&mut stop, Duration::from_millis(100)).await {
+        if stop.sleep(Duration::from_millis(100)).await {
             return;
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::envelope::{DeadLetter, RawEnvelope};
 use super::keys::is_durable;
-use super::{sleep_or_stop, RedisLink};
+use super::RedisLink;
 
 /// Moves a dead consumer's processing list aside under a new name (registered as a consumer
 /// with no heartbeat, so a reaper that dies half-way leaves it for the next one): what a paused
@@ -51,9 +51,9 @@ return 0
 });
 
 pub async fn health(link: Arc<RedisLink>) {
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     loop {
-        if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+        if stop.sleep(Duration::from_millis(500)).await {
             return;
         }
         link.check_health().await;
@@ -63,7 +63,7 @@ pub async fn health(link: Arc<RedisLink>) {
 
 /// Keeps this node's heartbeat alive and its consumer registrations in place.
 pub async fn heartbeat(link: Arc<RedisLink>) {
-    let mut stop = link.stopping_heartbeat();
+    let stop = &link.heartbeat;
     let ttl = link.config.heartbeat;
     loop {
         let queues: Vec<String> = link.consuming.lock().iter().cloned().collect();
@@ -94,7 +94,7 @@ pub async fn heartbeat(link: Arc<RedisLink>) {
         } else {
             ttl / 3
         };
-        if sleep_or_stop(&mut stop, next).await {
+        if stop.sleep(next).await {
             return;
         }
     }
@@ -103,11 +103,11 @@ pub async fn heartbeat(link: Arc<RedisLink>) {
 /// Moves due retries every 100 ms; every half heartbeat, if it holds the cluster-wide lock,
 /// gives the messages of consumers whose heartbeat expired back to their queues.
 pub async fn reaper(link: Arc<RedisLink>) {
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     let reap_every = link.config.heartbeat / 2;
     let mut last_reap = tokio::time::Instant::now();
     loop {
-        if sleep_or_stop(&mut stop, Duration::from_millis(100)).await {
+        if stop.sleep(Duration::from_millis(100)).await {
             return;
         }
         if !link.is_healthy() {
@@ -296,14 +296,14 @@ async fn periodically(
     what: &str,
     pass: impl AsyncFn(&RedisLink) -> redis::RedisResult<()>,
 ) {
-    let mut stop = link.stopping();
+    let stop = &link.shutdown;
     loop {
         if link.is_healthy() {
             if let Err(e) = pass(&link).await {
                 tracing::debug!(error = %e, "{what} failed");
             }
         }
-        if sleep_or_stop(&mut stop, period).await {
+        if stop.sleep(period).await {
             return;
         }
     }
