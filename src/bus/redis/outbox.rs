@@ -251,13 +251,9 @@ pub(super) async fn run(link: Arc<RedisLink>) {
                     }
                     None => item.until.is_some_and(|until| until > now),
                 });
-                if !batch.is_empty() {
-                    if stop
-                        .sleep(backoff(failures).min(Duration::from_millis(500)))
-                        .await
-                    {
-                        return;
-                    }
+                let pause = backoff(failures).min(Duration::from_millis(500));
+                if !batch.is_empty() && stop.sleep(pause).await {
+                    return;
                 }
             }
         }
