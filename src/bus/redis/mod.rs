@@ -455,6 +455,8 @@ impl RedisLink {
     /// Stops taking messages, finishes and acknowledges those in flight, gives back any left,
     /// and stops the heartbeat: the first half of a graceful shutdown, before the roles stop.
     pub async fn stop_consumers(&self) {
+        // Stop taking, let the inbox hand this node no more direct requests, then wait for the
+        // consumers (and every message they hold) to finish.
         self.consumers.cancel();
         self.feeds.write().clear();
         self.consumers.stop().await;
