@@ -83,9 +83,10 @@ impl Shutdown {
 
     /// Runs `work` on a tracked task to its end: for work that watches [`Shutdown::cancelled`]
     /// itself, to finish what it holds before it returns.
-    pub fn spawn_draining<F>(&self, work: F) -> JoinHandle<()>
+    pub fn spawn_draining<F>(&self, work: F) -> JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
         if self.phases.is_empty() {
             return self.tracker.spawn(work);
@@ -95,6 +96,14 @@ impl Shutdown {
             let _phases = phases;
             work.await
         })
+    }
+
+    /// Counts a task spawned elsewhere (a ractor actor's, which ractor spawns itself) among this
+    /// phase's: it is waited for with them; stopping the phase does not stop it (stop the actor).
+    pub fn watch<T: Send + 'static>(&self, task: JoinHandle<T>) {
+        self.spawn_draining(async move {
+            let _ = task.await;
+        });
     }
 
     /// Waits `delay`, or less if this shutdown begins; true when it has.
@@ -117,6 +126,16 @@ impl Shutdown {
         let tracker = self.own_tracker();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Waits up to `timeout` for this phase's tasks to end by themselves, then cancels it (tasks
+    /// spawned with [`Shutdown::spawn`] still running are dropped); true when all ended in time.
+    pub async fn wind_down(&self, timeout: Duration) -> bool {
+        let tracker = self.own_tracker();
+        tracker.close();
+        let ended = tokio::time::timeout(timeout, tracker.wait()).await.is_ok();
+        self.token.cancel();
+        ended
     }
 
     /// Like [`Shutdown::stop`], waiting no longer than `timeout`.

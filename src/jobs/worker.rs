@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{backoff, JobRegistry};
 use crate::actors::store::{ClaimJobs, FinishJob, PurgeJobs};
@@ -59,13 +59,13 @@ impl Default for JobConfig {
     }
 }
 
-/// The running pool; [`WorkerPool::stop`] ends it.
+/// The running pool; [`WorkerPool::stop`] ends it (before the app role drains).
 pub struct WorkerPool {
-    /// The pool's phase of the node's shutdown (stopped before the app role drains).
-    stop: Shutdown,
-    tasks: Vec<JoinHandle<()>>,
-    slots: Arc<Semaphore>,
-    workers: u32,
+    /// A phase of the node's shutdown, stopped first: the dispatcher (claims) and the purge.
+    claiming: Shutdown,
+    /// A phase of the node's shutdown, wound down second: the running attempts and their
+    /// handlers, each on a task of its own.
+    attempts: Shutdown,
 }
 
 /// What every attempt needs.
@@ -73,6 +73,8 @@ struct Shared {
     bus: Bus,
     registry: JobRegistry,
     config: JobConfig,
+    /// Where attempts and their handlers run.
+    attempts: Shutdown,
 }
 
 impl WorkerPool {
@@ -91,40 +93,30 @@ impl WorkerPool {
                 "--job-lease is not longer than --job-timeout: a slow attempt may be run twice at once"
             );
         }
-        let workers = config.workers.clamp(1, 10_000) as u32;
-        let slots = Arc::new(Semaphore::new(workers as usize));
-        let stop = shutdown.child();
+        let slots = Arc::new(Semaphore::new(config.workers.clamp(1, 10_000)));
+        let claiming = shutdown.phase();
+        let attempts = shutdown.phase();
         let shared = Arc::new(Shared {
             bus,
             registry,
             config,
+            attempts: attempts.clone(),
         });
-        let tasks = vec![
-            stop.spawn_draining(dispatch(
-                shared.clone(),
-                slots.clone(),
-                wake.clone(),
-                stop.clone(),
-            )),
-            stop.spawn_draining(purge(shared, stop.clone())),
-        ];
-        WorkerPool {
-            stop,
-            tasks,
+        claiming.spawn_draining(dispatch(
+            shared.clone(),
             slots,
-            workers,
-        }
+            wake.clone(),
+            claiming.clone(),
+        ));
+        claiming.spawn_draining(purge(shared, claiming.clone()));
+        WorkerPool { claiming, attempts }
     }
 
     /// Stops claiming and waits up to `timeout` for running attempts to report. Attempts still
-    /// running then are left to their leases.
+    /// running then are dropped unreported: they are left to their leases.
     pub async fn stop(self, timeout: Duration) {
-        self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let all = self.slots.acquire_many(self.workers);
-        if tokio::time::timeout(timeout, all).await.is_err() {
+        self.claiming.stop().await;
+        if !self.attempts.wind_down(timeout).await {
             tracing::warn!("job attempts still running at shutdown are left to their leases");
         }
     }
@@ -169,7 +161,7 @@ async fn dispatch(
                 let drained = jobs.len() < wanted;
                 for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
                     let shared = shared.clone();
-                    tokio::spawn(async move {
+                    shared.attempts.clone().spawn(async move {
                         attempt(&shared, job).await;
                         drop(permit);
                     });
@@ -252,10 +244,11 @@ async fn run_handler(shared: &Shared, job: &Job) -> Result<serde_json::Value, St
     })?;
     let timeout = shared.config.timeout;
     let payload = job.payload.clone();
-    // On its own task, so that a panicking handler fails its attempt instead of the worker.
-    let run = tokio::spawn(async move {
+    // On its own task, so that a panicking handler fails its attempt instead of the worker;
+    // ended with its attempt (when the pool gives up on it at shutdown).
+    let run = AbortOnDropHandle::new(shared.attempts.spawn_draining(async move {
         tokio::time::timeout(timeout, async { handler.run(&payload).await }).await
-    });
+    }));
     match run.await {
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(e))) => Err(e.0),
