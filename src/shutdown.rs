@@ -131,11 +131,17 @@ impl Shutdown {
     /// Waits up to `timeout` for this phase's tasks to end by themselves, then cancels it (tasks
     /// spawned with [`Shutdown::spawn`] still running are dropped); true when all ended in time.
     pub async fn wind_down(&self, timeout: Duration) -> bool {
-        let tracker = self.own_tracker();
-        tracker.close();
-        let ended = tokio::time::timeout(timeout, tracker.wait()).await.is_ok();
+        let ended = tokio::time::timeout(timeout, self.ended()).await.is_ok();
         self.token.cancel();
         ended
+    }
+
+    /// Waits for this phase's tasks (or every task of the node) to end by themselves, without
+    /// cancelling anything.
+    pub async fn ended(&self) {
+        let tracker = self.own_tracker();
+        tracker.close();
+        tracker.wait().await;
     }
 
     /// Like [`Shutdown::stop`], waiting no longer than `timeout`.

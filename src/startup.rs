@@ -360,9 +360,7 @@ async fn connect(
         http_addr: Default::default(),
     });
     let cluster = match cluster_config {
-        Some(config) => {
-            Some(ClusterLink::start(config, local_node.clone(), shutdown.child()).await?)
-        }
+        Some(config) => Some(ClusterLink::start(config, local_node.clone(), shutdown).await?),
         None => None,
     };
     if let Some(link) = &cluster {

@@ -20,12 +20,12 @@ use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, OnceCell, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, OnceCell, Semaphore};
 
 use super::wire;
 use crate::bus::Role;
 use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 
 /// Answers one request of a role: JSON request in, JSON `Result<Reply, Error>` out.
 pub type Handler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
@@ -65,14 +65,15 @@ struct SinkState {
 }
 
 impl FrameSink {
-    fn start(half: tokio::net::tcp::OwnedWriteHalf) -> (Arc<FrameSink>, JoinHandle<()>) {
+    /// The sink, and its writer task on `connection` (cancelling it ends the writer).
+    fn start(half: tokio::net::tcp::OwnedWriteHalf, connection: &Shutdown) -> Arc<FrameSink> {
         let sink = Arc::new(FrameSink {
             half,
             state: Mutex::new(SinkState::default()),
             wake: tokio::sync::Notify::new(),
         });
-        let writer = tokio::spawn(sink.clone().drain_queue());
-        (sink, writer)
+        connection.spawn(sink.clone().drain_queue());
+        sink
     }
 
     /// Sends one frame (or queues it); an error means the connection is broken.
@@ -160,29 +161,38 @@ fn tune(stream: &TcpStream) {
 pub struct DirectServer {
     addr: SocketAddr,
     handlers: Arc<RwLock<HashMap<Role, Handler>>>,
-    stop: watch::Sender<bool>,
-    accept: Mutex<Option<JoinHandle<()>>>,
+    /// The server's phase of the link's: the connections (their writers and the requests they
+    /// answer) run on it, and end at [`DirectServer::close`].
+    shutdown: Shutdown,
+    /// A phase of the server's: the accept loop, ended by [`DirectServer::stop_accepting`].
+    accepting: Shutdown,
 }
 
 impl DirectServer {
-    pub async fn bind(addr: SocketAddr, limits: DirectLimits) -> std::io::Result<Arc<Self>> {
+    /// Listens on `addr`, in a phase of `shutdown`.
+    pub async fn bind(
+        addr: SocketAddr,
+        limits: DirectLimits,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let handlers: Arc<RwLock<HashMap<Role, Handler>>> = Default::default();
-        let (stop, _) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-        let accept = tokio::spawn(accept_loop(
+        let shutdown = shutdown.phase();
+        let accepting = shutdown.phase();
+        accepting.spawn(accept_loop(
             listener,
             Arc::new(limits),
             handlers.clone(),
             slots,
-            stop.subscribe(),
+            shutdown.clone(),
         ));
         Ok(Arc::new(DirectServer {
             addr,
             handlers,
-            stop,
-            accept: Mutex::new(Some(accept)),
+            shutdown,
+            accepting,
         }))
     }
 
@@ -197,15 +207,13 @@ impl DirectServer {
     /// Stops taking connections and requests for roles (the ones in flight finish).
     pub fn stop_accepting(&self) {
         self.handlers.write().clear();
-        if let Some(accept) = self.accept.lock().take() {
-            accept.abort();
-        }
+        self.accepting.cancel();
     }
 
     /// Closes every connection.
     pub fn close(&self) {
         self.stop_accepting();
-        let _ = self.stop.send(true);
+        self.shutdown.cancel();
     }
 }
 
@@ -214,7 +222,7 @@ async fn accept_loop(
     limits: Arc<DirectLimits>,
     handlers: Arc<RwLock<HashMap<Role, Handler>>>,
     slots: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
+    server: Shutdown,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -226,13 +234,13 @@ async fn accept_loop(
             }
         };
         tune(&stream);
-        tokio::spawn(serve_connection(
+        server.spawn_draining(serve_connection(
             stream,
             peer,
             limits.clone(),
             handlers.clone(),
             slots.clone(),
-            stop.clone(),
+            server.clone(),
         ));
     }
 }
@@ -243,7 +251,7 @@ async fn serve_connection(
     limits: Arc<DirectLimits>,
     handlers: Arc<RwLock<HashMap<Role, Handler>>>,
     slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    server: Shutdown,
 ) {
     if let Err(e) =
         wire::handshake_server(&mut stream, &limits.cookie, limits.handshake_timeout).await
@@ -254,11 +262,13 @@ async fn serve_connection(
         return;
     }
     let (read, write) = stream.into_split();
-    let (sink, writer) = FrameSink::start(write);
+    // The connection's writer, and (a phase of its own) the requests it answers: both end when
+    // the server closes, or when the connection has ended and its replies have left.
+    let connection = server.phase();
+    let requests = connection.phase();
+    let sink = FrameSink::start(write, &connection);
     let mut reader = BufReader::with_capacity(64 * 1024, read);
-    let mut requests = tokio::task::JoinSet::new();
     loop {
-        while requests.try_join_next().is_some() {}
         let payload = tokio::select! {
             read = wire::read_frame(&mut reader, limits.max_frame) => match read {
                 Ok(Some(payload)) => payload,
@@ -268,7 +278,7 @@ async fn serve_connection(
                     break;
                 }
             },
-            _ = stop.changed() => break,
+            _ = server.cancelled() => break,
         };
         let Some((id, role, body)) = wire::parse_request(&payload) else {
             tracing::warn!(%peer, "a malformed direct request: dropping the connection");
@@ -296,8 +306,8 @@ async fn serve_connection(
     }
     // Requests still running reply into the sink; let them finish and their replies leave.
     tokio::select! {
-        _ = async { while requests.join_next().await.is_some() {} } => {}
-        _ = stop.changed() => {}
+        _ = requests.ended() => {}
+        _ = server.cancelled() => {}
     }
     for _ in 0..100 {
         if sink.state.lock().queued.is_empty() {
@@ -305,7 +315,7 @@ async fn serve_connection(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    writer.abort();
+    connection.cancel();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,14 +326,13 @@ struct Connection {
     sink: Arc<FrameSink>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
     closed: Arc<AtomicBool>,
-    tasks: [JoinHandle<()>; 2],
+    /// Its writer and reader run on it; cancelled when the connection is dropped.
+    shutdown: Shutdown,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.shutdown.cancel();
     }
 }
 
@@ -333,15 +342,18 @@ pub struct DirectClient {
     connect_timeout: Duration,
     connections: Mutex<HashMap<String, Arc<OnceCell<Arc<Connection>>>>>,
     next_id: AtomicU64,
+    /// Where the connections' tasks run; cancelling it closes them all.
+    shutdown: Shutdown,
 }
 
 impl DirectClient {
-    pub fn new(limits: DirectLimits, connect_timeout: Duration) -> Self {
+    pub fn new(limits: DirectLimits, connect_timeout: Duration, shutdown: Shutdown) -> Self {
         DirectClient {
             limits,
             connect_timeout,
             connections: Default::default(),
             next_id: AtomicU64::new(1),
+            shutdown,
         }
     }
 
@@ -429,21 +441,23 @@ impl DirectClient {
         .await
         .map_err(unreachable)?;
         let (read, write) = stream.into_split();
-        let (sink, writer) = FrameSink::start(write);
+        let shutdown = self.shutdown.child();
+        let sink = FrameSink::start(write, &shutdown);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>> = Default::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let reader = tokio::spawn(read_replies(
+        shutdown.spawn_draining(read_replies(
             BufReader::with_capacity(64 * 1024, read),
             self.limits.max_frame,
             pending.clone(),
             closed.clone(),
+            shutdown.clone(),
         ));
         metrics::counter!("gorgon_cluster_direct_connections_total").increment(1);
         Ok(Arc::new(Connection {
             sink,
             pending,
             closed,
-            tasks: [writer, reader],
+            shutdown,
         }))
     }
 }
@@ -452,16 +466,21 @@ fn lost(role: Role) -> Error {
     Error::Unavailable(format!("the {role} role's node went away before answering"))
 }
 
-/// Hands each reply to its waiting caller; when the connection ends, every caller still waiting
-/// learns it at once (their senders are dropped).
+/// Hands each reply to its waiting caller; when the connection ends (or is closed), every caller
+/// still waiting learns it at once (their senders are dropped).
 async fn read_replies(
     mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     max_frame: usize,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
     closed: Arc<AtomicBool>,
+    connection: Shutdown,
 ) {
     loop {
-        match wire::read_frame(&mut reader, max_frame).await {
+        let read = tokio::select! {
+            read = wire::read_frame(&mut reader, max_frame) => read,
+            _ = connection.cancelled() => break,
+        };
+        match read {
             Ok(Some(payload)) => {
                 let Some((id, body)) = wire::parse_reply(&payload) else {
                     tracing::warn!("a malformed direct reply: dropping the connection");

@@ -115,13 +115,13 @@ pub(super) fn watch_sessions(
     server: &ActorRef<NodeServerMessage>,
     peers: Arc<Peers>,
     stop: &Shutdown,
-) -> Result<tokio::task::JoinHandle<()>, MessagingErr<NodeServerMessage>> {
+) -> Result<(), MessagingErr<NodeServerMessage>> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     server.cast(NodeServerMessage::SubscribeToEvents {
         id: "gorgon-membership".into(),
         subscription: Box::new(Forward(tx)),
     })?;
-    Ok(stop.spawn(async move {
+    stop.spawn(async move {
         let mut authenticated: HashMap<u64, String> = HashMap::new();
         loop {
             let Some(event) = rx.recv().await else {
@@ -169,7 +169,8 @@ pub(super) fn watch_sessions(
                 }
             }
         }
-    }))
+    });
+    Ok(())
 }
 
 /// Authenticated sessions, by node id.

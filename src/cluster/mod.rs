@@ -42,7 +42,6 @@ use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
 use futures::future::BoxFuture;
 
@@ -190,20 +189,28 @@ pub struct ClusterLink {
     direct_server: Arc<direct::DirectServer>,
     direct: direct::DirectClient,
     /// Gateways and the agent, stopped first at shutdown so peers stop routing here.
-    actors: Mutex<Vec<(ActorCell, JoinHandle<()>)>>,
-    server_handle: Mutex<Option<JoinHandle<()>>>,
-    /// The link's part of the node's shutdown: its background tasks run on it.
+    actors: Mutex<Vec<ActorCell>>,
+    /// A phase of the link's that counts the gateways' and the agent's tasks
+    /// ([`ClusterLink::leave`] waits for them).
+    actor_tasks: Shutdown,
+    /// A phase of the link's that counts the node server's task ([`ClusterLink::close`] waits
+    /// for it).
+    server_task: Shutdown,
+    /// The link's phase of the node's shutdown: its background tasks, the direct server and the
+    /// connections to peers run on it.
     shutdown: Shutdown,
 }
 
 impl ClusterLink {
     /// Starts the node server and the node agent, dials the seeds and waits (up to
-    /// `join_wait`) until each has a session and the peers' summaries are in.
+    /// `join_wait`) until each has a session and the peers' summaries are in; in a phase of
+    /// `shutdown`.
     pub async fn start(
         config: ClusterConfig,
         local: Arc<LocalNode>,
-        shutdown: Shutdown,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<Arc<Self>> {
+        let shutdown = shutdown.phase();
         let config = Arc::new(config);
         // Exported from the start, so dashboards show a zero rather than nothing.
         metrics::gauge!("gorgon_cluster_peers").set(0.0);
@@ -219,9 +226,12 @@ impl ClusterLink {
             handshake_timeout: config.call_timeout.max(Duration::from_secs(1)),
             concurrency: config.concurrency,
         };
-        let direct_server = direct::DirectServer::bind(config.data_listen, limits.clone())
-            .await
-            .with_context(|| format!("cannot listen for direct calls on {}", config.data_listen))?;
+        let direct_server =
+            direct::DirectServer::bind(config.data_listen, limits.clone(), &shutdown)
+                .await
+                .with_context(|| {
+                    format!("cannot listen for direct calls on {}", config.data_listen)
+                })?;
         let _ = local.data_addr.set(direct_server.local_addr().to_string());
         let server = NodeServer::new(
             config.listen.port(),
@@ -235,6 +245,8 @@ impl ClusterLink {
         let (server, server_handle) = Actor::spawn(None, server, ())
             .await
             .with_context(|| format!("cannot listen for the cluster on {}", config.listen))?;
+        let server_task = shutdown.phase();
+        server_task.watch(server_handle);
         let peers = Arc::new(membership::Peers::default());
         let history = Arc::new(history::ClusterHistory::default());
         membership::watch_sessions(&server, peers.clone(), &shutdown)
@@ -242,6 +254,8 @@ impl ClusterLink {
         let (agent, agent_handle) = Actor::spawn(None, agent::NodeAgent, local.clone())
             .await
             .context("the cluster node agent failed to start")?;
+        let actor_tasks = shutdown.phase();
+        actor_tasks.watch(agent_handle);
         let link = Arc::new(ClusterLink {
             config: config.clone(),
             local,
@@ -249,9 +263,10 @@ impl ClusterLink {
             peers: peers.clone(),
             history: history.clone(),
             direct_server,
-            direct: direct::DirectClient::new(limits, config.call_timeout),
-            actors: Mutex::new(vec![(agent.get_cell(), agent_handle)]),
-            server_handle: Mutex::new(Some(server_handle)),
+            direct: direct::DirectClient::new(limits, config.call_timeout, shutdown.child()),
+            actors: Mutex::new(vec![agent.get_cell()]),
+            actor_tasks,
+            server_task,
             shutdown,
         });
         if let Err(e) = link.join_seeds().await {
@@ -349,7 +364,8 @@ impl ClusterLink {
         )
         .await
         .with_context(|| format!("the {role} role's cluster gateway failed to start"))?;
-        self.actors.lock().push((gateway.get_cell(), handle));
+        self.actor_tasks.watch(handle);
+        self.actors.lock().push(gateway.get_cell());
         Ok(())
     }
 
@@ -500,27 +516,25 @@ impl ClusterLink {
         let actors: Vec<_> = self.actors.lock().drain(..).collect();
         // A request that still arrives is answered "unavailable" and retried on another member.
         self.direct_server.stop_accepting();
-        for (cell, handle) in actors {
+        for cell in actors {
             if let Err(e) = cell.drain_and_wait(Some(timeout)).await {
                 tracing::warn!(error = %e, "a cluster gateway did not stop in time");
                 cell.kill();
             }
-            let _ = handle.await;
         }
+        // Every one has stopped (or was killed): wait for their tasks to end.
+        self.actor_tasks.stop().await;
     }
 
     /// Closes every session and the listener.
     pub async fn close(&self) {
         self.shutdown.cancel();
         self.direct_server.close();
-        for (cell, _) in self.actors.lock().drain(..) {
+        for cell in self.actors.lock().drain(..) {
             cell.stop(Some("shutdown".into()));
         }
         self.server.stop(Some("shutdown".into()));
-        let handle = self.server_handle.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-        }
+        self.server_task.finish(Duration::from_secs(5)).await;
     }
 }
 
