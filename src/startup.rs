@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ractor::{Actor, ActorCell};
-use tokio::task::JoinHandle;
 
 use crate::actors::app::AppHandler;
 use crate::actors::auth::{AuthHandler, AuthShared};
@@ -34,7 +33,7 @@ pub struct Node {
     bus: Bus,
     addr: Option<SocketAddr>,
     /// Role actors in start order ([`Role::in_start_order`]); stopped in reverse.
-    actors: Vec<(Role, ActorCell, JoinHandle<()>)>,
+    actors: Vec<Spawned>,
     store: Option<Arc<dyn Store>>,
     hub: Option<Arc<NotifyHub>>,
     redis: Option<Arc<RedisLink>>,
@@ -65,7 +64,8 @@ struct Parts<'a> {
     addr: Option<SocketAddr>,
 }
 
-type Spawned = (Role, ActorCell, JoinHandle<()>);
+/// A role actor, and the phase of the node's shutdown that counts its task (ractor spawns it).
+type Spawned = (Role, ActorCell, Shutdown);
 
 /// Runs `service` in a role actor.
 async fn spawn<S: Service>(parts: &Parts<'_>, service: S) -> anyhow::Result<Spawned> {
@@ -80,7 +80,9 @@ async fn spawn<S: Service>(parts: &Parts<'_>, service: S) -> anyhow::Result<Spaw
     )
     .await
     .with_context(|| format!("the {} role failed to start", S::ROLE))?;
-    Ok((S::ROLE, actor.get_cell(), handle))
+    let task = parts.shutdown.phase();
+    task.watch(handle);
+    Ok((S::ROLE, actor.get_cell(), task))
 }
 
 /// The roles: how each is built. Started in [`Role::in_start_order`] (the store first, the web
@@ -136,9 +138,13 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
         Role::Notify => {
             let hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
             parts.hub = Some(hub.clone());
-            spawn(parts, Notify::start(&bus, hub)).await
+            let notify = Notify::start(&bus, hub, &parts.shutdown);
+            spawn(parts, notify).await
         }
-        Role::Provider => spawn(parts, Provider::start(bus, args.provider_config())).await,
+        Role::Provider => {
+            let provider = Provider::start(bus, args.provider_config(), &parts.shutdown);
+            spawn(parts, provider).await
+        }
         Role::Web => {
             if args.tuning.edge.raise_open_files {
                 crate::http::limits::raise_open_files();
@@ -288,7 +294,7 @@ impl Node {
             link.leave(self.stop_timeout).await;
         }
         let mut consuming = self.redis.clone();
-        while let Some((role, cell, handle)) = self.actors.pop() {
+        while let Some((role, cell, task)) = self.actors.pop() {
             if role != Role::Web {
                 // HTTP has drained; now stop taking work from Redis and finish what was taken,
                 // while the roles that work needs are still running.
@@ -307,7 +313,7 @@ impl Node {
                 tracing::warn!(%role, error = %e, "role did not stop in time");
                 cell.kill();
             }
-            let _ = handle.await;
+            task.stop().await;
         }
         if let Some(link) = consuming {
             link.stop_consumers().await;

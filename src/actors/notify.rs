@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, Event, NoRequests, Service};
+use crate::shutdown::Shutdown;
 
 /// An event as sent to clients: the bus event and its position in this node's stream.
 #[derive(Debug, Clone)]
@@ -207,15 +207,18 @@ impl Drop for ConnectedClient {
 /// The notify role: forwards the bus's events into the node's [`NotifyHub`] until it stops. It
 /// answers no requests.
 pub struct Notify {
-    forwarder: JoinHandle<()>,
+    /// The role's phase of the node's shutdown: the forwarder runs on it until the role stops.
+    forwarder: Shutdown,
 }
 
 impl Notify {
-    pub fn start(bus: &Bus, hub: Arc<NotifyHub>) -> Notify {
+    /// Starts forwarding, in a phase of `shutdown`.
+    pub fn start(bus: &Bus, hub: Arc<NotifyHub>, shutdown: &Shutdown) -> Notify {
         // Exported from the start, so dashboards see 0 rather than no series.
         metrics::gauge!("gorgon_notify_clients").set(hub.connected() as f64);
         let mut events = bus.subscribe();
-        let forwarder = tokio::spawn(async move {
+        let forwarder = shutdown.phase();
+        forwarder.spawn(async move {
             loop {
                 match events.recv().await {
                     // Account changes are for the nodes' auth roles, never for clients.
@@ -238,7 +241,7 @@ impl Service for Notify {
     type Call = NoRequests;
 
     async fn stop(&self) {
-        self.forwarder.abort();
+        self.forwarder.stop().await;
     }
 }
 

@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -25,6 +23,7 @@ use super::store::{GetUser, InsertItems, InsertItemsOnce, SampleUserIds};
 use crate::bus::{Bus, Handler, Service};
 use crate::error::{Error, Result};
 use crate::providers::webhooks::WebhookConfig;
+use crate::shutdown::Shutdown;
 
 crate::requests! {
     role Provider, call ProviderCall;
@@ -101,27 +100,31 @@ pub struct Provider {
     config: Arc<ProviderConfig>,
     started: Instant,
     counters: Arc<Counters>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The role's phase of the node's shutdown: the random provider and the webhooks run on it
+    /// until the role stops.
+    tasks: Shutdown,
 }
 
 impl Provider {
-    /// Starts the random provider (at a rate above zero) and the webhooks.
-    pub fn start(bus: Bus, config: ProviderConfig) -> Provider {
+    /// Starts the random provider (at a rate above zero) and the webhooks, in a phase of
+    /// `shutdown`.
+    pub fn start(bus: Bus, config: ProviderConfig, shutdown: &Shutdown) -> Provider {
         let counters = Arc::new(Counters::default());
-        let mut tasks = crate::providers::webhooks::start(&bus, config.webhooks.clone());
+        let tasks = shutdown.phase();
+        crate::providers::webhooks::start(&bus, config.webhooks.clone(), &tasks);
         if config.rate > 0.0 {
-            tasks.push(tokio::spawn(random_provider(
+            tasks.spawn(random_provider(
                 bus.clone(),
                 config.clone(),
                 counters.clone(),
-            )));
+            ));
         }
         Provider {
             bus,
             config: Arc::new(config),
             started: Instant::now(),
             counters,
-            tasks: Mutex::new(tasks),
+            tasks,
         }
     }
 }
@@ -131,9 +134,7 @@ impl Service for Provider {
     type Call = ProviderCall;
 
     async fn stop(&self) {
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
-        }
+        self.tasks.stop().await;
     }
 }
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::signature::{sign, SIGNATURE_HEADER};
 use crate::bus::Bus;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -48,32 +48,27 @@ struct Delivery {
     body: bytes::Bytes,
 }
 
-/// Starts the fan-out from the bus and one delivery task per target.
-pub fn start(bus: &Bus, config: WebhookConfig) -> Vec<JoinHandle<()>> {
+/// Starts the fan-out from the bus and one delivery task per target, on `shutdown` (they end
+/// when it is cancelled).
+pub fn start(bus: &Bus, config: WebhookConfig, shutdown: &Shutdown) {
     if config.targets.is_empty() {
-        return Vec::new();
+        return;
     }
     let client = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "webhooks disabled: no HTTP client");
-            return Vec::new();
+            return;
         }
     };
-    let mut tasks = Vec::new();
     let mut queues = Vec::new();
     for target in &config.targets {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         queues.push((target.clone(), tx));
-        tasks.push(tokio::spawn(deliver(
-            target.clone(),
-            rx,
-            client.clone(),
-            config.clone(),
-        )));
+        shutdown.spawn(deliver(target.clone(), rx, client.clone(), config.clone()));
     }
     let mut events = bus.subscribe();
-    tasks.push(tokio::spawn(async move {
+    shutdown.spawn(async move {
         loop {
             let event = match events.recv().await {
                 Ok(event) => event,
@@ -101,8 +96,7 @@ pub fn start(bus: &Bus, config: WebhookConfig) -> Vec<JoinHandle<()>> {
                 }
             }
         }
-    }));
-    tasks
+    });
 }
 
 async fn deliver(
