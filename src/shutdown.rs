@@ -186,4 +186,25 @@ mod tests {
         node.finish(Duration::from_secs(1)).await;
         assert!(node.is_cancelled());
     }
+
+    #[tokio::test]
+    async fn wind_down_waits_then_drops_what_is_left() {
+        let node = Shutdown::new();
+        let work = node.phase();
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        work.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = done_tx.send(());
+        });
+        assert!(work.wind_down(Duration::from_secs(1)).await);
+        assert!(done_rx.try_recv().is_ok());
+        let stuck = node.phase();
+        let watched = stuck.clone();
+        stuck.spawn(std::future::pending());
+        // A task spawned elsewhere, counted by the phase: stopping the phase waits for it.
+        stuck.watch(tokio::spawn(async move { watched.cancelled().await }));
+        assert!(!stuck.wind_down(Duration::from_millis(20)).await);
+        assert!(stuck.is_cancelled() && !node.is_cancelled());
+        stuck.stop().await;
+    }
 }

@@ -168,7 +168,8 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
             };
             let server = crate::http::server(listener, state, args.tuning.http_workers)?;
             tracing::info!(addr = %bound, "web role listening");
-            spawn(parts, Web::start(server)).await
+            let web = Web::start(server, &parts.shutdown);
+            spawn(parts, web).await
         }
     }
 }

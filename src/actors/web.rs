@@ -7,16 +7,17 @@
 use actix_web::dev::{Server, ServerHandle};
 
 use crate::bus::{NoRequests, Role, Service};
+use crate::shutdown::Shutdown;
 
 pub struct Web {
     server: ServerHandle,
 }
 
 impl Web {
-    /// Starts serving.
-    pub fn start(server: Server) -> Web {
+    /// Starts serving, on a task of `shutdown` (the role's stop ends the server first).
+    pub fn start(server: Server, shutdown: &Shutdown) -> Web {
         let handle = server.handle();
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
