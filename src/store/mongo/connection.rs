@@ -1,0 +1,186 @@
+//! Connecting: the URL and [`MongoOptions`] become client settings (majority writes, retryable
+//! writes, a short server selection timeout unless the URL says otherwise), and the indexes every
+//! query needs are created, idempotently, so that any number of nodes may start at once.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::errors::{op, redact, MongoError};
+use super::search::WORDS_INDEX;
+use crate::error::Result;
+
+/// Tunables of the MongoDB backend. The URL's own options (`w`, `retryWrites`,
+/// `serverSelectionTimeoutMS`, `connectTimeoutMS`, `maxPoolSize`, …) take precedence.
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// Database used when the URL names none (`mongodb://host/NAME`).
+    pub database: String,
+    /// How long an operation waits for a usable server before failing with `Unavailable`
+    /// (the driver's default, 30 s, would hold requests long after clients gave up).
+    pub server_selection_timeout: Duration,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// Items per `insert_many` of a bulk load.
+    pub bulk_batch: usize,
+    /// `insert_many` batches of a bulk load in flight at once.
+    pub bulk_parallelism: usize,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            database: "gorgon".into(),
+            server_selection_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            bulk_batch: 1000,
+            bulk_parallelism: 4,
+        }
+    }
+}
+
+/// The collections of one Gorgon database.
+#[derive(Clone)]
+pub(super) struct Collections {
+    pub database: Database,
+    pub users: Collection<Document>,
+    /// One document per look of an address (`Email::look_alike_key`), `_id` the key.
+    pub email_keys: Collection<Document>,
+    pub tokens: Collection<Document>,
+    pub items: Collection<Document>,
+    pub jobs: Collection<Document>,
+    /// Keys of `insert_items_once`, each until it expires.
+    pub ingest_seen: Collection<Document>,
+}
+
+impl Collections {
+    fn of(database: Database) -> Self {
+        Collections {
+            users: database.collection("users"),
+            email_keys: database.collection("email_keys"),
+            tokens: database.collection("tokens"),
+            items: database.collection("items"),
+            jobs: database.collection("jobs"),
+            ingest_seen: database.collection("ingest_seen"),
+            database,
+        }
+    }
+}
+
+/// Parses `url` and connects (lazily: the driver connects on first use). Returns the client and
+/// the database named by the URL's path, or else by `options`.
+/// Also says the pool's size per server.
+pub(super) async fn client(
+    url: &str,
+    options: &MongoOptions,
+) -> Result<(Client, Collections, u32)> {
+    let mut settings = ClientOptions::parse(url)
+        .await
+        .map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
+    let name = settings
+        .default_database
+        .clone()
+        .unwrap_or_else(|| options.database.clone());
+    // Acknowledged by a majority (so it survives a failover) unless the URL asks otherwise.
+    let concern = settings.write_concern.get_or_insert_with(Default::default);
+    if concern.w.is_none() {
+        concern.w = Some(Acknowledgment::Majority);
+    }
+    settings.retry_writes.get_or_insert(true);
+    settings
+        .server_selection_timeout
+        .get_or_insert(options.server_selection_timeout);
+    settings.connect_timeout.get_or_insert(options.connect_timeout);
+    settings.app_name.get_or_insert_with(|| "gorgon".into());
+    // The driver's default when the URL sets no `maxPoolSize`.
+    let pool = settings.max_pool_size.unwrap_or(10);
+    let client = Client::with_options(settings)
+        .map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
+    let collections = Collections::of(client.database(&name));
+    Ok((client, collections, pool))
+}
+
+fn index(keys: Document, name: &str) -> IndexModel {
+    index_with(keys, IndexOptions::builder().name(name.to_string()).build())
+}
+
+fn index_with(keys: Document, options: IndexOptions) -> IndexModel {
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// The items' secondary indexes: what a bulk load into an empty store builds at the end.
+pub(super) fn item_indexes() -> Vec<IndexModel> {
+    vec![
+        // A user's newest items: equality on user_id, then the id order.
+        index(doc! { "user_id": 1, "_id": -1 }, "user_newest"),
+        // Search: one word's items, newest first (multikey on `words`).
+        index(doc! { "words": 1, "_id": -1 }, WORDS_INDEX),
+    ]
+}
+
+/// Creates every index if missing. Creating an index that exists with the same definition is a
+/// no-op, so nodes starting together, or restarting, do no harm.
+pub(super) async fn create_indexes(c: &Collections, with_items: bool) -> Result<()> {
+    let unique = |name: &str| {
+        IndexOptions::builder()
+            .name(name.to_string())
+            .unique(true)
+            .build()
+    };
+    // Expired documents go by themselves (MongoDB's TTL monitor runs about once a minute; reads
+    // check the expiry too).
+    let ttl = |name: &str| {
+        IndexOptions::builder()
+            .name(name.to_string())
+            .expire_after(Duration::ZERO)
+            .build()
+    };
+    c.users
+        .create_indexes([index_with(doc! { "email": 1 }, unique("email_unique"))])
+        .await
+        .map_err(op("create the users' indexes"))?;
+    c.email_keys
+        .create_indexes([index(doc! { "user_id": 1 }, "user")])
+        .await
+        .map_err(op("create the email keys' indexes"))?;
+    c.tokens
+        .create_indexes([
+            index(doc! { "user_id": 1 }, "user"),
+            index_with(doc! { "expires_at": 1 }, ttl("expiry")),
+        ])
+        .await
+        .map_err(op("create the tokens' indexes"))?;
+    if with_items {
+        c.items
+            .create_indexes(item_indexes())
+            .await
+            .map_err(op("create the items' indexes"))?;
+    }
+    c.jobs
+        .create_indexes([
+            // Claims (due queued/failed jobs, ended leases) and purges.
+            index(doc! { "state": 1, "run_after": 1 }, "due"),
+            // Listing by state, newest first.
+            index(doc! { "state": 1, "_id": -1 }, "state_newest"),
+            // A user's jobs: unfinished count, deletion with the user.
+            index(doc! { "user_id": 1, "state": 1 }, "user_state"),
+            // One job per user and idempotency key; jobs without a key have no `ikey`.
+            index_with(
+                doc! { "ikey": 1 },
+                IndexOptions::builder()
+                    .name("idempotency".to_string())
+                    .unique(true)
+                    .sparse(true)
+                    .build(),
+            ),
+        ])
+        .await
+        .map_err(op("create the jobs' indexes"))?;
+    c.ingest_seen
+        .create_indexes([index_with(doc! { "expires_at": 1 }, ttl("expiry"))])
+        .await
+        .map_err(op("create the ingest keys' indexes"))?;
+    Ok(())
+}
