@@ -48,7 +48,10 @@ pub fn fold(word: &str) -> String {
     if word.is_ascii() {
         return word.to_string();
     }
-    word.nfd().filter(|c| !is_combining_mark(*c)).nfc().collect()
+    word.nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .nfc()
+        .collect()
 }
 
 #[cfg(test)]

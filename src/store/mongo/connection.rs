@@ -83,24 +83,40 @@ pub(super) async fn client(
         .default_database
         .clone()
         .unwrap_or_else(|| options.database.clone());
-    // Acknowledged by a majority (so it survives a failover) unless the URL asks otherwise.
+    // Acknowledged once a majority has it in its journal (so it survives a failover and a crash)
+    // unless the URL asks otherwise. MongoDB implies the journal for majority writes by default;
+    // saying it also makes servers that flush their journal lazily (the test server) sync it.
     let concern = settings.write_concern.get_or_insert_with(Default::default);
     if concern.w.is_none() {
         concern.w = Some(Acknowledgment::Majority);
+    }
+    if concern.journal.is_none() && concern.w != Some(Acknowledgment::Nodes(0)) {
+        concern.journal = Some(true);
     }
     settings.retry_writes.get_or_insert(true);
     settings
         .server_selection_timeout
         .get_or_insert(options.server_selection_timeout);
-    settings.connect_timeout.get_or_insert(options.connect_timeout);
+    settings
+        .connect_timeout
+        .get_or_insert(options.connect_timeout);
     settings.app_name.get_or_insert_with(|| "gorgon".into());
     // The driver's default when the URL sets no `maxPoolSize`.
     let pool = settings.max_pool_size.unwrap_or(10);
-    let client = Client::with_options(settings)
-        .map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
+    let client =
+        Client::with_options(settings).map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
     let collections = Collections::of(client.database(&name));
     Ok((client, collections, pool))
 }
+
+/// A user's newest items.
+pub(super) const USER_INDEX: &str = "user_newest";
+/// Jobs due (claims) and finished (purges).
+pub(super) const DUE_INDEX: &str = "due";
+/// Jobs by state, newest first.
+pub(super) const STATE_INDEX: &str = "state_newest";
+/// A user's jobs by state.
+pub(super) const USER_JOBS_INDEX: &str = "user_state";
 
 fn index(keys: Document, name: &str) -> IndexModel {
     index_with(keys, IndexOptions::builder().name(name.to_string()).build())
@@ -114,7 +130,7 @@ fn index_with(keys: Document, options: IndexOptions) -> IndexModel {
 pub(super) fn item_indexes() -> Vec<IndexModel> {
     vec![
         // A user's newest items: equality on user_id, then the id order.
-        index(doc! { "user_id": 1, "_id": -1 }, "user_newest"),
+        index(doc! { "user_id": 1, "_id": -1 }, USER_INDEX),
         // Search: one word's items, newest first (multikey on `words`).
         index(doc! { "words": 1, "_id": -1 }, WORDS_INDEX),
     ]
@@ -161,11 +177,11 @@ pub(super) async fn create_indexes(c: &Collections, with_items: bool) -> Result<
     c.jobs
         .create_indexes([
             // Claims (due queued/failed jobs, ended leases) and purges.
-            index(doc! { "state": 1, "run_after": 1 }, "due"),
+            index(doc! { "state": 1, "run_after": 1 }, DUE_INDEX),
             // Listing by state, newest first.
-            index(doc! { "state": 1, "_id": -1 }, "state_newest"),
+            index(doc! { "state": 1, "_id": -1 }, STATE_INDEX),
             // A user's jobs: unfinished count, deletion with the user.
-            index(doc! { "user_id": 1, "state": 1 }, "user_state"),
+            index(doc! { "user_id": 1, "state": 1 }, USER_JOBS_INDEX),
             // One job per user and idempotency key; jobs without a key have no `ikey`.
             index_with(
                 doc! { "ikey": 1 },

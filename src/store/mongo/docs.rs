@@ -63,9 +63,7 @@ impl<'a> Fields<'a> {
 
     pub fn uuid(&self, field: &'static str) -> Result<Uuid, MongoError> {
         match self.doc.get(field) {
-            Some(Bson::Binary(b)) => {
-                Uuid::from_slice(&b.bytes).map_err(|_| self.damaged(field))
-            }
+            Some(Bson::Binary(b)) => Uuid::from_slice(&b.bytes).map_err(|_| self.damaged(field)),
             _ => Err(self.damaged(field)),
         }
     }
@@ -139,7 +137,10 @@ impl<'a> Fields<'a> {
     }
 }
 
-pub(super) fn json_text(what: &'static str, value: &serde_json::Value) -> Result<String, MongoError> {
+pub(super) fn json_text(
+    what: &'static str,
+    value: &serde_json::Value,
+) -> Result<String, MongoError> {
     serde_json::to_string(value).map_err(|e| MongoError::Encode(what, e))
 }
 

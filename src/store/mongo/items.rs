@@ -2,13 +2,14 @@
 //! user, newest first, through the index `{user_id: 1, _id: -1}`.
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
+use super::connection::USER_INDEX;
 use super::docs::{bytes, item_doc, item_from, now, time, uuid, Fields};
 use super::errors::{is_duplicate, only_duplicates, op};
+use super::pages::find_page;
 use super::users::require_user;
 use super::Collections;
 use crate::domain::{Item, ItemPatch, Page};
@@ -73,7 +74,8 @@ pub(super) async fn insert_items_once(
     items: Vec<Item>,
 ) -> Result<usize> {
     let first = items.first().map_or(Bson::Null, |i| uuid(i.id));
-    let seen = doc! { "_id": bytes(&key), "expires_at": time(expires_at), "first_item": first.clone() };
+    let seen =
+        doc! { "_id": bytes(&key), "expires_at": time(expires_at), "first_item": first.clone() };
     loop {
         match c.ingest_seen.insert_one(&seen).await {
             Ok(_) => break,
@@ -198,25 +200,20 @@ pub(super) async fn list_user_items(
     user_id: Uuid,
     page: Page,
 ) -> Result<Vec<Item>> {
-    if page.limit == 0 {
-        return Ok(Vec::new()); // MongoDB reads `limit(0)` as "no limit"
-    }
     let mut filter = doc! { "user_id": uuid(user_id) };
     if let Some(after) = page.after {
         filter.insert("_id", doc! { "$lt": uuid(after) });
     }
-    let docs: Vec<Document> = c
-        .items
-        .find(filter)
-        .sort(doc! { "_id": -1 })
-        .skip(u64::from(page.offset))
-        .limit(i64::from(page.limit))
-        .projection(without_words())
-        .await
-        .map_err(op("list items"))?
-        .try_collect()
-        .await
-        .map_err(op("list items"))?;
+    let docs = find_page(
+        &c.items,
+        filter,
+        doc! { "_id": -1 },
+        Some(without_words()),
+        page,
+        USER_INDEX,
+        "list items",
+    )
+    .await?;
     docs.iter()
         .map(|d| item_from(d).map_err(Into::into))
         .collect()

@@ -6,13 +6,14 @@
 //! due job. No job is handed to two claims whose leases overlap, on any number of nodes.
 
 use chrono::Utc;
-use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::ReturnDocument;
+use mongodb::bson::{doc, Bson};
+use mongodb::options::{Hint, ReturnDocument};
 use uuid::Uuid;
 
+use super::connection::{DUE_INDEX, STATE_INDEX, USER_JOBS_INDEX};
 use super::docs::{job_from, job_key, json_text, now, time, uuid};
 use super::errors::{is_duplicate, op};
+use super::pages::find_page;
 use super::users::require_user;
 use super::Collections;
 use crate::domain::{Job, JobOutcome, JobState, NewJob, Page};
@@ -28,7 +29,10 @@ const UNFINISHED: [&str; 3] = ["queued", "running", "failed"];
 const UNFINISHED_JOBS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) async fn insert_job(c: &Collections, job: NewJob) -> Result<(Job, bool)> {
-    let ikey = job.idempotency_key.as_deref().map(|k| job_key(job.user_id, k));
+    let ikey = job
+        .idempotency_key
+        .as_deref()
+        .map(|k| job_key(job.user_id, k));
     if let Some(ikey) = &ikey {
         if let Some(existing) = find_by_key(c, ikey).await? {
             return same_job_again(existing, &job);
@@ -117,16 +121,16 @@ async fn check_unfinished_jobs(c: &Collections, job: &NewJob, cap: u32) -> Resul
     if find_job(c, job.id).await?.is_some() {
         return Ok(());
     }
-    let unfinished: Vec<Document> = c
-        .jobs
-        .find(doc! { "user_id": uuid(job.user_id), "state": { "$in": UNFINISHED.to_vec() } })
-        .projection(doc! { "_id": 1 })
-        .limit(i64::from(cap.max(1)))
-        .await
-        .map_err(op("count unfinished jobs"))?
-        .try_collect()
-        .await
-        .map_err(op("count unfinished jobs"))?;
+    let unfinished = find_page(
+        &c.jobs,
+        doc! { "user_id": uuid(job.user_id), "state": { "$in": UNFINISHED.to_vec() } },
+        doc! { "user_id": 1, "state": 1 },
+        Some(doc! { "_id": 1 }),
+        Page::new(cap.max(1), 0),
+        USER_JOBS_INDEX,
+        "count unfinished jobs",
+    )
+    .await?;
     if unfinished.len() >= cap as usize {
         return Err(Error::rate_limited(
             format!(
@@ -165,7 +169,9 @@ pub(super) async fn claim_jobs(
     while claimed.len() < limit as usize {
         // The clock is read for each claim, so a claim never uses a stale "now".
         let now = Utc::now();
-        let until = now.checked_add_signed(lease).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        let until = now
+            .checked_add_signed(lease)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         let job = c
             .jobs
             .find_one_and_update(
@@ -176,6 +182,7 @@ pub(super) async fn claim_jobs(
                 },
             )
             .sort(doc! { "run_after": 1 })
+            .hint(Hint::Name(DUE_INDEX.to_string()))
             .return_document(ReturnDocument::After)
             .await
             .map_err(op("claim a job"))?;
@@ -261,20 +268,16 @@ pub(super) async fn retry_job(c: &Collections, id: Uuid) -> Result<Job> {
 
 /// Jobs in `state`, newest first, through the index `{state, _id}`.
 pub(super) async fn list_jobs(c: &Collections, state: JobState, page: Page) -> Result<Vec<Job>> {
-    if page.limit == 0 {
-        return Ok(Vec::new());
-    }
-    let docs: Vec<Document> = c
-        .jobs
-        .find(doc! { "state": state.name() })
-        .sort(doc! { "_id": -1 })
-        .skip(u64::from(page.offset))
-        .limit(i64::from(page.limit))
-        .await
-        .map_err(op("list jobs"))?
-        .try_collect()
-        .await
-        .map_err(op("list jobs"))?;
+    let docs = find_page(
+        &c.jobs,
+        doc! { "state": state.name() },
+        doc! { "_id": -1 },
+        None,
+        page,
+        STATE_INDEX,
+        "list jobs",
+    )
+    .await?;
     docs.iter()
         .map(|d| job_from(d).map_err(Into::into))
         .collect()
@@ -284,7 +287,10 @@ pub(super) async fn list_jobs(c: &Collections, state: JobState, page: Page) -> R
 /// finished), through the index `{state, run_after}`.
 pub(super) async fn purge_jobs(c: &Collections, before: chrono::DateTime<Utc>) -> Result<u64> {
     Ok(c.jobs
-        .delete_many(doc! { "state": { "$in": ["done", "dead"] }, "run_after": { "$lt": time(before) } })
+        .delete_many(
+            doc! { "state": { "$in": ["done", "dead"] }, "run_after": { "$lt": time(before) } },
+        )
+        .hint(Hint::Name(DUE_INDEX.to_string()))
         .await
         .map_err(op("purge jobs"))?
         .deleted_count)

@@ -7,9 +7,10 @@
 //! - `_id` is the caller's UUIDv7 (binary subtype 4): a redelivered insert meets a duplicate key
 //!   and answers with the stored document, and "newest first" is `_id` descending.
 //! - Every query walks an index (see [`connection::create_indexes`]); none scans a collection.
-//! - Writes wait for a majority and are retried once by the driver after a failover (the URL
-//!   may say otherwise: `w=…`, `retryWrites=false`); reads go to the primary, so a read sees
-//!   every write acknowledged before it, whichever node wrote it.
+//! - Writes wait for a majority's journal (`w: majority, j: true`) and are retried once by the
+//!   driver after a failover (the URL may say otherwise: `w=…`, `journal=…`, `retryWrites=false`);
+//!   reads go to the primary, so a read sees every write acknowledged before it, whichever node
+//!   wrote it.
 //! - A deployment out of reach fails calls with `Unavailable` (503) after the server selection
 //!   timeout, and the same `MongoStore` recovers by itself once it is back.
 //!
@@ -23,6 +24,7 @@ mod docs;
 mod errors;
 mod items;
 mod jobs;
+mod pages;
 mod search;
 mod users;
 

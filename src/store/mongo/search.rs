@@ -10,12 +10,11 @@
 
 use std::collections::BTreeSet;
 
-use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::Collection;
 
 use super::docs::{item_from, uuid};
-use super::errors::op;
+use super::pages::find_page;
 use crate::domain::search::{fold, words_of};
 use crate::domain::{Item, Page, SearchQuery};
 use crate::error::Result;
@@ -39,9 +38,6 @@ pub(super) async fn search_items(
     page: Page,
 ) -> Result<Vec<Item>> {
     let query = SearchQuery::parse(query)?;
-    if page.limit == 0 {
-        return Ok(Vec::new()); // MongoDB reads `limit(0)` as "no limit"
-    }
     let words: BTreeSet<String> = query.words().iter().map(|w| fold(w)).collect();
     let mut filter = doc! { "words": { "$all": words.into_iter().collect::<Vec<_>>() } };
     // Newest first is `_id` descending: a cursor is a bound on it, which also holds when the
@@ -49,17 +45,16 @@ pub(super) async fn search_items(
     if let Some(after) = page.after {
         filter.insert("_id", doc! { "$lt": uuid(after) });
     }
-    let docs: Vec<Document> = items
-        .find(filter)
-        .sort(doc! { "_id": -1 })
-        .skip(u64::from(page.offset))
-        .limit(i64::from(page.limit))
-        .projection(doc! { "words": 0 })
-        .await
-        .map_err(op("search items"))?
-        .try_collect()
-        .await
-        .map_err(op("search items"))?;
+    let docs = find_page(
+        items,
+        filter,
+        doc! { "_id": -1 },
+        Some(doc! { "words": 0 }),
+        page,
+        WORDS_INDEX,
+        "search items",
+    )
+    .await?;
     docs.iter()
         .map(|d| item_from(d).map_err(Into::into))
         .collect()

@@ -73,9 +73,7 @@ pub(super) async fn get_credentials(c: &Collections, email: &str) -> Result<Cred
         .ok_or_else(|| Error::not_found("user"))?;
     Ok(Credentials {
         user: user_from(&found)?,
-        password_hash: Fields::of("user", &found)
-            .str("password_hash")?
-            .to_string(),
+        password_hash: Fields::of("user", &found).str("password_hash")?.to_string(),
     })
 }
 
