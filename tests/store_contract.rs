@@ -345,6 +345,18 @@ async fn mongo_redelivered_inserts_store_once() {
         assert_eq!(stored, item);
     }
     assert_eq!(stores[0].counts().await.expect("counts"), (1, 1));
+    // Pool figures: connections were opened, and all are handed back once calls are done
+    // (a check-in may follow its answer by a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pool = loop {
+        let pool = stores[0].pool_stats();
+        if pool.in_use == 0 || Instant::now() > deadline {
+            break pool;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pool.max_per_server, 10);
+    assert!(pool.open >= 1 && pool.in_use == 0, "{pool:?}");
     for store in &stores {
         store.close().await;
     }

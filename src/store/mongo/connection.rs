@@ -2,9 +2,13 @@
 //! writes, a short server selection timeout unless the URL says otherwise), and the indexes every
 //! query needs are created, idempotently, so that any number of nodes may start at once.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
+use mongodb::event::cmap::CmapEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
@@ -71,11 +75,79 @@ impl Collections {
 
 /// Parses `url` and connects (lazily: the driver connects on first use). Returns the client and
 /// the database named by the URL's path, or else by `options`.
-/// Also says the pool's size per server.
+/// Connection pool figures, for metrics: counted from the driver's pool events, over every
+/// server of the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// The most connections the pool opens per server (`maxPoolSize`).
+    pub max_per_server: u32,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections running an operation now.
+    pub in_use: u64,
+    /// Operations waiting for a connection now.
+    pub waiting: u64,
+    /// Operations that got no connection (pool exhausted past the timeout, server gone).
+    pub checkout_failures: u64,
+    /// Times a pool was emptied because its server failed.
+    pub cleared: u64,
+}
+
+/// What [`PoolStats`] is read from; the driver's event callback updates it (atomics only: it
+/// runs on the driver's tasks).
+#[derive(Debug, Default)]
+pub(super) struct PoolCounters {
+    max_per_server: u32,
+    open: AtomicI64,
+    in_use: AtomicI64,
+    waiting: AtomicI64,
+    checkout_failures: AtomicU64,
+    cleared: AtomicU64,
+}
+
+impl PoolCounters {
+    fn record(&self, event: CmapEvent) {
+        let add = |n: &AtomicI64, by: i64| {
+            n.fetch_add(by, Ordering::Relaxed);
+        };
+        match event {
+            CmapEvent::ConnectionCreated(_) => add(&self.open, 1),
+            CmapEvent::ConnectionClosed(_) => add(&self.open, -1),
+            CmapEvent::ConnectionCheckoutStarted(_) => add(&self.waiting, 1),
+            CmapEvent::ConnectionCheckedOut(_) => {
+                add(&self.waiting, -1);
+                add(&self.in_use, 1);
+            }
+            CmapEvent::ConnectionCheckoutFailed(_) => {
+                add(&self.waiting, -1);
+                self.checkout_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            CmapEvent::ConnectionCheckedIn(_) => add(&self.in_use, -1),
+            CmapEvent::PoolCleared(_) => {
+                self.cleared.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let now = |n: &AtomicI64| n.load(Ordering::Relaxed).max(0) as u64;
+        PoolStats {
+            max_per_server: self.max_per_server,
+            open: now(&self.open),
+            in_use: now(&self.in_use),
+            waiting: now(&self.waiting),
+            checkout_failures: self.checkout_failures.load(Ordering::Relaxed),
+            cleared: self.cleared.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Also returns the counters of its connection pools.
 pub(super) async fn client(
     url: &str,
     options: &MongoOptions,
-) -> Result<(Client, Collections, u32)> {
+) -> Result<(Client, Collections, Arc<PoolCounters>)> {
     let mut settings = ClientOptions::parse(url)
         .await
         .map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
@@ -101,8 +173,15 @@ pub(super) async fn client(
         .connect_timeout
         .get_or_insert(options.connect_timeout);
     settings.app_name.get_or_insert_with(|| "gorgon".into());
-    // The driver's default when the URL sets no `maxPoolSize`.
-    let pool = settings.max_pool_size.unwrap_or(10);
+    let pool = Arc::new(PoolCounters {
+        // The driver's default when the URL sets no `maxPoolSize`.
+        max_per_server: settings.max_pool_size.unwrap_or(10),
+        ..PoolCounters::default()
+    });
+    settings.cmap_event_handler = Some(EventHandler::callback({
+        let pool = pool.clone();
+        move |event| pool.record(event)
+    }));
     let client =
         Client::with_options(settings).map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
     let collections = Collections::of(client.database(&name));

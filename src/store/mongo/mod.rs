@@ -29,6 +29,7 @@ mod search;
 mod users;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,7 +37,7 @@ use mongodb::bson::doc;
 use mongodb::Client;
 use uuid::Uuid;
 
-use self::connection::Collections;
+use self::connection::{Collections, PoolCounters};
 use self::errors::op;
 use super::{Credentials, Store};
 use crate::domain::{
@@ -45,7 +46,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
-pub use self::connection::MongoOptions;
+pub use self::connection::{MongoOptions, PoolStats};
 pub use self::errors::MongoError;
 
 /// The MongoDB backend. Cheap to share: the driver's client holds a connection pool per server.
@@ -53,15 +54,8 @@ pub struct MongoStore {
     client: Client,
     collections: Collections,
     options: MongoOptions,
-    pool_size: u32,
+    pool: Arc<PoolCounters>,
     closed: AtomicBool,
-}
-
-/// Connection pool figures, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolStats {
-    /// The most connections the pool opens per server (`maxPoolSize`).
-    pub max_per_server: u32,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -80,7 +74,7 @@ impl MongoStore {
     /// `options.database`. Fails with `Unavailable` when no server answers within the server
     /// selection timeout, and never quotes the URL in an error.
     pub async fn connect(url: &str, options: MongoOptions) -> Result<MongoStore> {
-        let (client, collections, pool_size) = connection::client(url, &options).await?;
+        let (client, collections, pool) = connection::client(url, &options).await?;
         // Nodes starting together may race on the same index builds: a second try sees them.
         if let Err(first) = connection::create_indexes(&collections, true).await {
             if matches!(first, Error::Unavailable(_)) {
@@ -93,7 +87,7 @@ impl MongoStore {
             client,
             collections,
             options,
-            pool_size,
+            pool,
             closed: AtomicBool::new(false),
         })
     }
@@ -105,9 +99,7 @@ impl MongoStore {
 
     /// Connection pool figures.
     pub fn pool_stats(&self) -> PoolStats {
-        PoolStats {
-            max_per_server: self.pool_size,
-        }
+        self.pool.stats()
     }
 
     /// Drops the whole database (for tests that made one of their own).

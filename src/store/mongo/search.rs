@@ -39,7 +39,11 @@ pub(super) async fn search_items(
 ) -> Result<Vec<Item>> {
     let query = SearchQuery::parse(query)?;
     let words: BTreeSet<String> = query.words().iter().map(|w| fold(w)).collect();
-    let mut filter = doc! { "words": { "$all": words.into_iter().collect::<Vec<_>>() } };
+    // Longest first: the index scan is bounded by one of the words, and a long word is likely
+    // a rare one (fewer entries to walk than "the").
+    let mut words: Vec<String> = words.into_iter().collect();
+    words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
+    let mut filter = doc! { "words": { "$all": words } };
     // Newest first is `_id` descending: a cursor is a bound on it, which also holds when the
     // cursor's item was deleted since.
     if let Some(after) = page.after {
