@@ -9,7 +9,10 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use mongodb::event::cmap::CmapEvent;
 use mongodb::event::EventHandler;
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadPreference,
+    SelectionCriteria,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::errors::{op, redact, MongoError};
@@ -60,14 +63,22 @@ pub(super) struct Collections {
 }
 
 impl Collections {
+    /// Every read goes to the primary, whatever `readPreference` the URL gives: the store
+    /// promises that a read sees every write acknowledged before it (a secondary may lag).
     fn of(database: Database) -> Self {
+        let primary = || {
+            let mut options = CollectionOptions::default();
+            options.selection_criteria =
+                Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+            options
+        };
         Collections {
-            users: database.collection("users"),
-            email_keys: database.collection("email_keys"),
-            tokens: database.collection("tokens"),
-            items: database.collection("items"),
-            jobs: database.collection("jobs"),
-            ingest_seen: database.collection("ingest_seen"),
+            users: database.collection_with_options("users", primary()),
+            email_keys: database.collection_with_options("email_keys", primary()),
+            tokens: database.collection_with_options("tokens", primary()),
+            items: database.collection_with_options("items", primary()),
+            jobs: database.collection_with_options("jobs", primary()),
+            ingest_seen: database.collection_with_options("ingest_seen", primary()),
             database,
         }
     }

@@ -9,8 +9,8 @@
 //! - Every query walks an index (see [`connection::create_indexes`]); none scans a collection.
 //! - Writes wait for a majority's journal (`w: majority, j: true`) and are retried once by the
 //!   driver after a failover (the URL may say otherwise: `w=…`, `journal=…`, `retryWrites=false`);
-//!   reads go to the primary, so a read sees every write acknowledged before it, whichever node
-//!   wrote it.
+//!   reads go to the primary (whatever the URL's `readPreference`), so a read sees every write
+//!   acknowledged before it, whichever node wrote it.
 //! - A deployment out of reach fails calls with `Unavailable` (503) after the server selection
 //!   timeout, and the same `MongoStore` recovers by itself once it is back.
 //!
