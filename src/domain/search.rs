@@ -18,12 +18,7 @@ impl SearchQuery {
     /// Splits `text` at every character that is not a letter or a digit. Text with no word in
     /// it (only punctuation, say) is invalid.
     pub fn parse(text: &str) -> Result<SearchQuery> {
-        let words: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .take(Self::MAX_WORDS)
-            .map(|w| w.to_lowercase())
-            .collect();
+        let words: Vec<String> = words_of(text).take(Self::MAX_WORDS).collect();
         if words.is_empty() {
             return Err(Error::invalid("q", "must contain at least one word"));
         }
@@ -36,9 +31,42 @@ impl SearchQuery {
     }
 }
 
+/// The words of `text`, lower-case, in order: the one tokenizer of searches, for the query and,
+/// in backends that index words themselves (MongoDB), for the text searched.
+pub fn words_of(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// A word as an index of words stores it: without diacritics (`ünïcode` → `unicode`), as the
+/// embedded store's search index (FTS5, `remove_diacritics`) stores and looks words up. A backend
+/// that indexes words itself folds both the text's words and the query's.
+pub fn fold(word: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
+    if word.is_ascii() {
+        return word.to_string();
+    }
+    word.nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .nfc()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::SearchQuery;
+    use super::{fold, words_of, SearchQuery};
+
+    #[test]
+    fn indexed_words_are_the_query_words_folded() {
+        let text = "Crème brûlée, ÜNÏCODE-42";
+        let words: Vec<String> = words_of(text).map(|w| fold(&w)).collect();
+        assert_eq!(words, ["creme", "brulee", "unicode", "42"]);
+        let query = SearchQuery::parse(text).expect("words");
+        let folded: Vec<String> = query.words().iter().map(|w| fold(w)).collect();
+        assert_eq!(folded, words);
+    }
 
     #[test]
     fn words_are_split_at_anything_but_letters_and_digits() {

@@ -4,6 +4,7 @@
 //! holds the test suite every backend must pass (run by `tests/store_contract.rs`).
 
 mod checkpointer;
+pub mod mongo;
 mod pool;
 pub mod recent;
 mod search_build;
@@ -19,6 +20,7 @@ use crate::domain::{
 };
 use crate::error::Result;
 
+pub use mongo::{MongoOptions, MongoStore};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreError};
 
 /// A user together with what is needed to check their password.
