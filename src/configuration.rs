@@ -12,7 +12,7 @@ use crate::actors::provider::ProviderConfig;
 use crate::bus::{BusConfig, Role};
 use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
-use crate::store::SqliteOptions;
+use crate::store::{Backend, MongoOptions, SqliteOptions, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
     pub data: PathBuf,
+    /// A shared store instead of the embedded one: `mongodb://[user:password@]host[:port][,…]/database[?options]`
+    /// (any number of nodes may run the store role on it).
+    #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
+    pub store: Option<StoreUrl>,
     /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS): roles that are
     /// not in this process are reached through durable Redis mailboxes.
     #[arg(long, env = "GORGON_REDIS_URL")]
@@ -114,9 +118,6 @@ pub struct RunArgs {
     pub queues: QueueTuning,
     #[command(flatten)]
     pub providers: ProviderTuning,
-    /// MongoDB URI for the shared store (not in this build yet).
-    #[arg(long, env = "GORGON_MONGODB_URI")]
-    pub mongodb: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterTuning,
     /// Creates (or promotes) this admin at start-up; needs --admin-password.
@@ -240,6 +241,10 @@ pub struct Tuning {
     #[arg(long, env = "GORGON_STORE_HEAVY_NICE", default_value_t = 19,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub store_heavy_nice: i32,
+    /// Shared store (`--store`): how long a call waits for a server that takes writes before
+    /// failing with 503, when none is known (the URL's `serverSelectionTimeoutMS` wins).
+    #[arg(long, env = "GORGON_STORE_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub store_wait: Duration,
     /// Time budget of one search or deep page (over 1,000 items), waiting included; past it the
     /// query is stopped and answered 503 `search_timeout` ("0s": no budget). Keep it under
     /// --direct-timeout so that clients get this clear answer rather than a 504.
@@ -613,6 +618,11 @@ pub struct SimArgs {
     #[arg(long)]
     #[serde(skip)]
     pub data: Option<PathBuf>,
+    /// The in-process node keeps its data in this shared store instead (seeded first), e.g.
+    /// `mongodb://127.0.0.1:27017/gorgon-sim`.
+    #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
+    #[serde(skip)]
+    pub store: Option<StoreUrl>,
     /// Per-request timeout (default 10s).
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration_text")]
@@ -707,6 +717,19 @@ impl RunArgs {
         }
     }
 
+    /// The store role's database: `--store`, else the embedded store in `--data`.
+    pub fn backend(&self) -> Backend {
+        Backend::choose(self.store.as_ref(), &self.data)
+    }
+
+    /// The MongoDB store's settings (the URL's own options win).
+    pub fn mongo_options(&self) -> MongoOptions {
+        MongoOptions {
+            server_selection_timeout: self.tuning.store_wait,
+            ..MongoOptions::default()
+        }
+    }
+
     pub fn sqlite_options(&self) -> SqliteOptions {
         SqliteOptions {
             readers: self.tuning.store_readers.max(1),
@@ -789,6 +812,9 @@ pub struct SeedArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
     pub data: PathBuf,
+    /// Load a shared store at this URL instead (as `gorgon run --store`).
+    #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
+    pub store: Option<StoreUrl>,
     /// Rows per transaction.
     #[arg(long, env = "GORGON_SEED_BATCH", default_value_t = 50_000)]
     pub batch: usize,

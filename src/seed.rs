@@ -1,4 +1,4 @@
-//! `gorgon seed`: bulk-loads synthetic users and items into the embedded store, fast.
+//! `gorgon seed`: bulk-loads synthetic users and items into the store (embedded or shared), fast.
 //!
 //! Items are generated user by user, each user's in time order, so rows append in the store's
 //! `(user, id)` key order; the secondary indexes and the search index are set aside during the
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::configuration::SeedArgs;
 use crate::domain::password::{self, Password};
 use crate::domain::{Email, Extra, Item, NewUser, UserName};
-use crate::store::{BulkLoad, SqliteStore, Store};
+use crate::store::{Backend, BulkLoad};
 
 /// What a seed run did.
 #[derive(Debug, Clone)]
@@ -56,13 +56,19 @@ pub(crate) fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Opens the store in `args.data` and loads it.
+/// Opens the store (`args.store`, else the embedded store in `args.data`) and loads it.
 pub async fn run(args: SeedArgs) -> anyhow::Result<SeedReport> {
-    let dir = args.data.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(dir, Default::default()))
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Arc::new(store);
+    let backend = Backend::choose(args.store.as_ref(), &args.data);
+    let store = backend
+        .open(Default::default(), Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the {} store at {}",
+                backend.name(),
+                backend.location()
+            )
+        })?;
     let report = seed(&store, &args).await;
     store.close().await;
     let report = report?;
@@ -81,7 +87,10 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<SeedReport> {
 }
 
 /// Loads `args.users` users and `args.items` items into an open store.
-pub async fn seed<S: BulkLoad>(store: &Arc<S>, args: &SeedArgs) -> anyhow::Result<SeedReport> {
+pub async fn seed<S: BulkLoad + ?Sized>(
+    store: &Arc<S>,
+    args: &SeedArgs,
+) -> anyhow::Result<SeedReport> {
     let batch = args.batch.max(1);
     let shared_hash = password::hash(
         Password::parse(&args.password).map_err(|e| anyhow::anyhow!("seed password: {e}"))?,

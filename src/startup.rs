@@ -26,7 +26,7 @@ use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
 use crate::http::HttpState;
 use crate::jobs::{JobRegistry, WorkerPool};
 use crate::shutdown::Shutdown;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
 /// A running node.
 pub struct Node {
@@ -92,15 +92,18 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
     let bus = parts.bus.clone();
     match role {
         Role::Store => {
-            let (dir, options) = (args.data.clone(), args.sqlite_options());
-            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(dir, options))
+            let backend = args.backend();
+            let store: Arc<dyn Store> = backend
+                .open(args.sqlite_options(), args.mongo_options())
                 .await
-                .context("opening the embedded store")?
-                .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| {
-                    format!("cannot open the embedded store in {}", args.data.display())
+                    format!(
+                        "cannot open the {} store at {}",
+                        backend.name(),
+                        backend.location()
+                    )
                 })?;
-            let store: Arc<dyn Store> = Arc::new(opened);
+            tracing::info!(backend = backend.name(), at = %backend.location(), "store open");
             parts.store = Some(store.clone());
             spawn(parts, StoreHandler { store, bus }).await
         }
@@ -183,7 +186,6 @@ impl Node {
 
     /// Like [`Node::start`], with the job kinds of `jobs` (the app role runs them).
     pub async fn start_with(args: RunArgs, jobs: JobRegistry) -> anyhow::Result<Node> {
-        crate::cluster::check_supported(args.mongodb.as_deref()).map_err(anyhow::Error::msg)?;
         // ractor_cluster brings rustls with aws-lc-rs, redis and reqwest with ring: rustls then
         // needs the process's provider chosen once (a second install is a harmless error).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -355,6 +357,10 @@ async fn connect(
     let local_node = Arc::new(LocalNode {
         node_id: node_id.to_string(),
         roles: args.roles.0.clone(),
+        store_backend: args
+            .roles
+            .contains(Role::Store)
+            .then(|| args.backend().name()),
         started: std::time::Instant::now(),
         started_at: chrono::Utc::now(),
         cluster_addr: cluster_config
@@ -371,18 +377,47 @@ async fn connect(
         None => None,
     };
     if let Some(link) = &cluster {
-        let others = link.embedded_stores();
-        if args.roles.contains(Role::Store) && !others.is_empty() {
-            link.close().await;
-            anyhow::bail!(
-                "the store role already runs on {} with its embedded database; a cluster \
-                 on the embedded store has exactly one store node (scale the store out with \
-                 a shared backend instead). Start this node without the store role.",
-                others.join(", ")
-            );
+        if args.roles.contains(Role::Store) {
+            if let Err(refusal) = store_nodes_agree(&args.backend(), &link.store_nodes()) {
+                link.close().await;
+                anyhow::bail!(refusal);
+            }
         }
     }
     Ok((redis, cluster, local_node))
+}
+
+/// Store nodes of one cluster must share one database: an embedded store belongs to exactly
+/// one node, and nodes on different backends would each hold part of the data.
+fn store_nodes_agree(
+    ours: &crate::store::Backend,
+    others: &[(String, String)],
+) -> Result<(), String> {
+    let names = |pick: &dyn Fn(&str) -> bool| {
+        others
+            .iter()
+            .filter(|(_, b)| pick(b))
+            .map(|(n, b)| format!("{n} on {b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !ours.is_shared() && !others.is_empty() {
+        return Err(format!(
+            "the store role already runs on {}; a cluster on the embedded store has exactly \
+             one store node (scale the store out with a shared backend, --store URL, instead). \
+             Start this node without the store role.",
+            names(&|_| true)
+        ));
+    }
+    let different = names(&|b| b != ours.name());
+    if !different.is_empty() {
+        return Err(format!(
+            "this node's store is {}, but the store role runs on {different}: every store \
+             node of a cluster must use the same backend",
+            ours.name()
+        ));
+    }
+    Ok(())
 }
 
 /// Offers this node's roles to other processes (Redis consumers, cluster gateways), relays

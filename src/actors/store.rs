@@ -51,7 +51,7 @@ crate::requests! {
     ListJobs => "list_jobs", direct, Vec<Job>;
     PurgeJobs => "purge_jobs", durable, u64;
     Counts => "counts", direct, (u64, u64);
-    Ping => "ping", direct, ();
+    Ping => "ping", direct, Pong;
 }
 
 /// Stores a new user (with the argon2id hash of the password, never the password).
@@ -240,8 +240,16 @@ pub struct PurgeJobs {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Counts;
 
+/// Asks the store to prove it answers (readiness).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Ping;
+
+/// The store answered: which backend it runs on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    /// "embedded" or "mongodb".
+    pub backend: String,
+}
 
 /// The store role's handler: runs requests against the backend, publishes events after writes.
 pub struct StoreHandler {
@@ -515,8 +523,11 @@ impl Handler<Counts> for StoreHandler {
 }
 
 impl Handler<Ping> for StoreHandler {
-    async fn handle(self: Arc<Self>, _: Ping) -> Result<()> {
-        self.store.ping().await
+    async fn handle(self: Arc<Self>, _: Ping) -> Result<Pong> {
+        self.store.ping().await?;
+        Ok(Pong {
+            backend: self.store.backend().to_string(),
+        })
     }
 }
 

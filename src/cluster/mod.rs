@@ -114,6 +114,8 @@ pub struct NodeSummary {
 pub struct LocalNode {
     pub node_id: String,
     pub roles: Vec<Role>,
+    /// The store's backend ("embedded", "mongodb") when this node runs the store role.
+    pub store_backend: Option<&'static str>,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
     pub cluster_addr: String,
@@ -151,10 +153,7 @@ impl LocalNode {
             started_at: self.started_at,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             health,
-            store_backend: self
-                .roles
-                .contains(&Role::Store)
-                .then(|| "embedded".to_string()),
+            store_backend: self.store_backend.map(str::to_string),
             recent,
         }
     }
@@ -500,13 +499,16 @@ impl ClusterLink {
     }
 
     /// Peers whose summary says they run the store role on an embedded database.
-    pub fn embedded_stores(&self) -> Vec<String> {
+    /// The other nodes that run the store role, each with its backend.
+    pub fn store_nodes(&self) -> Vec<(String, String)> {
         self.peers
             .list()
             .into_iter()
             .filter_map(|p| p.summary)
-            .filter(|s| s.store_backend.as_deref() == Some("embedded"))
-            .map(|s| format!("{} ({})", s.node_id, s.cluster_addr))
+            .filter_map(|s| {
+                let backend = s.store_backend?;
+                Some((format!("{} ({})", s.node_id, s.cluster_addr), backend))
+            })
             .collect()
     }
 
@@ -570,16 +572,4 @@ fn remote_members(role: Role) -> Vec<ActorCell> {
         .into_iter()
         .filter(|cell| !cell.get_id().is_local())
         .collect()
-}
-
-/// Refuses options whose transport this build does not have.
-pub fn check_supported(mongodb: Option<&str>) -> std::result::Result<(), String> {
-    match mongodb {
-        Some(_) => Err(
-            "--mongodb (the MongoDB store) is not available in this build yet: \
-                        run the store role on one node, on the embedded store"
-                .into(),
-        ),
-        None => Ok(()),
-    }
 }

@@ -29,6 +29,9 @@ pub struct Health {
     /// Each check and what it found ("ok" or why not).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub checks: std::collections::BTreeMap<String, String>,
+    /// The store's backend ("embedded", "mongodb"), once the store answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_backend: Option<String>,
 }
 
 /// Liveness: answers as long as the process serves HTTP.
@@ -38,6 +41,7 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
         checks: Default::default(),
+        store_backend: None,
     })
 }
 
@@ -66,15 +70,16 @@ pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         };
         checks.insert("redis".into(), found.to_string());
     }
-    let store_check = match state.bus.call(store::Ping).await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
+    let (store_check, backend) = match state.bus.call(store::Ping).await {
+        Ok(pong) => ("ok".to_string(), Some(pong.backend)),
+        Err(e) => (e.to_string(), None),
     };
     checks.insert("store".into(), store_check);
     let ready = checks.values().all(|v| v == "ok");
     let body = Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
         checks,
+        store_backend: backend,
     };
     if ready {
         HttpResponse::Ok().json(body)

@@ -31,6 +31,7 @@ use uuid::Uuid;
 pub use crate::configuration::SimArgs;
 use crate::configuration::{RunArgs, SeedArgs};
 use crate::startup::Node;
+use crate::store::{Backend, StoreUrl};
 use invariants::Check;
 use report::{OpSummary, Outcome, Recorder, SecondSample};
 use schedule::Schedule;
@@ -164,7 +165,11 @@ struct Target {
     seed_rate: Option<f64>,
 }
 
-async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Result<Target> {
+async fn local_target(
+    scenario: &Scenario,
+    data: Option<PathBuf>,
+    store: Option<StoreUrl>,
+) -> anyhow::Result<Target> {
     let (dir, keep) = match data {
         Some(path) => (path, None),
         None => {
@@ -172,16 +177,19 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
             (tmp.path().to_path_buf(), Some(tmp))
         }
     };
+    let backend = Backend::choose(store.as_ref(), &dir);
     println!(
-        "seeding {} users and {} items into {}",
+        "seeding {} users and {} items into the {} store at {}",
         scenario.users,
         scenario.items,
-        dir.display()
+        backend.name(),
+        backend.location()
     );
     let seeded = crate::seed::run(SeedArgs {
         users: scenario.users,
         items: scenario.items,
         data: dir.clone(),
+        store: store.clone(),
         batch: 50_000,
         password: "gorgon-password".into(),
         quiet: false,
@@ -190,10 +198,11 @@ async fn local_target(scenario: &Scenario, data: Option<PathBuf>) -> anyhow::Res
     })
     .await?;
     let rate = scenario.provider_rate.to_string();
-    let args = RunArgs::local(
+    let mut args = RunArgs::local(
         &dir,
         &["--provider-rate", &rate, "--login-per-minute", "100000"],
     )?;
+    args.store = store;
     let node = Node::start(args).await?;
     let addr = node.local_addr().context("the node has no web role")?;
     println!("node listening on http://{addr} (live dashboard: http://{addr}/dashboard)");
@@ -443,7 +452,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<bool> {
         .build()?;
     let target = match &scenario.target {
         Some(url) => remote_target(&scenario, url, &client).await?,
-        None => local_target(&scenario, args.data.clone()).await?,
+        None => local_target(&scenario, args.data.clone(), args.store.clone()).await?,
     };
     let writers = if mix.share(Op::Write) > 0.0 {
         writer_tokens(&client, &target.base, scenario.writers).await?

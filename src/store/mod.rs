@@ -3,6 +3,7 @@
 //! Only the `store` role touches a `Store`. The trait is the contract: `tests/common/contract.rs`
 //! holds the test suite every backend must pass (run by `tests/store_contract.rs`).
 
+mod backend;
 mod checkpointer;
 pub mod mongo;
 mod pool;
@@ -20,6 +21,7 @@ use crate::domain::{
 };
 use crate::error::Result;
 
+pub use backend::{Backend, SharedKind, StoreUrl};
 pub use mongo::{MongoOptions, MongoStore};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreError};
 
@@ -106,6 +108,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>>;
     /// Deletes done and dead jobs last changed before `before`; returns how many.
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Its name in `/readyz` and the cluster table: "embedded", "mongodb".
+    fn backend(&self) -> &'static str;
     /// Cheap round trip proving the backend answers (readiness).
     async fn ping(&self) -> Result<()>;
     /// Flushes and closes; later calls fail with `Unavailable`.

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod mongo;
 pub mod process;
 pub mod redis;

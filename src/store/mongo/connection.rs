@@ -2,12 +2,13 @@
 //! writes, a short server selection timeout unless the URL says otherwise), and the indexes every
 //! query needs are created, idempotently, so that any number of nodes may start at once.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use mongodb::event::cmap::CmapEvent;
+use mongodb::event::sdam::SdamEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadPreference,
@@ -30,6 +31,10 @@ pub struct MongoOptions {
     pub server_selection_timeout: Duration,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
+    /// How often the driver checks each server when the URL sets no `heartbeatFrequencyMS`:
+    /// also how soon a deployment that was out of reach is seen back (the driver's default is
+    /// 10 s; while a deployment is known to be down, calls fail at once instead of waiting).
+    pub heartbeat: Duration,
     /// Items per `insert_many` of a bulk load.
     pub bulk_batch: usize,
     /// `insert_many` batches of a bulk load in flight at once.
@@ -42,6 +47,7 @@ impl Default for MongoOptions {
             database: "gorgon".into(),
             server_selection_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
             bulk_batch: 1000,
             bulk_parallelism: 4,
         }
@@ -137,8 +143,25 @@ impl PoolCounters {
             CmapEvent::PoolCleared(_) => {
                 self.cleared.fetch_add(1, Ordering::Relaxed);
             }
-            _ => {}
+            _ => return,
         }
+        self.publish();
+    }
+
+    /// The figures as metrics (`gorgon_store_pool_*`), next to the store's latency per operation.
+    fn publish(&self) {
+        let stats = self.stats();
+        for (state, n) in [
+            ("open", stats.open),
+            ("in_use", stats.in_use),
+            ("waiting", stats.waiting),
+        ] {
+            metrics::gauge!("gorgon_store_pool_connections", "state" => state).set(n as f64);
+        }
+        metrics::gauge!("gorgon_store_pool_max_per_server").set(stats.max_per_server as f64);
+        metrics::counter!("gorgon_store_pool_checkout_failures_total")
+            .absolute(stats.checkout_failures);
+        metrics::counter!("gorgon_store_pool_cleared_total").absolute(stats.cleared);
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -154,11 +177,45 @@ impl PoolCounters {
     }
 }
 
-/// Also returns the counters of its connection pools.
-pub(super) async fn client(
-    url: &str,
-    options: &MongoOptions,
-) -> Result<(Client, Collections, Arc<PoolCounters>)> {
+/// Whether the driver knows a server that takes writes: false from the moment its monitor
+/// finds the deployment out of reach (or without a primary) until it finds one again. Calls made
+/// meanwhile fail at once with `Unavailable` rather than each waiting out the server selection
+/// timeout.
+#[derive(Debug)]
+pub(super) struct Reachable(AtomicBool);
+
+impl Reachable {
+    pub fn now(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, event: SdamEvent) {
+        if let SdamEvent::TopologyDescriptionChanged(change) = event {
+            let writable = change.new_description.has_writable_server();
+            if self.0.swap(writable, Ordering::Relaxed) != writable {
+                if writable {
+                    tracing::info!("MongoDB: a server takes writes again");
+                } else {
+                    tracing::warn!(
+                        "MongoDB: no server takes writes; store calls fail until one does"
+                    );
+                }
+                metrics::gauge!("gorgon_store_reachable").set(if writable { 1.0 } else { 0.0 });
+            }
+        }
+    }
+}
+
+/// The client, the collections, and what the driver's monitors tell: its connection pools'
+/// counters and whether the deployment takes writes.
+pub(super) struct Connected {
+    pub client: Client,
+    pub collections: Collections,
+    pub pool: Arc<PoolCounters>,
+    pub reachable: Arc<Reachable>,
+}
+
+pub(super) async fn client(url: &str, options: &MongoOptions) -> Result<Connected> {
     let mut settings = ClientOptions::parse(url)
         .await
         .map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
@@ -183,6 +240,7 @@ pub(super) async fn client(
     settings
         .connect_timeout
         .get_or_insert(options.connect_timeout);
+    settings.heartbeat_freq.get_or_insert(options.heartbeat);
     settings.app_name.get_or_insert_with(|| "gorgon".into());
     let pool = Arc::new(PoolCounters {
         // The driver's default when the URL sets no `maxPoolSize`.
@@ -193,10 +251,21 @@ pub(super) async fn client(
         let pool = pool.clone();
         move |event| pool.record(event)
     }));
+    // Optimistic until the monitor says otherwise: the first call waits for discovery.
+    let reachable = Arc::new(Reachable(AtomicBool::new(true)));
+    settings.sdam_event_handler = Some(EventHandler::callback({
+        let reachable = reachable.clone();
+        move |event| reachable.record(event)
+    }));
     let client =
         Client::with_options(settings).map_err(|e| MongoError::Url(redact(url, &e.to_string())))?;
     let collections = Collections::of(client.database(&name));
-    Ok((client, collections, pool))
+    Ok(Connected {
+        client,
+        collections,
+        pool,
+        reachable,
+    })
 }
 
 /// A user's newest items.

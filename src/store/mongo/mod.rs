@@ -37,7 +37,7 @@ use mongodb::bson::doc;
 use mongodb::Client;
 use uuid::Uuid;
 
-use self::connection::{Collections, PoolCounters};
+use self::connection::{Collections, Connected, PoolCounters, Reachable};
 use self::errors::op;
 use super::{Credentials, Store};
 use crate::domain::{
@@ -55,6 +55,7 @@ pub struct MongoStore {
     collections: Collections,
     options: MongoOptions,
     pool: Arc<PoolCounters>,
+    reachable: Arc<Reachable>,
     closed: AtomicBool,
 }
 
@@ -74,7 +75,12 @@ impl MongoStore {
     /// `options.database`. Fails with `Unavailable` when no server answers within the server
     /// selection timeout, and never quotes the URL in an error.
     pub async fn connect(url: &str, options: MongoOptions) -> Result<MongoStore> {
-        let (client, collections, pool) = connection::client(url, &options).await?;
+        let Connected {
+            client,
+            collections,
+            pool,
+            reachable,
+        } = connection::client(url, &options).await?;
         // Nodes starting together may race on the same index builds: a second try sees them.
         if let Err(first) = connection::create_indexes(&collections, true).await {
             if matches!(first, Error::Unavailable(_)) {
@@ -88,6 +94,7 @@ impl MongoStore {
             collections,
             options,
             pool,
+            reachable,
             closed: AtomicBool::new(false),
         })
     }
@@ -111,10 +118,16 @@ impl MongoStore {
             .map_err(op("drop the database"))
     }
 
-    /// The collections, or `Unavailable` once closed.
+    /// The collections, or `Unavailable` once closed or while the deployment is known to be out
+    /// of reach.
     fn live(&self) -> Result<&Collections> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Unavailable("the store is closed".into()));
+        }
+        if !self.reachable.now() {
+            return Err(Error::Unavailable(
+                "MongoDB is out of reach (no server takes writes)".into(),
+            ));
         }
         Ok(&self.collections)
     }
@@ -247,6 +260,10 @@ impl Store for MongoStore {
 
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
         jobs::purge_jobs(self.live()?, before).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "mongodb"
     }
 
     /// A `ping` command on the primary (readiness).

@@ -439,6 +439,10 @@ impl Store for SqliteStore {
         self.write(move |conn| jobs::purge_jobs(conn, before)).await
     }
 
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
     async fn ping(&self) -> Result<()> {
         if self.writer.lock().is_none() {
             return Err(Error::Unavailable("the store is closed".into()));

@@ -1,0 +1,356 @@
+//! A shared store (MongoDB) under real processes: several `gorgon` nodes run the store role on one
+//! database, joined by a cluster and Redis. Covers read-your-writes across store nodes, a store
+//! node killed with SIGKILL under load (the other serves every acknowledged write, the killed one
+//! comes back), the database server killed and restarted under load (the nodes recover without a
+//! restart; `/readyz` says 503 while it is gone), and the cluster refusing to mix backends.
+//!
+//! The database is SecantusDB, a MongoDB wire-protocol server (see `tests/common/mongo.rs`), or a
+//! real MongoDB when `GORGON_TEST_MONGODB_URI` is set. The tests of this file run one at a time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::mongo::{unique_database, MongoServer};
+use common::process::GorgonProcess;
+use common::redis::{Fsync, RedisServer};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Upper bound of any one test; every wait inside is bounded well below it.
+const TEST_BOUND: Duration = Duration::from_secs(180);
+
+async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(TEST_BOUND, body)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded {} s", TEST_BOUND.as_secs()));
+}
+
+/// Two nodes with every role, each its own front and store node, on one database, joined in a
+/// cluster (through the first) and on Redis.
+struct Pair {
+    ns: String,
+    http: Client,
+    specs: [NodeSpec; 2],
+    nodes: [GorgonProcess; 2],
+    bases: [String; 2],
+}
+
+impl Pair {
+    async fn start(redis: &RedisServer, store_url: &str) -> Pair {
+        let ns = format!("m{}", uuid::Uuid::now_v7().simple());
+        let http = client();
+        let first = admin(NodeSpec::new("all", None)).arg("--store", store_url);
+        let seed = first.cluster_port;
+        let second = NodeSpec::new("all", Some(seed)).arg("--store", store_url);
+        let a = first.start(Some(redis), &ns);
+        let b = second.start(Some(redis), &ns);
+        let bases = [a.base(), b.base()];
+        for base in &bases {
+            wait_ready(&http, base).await;
+            wait_view(&http, base, Duration::from_secs(15), |v| {
+                v["nodes"].as_array().map(Vec::len) == Some(2)
+            })
+            .await;
+        }
+        Pair {
+            ns,
+            http,
+            specs: [first, second],
+            nodes: [a, b],
+            bases,
+        }
+    }
+}
+
+/// The database of one test: a fresh one on the shared test server, or on the real MongoDB named
+/// by `GORGON_TEST_MONGODB_URI`. `None` when neither is there (the test is skipped).
+async fn database(prefix: &str) -> Option<String> {
+    let name = unique_database(prefix);
+    if let Ok(uri) = std::env::var("GORGON_TEST_MONGODB_URI") {
+        return Some(with_database(&uri, &name));
+    }
+    Some(MongoServer::shared().await?.url_for(&name))
+}
+
+/// `uri` with its path replaced by `/name` (options kept).
+fn with_database(uri: &str, name: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").expect("a mongodb:// URI");
+    let (authority, options) = match rest.split_once('/') {
+        Some((authority, path)) => (
+            authority,
+            path.split_once('?')
+                .map(|(_, o)| format!("?{o}"))
+                .unwrap_or_default(),
+        ),
+        None => (rest, String::new()),
+    };
+    format!("{scheme}://{authority}/{name}{options}")
+}
+
+async fn readyz(http: &Client, base: &str) -> (StatusCode, Value) {
+    let resp = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    let status = resp.status();
+    (status, resp.json().await.expect("readyz JSON"))
+}
+
+async fn get_item(http: &Client, base: &str, token: &str, id: &str) -> reqwest::Response {
+    http.get(format!("{base}/api/v1/items/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET an item")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_one_store_node_is_read_at_once_through_the_other() {
+    bounded(async {
+        let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+            return;
+        };
+        let Some(url) = database("ryw").await else {
+            return;
+        };
+        let pair = Pair::start(&redis, &url).await;
+        let (http, [a, b]) = (&pair.http, &pair.bases);
+        for base in [a, b] {
+            let (status, body) = readyz(http, base).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["store_backend"], "mongodb", "{body}");
+        }
+        let view = cluster_view(http, a).await;
+        let backends: Vec<&Value> = view["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| &n["store_backend"])
+            .collect();
+        assert_eq!(backends, vec!["mongodb", "mongodb"], "{view:#}");
+
+        // Each front calls the store role of its own process first: a write through `a` is
+        // written by a's store node, the read through `b` is answered by b's.
+        let (user, token) = common::register_and_login(http, a, "hopper@example.com").await;
+        for n in 0..100 {
+            let title = format!("written through a, read through b {n}");
+            let item = create_item(http, a, &token, &title)
+                .await
+                .expect("create through a");
+            let id = item["id"].as_str().expect("id");
+            let resp = get_item(http, b, &token, id).await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::OK,
+                "item {n} not yet visible on b"
+            );
+            let read: Value = resp.json().await.expect("item JSON");
+            assert_eq!(read["title"], title.as_str());
+
+            // And back: changed through b, the change is what a reads next.
+            let retitled = format!("changed through b {n}");
+            let resp = http
+                .patch(format!("{b}/api/v1/items/{id}"))
+                .bearer_auth(&token)
+                .json(&json!({"title": retitled}))
+                .send()
+                .await
+                .expect("PATCH through b");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let read: Value = get_item(http, a, &token, id)
+                .await
+                .json()
+                .await
+                .expect("item JSON");
+            assert_eq!(read["title"], retitled.as_str(), "a read a stale item");
+        }
+        // A user's newest items, listed through the other node, include the latest write.
+        let listed: Value = http
+            .get(format!("{b}/api/v1/users/{user}/items?limit=5"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("list through b")
+            .json()
+            .await
+            .expect("list JSON");
+        let first = &listed["items"][0]["title"];
+        assert_eq!(first, "changed through b 99", "{listed:#}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_node_killed_under_load_costs_nothing_acknowledged() {
+    bounded(async {
+        let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
+            return;
+        };
+        let Some(url) = database("kill").await else {
+            return;
+        };
+        let mut pair = Pair::start(&redis, &url).await;
+        let http = pair.http.clone();
+        let [a, b] = pair.bases.clone();
+        let (token, load_a) = Load::as_new_user(&http, &a, "lamport@example.com").await;
+        let first = create_item(&http, &b, &token, "before the load on b")
+            .await
+            .expect("create through b");
+        let load_b = Load::start(&http, &b, &token, first["id"].as_str().expect("id"));
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = load_b.written();
+        let killed_at = Instant::now();
+        pair.nodes[0].kill9();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log_b = load_b.finish().await;
+        let log_a = load_a.finish().await;
+        eprintln!(
+            "kill -9 of one of two store nodes: through the survivor {} reads ok, {} read \
+             errors, {} writes acknowledged ({before} before the kill), {} write errors \
+             (first: {:?}); through the killed front {} writes acknowledged",
+            log_b.reads_ok,
+            log_b.read_errors.len(),
+            log_b.written.len(),
+            log_b.write_errors.len(),
+            log_b.write_errors.first(),
+            log_a.written.len(),
+        );
+        assert!(log_b.written.len() > before, "the survivor kept writing");
+        assert!(
+            log_b.write_errors.is_empty() && log_b.read_errors.is_empty(),
+            "the survivor has its own store node on the shared database: nothing should fail \
+             ({:?} / {:?})",
+            log_b.write_errors.first(),
+            log_b.read_errors.first()
+        );
+        // Everything either front acknowledged is there, read through the survivor.
+        log_a.assert_all_written_readable(&http, &b, &token).await;
+        log_b.assert_all_written_readable(&http, &b, &token).await;
+        eprintln!(
+            "{} + {} acknowledged writes read back through the survivor, {:?} after the kill",
+            log_a.written.len(),
+            log_b.written.len(),
+            killed_at.elapsed()
+        );
+
+        // The killed node comes back on the same database and serves.
+        pair.nodes[0] = pair.specs[0].start(Some(&redis), &pair.ns);
+        let a = pair.nodes[0].base();
+        wait_ready(&http, &a).await;
+        log_b.assert_all_written_readable(&http, &a, &token).await;
+        create_item(&http, &a, &token, "after the restart")
+            .await
+            .expect("the restarted node writes");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_killed_under_load_comes_back_without_a_node_restart() {
+    bounded(async {
+        if std::env::var("GORGON_TEST_MONGODB_URI").is_ok() {
+            eprintln!("skipped against GORGON_TEST_MONGODB_URI: this test kills its own server");
+            return;
+        }
+        let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
+            return;
+        };
+        // A server of its own: this test kills it.
+        let Some(mut mongo) = MongoServer::start_or_skip().await else {
+            return;
+        };
+        let url = mongo.url_for(&unique_database("down"));
+        let pair = Pair::start(&redis, &url).await;
+        let http = pair.http.clone();
+        let [a, b] = pair.bases.clone();
+        let (token, load) = Load::as_new_user(&http, &a, "gray@example.com").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = load.written();
+
+        mongo.kill();
+        let down_at = Instant::now();
+        // Unreachable: not ready, and a request fails with 503 instead of waiting.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (status, body) = loop {
+            let (status, body) = readyz(&http, &b).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                break (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let noticed = down_at.elapsed();
+        let asked = Instant::now();
+        let resp = http
+            .get(format!("{b}/api/v1/items?q=load&limit=5"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET while the database is down");
+        let answered = asked.elapsed();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        mongo.restart().await;
+        let up_at = Instant::now();
+        wait_ready(&http, &a).await;
+        wait_ready(&http, &b).await;
+        let recovered = up_at.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log = load.finish().await;
+        eprintln!(
+            "kill -9 of the database under load: /readyz 503 after {noticed:?}, a read \
+             answered 503 in {answered:?}, ready again {recovered:?} after the restart; {} \
+             writes acknowledged ({before} before the kill), {} write errors (first: {:?}), \
+             {} read errors",
+            log.written.len(),
+            log.write_errors.len(),
+            log.write_errors.first(),
+            log.read_errors.len(),
+        );
+        assert!(
+            answered < Duration::from_secs(2),
+            "a request waited {answered:?} on a database known to be down"
+        );
+        assert!(
+            log.written.len() > before,
+            "writes resumed after the restart"
+        );
+        log.assert_all_written_readable(&http, &b, &token).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_refuses_store_nodes_on_different_backends() {
+    bounded(async {
+        let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
+            return;
+        };
+        let Some(url) = database("mixed").await else {
+            return;
+        };
+        let ns = format!("m{}", uuid::Uuid::now_v7().simple());
+        let shared = NodeSpec::new("all", None).arg("--store", &url);
+        let _running = shared.start(Some(&redis), &ns);
+        let embedded = NodeSpec::new("auth,app,store", Some(shared.cluster_port));
+        let (ok, stderr) = embedded.start_expecting_exit(Some(&redis), &ns);
+        assert!(!ok, "an embedded store node joined a cluster on MongoDB");
+        assert!(
+            stderr.contains("same backend") || stderr.contains("embedded"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("mongodb://"),
+            "the URL is not shown: {stderr}"
+        );
+    })
+    .await;
+}
