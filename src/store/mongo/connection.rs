@@ -181,27 +181,42 @@ impl PoolCounters {
 /// finds the deployment out of reach (or without a primary) until it finds one again. Calls made
 /// meanwhile fail at once with `Unavailable` rather than each waiting out the server selection
 /// timeout.
-#[derive(Debug)]
-pub(super) struct Reachable(AtomicBool);
+#[derive(Debug, Default)]
+pub(super) struct Reachable {
+    writable: AtomicBool,
+    /// Set once a server took writes: the changes of the first discovery are not news.
+    seen: AtomicBool,
+    /// Set when the store closes: the client's own shutdown is not an outage.
+    closing: AtomicBool,
+}
 
 impl Reachable {
     pub fn now(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    pub fn closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     fn record(&self, event: SdamEvent) {
-        if let SdamEvent::TopologyDescriptionChanged(change) = event {
-            let writable = change.new_description.has_writable_server();
-            if self.0.swap(writable, Ordering::Relaxed) != writable {
-                if writable {
-                    tracing::info!("MongoDB: a server takes writes again");
-                } else {
-                    tracing::warn!(
-                        "MongoDB: no server takes writes; store calls fail until one does"
-                    );
-                }
-                metrics::gauge!("gorgon_store_reachable").set(if writable { 1.0 } else { 0.0 });
+        let SdamEvent::TopologyDescriptionChanged(change) = event else {
+            return;
+        };
+        let writable = change.new_description.has_writable_server();
+        if self.writable.swap(writable, Ordering::Relaxed) == writable
+            || self.closing.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        metrics::gauge!("gorgon_store_reachable").set(if writable { 1.0 } else { 0.0 });
+        let seen_before = self.seen.fetch_or(writable, Ordering::Relaxed);
+        match (writable, seen_before) {
+            (true, true) => tracing::info!("MongoDB: a server takes writes again"),
+            (false, true) => {
+                tracing::warn!("MongoDB: no server takes writes; store calls fail until one does")
             }
+            _ => {}
         }
     }
 }
@@ -252,7 +267,10 @@ pub(super) async fn client(url: &str, options: &MongoOptions) -> Result<Connecte
         move |event| pool.record(event)
     }));
     // Optimistic until the monitor says otherwise: the first call waits for discovery.
-    let reachable = Arc::new(Reachable(AtomicBool::new(true)));
+    let reachable = Arc::new(Reachable {
+        writable: AtomicBool::new(true),
+        ..Reachable::default()
+    });
     settings.sdam_event_handler = Some(EventHandler::callback({
         let reachable = reachable.clone();
         move |event| reachable.record(event)

@@ -6,7 +6,6 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
-use super::connection::USER_INDEX;
 use super::docs::{bytes, item_doc, item_from, now, time, uuid, Fields};
 use super::errors::{is_duplicate, only_duplicates, op};
 use super::pages::find_page;
@@ -210,7 +209,6 @@ pub(super) async fn list_user_items(
         doc! { "_id": -1 },
         Some(without_words()),
         page,
-        USER_INDEX,
         "list items",
     )
     .await?;

@@ -7,10 +7,9 @@
 
 use chrono::Utc;
 use mongodb::bson::{doc, Bson};
-use mongodb::options::{Hint, ReturnDocument};
+use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
-use super::connection::{DUE_INDEX, STATE_INDEX, USER_JOBS_INDEX};
 use super::docs::{job_from, job_key, json_text, now, time, uuid};
 use super::errors::{is_duplicate, op};
 use super::pages::find_page;
@@ -127,7 +126,6 @@ async fn check_unfinished_jobs(c: &Collections, job: &NewJob, cap: u32) -> Resul
         doc! { "user_id": 1, "state": 1 },
         Some(doc! { "_id": 1 }),
         Page::new(cap.max(1), 0),
-        USER_JOBS_INDEX,
         "count unfinished jobs",
     )
     .await?;
@@ -182,7 +180,6 @@ pub(super) async fn claim_jobs(
                 },
             )
             .sort(doc! { "run_after": 1 })
-            .hint(Hint::Name(DUE_INDEX.to_string()))
             .return_document(ReturnDocument::After)
             .await
             .map_err(op("claim a job"))?;
@@ -274,7 +271,6 @@ pub(super) async fn list_jobs(c: &Collections, state: JobState, page: Page) -> R
         doc! { "_id": -1 },
         None,
         page,
-        STATE_INDEX,
         "list jobs",
     )
     .await?;
@@ -290,7 +286,6 @@ pub(super) async fn purge_jobs(c: &Collections, before: chrono::DateTime<Utc>) -
         .delete_many(
             doc! { "state": { "$in": ["done", "dead"] }, "run_after": { "$lt": time(before) } },
         )
-        .hint(Hint::Name(DUE_INDEX.to_string()))
         .await
         .map_err(op("purge jobs"))?
         .deleted_count)

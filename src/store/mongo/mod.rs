@@ -281,6 +281,7 @@ impl Store for MongoStore {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.reachable.closing();
         self.client.clone().shutdown().immediate(true).await;
     }
 }

@@ -43,7 +43,12 @@ pub(super) async fn search_items(
     // a rare one (fewer entries to walk than "the").
     let mut words: Vec<String> = words.into_iter().collect();
     words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
-    let mut filter = doc! { "words": { "$all": words } };
+    // One word is an equality: the index's range for that word, already newest first. More
+    // words walk the longest word's range and check the others per document.
+    let mut filter = match words.as_slice() {
+        [word] => doc! { "words": word },
+        _ => doc! { "words": { "$all": words } },
+    };
     // Newest first is `_id` descending: a cursor is a bound on it, which also holds when the
     // cursor's item was deleted since.
     if let Some(after) = page.after {
@@ -55,7 +60,6 @@ pub(super) async fn search_items(
         doc! { "_id": -1 },
         Some(doc! { "words": 0 }),
         page,
-        WORDS_INDEX,
         "search items",
     )
     .await?;
