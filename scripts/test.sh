@@ -38,3 +38,9 @@ fi
 # Tests fail, rather than skip, when a tool above is missing (redis-server, SecantusDB, ...).
 export GORGON_REQUIRE_TOOLS=1
 cargo test --all-targets "$@"
+
+# The API, its edges and its security once more with the nodes on MongoDB: bad input gets the same
+# answers on both backends (tests/common/mod.rs reads GORGON_TEST_API_STORE).
+if [ $# -eq 0 ]; then
+  GORGON_TEST_API_STORE=mongodb cargo test --test api --test edge --test security
+fi

@@ -589,6 +589,11 @@ async fn health_readiness_stats_metrics_openapi() {
     assert_eq!(resp.status(), StatusCode::OK);
     let ready: Value = resp.json().await.unwrap();
     assert_eq!(ready["checks"]["store"], "ok");
+    let backend = match std::env::var("GORGON_TEST_API_STORE").as_deref() {
+        Ok("mongodb") => "mongodb",
+        _ => "embedded",
+    };
+    assert_eq!(ready["store_backend"], backend, "{ready}");
 
     let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
     assert_eq!(stats["users"], 1, "the bootstrap admin");

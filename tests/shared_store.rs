@@ -72,24 +72,9 @@ impl Pair {
 async fn database(prefix: &str) -> Option<String> {
     let name = unique_database(prefix);
     if let Ok(uri) = std::env::var("GORGON_TEST_MONGODB_URI") {
-        return Some(with_database(&uri, &name));
+        return Some(common::mongo::with_database(&uri, &name));
     }
     Some(MongoServer::shared().await?.url_for(&name))
-}
-
-/// `uri` with its path replaced by `/name` (options kept).
-fn with_database(uri: &str, name: &str) -> String {
-    let (scheme, rest) = uri.split_once("://").expect("a mongodb:// URI");
-    let (authority, options) = match rest.split_once('/') {
-        Some((authority, path)) => (
-            authority,
-            path.split_once('?')
-                .map(|(_, o)| format!("?{o}"))
-                .unwrap_or_default(),
-        ),
-        None => (rest, String::new()),
-    };
-    format!("{scheme}://{authority}/{name}{options}")
 }
 
 async fn readyz(http: &Client, base: &str) -> (StatusCode, Value) {

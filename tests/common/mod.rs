@@ -14,6 +14,7 @@ pub mod redis;
 use gorgon::configuration::RunArgs;
 use gorgon::jobs::JobRegistry;
 use gorgon::startup::Node;
+use gorgon::store::StoreUrl;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -40,6 +41,30 @@ pub fn run_args(dir: &std::path::Path, extra: &[&str]) -> RunArgs {
     RunArgs::local(dir, &flags).expect("valid run flags")
 }
 
+/// With `GORGON_TEST_API_STORE=mongodb`, the nodes of these tests keep their data in MongoDB (the
+/// test server, or `GORGON_TEST_MONGODB_URI`) instead of the embedded store: one database per
+/// data directory, so a node started again on the same directory finds its data. `scripts/test.sh`
+/// runs the API, edge and security tests this way too, so that bad input gets the same answers on
+/// both backends.
+async fn shared_store_for(dir: &std::path::Path) -> Option<String> {
+    match std::env::var("GORGON_TEST_API_STORE").as_deref() {
+        Ok("mongodb") => {}
+        Ok("") | Err(_) => return None,
+        Ok(other) => panic!("GORGON_TEST_API_STORE={other}: only mongodb is known"),
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let database = format!("api_{:016x}", hasher.finish());
+    if let Ok(uri) = std::env::var("GORGON_TEST_MONGODB_URI") {
+        return Some(mongo::with_database(&uri, &database));
+    }
+    let server = mongo::MongoServer::shared()
+        .await
+        .expect("GORGON_TEST_API_STORE=mongodb needs secantusd-py (scripts/test.sh installs it)");
+    Some(server.url_for(&database))
+}
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
         Self::spawn_with(&[]).await
@@ -56,9 +81,11 @@ impl TestApp {
 
     /// A node whose app role knows the job kinds of `jobs`.
     pub async fn spawn_jobs(dir: TempDir, extra: &[&str], jobs: JobRegistry) -> TestApp {
-        let node = Node::start_with(run_args(dir.path(), extra), jobs)
-            .await
-            .expect("node starts");
+        let mut args = run_args(dir.path(), extra);
+        if let Some(url) = shared_store_for(dir.path()).await {
+            args.store = Some(StoreUrl::parse(&url).expect("a store URL"));
+        }
+        let node = Node::start_with(args, jobs).await.expect("node starts");
         let addr = node.local_addr().expect("web role listens");
         TestApp {
             base: format!("http://{addr}"),

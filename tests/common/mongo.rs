@@ -298,3 +298,18 @@ impl Drop for MongoServer {
 pub fn unique_database(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
+
+/// `uri` with its path replaced by `/name` (options kept).
+pub fn with_database(uri: &str, name: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").expect("a mongodb:// URI");
+    let (authority, options) = match rest.split_once('/') {
+        Some((authority, path)) => (
+            authority,
+            path.split_once('?')
+                .map(|(_, o)| format!("?{o}"))
+                .unwrap_or_default(),
+        ),
+        None => (rest, String::new()),
+    };
+    format!("{scheme}://{authority}/{name}{options}")
+}
