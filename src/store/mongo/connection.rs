@@ -16,9 +16,10 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::errors::{op, redact, MongoError};
+use super::errors::{op, MongoError};
 use super::search::WORDS_INDEX;
 use crate::error::Result;
+use crate::store::redact::redact;
 
 /// Tunables of the MongoDB backend. The URL's own options (`w`, `retryWrites`,
 /// `serverSelectionTimeoutMS`, `connectTimeoutMS`, `maxPoolSize`, …) take precedence.
