@@ -296,14 +296,17 @@ impl PgServer {
         );
         standby.standby_name = Some(name.clone());
         standby.launch().await;
-        primary
-            .sql(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = '\"{name}\"';
-                 ALTER SYSTEM SET synchronous_commit = 'on';
-                 SELECT pg_reload_conf();"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("make the standby synchronous: {e}"));
+        // One statement each: ALTER SYSTEM refuses to run in a (multi-statement) transaction.
+        for sql in [
+            format!("ALTER SYSTEM SET synchronous_standby_names = '\"{name}\"'"),
+            "ALTER SYSTEM SET synchronous_commit = 'on'".to_string(),
+            "SELECT pg_reload_conf()".to_string(),
+        ] {
+            primary
+                .sql(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("make the standby synchronous ({sql}): {e}"));
+        }
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let state = primary
