@@ -29,8 +29,9 @@ use gorgon::store::{
 };
 use gorgon::Error;
 
-use mongo::{unique_database, MongoServer};
+use mongo::MongoServer;
 use postgres::PgServer;
+use servers::unique_database;
 use shared::{new_item, new_user};
 
 /// The factory, or the end of the test (skipped) when its backend is not there.
@@ -773,7 +774,10 @@ async fn pg_standby_takes_over_when_the_primary_dies() {
         if matches!(&replicated, Ok(Some(title)) if title == "replicated") {
             break;
         }
-        assert!(Instant::now() < deadline, "not on the standby: {replicated:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not on the standby: {replicated:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

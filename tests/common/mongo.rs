@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub use super::servers::unique_database;
 use super::servers::{free_port, spawn_tied_to_process, tools_required};
 
 /// How long a (re)started server may take to answer `ping` (a Python process: about half a

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub use super::servers::unique_database;
-use super::servers::{free_port, spawn_tied_to_process, tools_required};
+use super::servers::{free_port, spawn_tied_to_process, tools_required, unique_database};
 
 /// How long a (re)started server may take to accept connections (crash recovery included).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
