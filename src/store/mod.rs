@@ -7,6 +7,7 @@ mod backend;
 mod checkpointer;
 pub mod mongo;
 mod pool;
+mod pool_metrics;
 pub mod postgres;
 pub mod recent;
 mod redact;

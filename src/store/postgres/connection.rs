@@ -209,17 +209,14 @@ impl Connector {
     /// The figures as metrics (`gorgon_store_pool_*`, as the MongoDB backend's).
     pub fn publish(&self) {
         let stats = self.stats();
-        for (state, n) in [
-            ("open", stats.open),
-            ("in_use", stats.in_use),
-            ("waiting", stats.waiting),
-        ] {
-            metrics::gauge!("gorgon_store_pool_connections", "state" => state).set(n as f64);
-        }
-        metrics::gauge!("gorgon_store_pool_max_per_server").set(stats.max_size as f64);
-        metrics::counter!("gorgon_store_pool_checkout_failures_total")
-            .absolute(stats.connect_failures);
-        metrics::counter!("gorgon_store_pool_cleared_total").absolute(stats.dropped);
+        crate::store::pool_metrics::publish(crate::store::pool_metrics::PoolFigures {
+            open: stats.open as u64,
+            in_use: stats.in_use as u64,
+            waiting: stats.waiting as u64,
+            max: stats.max_size as u64,
+            checkout_failures: stats.connect_failures,
+            cleared: stats.dropped,
+        });
     }
 }
 
