@@ -374,26 +374,6 @@ async fn mongo_redelivered_inserts_store_once() {
     close_all(&stores).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_claims_are_exclusive_across_nodes() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let stores = mongo_nodes(server, 3).await;
-    shared::claims_are_exclusive_across_nodes(&as_stores(&stores)).await;
-    close_all(&stores).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_duplicate_email_is_a_conflict() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let stores = mongo_nodes(server, 2).await;
-    shared::duplicate_email_is_a_conflict(&as_stores(&stores)).await;
-    close_all(&stores).await;
-}
-
 /// The server dies: calls fail with `Unavailable` within the server selection timeout instead
 /// of hanging; it comes back on the same port and data: the same store serves again, with what
 /// was acknowledged before the kill.
@@ -422,26 +402,6 @@ async fn mongo_server_loss_is_unavailable_then_recovers() {
     shared::calls_are_unavailable_within(&store, user.id, timeout + Duration::from_secs(3)).await;
     server.restart().await;
     shared::serves_again(&store, &user, &item, Duration::from_secs(15)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_bulk_load_then_list_and_search() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let store = fresh_mongo_store(&server.url()).await;
-    shared::bulk_load_then_list_and_search(&store).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_search_finds_what_the_embedded_store_finds() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let store = fresh_mongo_store(&server.url()).await;
-    shared::search_finds_what_the_embedded_store_finds(&store).await;
-    store.close().await;
 }
 
 /// The URL's database path names the database; a URL's password never appears in an error.
@@ -475,6 +435,75 @@ async fn mongo_url_names_the_database_and_errors_never_quote_a_password() {
     for text in [format!("{e}"), format!("{e:?}")] {
         assert!(!text.contains(secret), "{text}");
     }
+}
+
+/// One test per shared backend and check of several store nodes on one database (the checks are
+/// in `common/shared_backend.rs`): `name => server type, nodes factory, nodes, check;`.
+macro_rules! nodes_tests {
+    ($($test:ident => $server:ty, $nodes:ident, $count:expr, $check:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(server) = <$server>::shared().await else {
+                return;
+            };
+            let stores = $nodes(server, $count).await;
+            $check(&as_stores(&stores)).await;
+            close_all(&stores).await;
+        }
+    )*};
+}
+
+nodes_tests! {
+    mongo_claims_are_exclusive_across_nodes => MongoServer, mongo_nodes, 3, shared::claims_are_exclusive_across_nodes;
+    mongo_duplicate_email_is_a_conflict => MongoServer, mongo_nodes, 2, shared::duplicate_email_is_a_conflict;
+    pg_claims_are_exclusive_across_nodes => PgServer, pg_nodes, 3, shared::claims_are_exclusive_across_nodes;
+    pg_duplicate_email_is_a_conflict => PgServer, pg_nodes, 2, shared::duplicate_email_is_a_conflict;
+}
+
+/// One test per shared backend and check of one fresh store: `name => server type, fresh store
+/// factory, check;`.
+macro_rules! one_store_tests {
+    ($($test:ident => $server:ty, $fresh:ident, $check:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(server) = <$server>::shared().await else {
+                return;
+            };
+            let store = $fresh(server).await;
+            $check(&store).await;
+            store.close().await;
+        }
+    )*};
+}
+
+one_store_tests! {
+    mongo_bulk_load_then_list_and_search => MongoServer, fresh_mongo_store_on, shared::bulk_load_then_list_and_search;
+    mongo_search_finds_what_the_embedded_store_finds => MongoServer, fresh_mongo_store_on, shared::search_finds_what_the_embedded_store_finds;
+    pg_search_finds_what_the_embedded_store_finds => PgServer, fresh_pg_store, shared::search_finds_what_the_embedded_store_finds;
+}
+
+/// A fresh store in a database of its own on `server`.
+async fn fresh_mongo_store_on(server: &MongoServer) -> MongoStore {
+    fresh_mongo_store(&server.url()).await
+}
+
+/// The PostgreSQL bulk load also leaves the indexes it set aside in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_bulk_load_then_list_and_search() {
+    let Some(server) = PgServer::shared().await else {
+        return;
+    };
+    let store = fresh_pg_store(server).await;
+    shared::bulk_load_then_list_and_search(&store).await;
+    let indexes = server
+        .query_text(
+            store.database(),
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('items_user_newest', 'items_words')",
+        )
+        .await
+        .expect("indexes");
+    assert_eq!(indexes.as_deref(), Some("2"), "the indexes are back");
+    store.close().await;
 }
 
 // --- PostgreSQL ----------------------------------------------------------------------------------
@@ -593,26 +622,6 @@ async fn pg_redelivered_inserts_store_once() {
     close_all(&stores).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_claims_are_exclusive_across_nodes() {
-    let Some(server) = PgServer::shared().await else {
-        return;
-    };
-    let stores = pg_nodes(server, 3).await;
-    shared::claims_are_exclusive_across_nodes(&as_stores(&stores)).await;
-    close_all(&stores).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_duplicate_email_is_a_conflict() {
-    let Some(server) = PgServer::shared().await else {
-        return;
-    };
-    let stores = pg_nodes(server, 2).await;
-    shared::duplicate_email_is_a_conflict(&as_stores(&stores)).await;
-    close_all(&stores).await;
-}
-
 /// Nodes starting together on a new database: each applies the migrations or finds them applied
 /// (the advisory lock makes them take turns), and the schema is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -676,34 +685,6 @@ async fn pg_server_loss_is_unavailable_then_recovers() {
 
     server.restart().await;
     shared::serves_again(&store, &user, &item, Duration::from_secs(15)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_bulk_load_then_list_and_search() {
-    let Some(server) = PgServer::shared().await else {
-        return;
-    };
-    let store = fresh_pg_store(server).await;
-    shared::bulk_load_then_list_and_search(&store).await;
-    let indexes = server
-        .query_text(
-            store.database(),
-            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('items_user_newest', 'items_words')",
-        )
-        .await
-        .expect("indexes");
-    assert_eq!(indexes.as_deref(), Some("2"), "the indexes are back");
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_search_finds_what_the_embedded_store_finds() {
-    let Some(server) = PgServer::shared().await else {
-        return;
-    };
-    let store = fresh_pg_store(server).await;
-    shared::search_finds_what_the_embedded_store_finds(&store).await;
-    store.close().await;
 }
 
 /// A URL's password never appears in an error, whether the server is out of reach or the URL is
