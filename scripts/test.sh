@@ -10,6 +10,10 @@ command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool checks /metrics
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # renders /dashboard
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # Redis mailbox tests
+# PostgreSQL's server programs (initdb, postgres, pg_basebackup, pg_ctl): each test binary makes
+# its own throwaway clusters (tests/common/postgres.rs); the package also creates the `postgres`
+# user the servers run as when the tests run as root (PostgreSQL refuses root).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # A venv for the MongoDB test server (SecantusDB, below).
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -30,6 +34,16 @@ if [ ! -x "$secantus_venv/bin/secantusd-py" ]; then
   "$secantus_venv/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"
 fi
 export GORGON_SECANTUSD="$secantus_venv/bin/secantusd-py"
+
+# Debian keeps the server programs off PATH; the tests look in /usr/lib/postgresql/*/bin, and
+# GORGON_PG_BIN names the newest for them (and for anyone reading this).
+if [ -z "${GORGON_PG_BIN:-}" ]; then
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  if [ -n "$pg_bin" ]; then export GORGON_PG_BIN="$pg_bin"; fi
+fi
+if [ -z "${GORGON_TEST_POSTGRES_URI:-}" ]; then
+  echo "note: GORGON_TEST_POSTGRES_URI is not set: the store contract runs on PostgreSQL against the clusters the tests make only (set it to a postgres:// URL of a server whose user may create databases to run it there too)."
+fi
 
 if [ -z "${GORGON_TEST_MONGODB_URI:-}" ]; then
   echo "note: GORGON_TEST_MONGODB_URI is not set: the store contract runs on MongoDB against SecantusDB only, not against a real MongoDB replica set (set it to a mongodb:// URL of one to run it there too)."

@@ -12,9 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use common::mongo::{unique_database, MongoServer};
+use common::mongo::MongoServer;
 use common::process::GorgonProcess;
 use common::redis::{Fsync, RedisServer};
+use common::servers::unique_database;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 

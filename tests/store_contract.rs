@@ -1,25 +1,38 @@
 //! Runs the store contract (`tests/common/contract.rs`) against every backend present, and tests
-//! what is particular to the embedded store and to the MongoDB store. The embedded store is always
-//! present; MongoDB runs against a SecantusDB server the tests start (see `common/mongo.rs`;
-//! skipped when it is not installed, a failure under `GORGON_REQUIRE_TOOLS`), and also against
-//! `GORGON_TEST_MONGODB_URI` when that is set (a real replica set). A backend joins the contract
-//! with one line in `contract_tests!` below, naming a factory of fresh, empty stores.
+//! what is particular to the embedded store and to the shared stores. The embedded store is always
+//! present; MongoDB runs against a SecantusDB server the tests start (see `common/mongo.rs`), and
+//! PostgreSQL against a throwaway cluster of Debian's server (see `common/postgres.rs`), each
+//! skipped when not installed (a failure under `GORGON_REQUIRE_TOOLS`); both also run against
+//! `GORGON_TEST_MONGODB_URI` / `GORGON_TEST_POSTGRES_URI` when set (a real replica set, a real
+//! server). A backend joins the contract with one line in `contract_tests!` below, naming a
+//! factory of fresh, empty stores; the shared backends' own checks are in
+//! `common/shared_backend.rs`, run here for each.
 
 #[path = "common/contract.rs"]
 mod contract;
 #[path = "common/mongo.rs"]
 mod mongo;
+#[path = "common/postgres.rs"]
+mod postgres;
+#[path = "common/servers.rs"]
+mod servers;
+#[path = "common/shared_backend.rs"]
+mod shared;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gorgon::domain::{new_id, now, Email, Extra, Item, NewItem, NewUser, Page, UserName};
-use gorgon::store::{BulkLoad, MongoOptions, MongoStore, SqliteOptions, SqliteStore, Store};
+use gorgon::store::{
+    MongoOptions, MongoStore, PgOptions, PgStore, SqliteOptions, SqliteStore, Store,
+};
 use gorgon::Error;
 
-use mongo::{unique_database, MongoServer};
+use mongo::MongoServer;
+use postgres::PgServer;
+use servers::unique_database;
+use shared::{new_item, new_user};
 
 /// The factory, or the end of the test (skipped) when its backend is not there.
 macro_rules! or_skip {
@@ -35,6 +48,8 @@ contract::contract_tests! {
     embedded_store_passes_the_contract => embedded_stores(),
     mongo_store_passes_the_contract => or_skip!(mongo_stores().await),
     mongo_uri_store_passes_the_contract => or_skip!(external_mongo_stores()),
+    postgres_store_passes_the_contract => or_skip!(pg_stores().await),
+    postgres_uri_store_passes_the_contract => or_skip!(external_pg_stores().await),
 }
 
 /// Fresh embedded stores, each in a temporary directory of its own; the directories go when the
@@ -244,42 +259,63 @@ fn external_mongo_url() -> Option<String> {
     Some(format!("{scheme}://{authority}/?{}", options.join("&")))
 }
 
+type DropFuture = Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error>>>>>;
+
+/// The databases a factory of stores on an external server made, dropped when the factory goes.
+struct DropDatabases {
+    url: String,
+    names: Arc<parking_lot::Mutex<Vec<String>>>,
+    /// Which variable named the server, for the message when dropping fails.
+    variable: &'static str,
+    drop_one: fn(String, String) -> DropFuture,
+}
+
+impl Drop for DropDatabases {
+    /// On a thread with a runtime of its own: the test's runtime is inside this drop.
+    fn drop(&mut self) {
+        let (url, names) = (self.url.clone(), std::mem::take(&mut *self.names.lock()));
+        let drop_one = self.drop_one;
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                for name in names {
+                    drop_one(url.clone(), name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the contract's databases on {}",
+                self.variable
+            );
+        }
+    }
+}
+
 /// Fresh stores on the deployment at `GORGON_TEST_MONGODB_URI`, each in a database of its own;
 /// the databases are dropped when the factory goes.
 fn external_mongo_stores() -> Option<impl Fn() -> StoreFuture> {
-    struct DropDatabases {
-        url: String,
-        names: Arc<parking_lot::Mutex<Vec<String>>>,
-    }
-    impl Drop for DropDatabases {
-        /// On a thread with a runtime of its own: the test's runtime is inside this drop.
-        fn drop(&mut self) {
-            let (url, names) = (self.url.clone(), std::mem::take(&mut *self.names.lock()));
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async {
-                    for name in names {
-                        let store = MongoStore::connect(&url, mongo_options(&name)).await?;
-                        store.drop_database().await?;
-                        store.close().await;
-                    }
-                    Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-                })?;
-                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop the contract's databases on GORGON_TEST_MONGODB_URI");
-            }
-        }
-    }
     let url = external_mongo_url()?;
     let names = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let guard = DropDatabases {
         url: url.clone(),
         names: names.clone(),
+        variable: "GORGON_TEST_MONGODB_URI",
+        drop_one: |url, name| {
+            Box::pin(async move {
+                let store = MongoStore::connect(&url, mongo_options(&name)).await?;
+                store.drop_database().await?;
+                store.close().await;
+                Ok(())
+            })
+        },
     };
     Some(move || {
         let _keep_until_the_factory_goes = &guard;
@@ -292,59 +328,37 @@ fn external_mongo_stores() -> Option<impl Fn() -> StoreFuture> {
     })
 }
 
-fn new_user(email: &str) -> NewUser {
-    NewUser {
-        id: new_id(),
-        name: UserName::parse("Ada").expect("name"),
-        email: Email::parse(email).expect("email"),
-        group: 1,
-        admin: false,
-        extra: Extra::default(),
-        password_hash: "phc-hash".into(),
-        created_at: now(),
+/// The stores of `nodes` MongoDB store nodes on one fresh database.
+async fn mongo_nodes(server: &MongoServer, nodes: usize) -> Vec<Arc<MongoStore>> {
+    let first = fresh_mongo_store(&server.url()).await;
+    let database = first.database().to_string();
+    let mut stores = vec![Arc::new(first)];
+    while stores.len() < nodes {
+        let node = MongoStore::connect(&server.url(), mongo_options(&database))
+            .await
+            .expect("node");
+        stores.push(Arc::new(node));
+    }
+    stores
+}
+
+fn as_stores<S: Store>(stores: &[Arc<S>]) -> Vec<Arc<dyn Store>> {
+    stores.iter().map(|s| s.clone() as Arc<dyn Store>).collect()
+}
+
+async fn close_all<S: Store>(stores: &[Arc<S>]) {
+    for store in stores {
+        store.close().await;
     }
 }
 
-fn new_item(user_id: uuid::Uuid, title: &str, body: &str) -> Item {
-    NewItem {
-        title: title.into(),
-        body: body.into(),
-        ..Default::default()
-    }
-    .into_item(new_id(), user_id, now())
-}
-
-/// A redelivered insert (the same item, the same user) racing itself from several nodes: every
-/// delivery answers with the one stored document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_redelivered_inserts_store_once() {
     let Some(server) = MongoServer::shared().await else {
         return;
     };
-    let first = fresh_mongo_store(&server.url()).await;
-    let database = first.database().to_string();
-    let second = MongoStore::connect(&server.url(), mongo_options(&database))
-        .await
-        .expect("second node");
-    let stores: Vec<Arc<MongoStore>> = vec![Arc::new(first), Arc::new(second)];
-    let user = new_user("redelivered@example.com");
-    let item = new_item(user.id, "once", "only once");
-    let tasks: Vec<_> = (0..8)
-        .map(|n| {
-            let (store, user, item) = (stores[n % 2].clone(), user.clone(), item.clone());
-            tokio::spawn(async move {
-                let stored_user = store.insert_user(user).await.expect("user");
-                let stored_item = store.insert_item(item).await.expect("item");
-                (stored_user.id, stored_item)
-            })
-        })
-        .collect();
-    for task in tasks {
-        let (user_id, stored) = task.await.expect("task");
-        assert_eq!(user_id, user.id);
-        assert_eq!(stored, item);
-    }
-    assert_eq!(stores[0].counts().await.expect("counts"), (1, 1));
+    let stores = mongo_nodes(server, 2).await;
+    shared::redelivered_inserts_store_once(&as_stores(&stores)).await;
     // Pool figures: connections were opened, and all are handed back once calls are done
     // (a check-in may follow its answer by a moment).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -357,114 +371,7 @@ async fn mongo_redelivered_inserts_store_once() {
     };
     assert_eq!(pool.max_per_server, 10);
     assert!(pool.open >= 1 && pool.in_use == 0, "{pool:?}");
-    for store in &stores {
-        store.close().await;
-    }
-}
-
-/// Claimers on several nodes at once never get the same job, and together claim every job.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_claims_are_exclusive_across_nodes() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let first = fresh_mongo_store(&server.url()).await;
-    let database = first.database().to_string();
-    let mut stores = vec![Arc::new(first)];
-    for _ in 0..2 {
-        let node = MongoStore::connect(&server.url(), mongo_options(&database))
-            .await
-            .expect("node");
-        stores.push(Arc::new(node));
-    }
-    let owner = stores[0]
-        .insert_user(new_user("claims@example.com"))
-        .await
-        .expect("user");
-    let mut ids = Vec::new();
-    for n in 0..60 {
-        let job = gorgon::domain::NewJob {
-            id: new_id(),
-            user_id: owner.id,
-            kind: "hash".into(),
-            payload: serde_json::json!({ "n": n }),
-            idempotency_key: None,
-            created_at: now(),
-            max_unfinished: None,
-        };
-        ids.push(stores[0].insert_job(job).await.expect("job").0.id);
-    }
-    let claimers: Vec<_> = (0..9)
-        .map(|n| {
-            let store = stores[n % stores.len()].clone();
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                loop {
-                    let claimed = store
-                        .claim_jobs(Duration::from_secs(60), 3)
-                        .await
-                        .expect("claim");
-                    if claimed.is_empty() {
-                        return mine;
-                    }
-                    mine.extend(claimed.into_iter().map(|j| j.id));
-                }
-            })
-        })
-        .collect();
-    let mut claimed = Vec::new();
-    for claimer in claimers {
-        claimed.extend(claimer.await.expect("claimer"));
-    }
-    let total = claimed.len();
-    claimed.sort();
-    claimed.dedup();
-    assert_eq!(claimed.len(), total, "a job was claimed twice");
-    ids.sort();
-    assert_eq!(claimed, ids, "every job claimed once");
-    for store in &stores {
-        store.close().await;
-    }
-}
-
-/// One address, registered from several nodes at once: one account, the rest `Conflict`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_duplicate_email_is_a_conflict() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let first = fresh_mongo_store(&server.url()).await;
-    let database = first.database().to_string();
-    let second = MongoStore::connect(&server.url(), mongo_options(&database))
-        .await
-        .expect("second node");
-    let stores = [Arc::new(first), Arc::new(second)];
-    let tasks: Vec<_> = (0..8)
-        .map(|n| {
-            let store = stores[n % 2].clone();
-            // Half of them a look-alike (dotless i) of the same address.
-            let email = if n % 4 == 3 {
-                "al\u{0131}ce@example.com"
-            } else {
-                "alice@example.com"
-            };
-            let user = new_user(email);
-            tokio::spawn(async move { store.insert_user(user).await })
-        })
-        .collect();
-    let mut created = 0;
-    for task in tasks {
-        match task.await.expect("task") {
-            Ok(_) => created += 1,
-            Err(Error::Conflict(_)) => {}
-            Err(other) => panic!("expected Conflict, got {other:?}"),
-        }
-    }
-    assert_eq!(created, 1, "one account per address");
-    assert_eq!(stores[0].counts().await.expect("counts").0, 1);
-    for store in &stores {
-        store.close().await;
-    }
+    close_all(&stores).await;
 }
 
 /// The server dies: calls fail with `Unavailable` within the server selection timeout instead
@@ -491,179 +398,10 @@ async fn mongo_server_loss_is_unavailable_then_recovers() {
         .insert_item(new_item(user.id, "kept", "acknowledged before the kill"))
         .await
         .expect("item");
-
     server.kill();
-    for call in ["ping", "get_user", "insert_item"] {
-        let started = Instant::now();
-        let result = match call {
-            "ping" => store.ping().await,
-            "get_user" => store.get_user(user.id).await.map(|_| ()),
-            _ => store
-                .insert_item(new_item(user.id, "lost", ""))
-                .await
-                .map(|_| ()),
-        };
-        let took = started.elapsed();
-        assert!(
-            matches!(result, Err(Error::Unavailable(_))),
-            "{call} with the server down: {result:?}"
-        );
-        assert!(
-            took < timeout + Duration::from_secs(3),
-            "{call} took {took:?} to fail (server selection timeout {timeout:?})"
-        );
-    }
-
+    shared::calls_are_unavailable_within(&store, user.id, timeout + Duration::from_secs(3)).await;
     server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while store.ping().await.is_err() {
-        assert!(Instant::now() < deadline, "the store did not recover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(store.get_user(user.id).await.expect("user kept"), user);
-    assert_eq!(store.get_item(item.id).await.expect("item kept"), item);
-    store
-        .insert_item(new_item(user.id, "after", "the restart"))
-        .await
-        .expect("writes again");
-    store.close().await;
-    assert!(matches!(store.ping().await, Err(Error::Unavailable(_))));
-}
-
-/// A bulk load into an empty store (items arriving out of order, in several calls) leaves
-/// listings and search as if each item had been inserted alone, with every index in place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_bulk_load_then_list_and_search() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let store = fresh_mongo_store(&server.url()).await;
-    let users: Vec<NewUser> = (0..5)
-        .map(|n| new_user(&format!("bulk{n}@example.com")))
-        .collect();
-    let mut items: Vec<(u64, Item)> = (0..600u64)
-        .map(|n| {
-            let user = &users[n as usize % users.len()];
-            let word = if n % 3 == 0 { "lantern" } else { "pebble" };
-            (
-                n,
-                new_item(user.id, &format!("bulk {n}"), &format!("a {word} here")),
-            )
-        })
-        .collect();
-    store.begin_bulk(items.len() as u64).await.expect("begin");
-    store.bulk_users(users.clone()).await.expect("users");
-    items.reverse();
-    for chunk in items.chunks(250) {
-        store.bulk_items(chunk.to_vec()).await.expect("items");
-    }
-    // Reads during the load work without the indexes set aside (more slowly).
-    let during = store
-        .list_user_items(users[1].id, Page::new(5, 0))
-        .await
-        .expect("list during the load");
-    assert_eq!(during.len(), 5);
-    store.finish_bulk().await.expect("finish");
-    assert_eq!(store.counts().await.expect("counts"), (5, 600));
-
-    let mut expected: Vec<uuid::Uuid> = items
-        .iter()
-        .filter(|(_, i)| i.user_id == users[0].id)
-        .map(|(_, i)| i.id)
-        .collect();
-    expected.sort();
-    expected.reverse();
-    let listed: Vec<uuid::Uuid> = store
-        .list_user_items(users[0].id, Page::new(500, 0))
-        .await
-        .expect("list")
-        .iter()
-        .map(|i| i.id)
-        .collect();
-    assert_eq!(listed, expected, "newest first");
-    let found = store
-        .search_items("LANTERN here", Page::new(500, 0))
-        .await
-        .expect("search");
-    assert_eq!(found.len(), 200);
-    assert!(found.windows(2).all(|w| w[0].id > w[1].id), "newest first");
-    let credentials = store
-        .get_credentials("bulk3@example.com")
-        .await
-        .expect("a loaded user logs in");
-    assert_eq!(credentials.user.id, users[3].id);
-    store.close().await;
-}
-
-/// Both backends find the same items for the same searches: one tokenizer, words folded as the
-/// embedded store's index folds them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_search_finds_what_the_embedded_store_finds() {
-    let Some(server) = MongoServer::shared().await else {
-        return;
-    };
-    let mongo = fresh_mongo_store(&server.url()).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let embedded = SqliteStore::open(dir.path(), Default::default()).expect("open");
-    let stores: [&dyn Store; 2] = [&mongo, &embedded];
-    let user = new_user("words@example.com");
-    let texts = [
-        ("Crème brûlée", "dessert, café-style", vec!["French"]),
-        ("Cafe au lait", "Milk & coffee; 42 cups", vec!["drinks"]),
-        (
-            "Ünïcode test",
-            "snake_case and CamelCase x2",
-            vec!["dev-tools"],
-        ),
-        ("Hello, World!", "don't panic", vec![]),
-    ];
-    let items: Vec<Item> = texts
-        .iter()
-        .map(|(title, body, keywords)| Item {
-            keywords: keywords.iter().map(|k| k.to_lowercase()).collect(),
-            ..new_item(user.id, title, body)
-        })
-        .collect();
-    for store in stores {
-        store.insert_user(user.clone()).await.expect("user");
-        for item in &items {
-            store.insert_item(item.clone()).await.expect("item");
-        }
-    }
-    let queries = [
-        "creme",
-        "crème",
-        "CAFE",
-        "café style",
-        "42",
-        "unicode",
-        "ÜNÏCODE",
-        "snake",
-        "case",
-        "camelcase",
-        "x2",
-        "dev tools",
-        "don",
-        "t",
-        "hello world",
-        "french",
-        "milk coffee",
-        "missing",
-    ];
-    for query in queries {
-        let ids = |found: Vec<Item>| found.iter().map(|i| i.id).collect::<Vec<_>>();
-        let from_mongo = ids(mongo
-            .search_items(query, Page::new(10, 0))
-            .await
-            .expect("mongo"));
-        let from_embedded = ids(embedded
-            .search_items(query, Page::new(10, 0))
-            .await
-            .expect("embedded"));
-        assert_eq!(from_mongo, from_embedded, "search {query:?}");
-    }
-    mongo.close().await;
-    embedded.close().await;
+    shared::serves_again(&store, &user, &item, Duration::from_secs(15)).await;
 }
 
 /// The URL's database path names the database; a URL's password never appears in an error.
@@ -697,4 +435,354 @@ async fn mongo_url_names_the_database_and_errors_never_quote_a_password() {
     for text in [format!("{e}"), format!("{e:?}")] {
         assert!(!text.contains(secret), "{text}");
     }
+}
+
+/// One test per shared backend and check of several store nodes on one database (the checks are
+/// in `common/shared_backend.rs`): `name => server type, nodes factory, nodes, check;`.
+macro_rules! nodes_tests {
+    ($($test:ident => $server:ty, $nodes:ident, $count:expr, $check:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(server) = <$server>::shared().await else {
+                return;
+            };
+            let stores = $nodes(server, $count).await;
+            $check(&as_stores(&stores)).await;
+            close_all(&stores).await;
+        }
+    )*};
+}
+
+nodes_tests! {
+    mongo_claims_are_exclusive_across_nodes => MongoServer, mongo_nodes, 3, shared::claims_are_exclusive_across_nodes;
+    mongo_duplicate_email_is_a_conflict => MongoServer, mongo_nodes, 2, shared::duplicate_email_is_a_conflict;
+    pg_claims_are_exclusive_across_nodes => PgServer, pg_nodes, 3, shared::claims_are_exclusive_across_nodes;
+    pg_duplicate_email_is_a_conflict => PgServer, pg_nodes, 2, shared::duplicate_email_is_a_conflict;
+}
+
+/// One test per shared backend and check of one fresh store: `name => server type, fresh store
+/// factory, check;`.
+macro_rules! one_store_tests {
+    ($($test:ident => $server:ty, $fresh:ident, $check:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(server) = <$server>::shared().await else {
+                return;
+            };
+            let store = $fresh(server).await;
+            $check(&store).await;
+            store.close().await;
+        }
+    )*};
+}
+
+one_store_tests! {
+    mongo_bulk_load_then_list_and_search => MongoServer, fresh_mongo_store_on, shared::bulk_load_then_list_and_search;
+    mongo_search_finds_what_the_embedded_store_finds => MongoServer, fresh_mongo_store_on, shared::search_finds_what_the_embedded_store_finds;
+    pg_search_finds_what_the_embedded_store_finds => PgServer, fresh_pg_store, shared::search_finds_what_the_embedded_store_finds;
+}
+
+/// A fresh store in a database of its own on `server`.
+async fn fresh_mongo_store_on(server: &MongoServer) -> MongoStore {
+    fresh_mongo_store(&server.url()).await
+}
+
+/// The PostgreSQL bulk load also leaves the indexes it set aside in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_bulk_load_then_list_and_search() {
+    let Some(server) = PgServer::shared().await else {
+        return;
+    };
+    let store = fresh_pg_store(server).await;
+    shared::bulk_load_then_list_and_search(&store).await;
+    let indexes = server
+        .query_text(
+            store.database(),
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('items_user_newest', 'items_words')",
+        )
+        .await
+        .expect("indexes");
+    assert_eq!(indexes.as_deref(), Some("2"), "the indexes are back");
+    store.close().await;
+}
+
+// --- PostgreSQL ----------------------------------------------------------------------------------
+
+/// Options for test stores: small pools (many stores share one server), quick connect timeouts.
+fn pg_options() -> PgOptions {
+    PgOptions {
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(2),
+        ..PgOptions::default()
+    }
+}
+
+/// A fresh store in a database of its own on `server`.
+async fn fresh_pg_store(server: &PgServer) -> PgStore {
+    let database = server.fresh_database("gorgon_contract").await;
+    PgStore::connect(&server.url_for(&database), pg_options())
+        .await
+        .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"))
+}
+
+/// Fresh PostgreSQL stores on the test binary's one server, each in a database of its own.
+async fn pg_stores() -> Option<impl Fn() -> StoreFuture> {
+    let server = PgServer::shared().await?;
+    Some(move || {
+        Box::pin(async move { Arc::new(fresh_pg_store(server).await) as Arc<dyn Store> })
+            as StoreFuture
+    })
+}
+
+/// `url` (a `postgres://` URL) naming database `database` instead of its own.
+fn pg_url_with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let authority = before_query.split('/').next().unwrap_or(before_query);
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+/// Fresh stores on the server at `GORGON_TEST_POSTGRES_URI` (whose user may create databases),
+/// each in a database of its own; the databases are dropped when the factory goes.
+async fn external_pg_stores() -> Option<impl Fn() -> StoreFuture> {
+    let uri = std::env::var("GORGON_TEST_POSTGRES_URI")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let Some(uri) = uri else {
+        eprintln!(
+            "skipped: GORGON_TEST_POSTGRES_URI is not set (a PostgreSQL server to test against)"
+        );
+        return None;
+    };
+    let names = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let guard = DropDatabases {
+        url: uri.clone(),
+        names: names.clone(),
+        variable: "GORGON_TEST_POSTGRES_URI",
+        drop_one: |url, name| {
+            Box::pin(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await?;
+                Ok(())
+            })
+        },
+    };
+    Some(move || {
+        let _keep_until_the_factory_goes = &guard;
+        let (uri, names) = (uri.clone(), names.clone());
+        Box::pin(async move {
+            let name = unique_database("gorgon_contract");
+            let (client, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+                .await
+                .expect("connect to GORGON_TEST_POSTGRES_URI");
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("CREATE DATABASE on GORGON_TEST_POSTGRES_URI");
+            names.lock().push(name.clone());
+            let store = PgStore::connect(&pg_url_with_database(&uri, &name), pg_options())
+                .await
+                .unwrap_or_else(|e| panic!("connect to GORGON_TEST_POSTGRES_URI: {e}"));
+            Arc::new(store) as Arc<dyn Store>
+        }) as StoreFuture
+    })
+}
+
+/// The stores of `nodes` PostgreSQL store nodes on one fresh database.
+async fn pg_nodes(server: &PgServer, nodes: usize) -> Vec<Arc<PgStore>> {
+    let url = server.url_for(&server.fresh_database("gorgon_nodes").await);
+    let mut stores = Vec::new();
+    for _ in 0..nodes {
+        let node = PgStore::connect(&url, pg_options()).await.expect("node");
+        stores.push(Arc::new(node));
+    }
+    stores
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_redelivered_inserts_store_once() {
+    let Some(server) = PgServer::shared().await else {
+        return;
+    };
+    let stores = pg_nodes(server, 2).await;
+    shared::redelivered_inserts_store_once(&as_stores(&stores)).await;
+    // Pool figures: connections were opened, all are handed back, none failed.
+    let pool = stores[0].pool_stats();
+    assert_eq!(pool.max_size, 4);
+    assert!(pool.open >= 1 && pool.in_use == 0, "{pool:?}");
+    assert!(pool.reachable && pool.connect_failures == 0, "{pool:?}");
+    close_all(&stores).await;
+}
+
+/// Nodes starting together on a new database: each applies the migrations or finds them applied
+/// (the advisory lock makes them take turns), and the schema is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_nodes_starting_at_once_migrate_once() {
+    let Some(server) = PgServer::shared().await else {
+        return;
+    };
+    let database = server.fresh_database("gorgon_migrate").await;
+    let url = server.url_for(&database);
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url, pg_options()).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(Arc::new(start.await.expect("task").expect("connect")));
+    }
+    let versions = server
+        .query_text(
+            &database,
+            "SELECT count(*) || ':' || max(version) FROM gorgon_schema",
+        )
+        .await
+        .expect("schema table");
+    assert_eq!(versions.as_deref(), Some("1:1"));
+    assert_eq!(stores[3].backend(), "postgres");
+    close_all(&stores).await;
+}
+
+/// The server dies: calls fail with `Unavailable` promptly (at once while the last connection
+/// attempt failed under a second ago) instead of hanging; it comes back on the same port and data
+/// (crash recovery): the same store serves again, with what was acknowledged before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_server_loss_is_unavailable_then_recovers() {
+    let Some(mut server) = PgServer::start_or_skip().await else {
+        return;
+    };
+    let database = server.fresh_database("gorgon_recovery").await;
+    let store = PgStore::connect(&server.url_for(&database), pg_options())
+        .await
+        .expect("connect");
+    let user = store
+        .insert_user(new_user("survivor@example.com"))
+        .await
+        .expect("user");
+    let item = store
+        .insert_item(new_item(user.id, "kept", "acknowledged before the kill"))
+        .await
+        .expect("item");
+
+    server.kill();
+    shared::calls_are_unavailable_within(&store, user.id, Duration::from_secs(3)).await;
+    // Known down: told at once, without a connection attempt.
+    let started = Instant::now();
+    assert!(matches!(store.ping().await, Err(Error::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    let pool = store.pool_stats();
+    assert!(!pool.reachable && pool.connect_failures >= 1, "{pool:?}");
+
+    server.restart().await;
+    shared::serves_again(&store, &user, &item, Duration::from_secs(15)).await;
+}
+
+/// A URL's password never appears in an error, whether the server is out of reach or the URL is
+/// malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_errors_never_quote_a_password() {
+    let secret = "hunter2-secret";
+    // Nobody listens on port 1: unreachable, told promptly.
+    let unreachable = format!("postgres://gorgon:{secret}@127.0.0.1:1/app?connect_timeout=1");
+    let started = Instant::now();
+    let e = PgStore::connect(&unreachable, PgOptions::default())
+        .await
+        .expect_err("no server");
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for text in [format!("{e}"), format!("{e:?}")] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    let malformed = format!("postgres://gorgon:{secret}@127.0.0.1:notaport/app?sslmode=nonsense");
+    let e = PgStore::connect(&malformed, PgOptions::default())
+        .await
+        .expect_err("a bad URL");
+    assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    for text in [format!("{e}"), format!("{e:?}")] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+/// The harness's failover pieces, and the store across a failover: a primary with a synchronous
+/// standby; a write acknowledged by the primary; the primary killed (`kill -9`); the standby
+/// promoted; the same store, on a URL naming both hosts, reads the write on the new primary and
+/// writes there, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_standby_takes_over_when_the_primary_dies() {
+    let Some(mut primary) = PgServer::start_or_skip().await else {
+        return;
+    };
+    let database = primary.fresh_database("gorgon_failover").await;
+    let standby = PgServer::start_standby_of(&primary).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{database}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let store = PgStore::connect(&url, pg_options()).await.expect("connect");
+    let user = store
+        .insert_user(new_user("failover@example.com"))
+        .await
+        .expect("user");
+    let item = store
+        .insert_item(new_item(
+            user.id,
+            "replicated",
+            "acknowledged by the primary",
+        ))
+        .await
+        .expect("item");
+    // Synchronous (`synchronous_commit = on`): in the standby's log once acknowledged; visible
+    // there once replayed, a moment later (promotion replays all of it first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let replicated = standby
+            .query_text(
+                &database,
+                &format!("SELECT title FROM items WHERE id = '{}'", item.id),
+            )
+            .await;
+        if matches!(&replicated, Ok(Some(title)) if title == "replicated") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not on the standby: {replicated:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    primary.kill();
+    // While no server takes writes: a clean Unavailable, never a hang.
+    let result = store.insert_item(new_item(user.id, "lost", "")).await;
+    assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
+    standby.promote().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.ping().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not find the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.get_item(item.id).await.expect("the write survived"),
+        item
+    );
+    store
+        .insert_item(new_item(user.id, "after", "the failover"))
+        .await
+        .expect("writes on the new primary");
+    assert_eq!(store.counts().await.expect("counts"), (1, 2));
+    store.close().await;
 }

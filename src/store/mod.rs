@@ -7,9 +7,13 @@ mod backend;
 mod checkpointer;
 pub mod mongo;
 mod pool;
+mod pool_metrics;
+pub mod postgres;
 pub mod recent;
+mod redact;
 mod search_build;
 pub mod sqlite;
+mod words;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,6 +27,7 @@ use crate::error::Result;
 
 pub use backend::{Backend, SharedKind, StoreUrl};
 pub use mongo::{MongoOptions, MongoStore};
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreError};
 
 /// A user together with what is needed to check their password.
@@ -108,7 +113,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>>;
     /// Deletes done and dead jobs last changed before `before`; returns how many.
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
-    /// Its name in `/readyz` and the cluster table: "embedded", "mongodb".
+    /// Its name in `/readyz` and the cluster table: "embedded", "mongodb", "postgres".
     fn backend(&self) -> &'static str;
     /// Cheap round trip proving the backend answers (readiness).
     async fn ping(&self) -> Result<()>;

@@ -8,8 +8,10 @@
 
 pub mod cluster;
 pub mod mongo;
+pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod servers;
 
 use gorgon::configuration::RunArgs;
 use gorgon::jobs::JobRegistry;

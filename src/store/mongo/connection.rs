@@ -16,9 +16,10 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::errors::{op, redact, MongoError};
+use super::errors::{op, MongoError};
 use super::search::WORDS_INDEX;
 use crate::error::Result;
+use crate::store::redact::redact;
 
 /// Tunables of the MongoDB backend. The URL's own options (`w`, `retryWrites`,
 /// `serverSelectionTimeoutMS`, `connectTimeoutMS`, `maxPoolSize`, …) take precedence.
@@ -151,17 +152,14 @@ impl PoolCounters {
     /// The figures as metrics (`gorgon_store_pool_*`), next to the store's latency per operation.
     fn publish(&self) {
         let stats = self.stats();
-        for (state, n) in [
-            ("open", stats.open),
-            ("in_use", stats.in_use),
-            ("waiting", stats.waiting),
-        ] {
-            metrics::gauge!("gorgon_store_pool_connections", "state" => state).set(n as f64);
-        }
-        metrics::gauge!("gorgon_store_pool_max_per_server").set(stats.max_per_server as f64);
-        metrics::counter!("gorgon_store_pool_checkout_failures_total")
-            .absolute(stats.checkout_failures);
-        metrics::counter!("gorgon_store_pool_cleared_total").absolute(stats.cleared);
+        crate::store::pool_metrics::publish(crate::store::pool_metrics::PoolFigures {
+            open: stats.open,
+            in_use: stats.in_use,
+            waiting: stats.waiting,
+            max: u64::from(stats.max_per_server),
+            checkout_failures: stats.checkout_failures,
+            cleared: stats.cleared,
+        });
     }
 
     pub fn stats(&self) -> PoolStats {

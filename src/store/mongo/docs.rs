@@ -12,10 +12,10 @@ use mongodb::bson::{doc, Binary, Bson, Document};
 use uuid::Uuid;
 
 use super::errors::MongoError;
-use super::search::item_words;
 use crate::domain::{
     from_millis, to_millis, Extra, Item, Job, JobState, Location, NewUser, TokenHash, User,
 };
+use crate::store::words::item_words;
 
 pub(super) fn uuid(id: Uuid) -> Bson {
     Bson::Binary(Binary {

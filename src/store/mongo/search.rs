@@ -5,31 +5,20 @@
 //! Why not `$text`: a text index answers by relevance, so newest-first (the order the API
 //! promises) means sorting every match; the compound multikey index walks one word's entries
 //! already in `_id` order and stops after a page. Words are cut with the same tokenizer as
-//! queries ([`words_of`]) and folded like the embedded store's index ([`fold`]), so both backends
-//! find the same items.
-
-use std::collections::BTreeSet;
+//! queries and folded like the embedded store's index ([`crate::store::words`]), so both
+//! backends find the same items.
 
 use mongodb::bson::{doc, Document};
 use mongodb::Collection;
 
 use super::docs::{item_from, uuid};
 use super::pages::find_page;
-use crate::domain::search::{fold, words_of};
 use crate::domain::{Item, Page, SearchQuery};
 use crate::error::Result;
+use crate::store::words::query_words;
 
 /// The name of the search index.
 pub(super) const WORDS_INDEX: &str = "words_newest";
-
-/// What an item is found by: the distinct folded words of its title, body and keywords.
-pub(super) fn item_words(item: &Item) -> Vec<String> {
-    let texts = [item.title.as_str(), item.body.as_str()]
-        .into_iter()
-        .chain(item.keywords.iter().map(String::as_str));
-    let words: BTreeSet<String> = texts.flat_map(words_of).map(|w| fold(&w)).collect();
-    words.into_iter().collect()
-}
 
 /// Items holding every word of `query`, newest first.
 pub(super) async fn search_items(
@@ -38,11 +27,8 @@ pub(super) async fn search_items(
     page: Page,
 ) -> Result<Vec<Item>> {
     let query = SearchQuery::parse(query)?;
-    let words: BTreeSet<String> = query.words().iter().map(|w| fold(w)).collect();
-    // Longest first: the index scan is bounded by one of the words, and a long word is likely
-    // a rare one (fewer entries to walk than "the").
-    let mut words: Vec<String> = words.into_iter().collect();
-    words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
+    // Longest first: the index scan is bounded by one of the words.
+    let words = query_words(&query);
     // One word is an equality: the index's range for that word, already newest first. More
     // words walk the longest word's range and check the others per document.
     let mut filter = match words.as_slice() {
