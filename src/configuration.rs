@@ -12,7 +12,7 @@ use crate::actors::provider::ProviderConfig;
 use crate::bus::{BusConfig, Role};
 use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
-use crate::store::{Backend, MongoOptions, SqliteOptions, StoreUrl};
+use crate::store::{Backend, BackendOptions, MongoOptions, PgOptions, SqliteOptions, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,8 +103,9 @@ pub struct RunArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
     pub data: PathBuf,
-    /// A shared store instead of the embedded one: `mongodb://[user:password@]host[:port][,…]/database[?options]`
-    /// (any number of nodes may run the store role on it).
+    /// A shared store instead of the embedded one (any number of nodes may run the store role on
+    /// it): `mongodb://[user:password@]host[:port][,…]/database[?options]` or
+    /// `postgres://[user:password@]host[:port][,…]/database[?target_session_attrs=read-write]`.
     #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
     pub store: Option<StoreUrl>,
     /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS): roles that are
@@ -722,11 +723,18 @@ impl RunArgs {
         Backend::choose(self.store.as_ref(), &self.data)
     }
 
-    /// The MongoDB store's settings (the URL's own options win).
-    pub fn mongo_options(&self) -> MongoOptions {
-        MongoOptions {
-            server_selection_timeout: self.tuning.store_wait,
-            ..MongoOptions::default()
+    /// The store's settings, for whichever backend `--store` names (the URL's own options win).
+    pub fn store_options(&self) -> BackendOptions {
+        BackendOptions {
+            sqlite: self.sqlite_options(),
+            mongo: MongoOptions {
+                server_selection_timeout: self.tuning.store_wait,
+                ..MongoOptions::default()
+            },
+            postgres: PgOptions {
+                connect_timeout: self.tuning.store_wait,
+                ..PgOptions::default()
+            },
         }
     }
 

@@ -59,16 +59,13 @@ pub(crate) fn progress(total: u64, what: &str, quiet: bool) -> ProgressBar {
 /// Opens the store (`args.store`, else the embedded store in `args.data`) and loads it.
 pub async fn run(args: SeedArgs) -> anyhow::Result<SeedReport> {
     let backend = Backend::choose(args.store.as_ref(), &args.data);
-    let store = backend
-        .open(Default::default(), Default::default())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the {} store at {}",
-                backend.name(),
-                backend.location()
-            )
-        })?;
+    let store = backend.open(Default::default()).await.with_context(|| {
+        format!(
+            "cannot open the {} store at {}",
+            backend.name(),
+            backend.location()
+        )
+    })?;
     let report = seed(&store, &args).await;
     store.close().await;
     let report = report?;

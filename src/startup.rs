@@ -93,10 +93,8 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
     match role {
         Role::Store => {
             let backend = args.backend();
-            let store: Arc<dyn Store> = backend
-                .open(args.sqlite_options(), args.mongo_options())
-                .await
-                .with_context(|| {
+            let store: Arc<dyn Store> =
+                backend.open(args.store_options()).await.with_context(|| {
                     format!(
                         "cannot open the {} store at {}",
                         backend.name(),

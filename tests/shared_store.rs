@@ -1,11 +1,14 @@
-//! A shared store (MongoDB) under real processes: several `gorgon` nodes run the store role on one
-//! database, joined by a cluster and Redis. Covers read-your-writes across store nodes, a store
-//! node killed with SIGKILL under load (the other serves every acknowledged write, the killed one
-//! comes back), the database server killed and restarted under load (the nodes recover without a
-//! restart; `/readyz` says 503 while it is gone), and the cluster refusing to mix backends.
+//! The shared stores (MongoDB, PostgreSQL) under real processes: several `gorgon` nodes run the
+//! store role on one database, joined by a cluster and Redis. For each backend: read-your-writes
+//! across store nodes, a store node killed with SIGKILL under load (the other serves every
+//! acknowledged write, the killed one comes back), the database server killed and restarted under
+//! load (the nodes recover without a restart; `/readyz` says 503 while it is gone). And the
+//! cluster refusing to mix backends, and PostgreSQL's primary killed under writes and its
+//! synchronous standby promoted (the node follows it; no acknowledged write lost).
 //!
-//! The database is SecantusDB, a MongoDB wire-protocol server (see `tests/common/mongo.rs`), or a
-//! real MongoDB when `GORGON_TEST_MONGODB_URI` is set. The tests of this file run one at a time.
+//! MongoDB is SecantusDB, a wire-protocol server (see `tests/common/mongo.rs`), or a real MongoDB
+//! when `GORGON_TEST_MONGODB_URI` is set; PostgreSQL is Debian's, in clusters the tests create
+//! (`tests/common/postgres.rs`). The tests of this file run one at a time.
 
 mod common;
 
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::mongo::MongoServer;
+use common::postgres::PgServer;
 use common::process::GorgonProcess;
 use common::redis::{Fsync, RedisServer};
 use common::servers::unique_database;
@@ -68,14 +72,79 @@ impl Pair {
     }
 }
 
-/// The database of one test: a fresh one on the shared test server, or on the real MongoDB named
-/// by `GORGON_TEST_MONGODB_URI`. `None` when neither is there (the test is skipped).
-async fn database(prefix: &str) -> Option<String> {
-    let name = unique_database(prefix);
-    if let Ok(uri) = std::env::var("GORGON_TEST_MONGODB_URI") {
-        return Some(common::mongo::with_database(&uri, &name));
+/// The shared backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Mongo,
+    Postgres,
+}
+
+impl Db {
+    fn name(self) -> &'static str {
+        match self {
+            Db::Mongo => "mongodb",
+            Db::Postgres => "postgres",
+        }
     }
-    Some(MongoServer::shared().await?.url_for(&name))
+}
+
+/// The database of one test: a fresh one on the backend's shared test server (for MongoDB, on the
+/// real one named by `GORGON_TEST_MONGODB_URI` when set). `None` when the server is not installed
+/// (the test is skipped, unless `GORGON_REQUIRE_TOOLS` is set: then it fails).
+async fn database(db: Db, prefix: &str) -> Option<String> {
+    match db {
+        Db::Mongo => {
+            let name = unique_database(prefix);
+            if let Ok(uri) = std::env::var("GORGON_TEST_MONGODB_URI") {
+                return Some(common::mongo::with_database(&uri, &name));
+            }
+            Some(MongoServer::shared().await?.url_for(&name))
+        }
+        Db::Postgres => {
+            let server = PgServer::shared().await?;
+            let name = server.fresh_database(prefix).await;
+            Some(server.url_for(&name))
+        }
+    }
+}
+
+/// A database server of the test's own (the test kills it): its URL for a fresh database, and a
+/// handle to kill and restart it.
+enum OwnServer {
+    Mongo(MongoServer),
+    Postgres(PgServer),
+}
+
+impl OwnServer {
+    async fn start(db: Db) -> Option<(OwnServer, String)> {
+        match db {
+            Db::Mongo => {
+                let server = MongoServer::start_or_skip().await?;
+                let url = server.url_for(&unique_database("down"));
+                Some((OwnServer::Mongo(server), url))
+            }
+            Db::Postgres => {
+                let server = PgServer::start_or_skip().await?;
+                let name = server.fresh_database("down").await;
+                let url = server.url_for(&name);
+                Some((OwnServer::Postgres(server), url))
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            OwnServer::Mongo(s) => s.kill(),
+            OwnServer::Postgres(s) => s.kill(),
+        }
+    }
+
+    async fn restart(&mut self) {
+        match self {
+            OwnServer::Mongo(s) => s.restart().await,
+            OwnServer::Postgres(s) => s.restart().await,
+        }
+    }
 }
 
 async fn readyz(http: &Client, base: &str) -> (StatusCode, Value) {
@@ -97,12 +166,21 @@ async fn get_item(http: &Client, base: &str, token: &str, id: &str) -> reqwest::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_through_one_store_node_is_read_at_once_through_the_other() {
+async fn mongodb_a_write_through_one_store_node_is_read_at_once_through_the_other() {
+    read_your_writes(Db::Mongo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_write_through_one_store_node_is_read_at_once_through_the_other() {
+    read_your_writes(Db::Postgres).await;
+}
+
+async fn read_your_writes(db: Db) {
     bounded(async {
         let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
             return;
         };
-        let Some(url) = database("ryw").await else {
+        let Some(url) = database(db, "ryw").await else {
             return;
         };
         let pair = Pair::start(&redis, &url).await;
@@ -110,7 +188,7 @@ async fn a_write_through_one_store_node_is_read_at_once_through_the_other() {
         for base in [a, b] {
             let (status, body) = readyz(http, base).await;
             assert_eq!(status, StatusCode::OK, "{body}");
-            assert_eq!(body["store_backend"], "mongodb", "{body}");
+            assert_eq!(body["store_backend"], db.name(), "{body}");
         }
         let view = cluster_view(http, a).await;
         let backends: Vec<&Value> = view["nodes"]
@@ -119,7 +197,7 @@ async fn a_write_through_one_store_node_is_read_at_once_through_the_other() {
             .iter()
             .map(|n| &n["store_backend"])
             .collect();
-        assert_eq!(backends, vec!["mongodb", "mongodb"], "{view:#}");
+        assert_eq!(backends, vec![db.name(), db.name()], "{view:#}");
 
         // Each front calls the store role of its own process first: a write through `a` is
         // written by a's store node, the read through `b` is answered by b's.
@@ -173,12 +251,21 @@ async fn a_write_through_one_store_node_is_read_at_once_through_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_store_node_killed_under_load_costs_nothing_acknowledged() {
+async fn mongodb_a_store_node_killed_under_load_costs_nothing_acknowledged() {
+    store_node_killed(Db::Mongo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_store_node_killed_under_load_costs_nothing_acknowledged() {
+    store_node_killed(Db::Postgres).await;
+}
+
+async fn store_node_killed(db: Db) {
     bounded(async {
         let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
             return;
         };
-        let Some(url) = database("kill").await else {
+        let Some(url) = database(db, "kill").await else {
             return;
         };
         let mut pair = Pair::start(&redis, &url).await;
@@ -198,7 +285,7 @@ async fn a_store_node_killed_under_load_costs_nothing_acknowledged() {
         let log_b = load_b.finish().await;
         let log_a = load_a.finish().await;
         eprintln!(
-            "kill -9 of one of two store nodes: through the survivor {} reads ok, {} read \
+            "{db:?}: kill -9 of one of two store nodes: through the survivor {} reads ok, {} read \
              errors, {} writes acknowledged ({before} before the kill), {} write errors \
              (first: {:?}); through the killed front {} writes acknowledged",
             log_b.reads_ok,
@@ -239,20 +326,28 @@ async fn a_store_node_killed_under_load_costs_nothing_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_database_killed_under_load_comes_back_without_a_node_restart() {
+async fn mongodb_the_database_killed_under_load_comes_back_without_a_node_restart() {
+    if std::env::var("GORGON_TEST_MONGODB_URI").is_ok() {
+        eprintln!("skipped against GORGON_TEST_MONGODB_URI: this test kills its own server");
+        return;
+    }
+    database_killed(Db::Mongo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_database_killed_under_load_comes_back_without_a_node_restart() {
+    database_killed(Db::Postgres).await;
+}
+
+async fn database_killed(db: Db) {
     bounded(async {
-        if std::env::var("GORGON_TEST_MONGODB_URI").is_ok() {
-            eprintln!("skipped against GORGON_TEST_MONGODB_URI: this test kills its own server");
-            return;
-        }
         let Some(redis) = RedisServer::start_or_skip(Fsync::Always).await else {
             return;
         };
         // A server of its own: this test kills it.
-        let Some(mut mongo) = MongoServer::start_or_skip().await else {
+        let Some((mut server, url)) = OwnServer::start(db).await else {
             return;
         };
-        let url = mongo.url_for(&unique_database("down"));
         let pair = Pair::start(&redis, &url).await;
         let http = pair.http.clone();
         let [a, b] = pair.bases.clone();
@@ -260,7 +355,7 @@ async fn the_database_killed_under_load_comes_back_without_a_node_restart() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = load.written();
 
-        mongo.kill();
+        server.kill();
         let down_at = Instant::now();
         // Unreachable: not ready, and a request fails with 503 instead of waiting.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -284,7 +379,7 @@ async fn the_database_killed_under_load_comes_back_without_a_node_restart() {
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        mongo.restart().await;
+        server.restart().await;
         let up_at = Instant::now();
         wait_ready(&http, &a).await;
         wait_ready(&http, &b).await;
@@ -292,7 +387,7 @@ async fn the_database_killed_under_load_comes_back_without_a_node_restart() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let log = load.finish().await;
         eprintln!(
-            "kill -9 of the database under load: /readyz 503 after {noticed:?}, a read \
+            "{db:?}: kill -9 of the database under load: /readyz 503 after {noticed:?}, a read \
              answered 503 in {answered:?}, ready again {recovered:?} after the restart; {} \
              writes acknowledged ({before} before the kill), {} write errors (first: {:?}), \
              {} read errors",
@@ -320,7 +415,7 @@ async fn a_cluster_refuses_store_nodes_on_different_backends() {
         let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
             return;
         };
-        let Some(url) = database("mixed").await else {
+        let Some(url) = database(Db::Mongo, "mixed").await else {
             return;
         };
         let ns = format!("m{}", uuid::Uuid::now_v7().simple());
@@ -339,4 +434,150 @@ async fn a_cluster_refuses_store_nodes_on_different_backends() {
         );
     })
     .await;
+}
+
+/// PostgreSQL's primary `kill -9`ed under writes from 8 clients and its synchronous standby
+/// promoted: the node, on a two-host URL, follows the new primary without a restart; every
+/// write that got a 2xx is on it; the writes in between got a clean 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_primary_lost_standby_promoted_no_acknowledged_write_lost() {
+    bounded(async {
+        let Some(mut primary) = PgServer::start_or_skip().await else {
+            return;
+        };
+        let standby = PgServer::start_standby_of(&primary).await;
+        let name = primary.fresh_database("failover").await;
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{name}?target_session_attrs=read-write",
+            primary.port(),
+            standby.port()
+        );
+        let http = client();
+        let spec = NodeSpec::new("all", None).arg("--store", &url);
+        let node = spec.start(None, "failover");
+        let base = node.base();
+        wait_ready(&http, &base).await;
+        let (_, token) = common::register_and_login(&http, &base, "liskov@example.com").await;
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(parking_lot::Mutex::new(FailoverLog::default()));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (http, base, token) = (http.clone(), base.clone(), token.clone());
+                let (stop, log) = (stop.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n += 1;
+                        let title = format!("writer {w} item {n}");
+                        let resp = http
+                            .post(format!("{base}/api/v1/items"))
+                            .bearer_auth(&token)
+                            .json(&json!({"title": title, "body": "across a failover"}))
+                            .send()
+                            .await;
+                        let at = Instant::now();
+                        match resp {
+                            Ok(resp) if resp.status() == StatusCode::CREATED => {
+                                let item: Value = resp.json().await.expect("item JSON");
+                                let id = item["id"].as_str().expect("id").to_string();
+                                log.lock().acknowledged.push((id, title));
+                            }
+                            Ok(resp) => log.lock().failed.push((at, resp.status().as_u16())),
+                            Err(_) => log.lock().failed.push((at, 0)),
+                        }
+                        if log.lock().failed.last().is_some_and(|(t, _)| *t == at) {
+                            // Failing fast: do not spin on a database that is being replaced.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = log.lock().acknowledged.len();
+        primary.kill();
+        let killed_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        standby.promote().await;
+        let promoted_after = killed_at.elapsed();
+        // Carry on until writes have succeeded for a while on the new primary.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let recovered = {
+                let log = log.lock();
+                log.acknowledged.len() > before + 50
+                    && log
+                        .failed
+                        .last()
+                        .is_none_or(|(t, _)| t.elapsed() > Duration::from_secs(1))
+            };
+            if recovered {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes did not resume within 30 s of the promotion"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        let log = std::mem::take(&mut *log.lock());
+        let window = match (log.failed.first(), log.failed.last()) {
+            (Some((first, _)), Some((last, _))) => last.duration_since(*first),
+            _ => Duration::ZERO,
+        };
+        let mut by_status = std::collections::BTreeMap::new();
+        for (_, status) in &log.failed {
+            *by_status.entry(*status).or_insert(0) += 1;
+        }
+        eprintln!(
+            "PostgreSQL failover under 8 writers: {} writes acknowledged ({before} before the \
+             kill), {} failed by status {by_status:?} over {window:?}; standby promoted \
+             {promoted_after:?} after the kill",
+            log.acknowledged.len(),
+            log.failed.len(),
+        );
+        assert!(
+            by_status.keys().all(|s| *s == 503),
+            "writes during the failover fail with a clean 503: {by_status:?}"
+        );
+        for (id, title) in &log.acknowledged {
+            let item: Value = http
+                .get(format!("{base}/api/v1/items/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("GET an acknowledged item")
+                .error_for_status()
+                .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
+                .json()
+                .await
+                .expect("item JSON");
+            assert_eq!(item["title"], title.as_str());
+        }
+        // And they are on the new primary itself, counted there.
+        let stored = standby
+            .query_text(&name, "SELECT count(*)::text FROM items")
+            .await
+            .expect("count on the new primary");
+        let stored: usize = stored.and_then(|n| n.parse().ok()).expect("a count");
+        assert!(
+            stored >= log.acknowledged.len(),
+            "{stored} items on the new primary, {} acknowledged",
+            log.acknowledged.len()
+        );
+        drop(node);
+    })
+    .await;
+}
+
+#[derive(Default)]
+struct FailoverLog {
+    acknowledged: Vec<(String, String)>,
+    failed: Vec<(Instant, u16)>,
 }

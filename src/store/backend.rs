@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::mongo::{MongoOptions, MongoStore};
+use super::postgres::{PgOptions, PgStore};
 use super::{BulkLoad, SqliteOptions, SqliteStore};
 use crate::error::{Error, Result};
 
@@ -23,23 +24,21 @@ pub struct StoreUrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedKind {
     MongoDb,
+    Postgres,
 }
 
 impl StoreUrl {
-    /// Accepts `mongodb://…` and `mongodb+srv://…`.
+    /// Accepts `mongodb://…`, `mongodb+srv://…`, `postgres://…` and `postgresql://…`.
     pub fn parse(value: &str) -> std::result::Result<StoreUrl, String> {
         let value = value.trim();
         let scheme = value.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         let kind = match scheme.as_deref() {
             Some("mongodb" | "mongodb+srv") => SharedKind::MongoDb,
-            Some("postgres" | "postgresql") => {
-                return Err("the PostgreSQL store is not in this build yet: \
-                            use a mongodb:// URL, or the embedded store (no --store)"
-                    .into())
-            }
+            Some("postgres" | "postgresql") => SharedKind::Postgres,
             _ => {
                 return Err(format!(
-                    "{} is not a store URL: expected mongodb://host:port/database",
+                    "{} is not a store URL: expected mongodb://host:port/database or \
+                     postgres://user@host:port/database",
                     redact(value)
                 ))
             }
@@ -90,6 +89,14 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Each backend's settings; [`Backend::open`] uses the one it needs.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    pub sqlite: SqliteOptions,
+    pub mongo: MongoOptions,
+    pub postgres: PgOptions,
+}
+
 /// Where the store role keeps its data.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -114,6 +121,7 @@ impl Backend {
             Backend::Embedded(_) => "embedded",
             Backend::Shared(url) => match url.kind() {
                 SharedKind::MongoDb => "mongodb",
+                SharedKind::Postgres => "postgres",
             },
         }
     }
@@ -133,11 +141,12 @@ impl Backend {
 
     /// Opens it. The embedded store opens on a blocking thread (it reads its files); a shared
     /// one connects and makes sure its indexes exist.
-    pub async fn open(
-        &self,
-        sqlite: SqliteOptions,
-        mongo: MongoOptions,
-    ) -> Result<Arc<dyn BulkLoad>> {
+    pub async fn open(&self, options: BackendOptions) -> Result<Arc<dyn BulkLoad>> {
+        let BackendOptions {
+            sqlite,
+            mongo,
+            postgres,
+        } = options;
         match self {
             Backend::Embedded(dir) => {
                 let dir = dir.clone();
@@ -149,6 +158,9 @@ impl Backend {
             Backend::Shared(url) => match url.kind() {
                 SharedKind::MongoDb => {
                     Ok(Arc::new(MongoStore::connect(url.expose(), mongo).await?))
+                }
+                SharedKind::Postgres => {
+                    Ok(Arc::new(PgStore::connect(url.expose(), postgres).await?))
                 }
             },
         }
@@ -176,7 +188,15 @@ mod tests {
         );
         let bad = StoreUrl::parse("mysql://root:hunter2@db/x").expect_err("refused");
         assert!(!bad.contains("hunter2"), "{bad}");
-        assert!(StoreUrl::parse("postgres://db/x").is_err());
+        assert_eq!(
+            StoreUrl::parse("postgresql://app:pw@db1,db2/x?target_session_attrs=read-write")
+                .map(|u| (u.kind(), u.to_string()))
+                .ok(),
+            Some((
+                SharedKind::Postgres,
+                "postgresql://app:***@db1,db2/x?target_session_attrs=read-write".to_string()
+            ))
+        );
         assert_eq!(
             StoreUrl::parse("mongodb+srv://cluster0.example.net/")
                 .map(|u| u.kind())

@@ -25,7 +25,7 @@ use crate::domain::{
 };
 use crate::error::Result;
 
-pub use backend::{Backend, SharedKind, StoreUrl};
+pub use backend::{Backend, BackendOptions, SharedKind, StoreUrl};
 pub use mongo::{MongoOptions, MongoStore};
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreError};
