@@ -546,20 +546,8 @@ async fn postgres_primary_lost_standby_promoted_no_acknowledged_write_lost() {
             by_status.keys().all(|s| *s == 503),
             "writes during the failover fail with a clean 503: {by_status:?}"
         );
-        for (id, title) in &log.acknowledged {
-            let item: Value = http
-                .get(format!("{base}/api/v1/items/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("GET an acknowledged item")
-                .error_for_status()
-                .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
-                .json()
-                .await
-                .expect("item JSON");
-            assert_eq!(item["title"], title.as_str());
-        }
+        let acknowledged = log.acknowledged.iter().map(|(id, title)| (id, title));
+        assert_items_readable(&http, &base, &token, acknowledged).await;
         // And they are on the new primary itself, counted there.
         let stored = standby
             .query_text(&name, "SELECT count(*)::text FROM items")

@@ -282,7 +282,10 @@ pub async fn create_item(
 /// What the load saw.
 #[derive(Default)]
 pub struct LoadLog {
+    /// Failed reads: when each ended, and why.
     pub read_errors: Vec<(Instant, String)>,
+    /// When each failed read was sent (in the order of `read_errors`).
+    pub failed_reads_sent: Vec<Instant>,
     pub reads_ok: u64,
     /// Items whose create answered 201, with their titles.
     pub written: HashMap<String, String>,
@@ -298,22 +301,41 @@ impl LoadLog {
             .max()
     }
 
+    /// How long after `at` the last read that failed was sent: a read sent while a node was down
+    /// may fail when its deadline passes, later than the node's return.
+    pub fn last_failed_read_sent_after(&self, at: Instant) -> Option<Duration> {
+        self.failed_reads_sent
+            .iter()
+            .map(|sent| sent.saturating_duration_since(at))
+            .max()
+    }
+
     /// Every acknowledged write is there, as written.
     pub async fn assert_all_written_readable(&self, http: &Client, base: &str, token: &str) {
-        for (id, title) in &self.written {
-            let item: Value = http
-                .get(format!("{base}/api/v1/items/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("GET a written item")
-                .error_for_status()
-                .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
-                .json()
-                .await
-                .expect("item JSON");
-            assert_eq!(item["title"], title.as_str());
-        }
+        assert_items_readable(http, base, token, &self.written).await;
+    }
+}
+
+/// Every item of `written` (id → title) reads back through `base` with its title.
+pub async fn assert_items_readable<'a>(
+    http: &Client,
+    base: &str,
+    token: &str,
+    written: impl IntoIterator<Item = (&'a String, &'a String)>,
+) {
+    for (id, title) in written {
+        let item: Value = http
+            .get(format!("{base}/api/v1/items/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET a written item")
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("acknowledged item {id} ({title}) is missing: {e}"))
+            .json()
+            .await
+            .expect("item JSON");
+        assert_eq!(item["title"], title.as_str());
     }
 }
 
@@ -345,6 +367,7 @@ impl Load {
             let (log, stop, id) = (log.clone(), stop.clone(), read_id.to_string());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
                     let outcome = http
                         .get(format!("{base}/api/v1/items/{id}"))
                         .bearer_auth(&token)
@@ -353,10 +376,15 @@ impl Load {
                     let mut log = log.lock();
                     match outcome {
                         Ok(resp) if resp.status() == StatusCode::OK => log.reads_ok += 1,
-                        Ok(resp) => log
-                            .read_errors
-                            .push((Instant::now(), resp.status().to_string())),
-                        Err(e) => log.read_errors.push((Instant::now(), e.to_string())),
+                        Ok(resp) => {
+                            log.read_errors
+                                .push((Instant::now(), resp.status().to_string()));
+                            log.failed_reads_sent.push(sent);
+                        }
+                        Err(e) => {
+                            log.read_errors.push((Instant::now(), e.to_string()));
+                            log.failed_reads_sent.push(sent);
+                        }
                     }
                 }
             }));

@@ -307,3 +307,40 @@ pub async fn search_finds_what_the_embedded_store_finds(store: &dyn Store) {
     }
     embedded.close().await;
 }
+
+/// A URL's password (`secret`) never appears in an error: `connect` to `unreachable` (nobody
+/// listens there) fails promptly with `Unavailable`, and to `malformed` fails too; neither error,
+/// shown or debugged, quotes the password. Returns the second error for backend-specific checks.
+pub async fn errors_never_quote_the_password<S, F, Fut>(
+    secret: &str,
+    unreachable: &str,
+    malformed: &str,
+    connect: F,
+) -> Error
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = gorgon::error::Result<S>>,
+{
+    let started = Instant::now();
+    let Err(e) = connect(unreachable.to_string()).await else {
+        panic!("connected to {unreachable:?}, where nobody listens");
+    };
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "told after {:?}",
+        started.elapsed()
+    );
+    let Err(bad) = connect(malformed.to_string()).await else {
+        panic!("connected with a malformed URL");
+    };
+    for text in [
+        format!("{e}"),
+        format!("{e:?}"),
+        format!("{bad}"),
+        format!("{bad:?}"),
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    bad
+}
