@@ -65,11 +65,7 @@ impl BulkLoad for PgStore {
     async fn begin_bulk(&self, _items: u64) -> Result<()> {
         let mut c = self.conn().await?;
         let result = async {
-            let tx = c
-                .client_mut()
-                .transaction()
-                .await
-                .map_err(op("begin a bulk load"))?;
+            let tx = c.begin("begin a bulk load").await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .await
                 .map_err(op("lock the schema"))?;
@@ -99,11 +95,7 @@ impl BulkLoad for PgStore {
         }
         let mut c = self.conn().await?;
         let result = async {
-            let tx = c
-                .client_mut()
-                .transaction()
-                .await
-                .map_err(op("begin loading users"))?;
+            let tx = c.begin("begin loading users").await?;
             let sink = tx
                 .copy_in(COPY_EMAIL_KEYS)
                 .await
@@ -192,11 +184,7 @@ impl BulkLoad for PgStore {
                 async move {
                     let mut c = self.conn().await?;
                     let result = async {
-                        let tx = c
-                            .client_mut()
-                            .transaction()
-                            .await
-                            .map_err(op("begin an index build"))?;
+                        let tx = c.begin("begin an index build").await?;
                         tx.batch_execute(&format!(
                             "SET LOCAL statement_timeout = 0; \
                          SET LOCAL maintenance_work_mem = '{memory}'"
@@ -218,11 +206,7 @@ impl BulkLoad for PgStore {
             .await?;
         let mut c = self.conn().await?;
         let result = async {
-            let tx = c
-                .client_mut()
-                .transaction()
-                .await
-                .map_err(op("analyze the loaded tables"))?;
+            let tx = c.begin("analyze the loaded tables").await?;
             tx.batch_execute("SET LOCAL statement_timeout = 0; ANALYZE users; ANALYZE items")
                 .await
                 .map_err(op("analyze the loaded tables"))?;

@@ -324,9 +324,20 @@ impl Conn {
             .map_err(self.op(what))
     }
 
-    /// The client itself, for transactions and `COPY`.
+    /// The client itself, for `COPY`.
     pub fn client_mut(&mut self) -> &mut Object {
         self.object.as_mut().expect("a lent connection")
+    }
+
+    /// Starts a transaction for operation `what` (its name in the error if it cannot start).
+    pub async fn begin(
+        &mut self,
+        what: &'static str,
+    ) -> Result<deadpool_postgres::Transaction<'_>> {
+        self.client_mut()
+            .transaction()
+            .await
+            .map_err(super::errors::op(what))
     }
 }
 

@@ -145,11 +145,7 @@ pub(super) async fn insert_items_once(
     let first = items.first().map(|i| i.id);
     let now = now();
     let result = async {
-        let tx = c
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(op("begin a keyed insert"))?;
+        let tx = c.begin("begin a keyed insert").await?;
         // Expired keys go as new ones come (one index range), which keeps the table bounded.
         tx.execute("DELETE FROM ingest_seen WHERE expires_at <= $1", &[&now])
             .await
@@ -227,11 +223,7 @@ pub(super) async fn update_item(
     patch: ItemPatch,
 ) -> Result<Item> {
     let result = async {
-        let tx = c
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(op("begin an item update"))?;
+        let tx = c.begin("begin an item update").await?;
         let row = tx
             .query_opt(
                 &format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = $1 FOR UPDATE"),

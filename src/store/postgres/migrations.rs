@@ -36,11 +36,7 @@ pub(super) const ITEM_INDEXES: &[(&str, &str)] = &[
 /// Applies the migrations this database lacks and creates missing item indexes.
 pub(super) async fn apply(conn: &mut Conn) -> Result<()> {
     let result = async {
-        let tx = conn
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(op("begin the schema update"))?;
+        let tx = conn.begin("begin the schema update").await?;
         // Index builds after an interrupted bulk load may take long.
         tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
             .await

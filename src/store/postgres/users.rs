@@ -130,11 +130,7 @@ const UPDATE_USER: &str = "
 /// old one, in the same transaction as the update.
 pub(super) async fn update_user(c: &mut Conn, id: Uuid, patch: UserPatch) -> Result<User> {
     let result = async {
-        let tx = c
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(op("begin a user update"))?;
+        let tx = c.begin("begin a user update").await?;
         let current: Option<String> = tx
             .query_opt("SELECT email FROM users WHERE id = $1 FOR UPDATE", &[&id])
             .await
@@ -204,11 +200,7 @@ pub(super) async fn update_user(c: &mut Conn, id: Uuid, patch: UserPatch) -> Res
 /// statement after it (a newer snapshot) removes what it wrote.
 pub(super) async fn delete_user(c: &mut Conn, id: Uuid) -> Result<()> {
     let result = async {
-        let tx = c
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(op("begin a user deletion"))?;
+        let tx = c.begin("begin a user deletion").await?;
         let deleted = tx
             .execute("DELETE FROM users WHERE id = $1", &[&id])
             .await
