@@ -10,6 +10,7 @@ command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool checks /metrics
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # renders /dashboard
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # Redis mailbox tests
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy) # tests/haproxy.rs
 # PostgreSQL's server programs (initdb, postgres, pg_basebackup, pg_ctl): each test binary makes
 # its own throwaway clusters (tests/common/postgres.rs); the package also creates the `postgres`
 # user the servers run as when the tests run as root (PostgreSQL refuses root).

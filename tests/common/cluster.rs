@@ -33,6 +33,8 @@ pub struct NodeSpec {
     pub envs: Vec<(&'static str, String)>,
     /// More flags, after the others.
     pub extra: Vec<String>,
+    /// HTTP address (`127.0.0.1:0`: a free port, chosen at each start).
+    pub listen: String,
 }
 
 impl NodeSpec {
@@ -44,7 +46,14 @@ impl NodeSpec {
             dir: tempfile::tempdir().expect("node data dir"),
             envs: Vec::new(),
             extra: Vec::new(),
+            listen: "127.0.0.1:0".into(),
         }
+    }
+
+    /// Serves HTTP on this loopback port at every start (a restart keeps its address).
+    pub fn http_port(mut self, port: u16) -> NodeSpec {
+        self.listen = format!("127.0.0.1:{port}");
+        self
     }
 
     /// Adds `flag value` to its command line.
@@ -64,7 +73,7 @@ impl NodeSpec {
             "--roles",
             self.roles,
             "--listen",
-            "127.0.0.1:0",
+            &self.listen,
             "--data",
         ]
         .iter()
