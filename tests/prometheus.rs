@@ -694,6 +694,16 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
             .metrics
             .clone()
             .expect("the backend prints its --metrics-listen address");
+        // Its metrics listener answers liveness probes too, and nothing else.
+        let listener = backend_metrics.trim_end_matches("/metrics");
+        for (path, status) in [("/healthz", StatusCode::OK), ("/api/v1/stats", StatusCode::NOT_FOUND)] {
+            let resp = http
+                .get(format!("{listener}{path}"))
+                .send()
+                .await
+                .expect("GET the metrics listener");
+            assert_eq!(resp.status(), status, "{listener}{path}");
+        }
         let mut targets = vec![
             host_port(&fronts[0]),
             host_port(&backend_metrics),
