@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
-command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool checks /metrics
+# promtool checks /metrics and the scrape configs; prometheus runs the dashboard's queries
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # renders /dashboard
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # Redis mailbox tests
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy) # tests/haproxy.rs

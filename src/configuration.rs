@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// HTTP address of the web role (port 0 picks a free port).
     #[arg(long, env = "GORGON_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// A second HTTP address serving only `/metrics` and `/healthz` (port 0 picks a free port):
+    /// how Prometheus scrapes a node without the web role (a backend, a worker), or any node
+    /// whose metrics should stay off its public address.
+    #[arg(long, env = "GORGON_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Directory of the embedded store.
     #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
     pub data: PathBuf,

@@ -37,6 +37,9 @@ async fn run(args: gorgon::configuration::RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = node.local_addr() {
         println!("gorgon listening on http://{addr}");
     }
+    if let Some(addr) = node.metrics_addr() {
+        println!("gorgon metrics on http://{addr}/metrics");
+    }
     println!("gorgon node ready");
     shutdown_signal().await;
     node.shutdown().await;

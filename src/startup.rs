@@ -32,6 +32,8 @@ use crate::store::Store;
 pub struct Node {
     bus: Bus,
     addr: Option<SocketAddr>,
+    /// The `--metrics-listen` address, when given.
+    metrics_addr: Option<SocketAddr>,
     /// Role actors in start order ([`Role::in_start_order`]); stopped in reverse.
     actors: Vec<Spawned>,
     store: Option<Arc<dyn Store>>,
@@ -126,7 +128,6 @@ async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned
             spawn(parts, handler).await
         }
         Role::Stats => {
-            metrics::gauge!("gorgon_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             let stats = Stats {
                 bus,
                 node_id: parts.node_id.clone(),
@@ -195,6 +196,16 @@ impl Node {
             args.tuning.password_hash_queue,
         );
         let metrics = crate::telemetry::metrics();
+        // Every node says which build it runs (the dashboard counts nodes per version).
+        metrics::gauge!("gorgon_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        // Bound first, so a taken port stops the node before anything started.
+        let metrics_listener = match &args.metrics_listen {
+            Some(address) => Some(
+                crate::http::limits::bind(address, 128)
+                    .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?,
+            ),
+            None => None,
+        };
         // Random, not time-based: nodes started in the same millisecond must not share an id
         // (it names their Redis processing lists and their cluster identity).
         let node_id = format!("node-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
@@ -203,6 +214,18 @@ impl Node {
         let shutdown = Shutdown::new();
         shutdown.spawn(crate::telemetry::metrics_upkeep(metrics.clone()));
         shutdown.spawn(stats_hub.clone().clock());
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let bound = listener.local_addr()?;
+                serve_metrics(
+                    crate::http::metrics_server(listener, metrics.clone())?,
+                    &shutdown,
+                );
+                tracing::info!(addr = %bound, "metrics listening");
+                Some(bound)
+            }
+            None => None,
+        };
         let (redis, cluster, local_node) = connect(&args, &node_id, &stats_hub, &shutdown).await?;
         let bus = Bus::with_transports(
             args.bus_config(),
@@ -262,6 +285,7 @@ impl Node {
         Ok(Node {
             bus,
             addr: parts.addr,
+            metrics_addr,
             actors,
             store: parts.store,
             hub: parts.hub,
@@ -278,6 +302,11 @@ impl Node {
     /// The HTTP address, when this node runs the web role.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The `--metrics-listen` address (`/metrics`, `/healthz`), when given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn bus(&self) -> &Bus {
@@ -344,6 +373,23 @@ impl Node {
         self.shutdown.finish(self.stop_timeout).await;
         tracing::info!("stopped");
     }
+}
+
+/// Runs the `--metrics-listen` server until the node's shutdown, the last part to stop (so a
+/// scrape during the drain still answers).
+fn serve_metrics(server: actix_web::dev::Server, shutdown: &Shutdown) {
+    let handle = server.handle();
+    let stop = shutdown.clone();
+    shutdown.spawn_draining(async move {
+        let stopped = async move {
+            stop.cancelled().await;
+            handle.stop(false).await;
+        };
+        let (served, _) = tokio::join!(server, stopped);
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
 }
 
 /// Connects to Redis and joins the cluster, as configured; the node's description for peers.

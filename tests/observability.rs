@@ -13,24 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::redis::{Fsync, RedisServer};
-use common::TestApp;
+use common::{tool, TestApp};
 use serde_json::json;
-
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("GORGON_REQUIRE_TOOLS").is_none(),
-            "{name} is required (scripts/test.sh installs it)"
-        );
-        eprintln!("SKIPPED: {name} is not installed (scripts/test.sh installs it)");
-    }
-    found
-}
 
 /// What keeps a busy node's Redis side alive: the server and a web-only node calling through it.
 type RedisSide = Option<(RedisServer, TestApp)>;

@@ -188,3 +188,29 @@ pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::i
     });
     Ok(server.listen(listener)?.run())
 }
+
+/// The `--metrics-listen` server: `/metrics` and `/healthz` only, one worker, for Prometheus
+/// and liveness probes (a node without the web role has nothing else to answer on).
+pub fn metrics_server(listener: TcpListener, metrics: PrometheusHandle) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let text = metrics.render();
+                    async move {
+                        actix_web::HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(text)
+                    }
+                }),
+            )
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/healthz", web::head().to(health::healthz))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals();
+    Ok(server.listen(listener)?.run())
+}

@@ -213,6 +213,25 @@ pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Val
 }
 
 /// Registers `email` (password [`PASSWORD`]) on the node at `base` and logs in: (user id, token).
+/// Whether the program `name` is on the PATH. `scripts/test.sh` installs the tools the tests use
+/// and sets `GORGON_REQUIRE_TOOLS=1`, which makes a missing one fail the test; under a bare
+/// `cargo test` without it the test says it was skipped (the caller returns).
+pub fn tool(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("GORGON_REQUIRE_TOOLS").is_none(),
+            "{name} is required (scripts/test.sh installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
 pub async fn register_and_login(client: &Client, base: &str, email: &str) -> (String, String) {
     let resp = client
         .post(format!("{base}/api/v1/auth/register"))

@@ -1,6 +1,7 @@
 //! The real `gorgon` binary as a child process: started with the given flags, considered up once it
-//! prints `gorgon node ready` (and, when it has the web role, `gorgon listening on URL`), and
-//! stopped with SIGKILL or SIGTERM. Nothing is mocked.
+//! prints `gorgon node ready` (and, when it has the web role, `gorgon listening on URL`; with
+//! `--metrics-listen`, `gorgon metrics on URL` comes before it), and stopped with SIGKILL or
+//! SIGTERM. Nothing is mocked.
 
 #![allow(dead_code)]
 
@@ -15,6 +16,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the stdout reader thread reports.
 enum Event {
     Listening(String),
+    Metrics(String),
     Ready,
 }
 
@@ -22,6 +24,8 @@ pub struct GorgonProcess {
     child: Child,
     /// `http://ADDR` when the process has the web role.
     pub base: Option<String>,
+    /// `http://ADDR/metrics` when it was started with `--metrics-listen`.
+    pub metrics: Option<String>,
     name: String,
 }
 
@@ -52,6 +56,8 @@ impl GorgonProcess {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("gorgon listening on ") {
                     let _ = tx.send(Event::Listening(url.trim().to_string()));
+                } else if let Some(url) = line.strip_prefix("gorgon metrics on ") {
+                    let _ = tx.send(Event::Metrics(url.trim().to_string()));
                 } else if line.trim_start().starts_with("gorgon node ready") {
                     let _ = tx.send(Event::Ready);
                 } else {
@@ -62,11 +68,13 @@ impl GorgonProcess {
 
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut base: Option<String> = None;
+        let mut metrics: Option<String> = None;
         let mut ready = false;
         while !(ready && (base.is_some() || !expect_web)) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Event::Listening(url)) => base = Some(url),
+                Ok(Event::Metrics(url)) => metrics = Some(url),
                 Ok(Event::Ready) => ready = true,
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
@@ -101,7 +109,12 @@ impl GorgonProcess {
                 }
             }
         }
-        GorgonProcess { child, base, name }
+        GorgonProcess {
+            child,
+            base,
+            metrics,
+            name,
+        }
     }
 
     /// The web address; panics if the process has no web role.
