@@ -241,6 +241,14 @@ fn describe_metrics() {
         "Job attempts running on this node now."
     );
     describe_gauge!(
+        "gorgon_cluster_peers",
+        "Cluster nodes this node has a session with (its peers; 0 when it is alone)."
+    );
+    describe_counter!(
+        "gorgon_cluster_peers_dropped_total",
+        "Peer sessions dropped because the peer missed --cluster-missed-pings heartbeats."
+    );
+    describe_gauge!(
         "gorgon_node_uptime_seconds",
         Unit::Seconds,
         "Seconds since this node started."
