@@ -248,6 +248,10 @@ fn describe_metrics() {
         "gorgon_cluster_peers_dropped_total",
         "Peer sessions dropped because the peer missed --cluster-missed-pings heartbeats."
     );
+    describe_counter!(
+        "gorgon_cluster_auth_failures_total",
+        "Cluster sessions and direct-call connections refused at authentication (cookies differ)."
+    );
     describe_gauge!(
         "gorgon_node_uptime_seconds",
         Unit::Seconds,
