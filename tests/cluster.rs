@@ -282,8 +282,8 @@ async fn a_seed_named_by_host_is_dialled_once() {
     bounded(async {
         let http = client();
         let seed = NodeSpec::new("all", None);
-        let joiner = NodeSpec::new("app", None)
-            .arg("--join", &format!("localhost:{}", seed.cluster_port));
+        let joiner =
+            NodeSpec::new("app", None).arg("--join", &format!("localhost:{}", seed.cluster_port));
         let (mut first, first_log, base) = spawn_logged(&seed);
         let (mut second, second_log, _) = spawn_logged(&joiner);
         let base = base.expect("the seed serves HTTP");
@@ -309,9 +309,7 @@ async fn a_seed_named_by_host_is_dialled_once() {
 }
 
 /// Starts `spec` with its warnings in a file, waits for `gorgon node ready`; its web address.
-fn spawn_logged(
-    spec: &NodeSpec,
-) -> (std::process::Child, tempfile::NamedTempFile, Option<String>) {
+fn spawn_logged(spec: &NodeSpec) -> (std::process::Child, tempfile::NamedTempFile, Option<String>) {
     use std::io::BufRead;
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gorgon"))

@@ -187,11 +187,8 @@ fn compose_prometheus_config_loads_the_alert_rules() {
     if !tool("promtool") {
         return;
     }
-    let text = assert_runs(Command::new("promtool").args([
-        "check",
-        "config",
-        "deploy/prometheus.yml",
-    ]));
+    let text =
+        assert_runs(Command::new("promtool").args(["check", "config", "deploy/prometheus.yml"]));
     assert!(text.contains("1 rule files found"), "{text}");
 }
 
@@ -221,7 +218,11 @@ fn compose_file_is_valid_and_needs_a_cookie() {
         read(".gitignore").lines().any(|l| l.trim() == ".env"),
         ".env holds the cookie: git ignores it"
     );
-    assert_runs(compose().arg("-q").env("GORGON_CLUSTER_COOKIE", "test-cookie"));
+    assert_runs(
+        compose()
+            .arg("-q")
+            .env("GORGON_CLUSTER_COOKIE", "test-cookie"),
+    );
     let (ok, text) = run(compose().arg("-q"));
     assert!(!ok, "compose.yaml must refuse to run without a cookie");
     assert!(text.contains("GORGON_CLUSTER_COOKIE"), "{text}");
@@ -263,7 +264,10 @@ fn systemd_units_verify_and_stay_hardened() {
     ];
     for (source, name) in units {
         let text = read(&format!("deploy/systemd/{source}"));
-        assert!(text.contains("ExecStart=/usr/local/bin/gorgon run"), "{source}");
+        assert!(
+            text.contains("ExecStart=/usr/local/bin/gorgon run"),
+            "{source}"
+        );
         for setting in [
             "DynamicUser=yes",
             "ProtectSystem=strict",
@@ -271,7 +275,10 @@ fn systemd_units_verify_and_stay_hardened() {
             "KillSignal=SIGTERM",
             "EnvironmentFile=-/etc/gorgon/gorgon.env",
         ] {
-            assert!(text.contains(&format!("\n{setting}\n")), "{source}: {setting}");
+            assert!(
+                text.contains(&format!("\n{setting}\n")),
+                "{source}: {setting}"
+            );
         }
         let path = dir.path().join(name);
         std::fs::write(&path, text.replace("/usr/local/bin/gorgon", binary)).unwrap();
@@ -448,10 +455,16 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
         .collect();
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
     assert!(has("FROM rust:1.95-bookworm AS build"), "build stage");
-    assert!(file.contains("cargo build --release --locked"), "locked build");
+    assert!(
+        file.contains("cargo build --release --locked"),
+        "locked build"
+    );
     assert!(has("FROM debian:bookworm-slim"), "runtime stage");
     assert!(has("USER gorgon"), "runs as a user without privileges");
-    assert!(has("HEALTHCHECK ") && file.contains("/healthz"), "health check");
+    assert!(
+        has("HEALTHCHECK ") && file.contains("/healthz"),
+        "health check"
+    );
     assert!(has("VOLUME [\"/var/lib/gorgon\"]"), "data volume");
     assert!(has("STOPSIGNAL SIGTERM"), "SIGTERM");
     assert!(
