@@ -115,6 +115,19 @@ fn alert_names() -> Vec<String> {
 
 #[test]
 fn alert_rules_pass_promtool_check() {
+    // Each rule: a duration, a severity, a summary and a description with a runbook sentence.
+    let rules = read("deploy/alerts.yml");
+    for rule in rules.split("- alert: ").skip(1) {
+        let name = rule.lines().next().unwrap_or_default();
+        for part in [
+            "\n        for: ",
+            "\n          severity: ",
+            "\n          summary: ",
+            "Runbook: ",
+        ] {
+            assert!(rule.contains(part), "{name}: no {part:?}");
+        }
+    }
     if !tool("promtool") {
         return;
     }
