@@ -21,8 +21,22 @@ use crate::store::{Backend, BackendOptions, MongoOptions, PgOptions, SqliteOptio
     about = "A message-driven web application platform"
 )]
 pub struct Cli {
+    /// Log lines as text for people, or one JSON object per line for pipelines.
+    #[arg(long, global = true, env = "GORGON_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` is not set: a node logs at `info`; the commands whose
+    /// report people read log only warnings, so nothing interleaves with the report.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "info",
+            Command::Seed(_) | Command::Sim(_) | Command::Dlq(_) => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +349,17 @@ pub struct EdgeTuning {
     /// when clients connect directly). Connections beyond it are closed at once.
     #[arg(long, env = "GORGON_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub http_max_connections_per_ip: usize,
+    /// Addresses of the load balancers in front of this node (CIDRs or addresses, comma
+    /// separated). Only a connection from one of them may name the client in
+    /// `X-Forwarded-For`; that address is then the one request logs and the login and
+    /// registration limits see. Empty (the default): the connection's peer is the client.
+    #[arg(long, env = "GORGON_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still served, before
+    /// the node stops accepting: a load balancer's health check takes the node out first, so
+    /// no request meets a closed port. Set it to the balancer's check interval × its fall count.
+    #[arg(long, env = "GORGON_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
     /// Raise the process's soft open-file limit to its hard limit at start (each connection is
     /// an open file).
     #[arg(long, env = "GORGON_RAISE_OPEN_FILES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -633,6 +658,14 @@ pub struct SimArgs {
     pub writers: Option<usize>,
 }
 
+/// One `--trusted-proxies` entry: a CIDR (`10.0.0.0/8`) or one address (`127.0.0.1`).
+fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an address nor a CIDR"))
+}
+
 /// A duration written as text in a scenario file.
 fn duration_text<'de, D>(deserializer: D) -> Result<Option<Duration>, D::Error>
 where
@@ -714,6 +747,7 @@ impl RunArgs {
             user_items_per_minute: self.tuning.edge.user_items_per_minute,
             max_job_payload_bytes: self.tuning.edge.max_job_payload_bytes,
             max_item_bytes: self.tuning.edge.max_item_bytes,
+            trusted_proxies: self.tuning.edge.trusted_proxies.clone().into(),
             ..HttpLimits::default()
         }
     }

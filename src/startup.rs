@@ -43,6 +43,9 @@ pub struct Node {
     /// The node's one shutdown: every background task runs on it, every part watches it.
     shutdown: Shutdown,
     stop_timeout: Duration,
+    local_node: Arc<LocalNode>,
+    /// How long the web role answers `/readyz` with 503 before it stops accepting.
+    drain_delay: Duration,
 }
 
 /// What the roles of a node are built from: the bus, the node's settings and shared parts.
@@ -267,6 +270,8 @@ impl Node {
             workers,
             shutdown,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
+            local_node: parts.local_node,
+            drain_delay: args.tuning.edge.drain_delay,
         })
     }
 
@@ -287,6 +292,14 @@ impl Node {
     /// Graceful shutdown: stop accepting, drain in-flight work, commit, close.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
+        self.local_node
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.addr.is_some() && !self.drain_delay.is_zero() {
+            // Still serving: the balancer's health checks see 503 and take this node out first.
+            tracing::info!(delay = ?self.drain_delay, "draining: /readyz answers 503");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         if let Some(hub) = &self.hub {
             hub.close();
         }
@@ -369,6 +382,7 @@ async fn connect(
         stats: stats_hub.clone(),
         redis: redis.clone(),
         http_addr: Default::default(),
+        draining: Default::default(),
     });
     let cluster = match cluster_config {
         Some(config) => Some(ClusterLink::start(config, local_node.clone(), shutdown).await?),

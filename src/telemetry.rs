@@ -19,15 +19,33 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for pipelines.
+    Json,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `level`, e.g. `info`). Request logs are the
+/// `gorgon::access` target: `RUST_LOG=info,gorgon::access=off` turns them off.
+pub fn init_logging(format: LogFormat, level: &str) {
     // ractor_cluster logs every session step at info; its warnings (a peer lost) still show.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=warn,ractor=warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},ractor_cluster=warn,ractor=warn")));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

@@ -7,14 +7,18 @@
 //! else. Who may see which event is the HTTP layer's filter (`http/events.rs`), by the caller's
 //! token.
 //!
-//! Event ids never repeat across restarts: a run numbers its events from its start time in
-//! microseconds since the Unix epoch (the run's *base*), one by one. A later run starts from a
-//! later time, so its ids are above every id of the runs before, unless a run averaged more than
-//! one event per microsecond over its life or the clock went back between runs. Ids stay below
-//! 2^53 (until the year 2255), so they are exact in JSON (the WebSocket's `id` is a JSON number).
-//! A resume point this run cannot serve — from an earlier run (below the base), ahead of the
-//! stream (above the newest id: a later run of a clock gone wrong, or garbage such as
-//! `u64::MAX`), or older than the replay buffer — gets an explicit reset notice, never silence.
+//! Event ids are the events' own positions ([`Event::seq`]): set once, when the node that
+//! committed the change published it, as microseconds since the Unix epoch made strictly
+//! increasing. Every front receives the same events with the same ids, so a client whose front
+//! went away resumes with `Last-Event-ID` on any other. A hub only ever hands out growing ids: an
+//! event that arrives below its newest (two store nodes publishing at once) is numbered just
+//! above it. Ids never repeat across restarts and stay below 2^53, exact in JSON.
+//!
+//! A resume point this hub cannot serve gets an explicit reset notice, never silence: from
+//! before this hub started (it cannot know what came between), older than the replay buffer,
+//! or ahead of the stream by more than a clock's skew (garbage such as `u64::MAX`). A point a
+//! little ahead is an event another front has and this one has not received yet: the client
+//! resumes live after it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -48,7 +52,10 @@ pub struct NotifyHub {
 
 struct Stream {
     replay: VecDeque<ClientEvent>,
-    next_id: u64,
+    /// The newest id handed out (the base before the first event).
+    newest: u64,
+    /// The newest id dropped from the replay buffer (the base while none was).
+    evicted: u64,
 }
 
 /// Where a resuming client starts.
@@ -69,9 +76,9 @@ pub enum Resume {
 pub enum ResetReason {
     /// Older than the replay buffer: events were missed.
     TooOld,
-    /// Below this run's base: an id of an earlier run (or of another node).
+    /// Before this hub started (an earlier run's position, or an old one of another front).
     EarlierRun,
-    /// Above the newest id: not an id of this run.
+    /// Further ahead of the newest id than a clock's skew: not a position of any stream.
     Ahead,
 }
 
@@ -79,24 +86,21 @@ impl ResetReason {
     pub fn describe(self) -> &'static str {
         match self {
             ResetReason::TooOld => "resume point is older than the replay buffer",
-            ResetReason::EarlierRun => "resume point is from an earlier run of this node",
+            ResetReason::EarlierRun => {
+                "resume point is from an earlier run, before this node's stream began"
+            }
             ResetReason::Ahead => "resume point is ahead of this node's event stream",
         }
     }
 }
 
-/// This run's base: the Unix time in microseconds (1 if the clock reads before 1970).
-fn run_base() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
-        .unwrap_or(1)
-        .max(1)
-}
+/// How far ahead of this hub's clock a resume point may be and still be taken as an event that
+/// has not reached this hub yet (nodes' clocks differ by this much at most).
+const CLOCK_SKEW_MICROS: u64 = 5_000_000;
 
 impl NotifyHub {
     pub fn new(client_buffer: usize, replay_capacity: usize) -> Arc<Self> {
-        Self::with_base(client_buffer, replay_capacity, run_base())
+        Self::with_base(client_buffer, replay_capacity, crate::bus::unix_micros())
     }
 
     fn with_base(client_buffer: usize, replay_capacity: usize, base: u64) -> Arc<Self> {
@@ -105,7 +109,8 @@ impl NotifyHub {
             sender,
             stream: Mutex::new(Stream {
                 replay: VecDeque::with_capacity(replay_capacity.min(65_536)),
-                next_id: base + 1,
+                newest: base,
+                evicted: base,
             }),
             replay_capacity,
             base,
@@ -117,16 +122,18 @@ impl NotifyHub {
     fn push(&self, event: Arc<Event>) {
         let client_event = {
             let mut stream = self.stream.lock();
-            let client_event = ClientEvent {
-                id: stream.next_id,
-                event,
-            };
-            stream.next_id += 1;
+            let id = event.seq.max(stream.newest + 1);
+            stream.newest = id;
+            let client_event = ClientEvent { id, event };
             if self.replay_capacity > 0 {
                 if stream.replay.len() >= self.replay_capacity {
-                    stream.replay.pop_front();
+                    if let Some(dropped) = stream.replay.pop_front() {
+                        stream.evicted = dropped.id;
+                    }
                 }
                 stream.replay.push_back(client_event.clone());
+            } else {
+                stream.evicted = id;
             }
             client_event
         };
@@ -141,13 +148,15 @@ impl NotifyHub {
             return (receiver, Resume::From(Vec::new()));
         };
         let stream = self.stream.lock();
-        let newest = stream.next_id - 1;
-        let oldest_available = stream.replay.front().map_or(stream.next_id, |e| e.id);
+        let newest = stream.newest;
+        let oldest_available = stream.replay.front().map_or(newest + 1, |e| e.id);
         let reset = if last_id > newest {
-            Some(ResetReason::Ahead)
+            // Not here yet (another front has it), unless it is no position at all.
+            let horizon = crate::bus::unix_micros().max(newest) + CLOCK_SKEW_MICROS;
+            (last_id > horizon).then_some(ResetReason::Ahead)
         } else if last_id < self.base {
             Some(ResetReason::EarlierRun)
-        } else if last_id + 1 < oldest_available {
+        } else if last_id < stream.evicted {
             Some(ResetReason::TooOld)
         } else {
             None
@@ -250,13 +259,14 @@ mod tests {
     use super::*;
     use crate::bus::EventKind;
 
-    fn event() -> Arc<Event> {
+    fn event_at(seq: u64) -> Arc<Event> {
         Arc::new(Event {
             kind: EventKind::ItemCreated,
             user_id: uuid::Uuid::nil(),
             subject_id: uuid::Uuid::nil(),
             at: crate::domain::now(),
             data: None,
+            seq,
         })
     }
 
@@ -275,27 +285,28 @@ mod tests {
     }
 
     #[test]
-    fn ids_count_up_from_the_runs_base() {
+    fn ids_are_the_events_positions_and_only_grow() {
         let hub = NotifyHub::with_base(16, 4, 1000);
-        // Before any event, the base itself is a position of this run.
+        // Before any event, the base itself is a position of this hub.
         assert!(replayed(hub.subscribe(Some(1000)).1).is_empty());
-        assert_eq!(
-            reset_of(hub.subscribe(Some(1001)).1),
-            Some(ResetReason::Ahead)
-        );
-        for _ in 0..6 {
-            hub.push(event());
+        for seq in [1010, 1020, 1030, 1040, 1050, 1060] {
+            hub.push(event_at(seq));
         }
-        // Ids 1001..=1006; the buffer keeps the newest four.
+        // An event published below the newest (another store node's, a little late) and one
+        // from an older node without a position: both numbered just above the newest.
+        hub.push(event_at(1055));
+        hub.push(event_at(0));
+        // Ids 1010..1060, 1061, 1062; the buffer keeps the newest four.
         assert!(replayed(hub.subscribe(None).1).is_empty());
-        assert!(replayed(hub.subscribe(Some(1006)).1).is_empty());
+        assert!(replayed(hub.subscribe(Some(1062)).1).is_empty());
         assert_eq!(
-            replayed(hub.subscribe(Some(1002)).1),
-            [1003, 1004, 1005, 1006]
+            replayed(hub.subscribe(Some(1040)).1),
+            [1050, 1060, 1061, 1062]
         );
-        assert_eq!(replayed(hub.subscribe(Some(1004)).1), [1005, 1006]);
+        // A position between two events (another front saw it; this one numbered around it).
+        assert_eq!(replayed(hub.subscribe(Some(1055)).1), [1060, 1061, 1062]);
         assert_eq!(
-            reset_of(hub.subscribe(Some(1001)).1),
+            reset_of(hub.subscribe(Some(1039)).1),
             Some(ResetReason::TooOld)
         );
         assert_eq!(
@@ -306,31 +317,46 @@ mod tests {
             reset_of(hub.subscribe(Some(0)).1),
             Some(ResetReason::EarlierRun)
         );
-        assert_eq!(
-            reset_of(hub.subscribe(Some(1007)).1),
-            Some(ResetReason::Ahead)
-        );
-        assert_eq!(
-            reset_of(hub.subscribe(Some(u64::MAX)).1),
-            Some(ResetReason::Ahead)
-        );
         match hub.subscribe(Some(u64::MAX)).1 {
             Resume::Reset {
+                reason,
                 oldest_available,
                 newest,
-                ..
-            } => assert_eq!((oldest_available, newest), (1003, 1006)),
+            } => {
+                assert_eq!(reason, ResetReason::Ahead);
+                assert_eq!((oldest_available, newest), (1050, 1062));
+            }
             Resume::From(_) => panic!("expected a reset"),
         }
     }
 
     #[test]
-    fn a_run_starts_above_the_runs_before_and_stays_json_safe() {
+    fn a_position_a_little_ahead_is_an_event_not_here_yet() {
+        let now = crate::bus::unix_micros();
+        let hub = NotifyHub::with_base(16, 4, now - 1_000);
+        hub.push(event_at(now - 500));
+        // Another front already streamed an event this hub has not received.
+        assert!(replayed(hub.subscribe(Some(now + 1_000)).1).is_empty());
+        // Far beyond any clock's skew: no position at all.
+        assert_eq!(
+            reset_of(hub.subscribe(Some(now + 3_600_000_000)).1),
+            Some(ResetReason::Ahead)
+        );
+    }
+
+    #[test]
+    fn fronts_agree_on_ids_and_a_later_run_starts_above() {
         let first = NotifyHub::new(16, 4);
+        let other_front = NotifyHub::new(16, 4);
         for _ in 0..1000 {
-            first.push(event());
+            let e = event_at(crate::bus::next_seq());
+            first.push(e.clone());
+            other_front.push(e);
         }
-        let last_of_first = first.stream.lock().next_id - 1;
+        let last_of_first = first.stream.lock().newest;
+        assert_eq!(other_front.stream.lock().newest, last_of_first);
+        let (_, resume) = other_front.subscribe(Some(last_of_first - 1));
+        assert_eq!(replayed(resume), [last_of_first]);
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = NotifyHub::new(16, 4);
         assert!(second.base > last_of_first);

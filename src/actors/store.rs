@@ -541,6 +541,7 @@ fn item_event(kind: EventKind, item: &Item) -> Event {
             EventKind::ItemDeleted => None,
             _ => serde_json::to_value(item).ok(),
         },
+        seq: 0,
     }
 }
 
@@ -564,5 +565,6 @@ fn job_event(job: &Job) -> Event {
         subject_id: job.id,
         at: crate::domain::now(),
         data,
+        seq: 0,
     }
 }

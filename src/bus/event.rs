@@ -94,6 +94,34 @@ pub struct Event {
     /// The entity after the change (absent for deletions).
     #[schema(value_type = Object)]
     pub data: Option<serde_json::Value>,
+    /// The change's place in the stream: set once, when the node that committed it publishes it
+    /// ([`next_seq`]). Every front numbers its event stream by it, so a client may resume with
+    /// `Last-Event-ID` on any front (0: not published yet).
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// The next position of this process's published events: microseconds since the Unix epoch,
+/// raised by one where needed so it only grows. Below 2^53 (exact as JSON) until the year 2255.
+pub fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = unix_micros();
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(previous + 1)
+}
+
+/// The Unix time in microseconds (1 if the clock reads before 1970).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl Event {
@@ -105,6 +133,7 @@ impl Event {
             subject_id: user_id,
             at: Utc::now(),
             data: None,
+            seq: 0,
         }
     }
 

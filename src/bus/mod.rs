@@ -22,7 +22,7 @@ pub mod message;
 pub mod redis;
 mod transport;
 
-pub use event::{topic_is_public, Event, EventKind, PUBLIC_TOPICS, TOPICS};
+pub use event::{next_seq, topic_is_public, unix_micros, Event, EventKind, PUBLIC_TOPICS, TOPICS};
 pub use local::{Answered, Inflight, RoleActor, RoleArgs};
 pub use message::{
     BusError, Call, Codec, Dispatch, Encoded, Handler, NoRequests, Replier, Request, Service,
@@ -310,7 +310,10 @@ impl Bus {
 
     /// Fans an event out to every subscriber, on this node and (with Redis) on every other;
     /// nobody listening is not an error.
-    pub fn publish(&self, event: Event) {
+    pub fn publish(&self, mut event: Event) {
+        if event.seq == 0 {
+            event.seq = next_seq();
+        }
         metrics::counter!("gorgon_events_published_total", "topic" => event.kind.topic())
             .increment(1);
         for link in [&self.inner.queue, &self.inner.peers].into_iter().flatten() {

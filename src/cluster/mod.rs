@@ -124,9 +124,16 @@ pub struct LocalNode {
     pub stats: Arc<StatsHub>,
     pub redis: Option<Arc<RedisLink>>,
     pub http_addr: OnceLock<SocketAddr>,
+    /// Set when shutdown begins: `/readyz` answers 503 and responses close their connections,
+    /// so a load balancer moves clients elsewhere before the node stops accepting.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl LocalNode {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// This node as it sees itself (a node that is not clustered is its own cluster).
     pub fn status(&self) -> NodeStatus {
         NodeStatus {

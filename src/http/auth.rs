@@ -116,9 +116,10 @@ pub(super) fn user_location(id: Uuid) -> String {
     format!("/api/v1/users/{id}")
 }
 
-/// The address the limits of login and registration count against: the connection's peer.
+/// The address the limits of login and registration count against: the connection's peer, or
+/// the client a trusted proxy names (`--trusted-proxies`).
 pub(super) fn client_address(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    req.peer_addr().map(|addr| addr.ip())
+    super::access::client_of(req)
 }
 
 /// Exchanges email and password for a bearer token. Attempts per client address and wrong

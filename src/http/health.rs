@@ -54,6 +54,9 @@ pub async fn healthz() -> HttpResponse {
     ))]
 pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     let mut checks = std::collections::BTreeMap::new();
+    if state.node.is_draining() {
+        checks.insert("node".into(), "draining".to_string());
+    }
     for role in [Role::Auth, Role::App] {
         let found = if state.bus.has_role(role) {
             "ok"

@@ -13,8 +13,10 @@
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/api/v1/cluster` | `cluster.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
+//! | (every route: request id, client address, request log, metrics) | `access.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod error;
@@ -34,11 +36,10 @@ pub mod ws;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -75,6 +76,8 @@ pub struct HttpLimits {
     pub max_job_payload_bytes: usize,
     /// Largest item, in bytes (see `quotas::item_bytes`).
     pub max_item_bytes: usize,
+    /// Load balancers whose `X-Forwarded-For` names the client (see `access::client_address`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Default for HttpLimits {
@@ -95,6 +98,7 @@ impl Default for HttpLimits {
             user_items_per_minute: 6_000,
             max_job_payload_bytes: 64 * 1024,
             max_item_bytes: 128 * 1024,
+            trusted_proxies: Arc::from([]),
         }
     }
 }
@@ -165,7 +169,7 @@ pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::i
             .wrap(from_fn(move |req, next| {
                 limits::body_deadline(req, next, body_timeout)
             }))
-            .wrap(from_fn(record_request))
+            .wrap(from_fn(access::record))
             .configure(configure(state.clone()))
     })
     .workers(workers)
@@ -183,39 +187,4 @@ pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::i
         limits::on_connect(per_address.as_ref(), connection, data)
     });
     Ok(server.listen(listener)?.run())
-}
-
-/// Counts every request and times it, labelled by route pattern (never by id).
-async fn record_request(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let method = req.method().as_str().to_string();
-    let hub = req
-        .app_data::<web::Data<HttpState>>()
-        .map(|state| state.stats.clone());
-    let response = next.call(req).await?;
-    if let Some(hub) = hub {
-        hub.record(started.elapsed(), response.status().is_server_error());
-    }
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(
-        "gorgon_http_request_duration_seconds",
-        "method" => method.clone(),
-        "route" => route.clone(),
-    )
-    .record(started.elapsed().as_secs_f64());
-    metrics::counter!(
-        "gorgon_http_requests_total",
-        "method" => method,
-        "route" => route,
-        "status" => status,
-    )
-    .increment(1);
-    Ok(response)
 }
