@@ -13,6 +13,7 @@
 //!   (PyPI, schemas bundled: run without a network where `unshare -n` works), strict about unknown
 //!   fields; the kustomization lists every file; rendered by `kubectl kustomize` where kubectl
 //!   is installed; its Redis config is deploy/redis.conf's;
+//! - every `GORGON_*` variable these files set is one gorgon reads (src/configuration.rs);
 //! - `Dockerfile` and `.dockerignore`: what the image promises (the image itself cannot be built
 //!   here).
 //!
@@ -203,6 +204,65 @@ fn compose_prometheus_config_loads_the_alert_rules() {
     let text =
         assert_runs(Command::new("promtool").args(["check", "config", "deploy/prometheus.yml"]));
     assert!(text.contains("1 rule files found"), "{text}");
+}
+
+// --- settings -----------------------------------------------------------------------------------
+
+/// Every `GORGON_*` word in `text`.
+fn env_names_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("GORGON_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// gorgon ignores an environment variable it does not know: a misspelt setting in a deployment
+/// file would be lost without a word. Every one they set is a flag's (src/configuration.rs).
+#[test]
+fn deployment_files_set_only_settings_gorgon_knows() {
+    let known: Vec<String> = read("src/configuration.rs")
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(String::from)
+        .collect();
+    assert!(known.len() > 50, "{known:?}");
+    let mut sources = vec![
+        "compose.yaml".to_string(),
+        ".env.example".to_string(),
+        "Dockerfile".to_string(),
+    ];
+    for dir in ["deploy/k8s", "deploy/systemd"] {
+        for path in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = path.unwrap().path();
+            sources.push(format!(
+                "{dir}/{}",
+                path.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    for source in sources {
+        for name in env_names_in(&read(&source)) {
+            // `GORGON_*` in prose; deploy/haproxy.cfg's own variables, set on the haproxy service.
+            if name.ends_with('_')
+                || name.starts_with("GORGON_LB_")
+                || name.starts_with("GORGON_FRONT_")
+            {
+                continue;
+            }
+            assert!(
+                known.contains(&name),
+                "{source} sets {name}, which is no setting of gorgon"
+            );
+        }
+    }
 }
 
 // --- compose ------------------------------------------------------------------------------------
