@@ -12,6 +12,10 @@ command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # renders /dashboard
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # Redis mailbox tests
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy) # tests/haproxy.rs
+# tests/deploy.rs: compose.yaml checked offline (docker-compose 1.x needs no engine for `config`),
+# the systemd units verified (systemd-analyze; no running systemd needed).
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # PostgreSQL's server programs (initdb, postgres, pg_basebackup, pg_ctl): each test binary makes
 # its own throwaway clusters (tests/common/postgres.rs); the package also creates the `postgres`
 # user the servers run as when the tests run as root (PostgreSQL refuses root).
@@ -36,6 +40,17 @@ if [ ! -x "$secantus_venv/bin/secantusd-py" ]; then
   "$secantus_venv/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"
 fi
 export GORGON_SECANTUSD="$secantus_venv/bin/secantusd-py"
+
+# tests/deploy.rs validates deploy/k8s against the Kubernetes schemas with kubernetes-validate
+# (PyPI, Apache-2.0, the schemas bundled: it needs no cluster and no network once installed).
+k8s_validate_version=1.37.0
+k8s_venv="${GORGON_TEST_K8S_VENV:-$HOME/.cache/gorgon/k8s-venv}"
+if [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
+  echo "installing kubernetes-validate $k8s_validate_version into $k8s_venv"
+  python3 -m venv "$k8s_venv"
+  "$k8s_venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$k8s_validate_version"
+fi
+export GORGON_K8S_VALIDATE="$k8s_venv/bin/kubernetes-validate"
 
 # Debian keeps the server programs off PATH; the tests look in /usr/lib/postgresql/*/bin, and
 # GORGON_PG_BIN names the newest for them (and for anyone reading this).

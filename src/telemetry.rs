@@ -259,6 +259,18 @@ fn describe_metrics() {
         "Job attempts running on this node now."
     );
     describe_gauge!(
+        "gorgon_cluster_peers",
+        "Cluster nodes this node has a session with (its peers; 0 when it is alone)."
+    );
+    describe_counter!(
+        "gorgon_cluster_peers_dropped_total",
+        "Peer sessions dropped because the peer missed --cluster-missed-pings heartbeats."
+    );
+    describe_counter!(
+        "gorgon_cluster_auth_failures_total",
+        "Cluster sessions and direct-call connections refused at authentication (cookies differ)."
+    );
+    describe_gauge!(
         "gorgon_node_uptime_seconds",
         Unit::Seconds,
         "Seconds since this node started."

@@ -3,7 +3,8 @@
 //! serving the API with direct calls between them, a node started later found by every other
 //! through one seed, a node killed with SIGKILL under a load of reads and writes (reads retried on
 //! another member, every acknowledged write present, the node restarted and back in the cluster),
-//! a node with the wrong cookie refused, and a second embedded store refused.
+//! a node with the wrong cookie refused, a second embedded store refused, and a seed named by host
+//! (as in Compose and Kubernetes) dialled once, not again at every heartbeat.
 //!
 //! The tests of this file run one at a time. The ones that write need Redis and are skipped with
 //! a message when `redis-server` is not installed (unless `GORGON_REQUIRE_TOOLS` is set).
@@ -271,6 +272,66 @@ async fn a_node_with_the_wrong_cookie_cannot_join() {
         drop(friend);
     })
     .await;
+}
+
+/// A seed named by host, as in Compose (`backend:7400`) and Kubernetes
+/// (`gorgon-store-0.gorgon-store:7400`), counts as connected once a session to its address
+/// exists: it is not dialled again and again (each time a duplicate session, closed at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seed_named_by_host_is_dialled_once() {
+    bounded(async {
+        let http = client();
+        let seed = NodeSpec::new("all", None);
+        let joiner =
+            NodeSpec::new("app", None).arg("--join", &format!("localhost:{}", seed.cluster_port));
+        let (mut first, first_log, base) = spawn_logged(&seed);
+        let (mut second, second_log, _) = spawn_logged(&joiner);
+        let base = base.expect("the seed serves HTTP");
+        wait_view(&http, &base, Duration::from_secs(20), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+        // The heartbeat is 300 ms: a seed taken for missing would be dialled ~5 times by now.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for child in [&mut second, &mut first] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for log in [first_log, second_log] {
+            let text = std::fs::read_to_string(log.path()).expect("read log");
+            assert!(
+                !text.contains("duplicate_connection"),
+                "the seed was dialled again while connected:\n{text}"
+            );
+        }
+    })
+    .await;
+}
+
+/// Starts `spec` with its warnings in a file, waits for `gorgon node ready`; its web address.
+fn spawn_logged(spec: &NodeSpec) -> (std::process::Child, tempfile::NamedTempFile, Option<String>) {
+    use std::io::BufRead;
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gorgon"))
+        .args(spec.args(None, ""))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log.reopen().expect("log file"))
+        .spawn()
+        .expect("start gorgon");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut base = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(url) = line.strip_prefix("gorgon listening on ") {
+            base = Some(url.trim().to_string());
+        } else if line.starts_with("gorgon node ready") {
+            break;
+        }
+    }
+    // Keeps reading, so the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, log, base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

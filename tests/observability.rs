@@ -152,7 +152,7 @@ async fn every_dashboard_metric_is_exported() {
         .collect();
     assert!(
         missing.is_empty(),
-        "named in dashboards/ but not exported: {missing:?}"
+        "named in dashboards/ or deploy/alerts.yml but not exported: {missing:?}"
     );
 }
 

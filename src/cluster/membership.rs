@@ -187,10 +187,25 @@ pub(super) async fn sessions(
 }
 
 /// Whether a session to `seed` exists (by the address we dialled or the one the peer advertises).
-fn connected_to(sessions: &HashMap<u64, NodeServerSessionInformation>, seed: &str) -> bool {
-    sessions
-        .values()
-        .any(|ses| ses.peer_addr == seed || peer_addr(ses) == seed)
+/// Sessions know their peer by address only, so a seed named by host (`gorgon-store-0.gorgon-store:7400`
+/// in Kubernetes, `backend:7400` in Compose) is looked up: without it such a seed looked missing
+/// and was dialled again at every backoff, each time a duplicate session that ractor_cluster closed.
+async fn connected_to(sessions: &HashMap<u64, NodeServerSessionInformation>, seed: &str) -> bool {
+    let known = |addr: &str| {
+        sessions
+            .values()
+            .any(|ses| ses.peer_addr == addr || peer_addr(ses) == addr)
+    };
+    if known(seed) {
+        return true;
+    }
+    if seed.parse::<std::net::SocketAddr>().is_ok() {
+        return false;
+    }
+    match tokio::time::timeout(Duration::from_secs(1), tokio::net::lookup_host(seed)).await {
+        Ok(Ok(addrs)) => addrs.into_iter().any(|addr| known(&addr.to_string())),
+        _ => false,
+    }
 }
 
 /// Dialling state of one seed.
@@ -236,7 +251,7 @@ pub(super) async fn dial_missing_seeds_once(
 ) {
     let sessions = sessions(server).await.unwrap_or_default();
     for seed in &config.seeds {
-        if !connected_to(&sessions, seed) {
+        if !connected_to(&sessions, seed).await {
             dial(server, seed, config.heartbeat).await;
         }
     }
@@ -250,7 +265,7 @@ async fn dial_missing_seeds(
 ) {
     let now = Instant::now();
     for seed in seeds.iter_mut() {
-        if connected_to(sessions, &seed.addr) {
+        if connected_to(sessions, &seed.addr).await {
             seed.backoff = config.heartbeat;
             continue;
         }

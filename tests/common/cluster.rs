@@ -268,7 +268,7 @@ pub async fn assert_cluster_metrics_exported(http: &Client, base: &str) {
     let missing: Vec<&String> = names.iter().filter(|n| !super::exports(&text, n)).collect();
     assert!(
         missing.is_empty(),
-        "named in dashboards/ but not exported: {missing:?}"
+        "named in dashboards/ or deploy/alerts.yml but not exported: {missing:?}"
     );
 }
 

@@ -380,31 +380,27 @@ impl JobBurst {
     }
 }
 
-/// Every `gorgon_*` name in a file under `dashboards/`.
+/// Every `gorgon_*` name in a file under `dashboards/` and in the alert rules
+/// (`deploy/alerts.yml`): each must be a metric the node exports.
 pub fn dashboard_metric_names() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut names = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/dashboards"
-    ))];
+    let mut files = vec![root.join("deploy/alerts.yml")];
+    let mut dirs = vec![root.join("dashboards")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dashboards/") {
             let path = entry.expect("read dashboards/").path();
             if path.is_dir() {
                 dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("read dashboards/");
-            let mut rest = text.as_str();
-            while let Some(at) = rest.find("gorgon_") {
-                let tail = &rest[at..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len());
-                names.push(tail[..end].to_string());
-                rest = &tail[end..];
+            } else {
+                files.push(path);
             }
         }
+    }
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        names.extend(metric_names_in(&text));
     }
     names.sort();
     names.dedup();
@@ -413,9 +409,29 @@ pub fn dashboard_metric_names() -> Vec<String> {
     names
 }
 
+/// Every `gorgon_*` word in `text`.
+pub fn metric_names_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("gorgon_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
 /// Whether Prometheus text `metrics` has a series named `name`.
+/// A histogram's base name (`…_seconds`) counts through its `_bucket` series.
 pub fn exports(metrics: &str, name: &str) -> bool {
-    metrics
-        .lines()
-        .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    [name.to_string(), format!("{name}_bucket")]
+        .iter()
+        .any(|name| {
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        })
 }
