@@ -21,6 +21,8 @@
 //! kubernetes-validate) and sets `GORGON_REQUIRE_TOOLS=1`: then a missing tool fails the test.
 //! Under a bare `cargo test` without them these tests say they were skipped.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,23 +86,6 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
-}
-
-/// Every `gorgon_*` word in `text`.
-fn metric_names_in(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("gorgon_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.push(tail[..end].to_string());
-        rest = &tail[end..];
-    }
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The alert names of `deploy/alerts.yml`.
@@ -179,8 +164,8 @@ fn every_alert_has_a_unit_test_that_fires_and_one_that_does_not() {
 
 #[test]
 fn alert_rules_name_only_metrics_the_node_exports() {
-    let described = metric_names_in(&read("src/telemetry.rs"));
-    let unknown: Vec<String> = metric_names_in(&read("deploy/alerts.yml"))
+    let described = common::metric_names_in(&read("src/telemetry.rs"));
+    let unknown: Vec<String> = common::metric_names_in(&read("deploy/alerts.yml"))
         .into_iter()
         .filter(|name| {
             let base = ["_bucket", "_count", "_sum"]
