@@ -14,7 +14,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    gorgon::telemetry::init_logging(cli.log_format, cli.command.default_log_level());
+    let _log_writer =
+        gorgon::telemetry::init_logging(cli.log_format, cli.command.default_log_level());
     let outcome = match cli.command {
         Command::Run(args) => run(*args).await.map(|_| true),
         Command::Seed(args) => gorgon::seed::run(args).await.map(|_| true),

@@ -28,15 +28,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Lines waiting for stderr; past it new lines are dropped (and counted), never waited for.
+const LOG_BUFFER_LINES: usize = 64 * 1024;
+
+/// Log lines dropped because stderr did not keep up (exported by [`metrics_upkeep`]).
+static DROPPED_LOG_LINES: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
 /// Logs to stderr, filtered by `RUST_LOG` (else `level`, e.g. `info`). Request logs are the
 /// `gorgon::access` target: `RUST_LOG=info,gorgon::access=off` turns them off.
-pub fn init_logging(format: LogFormat, level: &str) {
+///
+/// Lines are written by a thread of their own: a slow reader of stderr (a full pipe, a stalled
+/// log shipper) must not stall the async workers that log a line per request. Keep the guard
+/// until exit: dropping it writes what is buffered.
+pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     // ractor_cluster logs every session step at info; its warnings (a peer lost) still show.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},ractor_cluster=warn,ractor=warn")));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("gorgon-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED_LOG_LINES.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -46,6 +62,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
             .with_span_list(false)
             .try_init(),
     };
+    guard
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -82,12 +99,20 @@ pub async fn metrics_upkeep(handle: PrometheusHandle) {
     loop {
         tick.tick().await;
         handle.run_upkeep();
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            metrics::counter!("gorgon_log_lines_dropped_total")
+                .absolute(dropped.dropped_lines() as u64);
+        }
     }
 }
 
 /// Help texts and units of every metric the node exports (one place to find them all).
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "gorgon_log_lines_dropped_total",
+        "Log lines dropped because stderr did not keep up (the writer never blocks a worker)."
+    );
     describe_histogram!(
         "gorgon_store_read_wait_seconds",
         Unit::Seconds,
