@@ -814,7 +814,7 @@ async fn no_password_or_token_reaches_redis_or_the_log() {
             }
             assert!(
                 Instant::now() < deadline,
-                "the registration was not dead-lettered within 20 s ({} dead letters before, {} now; q:store holds {})",
+                "the registration was not dead-lettered within 20 s ({} dead letters before, {} now; q:store holds {}; it was answered {answer:?}): {letters:?}",
                 dead_before,
                 letters.len(),
                 redis.llen(&key(&ns, "q:store")).await
