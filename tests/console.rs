@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use common::redis::{Fsync, RedisServer};
 use common::{expect_error, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
 use gorgon::bus::redis::Keys;
-use gorgon::bus::{Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service};
+use gorgon::bus::{
+    Bus, BusConfig, Handler, RedisConfig, RedisLink, Role, RoleActor, RoleArgs, Service,
+};
 use gorgon::error::{Error, Result};
 use gorgon::jobs::{JobError, JobHandler, JobRegistry};
 use gorgon::shutdown::Shutdown;
@@ -124,7 +126,7 @@ async fn chore_nodes(redis: &RedisServer, ns: &str) -> (Bus, Arc<Chores>, Vec<Ar
     let worker = RedisLink::connect(config.clone(), "chores-worker", &Shutdown::new())
         .await
         .expect("worker link");
-    let worker_bus = Bus::with_redis(bus_config.clone(), worker.clone());
+    let worker_bus = Bus::with_redis(bus_config, worker.clone());
     let chores = Arc::new(Chores::default());
     let args = RoleArgs {
         service: ChoreHandler(chores.clone()),
@@ -209,7 +211,12 @@ async fn dead_job(app: &TestApp, token: &str) -> String {
         .to_string();
     let path = format!("/api/v1/jobs/{id}");
     eventually("the flaky job dies", Duration::from_secs(15), async || {
-        app.get_auth(&path, token).await.json::<Value>().await.expect("job")["state"] == "dead"
+        app.get_auth(&path, token)
+            .await
+            .json::<Value>()
+            .await
+            .expect("job")["state"]
+            == "dead"
     })
     .await;
     id
@@ -219,7 +226,9 @@ async fn dead_job(app: &TestApp, token: &str) -> String {
 fn playwright_python() -> Option<PathBuf> {
     let venv = std::env::var_os("GORGON_TEST_PLAYWRIGHT_VENV")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/gorgon/playwright-venv")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/gorgon/playwright-venv"))
+        })?;
     let python = venv.join("bin/python");
     let works = std::process::Command::new(&python)
         .args(["-c", "import playwright.sync_api"])
@@ -331,7 +340,10 @@ async fn an_admin_works_the_console_in_a_real_browser() {
         "the browser script failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    eprintln!("browser flow in {:?} (whole test so far)", started.elapsed());
+    eprintln!(
+        "browser flow in {:?} (whole test so far)",
+        started.elapsed()
+    );
     let report: Value = stdout
         .lines()
         .rev()
@@ -342,7 +354,11 @@ async fn an_admin_works_the_console_in_a_real_browser() {
     let panels = &report["panels"];
     let text = |name: &str| panels[name].as_str().unwrap_or_default().to_string();
     assert!(text("queues").contains("provider"), "{}", text("queues"));
-    assert!(text("dead-letters").contains("failed 3 times"), "{}", text("dead-letters"));
+    assert!(
+        text("dead-letters").contains("failed 3 times"),
+        "{}",
+        text("dead-letters")
+    );
     assert!(text("dead-letters").contains("not a Gorgon envelope"));
     assert!(!text("dead-letters").contains("argon2"));
     assert!(text("jobs").contains("done") && text("jobs").contains(&job));
@@ -357,9 +373,11 @@ async fn an_admin_works_the_console_in_a_real_browser() {
     // What really happened: chore 1 (replayed alone) and 3 (replayed with the rest) handled
     // once each, chore 2 (deleted) never; nothing dead or waiting; the job done.
     let keys = Keys::new(&ns);
-    eventually("the replayed chores are handled", Duration::from_secs(10), async || {
-        chores.handled.lock().len() >= 2
-    })
+    eventually(
+        "the replayed chores are handled",
+        Duration::from_secs(10),
+        async || chores.handled.lock().len() >= 2,
+    )
     .await;
     let mut handled = chores.handled.lock().clone();
     handled.sort();
@@ -407,6 +425,13 @@ async fn send(app: &TestApp, method: Method, path: &str, token: Option<&str>) ->
     request.send().await.expect("request")
 }
 
+/// `send` as `admin`, expecting a 200 with JSON.
+async fn ok_json(app: &TestApp, method: Method, path: &str, admin: &str) -> Value {
+    let resp = send(app, method, path, Some(admin)).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    resp.json().await.expect("a JSON answer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_refuses_anyone_but_an_admin_and_purges_only_when_confirmed() {
     let Some(redis) = RedisServer::start_or_skip(Fsync::EverySec).await else {
@@ -423,14 +448,14 @@ async fn the_admin_api_refuses_anyone_but_an_admin_and_purges_only_when_confirme
         let resp = send(&app, method.clone(), &path, Some(&user)).await;
         expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    assert_eq!(redis.llen(&Keys::new(&ns).dead("provider")).await, 4, "nothing touched");
+    assert_eq!(
+        redis.llen(&Keys::new(&ns).dead("provider")).await,
+        4,
+        "nothing touched"
+    );
 
     let admin = app.admin_token().await;
-    let queues: Value = send(&app, Method::GET, "/api/v1/admin/queues", Some(&admin))
-        .await
-        .json()
-        .await
-        .expect("queues");
+    let queues: Value = ok_json(&app, Method::GET, "/api/v1/admin/queues", &admin).await;
     assert_eq!(queues["redis"], true);
     let provider = queues["queues"]
         .as_array()
@@ -438,51 +463,121 @@ async fn the_admin_api_refuses_anyone_but_an_admin_and_purges_only_when_confirme
         .iter()
         .find(|q| q["queue"] == "provider")
         .unwrap_or_else(|| panic!("provider listed: {queues}"));
-    assert_eq!((provider["dead"].as_u64(), provider["waiting"].as_u64()), (Some(4), Some(0)));
+    assert_eq!(
+        (provider["dead"].as_u64(), provider["waiting"].as_u64()),
+        (Some(4), Some(0))
+    );
     assert!(provider["in_flight"].is_u64() && provider["retrying"].is_u64());
 
     let letters = "/api/v1/admin/queues/provider/dead-letters";
-    let page: Value = send(&app, Method::GET, &format!("{letters}?limit=2&offset=1"), Some(&admin))
-        .await
-        .json()
-        .await
-        .expect("page");
-    assert_eq!((page["total"].as_u64(), page["offset"].as_u64()), (Some(4), Some(1)));
+    let page: Value = ok_json(
+        &app,
+        Method::GET,
+        &format!("{letters}?limit=2&offset=1"),
+        &admin,
+    )
+    .await;
+    assert_eq!(
+        (page["total"].as_u64(), page["offset"].as_u64()),
+        (Some(4), Some(1))
+    );
     let shown = page["dead_letters"].as_array().expect("letters");
     assert_eq!(shown.len(), 2);
-    assert_eq!(shown[0]["body"], json!({"Chore": {"n": 2}}), "oldest first: {page}");
+    assert_eq!(
+        shown[0]["body"],
+        json!({"Chore": {"n": 2}}),
+        "oldest first: {page}"
+    );
     assert_eq!(shown[0]["kind"], "chore");
     assert_eq!(shown[0]["attempts"], 3);
-    assert!(shown[0]["reason"].as_str().is_some_and(|r| r.contains("refused on purpose")));
+    assert!(shown[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("refused on purpose")));
     assert!(shown[0]["failed_at"].is_string() && shown[0]["message_id"].is_string());
 
-    // Garbage cannot be replayed; a bad id, a bad queue and a limit out of range are refused.
-    let all: Value = send(&app, Method::GET, letters, Some(&admin)).await.json().await.expect("all");
+    // Garbage cannot be replayed; a bad id, a bad queue and a limit out of range are refused,
+    // and so is a purge that does not name its queue twice: nothing is deleted.
+    let all: Value = ok_json(&app, Method::GET, letters, &admin).await;
     let garbage = all["dead_letters"][3].clone();
     assert_eq!(garbage["replayable"], false, "{all}");
-    let resp = send(&app, Method::POST, &format!("{letters}/{}/replay", garbage["id"].as_str().unwrap()), Some(&admin)).await;
-    expect_error(resp, StatusCode::CONFLICT, "conflict").await;
-    let resp = send(&app, Method::POST, &format!("{letters}/nope/replay"), Some(&admin)).await;
-    expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    let resp = send(&app, Method::POST, &format!("{letters}/0123456789abcdef0123456789abcdef/replay"), Some(&admin)).await;
-    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
-    let resp = send(&app, Method::GET, "/api/v1/admin/queues/q%3Ax/dead-letters", Some(&admin)).await;
-    expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-    let resp = send(&app, Method::GET, &format!("{letters}?limit=0"), Some(&admin)).await;
-    expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-
-    // Purging names the queue twice, or deletes nothing.
-    for query in ["", "?confirm=", "?confirm=store", "?confirm=Provider"] {
-        let resp = send(&app, Method::DELETE, &format!("{letters}{query}"), Some(&admin)).await;
-        let body = expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
-        assert_eq!(body["error"]["field"], "confirm");
+    let garbage = garbage["id"].as_str().expect("id");
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let refused = [
+        (
+            Method::POST,
+            format!("{letters}/{garbage}/replay"),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            format!("{letters}/nope/replay"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            format!("{letters}/{unknown}/replay"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            format!("{letters}/{unknown}"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/queues/q%3Ax/dead-letters".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::GET,
+            format!("{letters}?limit=0"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::DELETE,
+            letters.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::DELETE,
+            format!("{letters}?confirm="),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::DELETE,
+            format!("{letters}?confirm=store"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            Method::DELETE,
+            format!("{letters}?confirm=Provider"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+    ];
+    for (method, path, status, code) in refused {
+        let body = expect_error(send(&app, method, &path, Some(&admin)).await, status, code).await;
+        if path.contains("confirm") || path == letters {
+            assert_eq!(body["error"]["field"], "confirm", "{path}");
+        }
     }
     assert_eq!(redis.llen(&Keys::new(&ns).dead("provider")).await, 4);
-    let purged: Value = send(&app, Method::DELETE, &format!("{letters}?confirm=provider"), Some(&admin))
-        .await
-        .json()
-        .await
-        .expect("purged");
+    let purged = ok_json(
+        &app,
+        Method::DELETE,
+        &format!("{letters}?confirm=provider"),
+        &admin,
+    )
+    .await;
     assert_eq!(purged, json!({"queue": "provider", "purged": 4}));
 
     // The routes are in the OpenAPI document, behind the bearer scheme.
@@ -507,17 +602,18 @@ async fn the_admin_api_refuses_anyone_but_an_admin_and_purges_only_when_confirme
 async fn a_node_without_redis_says_it_has_no_queues() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
-    let queues: Value = send(&app, Method::GET, "/api/v1/admin/queues", Some(&admin))
-        .await
-        .json()
-        .await
-        .expect("queues");
-    assert_eq!(queues, json!({"redis": false, "namespace": null, "queues": []}));
+    let queues: Value = ok_json(&app, Method::GET, "/api/v1/admin/queues", &admin).await;
+    assert_eq!(
+        queues,
+        json!({"redis": false, "namespace": null, "queues": []})
+    );
     for (method, path) in admin_routes("store").into_iter().skip(1) {
         let resp = send(&app, method, &path, Some(&admin)).await;
         let body = expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
         assert!(
-            body["error"]["message"].as_str().is_some_and(|m| m.contains("without Redis")),
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("without Redis")),
             "{path}: {body}"
         );
     }
@@ -526,8 +622,14 @@ async fn a_node_without_redis_says_it_has_no_queues() {
     expect_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // The page is served with its policy.
     let page = app.get("/dashboard").await;
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"),
+        "{csp}"
+    );
 }
 
 /// `gorgon dlq ARGS…` (the real binary) with `env`; its stdout.
@@ -575,7 +677,8 @@ async fn gorgon_dlq_through_the_api_prints_what_it_prints_through_redis() {
     let through_api = gorgon_dlq(&[&["list", "provider"][..], &api].concat(), &token).await;
     assert_eq!(through_redis.lines().count(), 4, "{through_redis}");
     assert_eq!(through_api, through_redis);
-    let first: Value = serde_json::from_str(through_api.lines().next().unwrap()).expect("a JSON line");
+    let first: Value =
+        serde_json::from_str(through_api.lines().next().unwrap()).expect("a JSON line");
     let id = first["id"].as_str().expect("id").to_string();
 
     // Without the token, the API refuses and the command says so.
@@ -589,15 +692,26 @@ async fn gorgon_dlq_through_the_api_prints_what_it_prints_through_redis() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
-    let replayed = gorgon_dlq(&[&["replay", "provider", "--id", id.as_str()][..], &api].concat(), &token).await;
+    let replayed = gorgon_dlq(
+        &[&["replay", "provider", "--id", id.as_str()][..], &api].concat(),
+        &token,
+    )
+    .await;
     assert!(replayed.contains(&id), "{replayed}");
     eventually("chore 1 handled", Duration::from_secs(10), async || {
         chores.handled.lock().contains(&1)
     })
     .await;
     let all = gorgon_dlq(&[&["replay", "provider"][..], &api].concat(), &token).await;
-    assert!(all.starts_with("replayed 2 message(s) onto provider; 1 dead letter(s) hold no message"), "{all}");
+    assert!(
+        all.starts_with("replayed 2 message(s) onto provider; 1 dead letter(s) hold no message"),
+        "{all}"
+    );
     let purged = gorgon_dlq(&[&["purge", "provider"][..], &api].concat(), &token).await;
     assert_eq!(purged.trim(), "purged 1 dead letter(s) of provider");
-    assert!(gorgon_dlq(&[&["list", "provider"][..], &direct].concat(), &[]).await.is_empty());
+    assert!(
+        gorgon_dlq(&[&["list", "provider"][..], &direct].concat(), &[])
+            .await
+            .is_empty()
+    );
 }

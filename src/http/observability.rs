@@ -117,7 +117,13 @@ mod tests {
         assert_eq!(DASHBOARD.matches("<script>").count(), 1);
         assert_eq!(DASHBOARD.matches("<style>").count(), 1);
         // Inline event handlers and style attributes would be refused by the policy.
-        for refused in [" onclick=", " onload=", " onsubmit=", " style=", "<script src"] {
+        for refused in [
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            " style=",
+            "<script src",
+        ] {
             assert!(!DASHBOARD.contains(refused), "{refused}");
         }
         let csp = DASHBOARD_CSP.as_str();

@@ -128,7 +128,10 @@ fn letter_id(id: &str) -> Result<&str, Error> {
     if id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(id)
     } else {
-        Err(Error::invalid("id", "a dead letter's id: 32 lowercase hex digits"))
+        Err(Error::invalid(
+            "id",
+            "a dead letter's id: 32 lowercase hex digits",
+        ))
     }
 }
 

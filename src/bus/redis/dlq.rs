@@ -37,13 +37,22 @@ pub enum DlqError {
     NotReplayable { id: String },
 }
 
+fn not_found(queue: &str, id: &str) -> DlqError {
+    DlqError::NotFound {
+        queue: queue.to_string(),
+        id: id.to_string(),
+    }
+}
+
 impl From<DlqError> for crate::error::Error {
     fn from(e: DlqError) -> Self {
         use crate::error::Error;
         match e {
             DlqError::Redis(source) => {
                 tracing::warn!(error = %source, "a dead-letter command failed");
-                Error::Unavailable("the message bus (Redis) is unreachable; try again shortly".into())
+                Error::Unavailable(
+                    "the message bus (Redis) is unreachable; try again shortly".into(),
+                )
             }
             e @ DlqError::NotFound { .. } => Error::NotFound(e.to_string()),
             e @ DlqError::NotReplayable { .. } => Error::Conflict(e.to_string()),
@@ -217,10 +226,7 @@ async fn find<C: ConnectionLike + Send>(
         }
         offset += CHUNK;
         if offset >= total {
-            return Err(DlqError::NotFound {
-                queue: queue.to_string(),
-                id: id.to_string(),
-            });
+            return Err(not_found(queue, id));
         }
     }
 }
@@ -262,10 +268,7 @@ pub async fn replay_one<C: ConnectionLike + Send>(
         Ok(())
     } else {
         // Replayed or deleted by someone else meanwhile.
-        Err(DlqError::NotFound {
-            queue: queue.to_string(),
-            id: id.to_string(),
-        })
+        Err(not_found(queue, id))
     }
 }
 
@@ -319,10 +322,7 @@ pub async fn delete_one<C: ConnectionLike + Send>(
     if removed == 1 {
         Ok(())
     } else {
-        Err(DlqError::NotFound {
-            queue: queue.to_string(),
-            id: id.to_string(),
-        })
+        Err(not_found(queue, id))
     }
 }
 
@@ -412,9 +412,16 @@ fn preview(bytes: &[u8]) -> String {
 /// are how the store's token requests name a token's hash.
 fn is_sensitive(field: &str) -> bool {
     let field = field.to_ascii_lowercase();
-    ["password", "secret", "token", "signature", "cookie", "authorization"]
-        .iter()
-        .any(|word| field.contains(word))
+    [
+        "password",
+        "secret",
+        "token",
+        "signature",
+        "cookie",
+        "authorization",
+    ]
+    .iter()
+    .any(|word| field.contains(word))
         || matches!(field.as_str(), "hash" | "keep" | "session")
 }
 
@@ -475,7 +482,10 @@ mod tests {
         assert!(!shown.replayable);
         assert_eq!(shown.raw.as_deref(), Some("not json at all"));
         let long = "x".repeat(1000);
-        assert_eq!(view("store", long.as_bytes()).raw.map(|r| r.len()), Some(200));
+        assert_eq!(
+            view("store", long.as_bytes()).raw.map(|r| r.len()),
+            Some(200)
+        );
         let secret = view("store", &record(r#"{"password":"hunter2"}"#));
         assert!(!secret.raw.expect("raw").contains("hunter2"));
     }
