@@ -195,6 +195,25 @@ def main():
         page.get_by_role("button", name="Sign out").click()
         no_admin_data(page)
         expect(page.locator("#overview")).to_be_visible()
+
+        # An admin token pasted instead of a password works too; signing out forgets it without
+        # ending it (it is someone's session elsewhere).
+        token = page.evaluate(
+            """([email, password]) => fetch('/api/v1/auth/login', {method: 'POST',
+                 headers: {'Content-Type': 'application/json'}, body: JSON.stringify({email, password})})
+               .then(r => r.json()).then(b => b.token)""",
+            [ENV["CONSOLE_ADMIN_EMAIL"], ENV["CONSOLE_ADMIN_PASSWORD"]])
+        expect(page.locator("#login")).to_be_hidden()
+        page.get_by_role("button", name="Admin sign-in").click()
+        page.get_by_label("or an admin token").fill(token)
+        page.get_by_role("button", name="Use token").click()
+        expect(page.locator("#panel-queues")).to_be_visible()
+        expect(page.locator("#login-token-value")).to_have_value("")
+        page.get_by_role("button", name="Sign out").click()
+        no_admin_data(page)
+        still = page.evaluate(
+            "t => fetch('/api/v1/admin/queues', {headers: {Authorization: 'Bearer ' + t}}).then(r => r.status)", token)
+        assert still == 200, still
         browser.close()
     print(json.dumps(report))
 
