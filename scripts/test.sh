@@ -52,6 +52,18 @@ if [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
 fi
 export GORGON_K8S_VALIDATE="$k8s_venv/bin/kubernetes-validate"
 
+# The operator console's browser test (tests/console.rs) drives the system Chromium with
+# Playwright for Python (PyPI, Apache-2.0), in a venv of its own; its bundled browsers are never
+# downloaded (`playwright install` is not run): the test launches /usr/bin/chromium.
+playwright_version=1.65.2
+playwright_venv="${GORGON_TEST_PLAYWRIGHT_VENV:-$HOME/.cache/gorgon/playwright-venv}"
+if ! "$playwright_venv/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1; then
+  echo "installing Playwright for Python $playwright_version (drives Chromium in tests/console.rs) into $playwright_venv"
+  python3 -m venv "$playwright_venv"
+  "$playwright_venv/bin/pip" install -q --disable-pip-version-check "playwright==$playwright_version"
+fi
+export GORGON_TEST_PLAYWRIGHT_VENV="$playwright_venv"
+
 # Debian keeps the server programs off PATH; the tests look in /usr/lib/postgresql/*/bin, and
 # GORGON_PG_BIN names the newest for them (and for anyone reading this).
 if [ -z "${GORGON_PG_BIN:-}" ]; then

@@ -681,28 +681,42 @@ where
         .transpose()
 }
 
-/// `gorgon dlq`.
+/// `gorgon dlq`: through Redis itself (`--redis`), or through a node's admin API (`--api`, as
+/// `/dashboard` does; the admin token in `GORGON_ADMIN_TOKEN`). `--api` wins when both are set.
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
     #[arg(value_enum)]
     pub action: DlqAction,
     /// The queue, e.g. `store`, `app`, `auth` (durable) or `store.direct`.
     pub queue: String,
-    #[arg(long, env = "GORGON_REDIS_URL")]
-    pub redis: String,
+    #[arg(long, env = "GORGON_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
     #[arg(long, env = "GORGON_REDIS_NAMESPACE", default_value = "default")]
     pub redis_namespace: String,
+    /// A node's base URL (`http://127.0.0.1:8080`): use its admin API instead of Redis.
+    #[arg(long, env = "GORGON_API_URL")]
+    pub api: Option<String>,
+    /// One dead letter (its id from `list`), for `replay` and `delete`.
+    #[arg(long, env = "GORGON_DLQ_ID")]
+    pub id: Option<String>,
     /// Most records listed or replayed.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "GORGON_DLQ_LIMIT", default_value_t = 1000)]
     pub limit: usize,
+    /// `list` prints the records as stored in Redis (password hashes and token hashes
+    /// included) instead of the redacted view; `--redis` only.
+    #[arg(long, env = "GORGON_DLQ_RAW")]
+    pub raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DlqAction {
-    /// Prints each dead message as one JSON line.
+    /// Prints each dead letter as one JSON line, oldest first: its id, reason, attempts, time,
+    /// kind and request (credentials redacted).
     List,
-    /// Puts dead messages back on their queue, as first attempts.
+    /// Puts dead messages back on their queue, as first attempts (one with `--id`).
     Replay,
+    /// Deletes one dead letter (`--id`).
+    Delete,
     /// Deletes every dead message of the queue.
     Purge,
 }

@@ -16,6 +16,7 @@ pub mod actors;
 pub mod bus;
 pub mod cluster;
 pub mod configuration;
+pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod fake;

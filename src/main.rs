@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use gorgon::configuration::{Cli, Command, DlqAction, DlqArgs};
+use gorgon::configuration::{Cli, Command};
 use gorgon::startup::{shutdown_signal, Node};
 
 /// mimalloc instead of glibc's malloc. On the simulator's default scenario (2 cores, one run
@@ -20,7 +20,10 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => run(*args).await.map(|_| true),
         Command::Seed(args) => gorgon::seed::run(args).await.map(|_| true),
         Command::Sim(args) => gorgon::sim::run(args).await,
-        Command::Dlq(args) => dlq(args).await.map(|_| true),
+        Command::Dlq(args) => gorgon::dlq::run(args)
+            .await
+            .map(|_| true)
+            .map_err(anyhow::Error::from),
     };
     match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -44,31 +47,5 @@ async fn run(args: gorgon::configuration::RunArgs) -> anyhow::Result<()> {
     println!("gorgon node ready");
     shutdown_signal().await;
     node.shutdown().await;
-    Ok(())
-}
-
-/// `gorgon dlq list|replay|purge QUEUE`.
-async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
-    use gorgon::bus::redis::{dlq, Keys};
-    let mut conn = dlq::connect(&args.redis).await?;
-    let keys = Keys::new(&args.redis_namespace);
-    match args.action {
-        DlqAction::List => {
-            for record in dlq::list(&mut conn, &keys, &args.queue, args.limit).await? {
-                println!("{record}");
-            }
-        }
-        DlqAction::Replay => {
-            let done = dlq::replay(&mut conn, &keys, &args.queue, args.limit).await?;
-            println!(
-                "replayed {} message(s) onto {}; {} dead letter(s) hold no message and were kept",
-                done.requeued, args.queue, done.kept
-            );
-        }
-        DlqAction::Purge => {
-            let n = dlq::purge(&mut conn, &keys, &args.queue).await?;
-            println!("purged {n} dead letter(s) of {}", args.queue);
-        }
-    }
     Ok(())
 }

@@ -568,32 +568,37 @@ fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// `gorgon dlq ACTION QUEUE` against `redis` and `ns`; returns stdout and stderr together.
+/// `gorgon dlq ACTION QUEUE` against `redis` and `ns`; returns stdout and stderr together. A
+/// `list` is run twice: `--raw` (the records as stored, password hashes included) first, then
+/// the redacted view the admin API shows too, so a scan of the output covers both.
 async fn dlq(redis: &RedisServer, ns: &str, action: &str, queue: &str) -> Vec<u8> {
+    if action == "list" {
+        let mut all = dlq_run(redis, ns, &[action, queue, "--raw"]).await;
+        all.extend(dlq_run(redis, ns, &[action, queue]).await);
+        return all;
+    }
+    dlq_run(redis, ns, &[action, queue]).await
+}
+
+async fn dlq_run(redis: &RedisServer, ns: &str, args: &[&str]) -> Vec<u8> {
     let url = redis.url();
     let output = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_gorgon"))
-            .args([
-                "dlq",
-                action,
-                queue,
-                "--redis",
-                url.as_str(),
-                "--redis-namespace",
-                ns,
-            ])
+            .arg("dlq")
+            .args(args)
+            .args(["--redis", url.as_str(), "--redis-namespace", ns])
             .env("RUST_LOG", LOG_LEVEL)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .unwrap_or_else(|_| panic!("gorgon dlq {action} did not exit within 30 s"))
+    .unwrap_or_else(|_| panic!("gorgon dlq {args:?} did not exit within 30 s"))
     .expect("run gorgon dlq");
     assert!(
         output.status.success(),
-        "gorgon dlq {action} {queue} failed ({}): {}",
+        "gorgon dlq {args:?} failed ({}): {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );

@@ -34,6 +34,7 @@ crate::requests! {
     GetJob => "get_job", direct, Job;
     ListJobs => "list_jobs", direct, Vec<Job>;
     RetryJob => "retry_job", durable, Job;
+    CheckAdmin => "check_admin", direct, ();
     CreateItem => "create_item", durable, Item;
     UpdateItem => "update_item", durable, Item;
     DeleteItem => "delete_item", durable, ();
@@ -109,6 +110,13 @@ pub struct ListJobs {
 pub struct RetryJob {
     pub actor: Principal,
     pub id: Uuid,
+}
+
+/// Whether the caller may use the operator's routes (queues, dead letters): an admin now, or
+/// 403. Answers nothing else.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckAdmin {
+    pub actor: Principal,
 }
 
 /// Item writes as queued by builds before requests were types (the HTTP layer now writes
@@ -277,6 +285,15 @@ impl Handler<RetryJob> for AppHandler {
         let job = self.bus.call(store::RetryJob { id: r.id }).await?;
         self.wake_workers.notify_one();
         Ok(job)
+    }
+}
+
+impl Handler<CheckAdmin> for AppHandler {
+    async fn handle(self: Arc<Self>, r: CheckAdmin) -> Result<()> {
+        forbid_unless(
+            admin_now(&self.bus, &r.actor).await?,
+            "use the operator's routes (admin only)",
+        )
     }
 }
 

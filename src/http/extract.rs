@@ -9,12 +9,17 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use serde::{Deserialize, Deserializer};
 
 use super::HttpState;
-use crate::actors::auth;
+use crate::actors::{app, auth};
 use crate::domain::{Principal, Token};
 use crate::error::Error;
 
 /// The caller, authenticated by `Authorization: Bearer <token>` through the auth role.
 pub struct Authenticated(pub Principal);
+
+/// The caller, authenticated and an admin now: admin rights are read from the store by the app
+/// role ([`app::CheckAdmin`]), never taken from a token validated before a demotion. 401 without
+/// a valid token, 403 for anyone else.
+pub struct Admin(pub Principal);
 
 /// The raw bearer token (for logout).
 pub struct BearerToken(pub Token);
@@ -59,6 +64,21 @@ impl FromRequest for Authenticated {
                 .call(auth::Validate::token(&token))
                 .await
                 .map(Authenticated)
+        })
+    }
+}
+
+impl FromRequest for Admin {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = Authenticated::from_request(req, payload);
+        let state = req.app_data::<web::Data<HttpState>>().cloned();
+        Box::pin(async move {
+            let Authenticated(actor) = caller.await?;
+            let state = state.ok_or_else(|| Error::Internal("HTTP state missing".into()))?;
+            state.bus.call(app::CheckAdmin { actor }).await?;
+            Ok(Admin(actor))
         })
     }
 }

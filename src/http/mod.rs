@@ -12,6 +12,7 @@
 //! | `/api/v1/providers/{name}/ingest` | `providers.rs` |
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/api/v1/cluster` | `cluster.rs` |
+//! | `/api/v1/admin/queues`, `/api/v1/admin/queues/{queue}/dead-letters[/…]` (admin) | `queues.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | (every route: request id, client address, request log, metrics) | `access.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
@@ -30,6 +31,7 @@ pub mod limits;
 pub mod observability;
 pub mod openapi;
 pub mod providers;
+pub mod queues;
 pub mod quotas;
 pub mod users;
 pub mod ws;
@@ -143,6 +145,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(providers::routes)
                     .configure(observability::api_routes)
                     .configure(cluster::routes)
+                    .configure(queues::routes)
                     .configure(openapi::routes),
             )
             .configure(info::routes)

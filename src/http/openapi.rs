@@ -40,6 +40,9 @@ impl Modify for BearerAuth {
         super::observability::prometheus_metrics, super::observability::node_stats,
         super::observability::dashboard,
         super::cluster::cluster_nodes,
+        super::queues::list_queues, super::queues::list_dead_letters,
+        super::queues::replay_dead_letters, super::queues::replay_dead_letter,
+        super::queues::delete_dead_letter, super::queues::purge_dead_letters,
         super::health::healthz, super::health::readyz,
         openapi_json,
     ),
@@ -47,6 +50,7 @@ impl Modify for BearerAuth {
         crate::domain::User, crate::domain::Item, crate::domain::Location,
         crate::domain::Job, crate::domain::JobState,
         crate::bus::Event, crate::bus::EventKind,
+        crate::bus::redis::QueueFigures, crate::bus::redis::dlq::DeadLetterView,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -57,6 +61,7 @@ impl Modify for BearerAuth {
         (name = "events", description = "Live events"),
         (name = "observability", description = "Metrics and stats"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "admin", description = "The operator's routes: queues and dead letters (admin only)"),
     )
 )]
 pub struct ApiDoc;

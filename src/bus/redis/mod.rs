@@ -11,7 +11,8 @@
 //! - [`upkeep`] keeps the heartbeat, lets one reaper at a time give a dead consumer's messages
 //!   back to the queue, moves due retries, and samples queue depths into metrics.
 //! - [`events`] fans events out through pub/sub so every node's notify role sees every change.
-//! - [`dlq`] lists, replays and purges dead letters (`gorgon dlq`).
+//! - [`dlq`] lists, replays, deletes and purges dead letters, and [`queues`] reads every queue's
+//!   figures: one implementation for `gorgon dlq` and the admin API (`http/queues.rs`).
 //!
 //! When Redis goes away nothing here stops: calls fail fast with [`Error::Unavailable`] (503),
 //! background loops retry with backoff, and everything resumes when Redis answers again.
@@ -22,6 +23,7 @@ mod envelope;
 mod events;
 pub mod keys;
 mod outbox;
+pub mod queues;
 mod replies;
 mod upkeep;
 
@@ -72,12 +74,16 @@ impl RedisConfig {
     }
 }
 
-/// A queue's figures, as last sampled (every second).
+/// A queue's figures (sampled every second for metrics and the stats role; read on demand by
+/// the admin API).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueFigures {
     pub queue: String,
     /// Messages waiting to be taken.
     pub waiting: u64,
+    /// Messages taken by a consumer and not yet acknowledged (absent from earlier builds).
+    #[serde(default)]
+    pub in_flight: u64,
     /// Failed messages waiting for their retry.
     pub retrying: u64,
     /// Dead letters.

@@ -363,36 +363,14 @@ pub async fn sample_depths(link: Arc<RedisLink>) {
 }
 
 async fn sample_once(link: &RedisLink) -> redis::RedisResult<()> {
-    let mut conn = link.conn();
-    let queues: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(link.keys.queues())
-        .query_async(&mut conn)
-        .await?;
-    if queues.is_empty() {
-        return Ok(());
+    let sample = super::queues::figures(&mut link.conn(), &link.keys).await?;
+    for figures in &sample {
+        let queue = &figures.queue;
+        metrics::gauge!("gorgon_queue_depth", "queue" => queue.clone()).set(figures.waiting as f64);
+        metrics::gauge!("gorgon_queue_delayed", "queue" => queue.clone())
+            .set(figures.retrying as f64);
+        metrics::gauge!("gorgon_queue_dead", "queue" => queue.clone()).set(figures.dead as f64);
     }
-    let mut pipe = redis::pipe();
-    for queue in &queues {
-        pipe.cmd("LLEN").arg(link.keys.queue(queue));
-        pipe.cmd("ZCARD").arg(link.keys.delayed(queue));
-        pipe.cmd("LLEN").arg(link.keys.dead(queue));
-    }
-    let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
-    let mut sample = Vec::with_capacity(queues.len());
-    for (queue, figures) in queues.iter().zip(counts.chunks(3)) {
-        if let [depth, delayed, dead] = figures {
-            metrics::gauge!("gorgon_queue_depth", "queue" => queue.clone()).set(*depth as f64);
-            metrics::gauge!("gorgon_queue_delayed", "queue" => queue.clone()).set(*delayed as f64);
-            metrics::gauge!("gorgon_queue_dead", "queue" => queue.clone()).set(*dead as f64);
-            sample.push(super::QueueFigures {
-                queue: queue.clone(),
-                waiting: *depth,
-                retrying: *delayed,
-                dead: *dead,
-            });
-        }
-    }
-    sample.sort_by(|a, b| a.queue.cmp(&b.queue));
     *link.figures.lock() = sample;
     Ok(())
 }
