@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod fake;
 pub mod http;
+pub mod import_export;
 pub mod jobs;
 pub mod providers;
 pub mod seed;
@@ -29,5 +30,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod transfer;
 
 pub use error::Error;

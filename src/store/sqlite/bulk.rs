@@ -1,6 +1,11 @@
 //! Bulk loading (`gorgon seed`): secondary indexes set aside while rows stream in, the search
 //! index built aside (into an empty store) or in large runs, everything rebuilt at the end. A
 //! `bulk_load` marker makes an interrupted load rebuild the search index on the next open.
+//!
+//! Imports (`gorgon import items`) keep every index: an import must skip the ids it meets again
+//! (a file run twice, or an id twice in one file, under any owner), which the unique index on
+//! `id` decides row by row. Into an empty store only the search index is built aside, as for a
+//! seed: the writer inserts, another thread indexes what was inserted.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -8,7 +13,7 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 
 use super::errors::{db_error, StoreError};
-use super::items::insert_item_row;
+use super::items::{insert_item_row, insert_new_items};
 use super::rows::SearchRow;
 use super::schema::{DROP_SECONDARY, SECONDARY};
 use super::users::insert_user_row;
@@ -18,8 +23,66 @@ use crate::error::Result;
 use crate::store::search_build::SearchBuild;
 use crate::store::BulkLoad;
 
+const MARK_BULK: &str = "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')";
+
 #[async_trait]
 impl BulkLoad for SqliteStore {
+    async fn begin_import(&self) -> Result<()> {
+        let empty: bool = self.read(|conn| {
+            conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM items)", [], |r| r.get(0))
+                .map_err(db_error)
+        })?;
+        if !empty {
+            return Ok(()); // the writer indexes each batch, as for any write
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        *self.search_build.lock() = Some(SearchBuild::start(dir)?);
+        self.write(|conn| conn.execute(MARK_BULK, []).map(|_| ()).map_err(db_error))
+            .await
+    }
+
+    async fn import_items(&self, items: Vec<Item>) -> Result<usize> {
+        let seqs = self.next_seq.clone();
+        let Some(queue) = self.search_build.lock().as_ref().map(SearchBuild::queue) else {
+            return self
+                .write(move |conn| insert_new_items(conn, &seqs, &items))
+                .await;
+        };
+        // Only what was inserted goes to the index: a skipped id is someone's stored item.
+        let rows = self
+            .write(move |conn| {
+                conn.touch_all();
+                let mut rows = Vec::with_capacity(items.len());
+                for item in &items {
+                    let seq = seqs.fetch_sub(1, Ordering::Relaxed);
+                    if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
+                        rows.push(SearchRow::of(seq, item));
+                    }
+                }
+                Ok(rows)
+            })
+            .await?;
+        let inserted = rows.len();
+        queue.add(rows).await?;
+        Ok(inserted)
+    }
+
+    async fn finish_import(&self) -> Result<()> {
+        let Some(build) = self.search_build.lock().take() else {
+            return Ok(());
+        };
+        let database = self.path.clone();
+        tokio::task::spawn_blocking(move || build.install(&database))
+            .await
+            .map_err(|e| StoreError::Task("the search index copy", e))??;
+        self.write(|conn| {
+            conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
+                .map(|_| ())
+                .map_err(db_error)
+        })
+        .await
+    }
+
     async fn begin_bulk(&self, items: u64) -> Result<()> {
         // Reserve `items` seqs: position p of the load gets base - p, newest lowest.
         let base = self.next_seq.fetch_sub(items as i64, Ordering::Relaxed);
@@ -44,11 +107,7 @@ impl BulkLoad for SqliteStore {
                 )
                 .map_err(db_error)?;
             }
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')",
-                [],
-            )
-            .map_err(db_error)?;
+            conn.execute(MARK_BULK, []).map_err(db_error)?;
             Ok(())
         })
         .await

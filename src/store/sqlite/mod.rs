@@ -58,7 +58,7 @@ use super::checkpointer;
 use super::pool::ReadPool;
 use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
-use super::{Credentials, Store};
+use super::{Credentials, ExportCursor, Store};
 use crate::domain::{
     to_millis, Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal,
     SearchQuery, TokenHash, User, UserPatch,
@@ -437,6 +437,18 @@ impl Store for SqliteStore {
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = to_millis(before);
         self.write(move |conn| jobs::purge_jobs(conn, before)).await
+    }
+
+    async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>> {
+        self.pages
+            .run(None, move |conn| items::select_export_page(conn, after, limit))
+            .await
+    }
+
+    async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>> {
+        self.pages
+            .run(None, move |conn| users::select_users_page(conn, after, limit))
+            .await
     }
 
     fn backend(&self) -> &'static str {
