@@ -297,7 +297,7 @@ async fn import_users(
     Ok((counts, started.elapsed()))
 }
 
-/// Stores each valid user row; an email taken by the same address is an existing account.
+/// Stores each valid user row; an email with an account already is an existing account.
 async fn add_users(
     store: &Arc<dyn BulkLoad>,
     rows: &mut tokio::sync::mpsc::Receiver<Chunk<UserRow>>,
@@ -311,32 +311,17 @@ async fn add_users(
             counts.rows += 1;
             let bad = match row {
                 Err(bad) => bad,
-                Ok(row) => {
-                    let line = row.line;
-                    let email = row.email.clone();
-                    match store.insert_user(row.into_new_user(locked)).await {
-                        Ok(_) => {
-                            counts.inserted += 1;
-                            continue;
-                        }
-                        Err(Error::Conflict(why)) => {
-                            match store.get_credentials(email.as_str()).await {
-                                Ok(_) => {
-                                    counts.existing += 1;
-                                    continue;
-                                }
-                                Err(Error::NotFound(_)) => {
-                                    RowError::new(line, Some("email"), why)
-                                }
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                        Err(Error::Invalid { field, message }) => {
-                            RowError::new(line, Some(&field), message)
-                        }
-                        Err(e) => return Err(e.into()),
+                Ok(row) => match add_user(store, row, locked).await? {
+                    Ok(true) => {
+                        counts.inserted += 1;
+                        continue;
                     }
-                }
+                    Ok(false) => {
+                        counts.existing += 1;
+                        continue;
+                    }
+                    Err(bad) => bad,
+                },
             };
             counts.invalid += 1;
             report.bad_row(&bad)?;
@@ -350,6 +335,28 @@ async fn add_users(
         report.progress(counts, chunk.bytes);
     }
     Ok(())
+}
+
+/// Stores one account: `Ok(true)` when new, `Ok(false)` when its email has an account already
+/// (left as it is), the row's error when the store refuses it (an address that looks like
+/// another account's, an id taken by another address).
+async fn add_user(
+    store: &Arc<dyn BulkLoad>,
+    row: UserRow,
+    locked: &str,
+) -> Result<Result<bool, RowError>, TransferError> {
+    match store.get_credentials(row.email.as_str()).await {
+        Ok(_) => return Ok(Ok(false)),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let line = row.line;
+    match store.insert_user(row.into_new_user(locked)).await {
+        Ok(_) => Ok(Ok(true)),
+        Err(Error::Conflict(why)) => Ok(Err(RowError::new(line, Some("email"), why))),
+        Err(Error::Invalid { field, message }) => Ok(Err(RowError::new(line, Some(&field), message))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `gorgon export`.

@@ -2,17 +2,19 @@
 //! index built aside (into an empty store) or in large runs, everything rebuilt at the end. A
 //! `bulk_load` marker makes an interrupted load rebuild the search index on the next open.
 //!
-//! Imports (`gorgon import items`) keep every index: an import must skip the ids it meets again
-//! (a file run twice, or an id twice in one file, under any owner), which the unique index on
-//! `id` decides row by row. Into an empty store only the search index is built aside, as for a
-//! seed: the writer inserts, another thread indexes what was inserted.
+//! Imports (`gorgon import items`) stage their rows and move them in key order at the end: see
+//! [`super::import`].
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
 
 use super::errors::{db_error, StoreError};
+use super::import::{build_indexes, set_indexes_aside, Stage};
 use super::items::{insert_item_row, insert_new_items};
 use super::rows::SearchRow;
 use super::schema::{DROP_SECONDARY, SECONDARY};
@@ -27,60 +29,91 @@ const MARK_BULK: &str = "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_
 
 #[async_trait]
 impl BulkLoad for SqliteStore {
+    /// See [`super::import`]: rows are staged, then moved in key order.
     async fn begin_import(&self) -> Result<()> {
         let empty: bool = self.read(|conn| {
             conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM items)", [], |r| r.get(0))
                 .map_err(db_error)
         })?;
-        if !empty {
-            return Ok(()); // the writer indexes each batch, as for any write
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let path = self.path.clone();
+        let stage = tokio::task::spawn_blocking(move || {
+            let probe = match empty {
+                true => None,
+                false => Some(
+                    Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .map_err(db_error)?,
+                ),
+            };
+            Stage::create(&dir, probe)
+        })
+        .await
+        .map_err(|e| StoreError::Task("the import's stage", e))??;
+        if empty {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            *self.search_build.lock() = Some(SearchBuild::start(dir)?);
+            self.write(|conn| {
+                conn.execute(MARK_BULK, []).map_err(db_error)?;
+                set_indexes_aside(conn)
+            })
+            .await?;
         }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        *self.search_build.lock() = Some(SearchBuild::start(dir)?);
-        self.write(|conn| conn.execute(MARK_BULK, []).map(|_| ()).map_err(db_error))
-            .await
+        *self.import_stage.lock() = Some(Arc::new(Mutex::new(stage)));
+        Ok(())
     }
 
     async fn import_items(&self, items: Vec<Item>) -> Result<usize> {
         let seqs = self.next_seq.clone();
-        let Some(queue) = self.search_build.lock().as_ref().map(SearchBuild::queue) else {
+        let Some(stage) = self.import_stage.lock().clone() else {
+            // Not begun: written as any batch is.
             return self
                 .write(move |conn| insert_new_items(conn, &seqs, &items))
                 .await;
         };
-        // Only what was inserted goes to the index: a skipped id is someone's stored item.
-        let rows = self
-            .write(move |conn| {
-                conn.touch_all();
-                let mut rows = Vec::with_capacity(items.len());
-                for item in &items {
-                    let seq = seqs.fetch_sub(1, Ordering::Relaxed);
-                    if insert_item_row(conn, item, seq, true).map_err(db_error)? == 1 {
-                        rows.push(SearchRow::of(seq, item));
-                    }
-                }
-                Ok(rows)
-            })
-            .await?;
-        let inserted = rows.len();
-        queue.add(rows).await?;
-        Ok(inserted)
+        let rows = tokio::task::spawn_blocking(move || stage.lock().add(&seqs, &items))
+            .await
+            .map_err(|e| StoreError::Task("staging an import's rows", e))??;
+        let staged = rows.len();
+        let queue = self.search_build.lock().as_ref().map(SearchBuild::queue);
+        if let Some(queue) = queue {
+            queue.add(rows).await?;
+        }
+        Ok(staged)
     }
 
     async fn finish_import(&self) -> Result<()> {
-        let Some(build) = self.search_build.lock().take() else {
+        let Some(stage) = self.import_stage.lock().take() else {
             return Ok(());
         };
-        let database = self.path.clone();
-        tokio::task::spawn_blocking(move || build.install(&database))
+        let stage = Arc::try_unwrap(stage)
+            .map_err(|_| StoreError::Gone("the import's stage is still in use"))?
+            .into_inner();
+        let stage = self
+            .write(move |conn| {
+                let moved = stage.move_into(conn)?;
+                if stage.into_empty {
+                    build_indexes(conn)?;
+                }
+                tracing::debug!(moved, "import moved into the items table");
+                Ok(stage)
+            })
+            .await?;
+        let build = self.search_build.lock().take();
+        if let Some(build) = build {
+            let database = self.path.clone();
+            tokio::task::spawn_blocking(move || build.install(&database))
+                .await
+                .map_err(|e| StoreError::Task("the search index copy", e))??;
+            self.write(|conn| {
+                conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
+                    .map(|_| ())
+                    .map_err(db_error)
+            })
+            .await?;
+        }
+        tokio::task::spawn_blocking(move || stage.remove())
             .await
-            .map_err(|e| StoreError::Task("the search index copy", e))??;
-        self.write(|conn| {
-            conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
-                .map(|_| ())
-                .map_err(db_error)
-        })
-        .await
+            .map_err(|e| StoreError::Task("removing the import's stage", e))?
     }
 
     async fn begin_bulk(&self, items: u64) -> Result<()> {
