@@ -39,7 +39,7 @@ measured() {
 }
 
 echo "== seed: $USERS users, $ROWS items"
-measured "$G" seed --users "$USERS" --items "$ROWS" --data "$WORK/seeded" --quiet
+measured "$G" seed --users "$USERS" --items "$ROWS" --data "$WORK/seeded"
 SEED_RATE=$(sed -n 's/.*: \([0-9]*\) items\/s.*/\1/p' "$WORK/out.txt")
 SEED_RSS=$(cat "$WORK/rss")
 rm -rf "$WORK/seeded"

@@ -883,7 +883,12 @@ pub struct ImportArgs {
     pub owner: Option<String>,
     /// A bad row: skip it (every valid row is stored, every bad one reported) or abort (the
     /// whole file is checked first; one bad row and nothing is stored).
-    #[arg(long, env = "GORGON_IMPORT_ON_ERROR", value_enum, default_value = "abort")]
+    #[arg(
+        long,
+        env = "GORGON_IMPORT_ON_ERROR",
+        value_enum,
+        default_value = "abort"
+    )]
     pub on_error: OnError,
     /// What joins the keywords of a CSV cell.
     #[arg(long, env = "GORGON_KEYWORD_SEPARATOR", default_value = "|")]
@@ -904,7 +909,12 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     #[arg(value_enum)]
     pub what: Records,
-    #[arg(long, env = "GORGON_EXPORT_FORMAT", value_enum, default_value = "ndjson")]
+    #[arg(
+        long,
+        env = "GORGON_EXPORT_FORMAT",
+        value_enum,
+        default_value = "ndjson"
+    )]
     pub format: Format,
     /// Write to this file instead of standard output.
     #[arg(long, env = "GORGON_EXPORT_OUT")]

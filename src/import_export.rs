@@ -28,8 +28,8 @@ use crate::transfer::export::{ItemEncoder, UserEncoder};
 use crate::transfer::import::settle;
 use crate::transfer::users::{self, UserRow};
 use crate::transfer::{
-    items, read_rows, Chunk, Counts, Format, ItemImport, ItemSchema, ItemTarget, OnError,
-    OwnerRef, Pass, RecordReader, Report, RowError, TransferError,
+    items, read_rows, Chunk, Counts, Format, ItemImport, ItemSchema, ItemTarget, OnError, OwnerRef,
+    Pass, RecordReader, Report, RowError, TransferError,
 };
 
 /// Rows of an export read from the store at once.
@@ -61,7 +61,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
                 args.file.display()
             )
         })?;
-    std::fs::metadata(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let store = open_store(args.store.as_ref(), &args.data).await?;
     let outcome = match args.what {
         Records::Items => import_items(&store, &args, format).await,
@@ -130,8 +131,10 @@ impl Report for CliReport {
     fn progress(&mut self, counts: &Counts, bytes: u64) {
         let rate = counts.rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_position(bytes);
-        self.bar
-            .set_message(format!("{} rows {}, {rate:.0} rows/s", counts.rows, self.what));
+        self.bar.set_message(format!(
+            "{} rows {}, {rate:.0} rows/s",
+            counts.rows, self.what
+        ));
     }
 }
 
@@ -149,7 +152,11 @@ impl ItemTarget for StoreTarget {
     async fn owner(&self, owner: &OwnerRef) -> Result<Option<Uuid>, Error> {
         let found = match owner {
             OwnerRef::Id(id) => self.0.get_user(*id).await.map(|u| u.id),
-            OwnerRef::Email(email) => self.0.get_credentials(email.as_str()).await.map(|c| c.user.id),
+            OwnerRef::Email(email) => self
+                .0
+                .get_credentials(email.as_str())
+                .await
+                .map(|c| c.user.id),
         };
         match found {
             Ok(id) => Ok(Some(id)),
@@ -216,7 +223,14 @@ async fn import_items(
     let (reading, rows) = pass(&import);
     let stop_at_first_error = args.on_error == OnError::Abort;
     let applied = import
-        .pass(rows, reading, Pass::Apply { stop_at_first_error }, &mut report)
+        .pass(
+            rows,
+            reading,
+            Pass::Apply {
+                stop_at_first_error,
+            },
+            &mut report,
+        )
         .await;
     drop(report);
     let spinner = spinner("building the search index", args.quiet);
@@ -354,7 +368,9 @@ async fn add_user(
     match store.insert_user(row.into_new_user(locked)).await {
         Ok(_) => Ok(Ok(true)),
         Err(Error::Conflict(why)) => Ok(Err(RowError::new(line, Some("email"), why))),
-        Err(Error::Invalid { field, message }) => Ok(Err(RowError::new(line, Some(&field), message))),
+        Err(Error::Invalid { field, message }) => {
+            Ok(Err(RowError::new(line, Some(&field), message)))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -371,9 +387,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             let n = export_to(&store, &args, &mut out).await;
             n.and_then(|n| {
                 out.flush()?;
-                out.into_inner()
-                    .map_err(|e| e.into_error())?
-                    .sync_all()?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 Ok(n)
             })
         }

@@ -79,7 +79,9 @@ fn summary(out: &str) -> (u64, u64, u64) {
         .find(|l| l.starts_with("imported "))
         .unwrap_or_else(|| panic!("no summary in {out}"));
     let number = |after: &str| -> u64 {
-        let end = line.find(after).unwrap_or_else(|| panic!("{after} in {line}"));
+        let end = line
+            .find(after)
+            .unwrap_or_else(|| panic!("{after} in {line}"));
         line[..end]
             .trim_end()
             .rsplit(' ')
@@ -87,11 +89,7 @@ fn summary(out: &str) -> (u64, u64, u64) {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("a number before {after} in {line}"))
     };
-    (
-        number(" stored"),
-        number(" already there"),
-        number(" bad"),
-    )
+    (number(" stored"), number(" already there"), number(" bad"))
 }
 
 fn bad_rows(out: &str) -> Vec<String> {
@@ -138,7 +136,10 @@ async fn the_command_imports_a_file_once_and_a_node_serves_it() {
         .map(|i| i["ts"].as_str().unwrap())
         .collect();
     assert_eq!(ts.len(), 15);
-    assert!(ts.windows(2).all(|w| w[0] > w[1]), "newest first by id: {ts:?}");
+    assert!(
+        ts.windows(2).all(|w| w[0] > w[1]),
+        "newest first by id: {ts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +182,15 @@ async fn bad_rows_are_reported_and_abort_stores_nothing() {
 
     // skip: the same report, the two valid rows stored, exit 2.
     let out = gorgon_ok(
-        &["import", "items", &file, "--data", &data, "--on-error", "skip"],
+        &[
+            "import",
+            "items",
+            &file,
+            "--data",
+            &data,
+            "--on-error",
+            "skip",
+        ],
         2,
     );
     assert_eq!(bad_rows(&out), expected);
@@ -189,7 +198,12 @@ async fn bad_rows_are_reported_and_abort_stores_nothing() {
     let export = gorgon_ok(&["export", "items", "--data", &data], 0);
     let titles: BTreeSet<String> = export
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["title"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["title"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(titles, BTreeSet::from(["Fine".into(), "Fine too".into()]));
 }
@@ -203,20 +217,38 @@ async fn unknown_columns_and_unusable_headers_are_refused_up_front() {
         "typo.csv",
         "owner,ts,title,bodyy,colour\nada@example.com,2024-05-01T10:00:00Z,x,y,z\n",
     );
-    let output = gorgon(&["import", "items", &file, "--data", &data, "--on-error", "skip"]);
+    let output = gorgon(&[
+        "import",
+        "items",
+        &file,
+        "--data",
+        &data,
+        "--on-error",
+        "skip",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
-        err.contains("unknown column(s) \"bodyy\", \"colour\" in the header; the columns are id, user_id"),
+        err.contains(
+            "unknown column(s) \"bodyy\", \"colour\" in the header; the columns are id, user_id"
+        ),
         "{err}"
     );
     assert!(bad_rows(&stdout(&output)).is_empty());
 
     // No owner anywhere, and no id or ts to make ids from.
-    let file = write(dir.path(), "no-owner.csv", "ts,title\n2024-05-01T10:00:00Z,x\n");
+    let file = write(
+        dir.path(),
+        "no-owner.csv",
+        "ts,title\n2024-05-01T10:00:00Z,x\n",
+    );
     let err = stderr(&gorgon(&["import", "items", &file, "--data", &data]));
     assert!(err.contains("no owner"), "{err}");
-    let file = write(dir.path(), "no-time.csv", "owner,title\nada@example.com,x\n");
+    let file = write(
+        dir.path(),
+        "no-time.csv",
+        "owner,title\nada@example.com,x\n",
+    );
     let err = stderr(&gorgon(&["import", "items", &file, "--data", &data]));
     assert!(err.contains("neither id nor ts"), "{err}");
 }
@@ -235,7 +267,18 @@ async fn imported_users_sign_in_with_their_carried_over_hash_and_exports_hide_ha
          Mallory,mallory@example.com,\"$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n\
          ,nameless@example.com,\n",
     );
-    let out = gorgon_ok(&["import", "users", &bad, "--data", &data, "--on-error", "skip"], 2);
+    let out = gorgon_ok(
+        &[
+            "import",
+            "users",
+            &bad,
+            "--data",
+            &data,
+            "--on-error",
+            "skip",
+        ],
+        2,
+    );
     assert_eq!(
         bad_rows(&out),
         [
@@ -249,7 +292,10 @@ async fn imported_users_sign_in_with_their_carried_over_hash_and_exports_hide_ha
 
     // Hashes only when asked for.
     let plain = gorgon_ok(&["export", "users", "--data", &data, "--format", "csv"], 0);
-    assert!(plain.starts_with("id,name,email,group,admin,created_at,extra\n"), "{plain}");
+    assert!(
+        plain.starts_with("id,name,email,group,admin,created_at,extra\n"),
+        "{plain}"
+    );
     assert!(!plain.contains("$argon2id$"), "{plain}");
     let json = gorgon_ok(&["export", "users", "--data", &data], 0);
     assert!(!json.contains("password_hash") && !json.contains("$argon2id$"));
@@ -266,7 +312,10 @@ async fn imported_users_sign_in_with_their_carried_over_hash_and_exports_hide_ha
     assert_eq!(ada["group"], 7);
     assert_eq!(ada["created_at"], "2024-01-02T03:04:05.006Z");
     assert_eq!(ada["extra"], json!({"team": "engines"}));
-    assert!(ada["password_hash"].as_str().unwrap().starts_with("$argon2id$v=19$"));
+    assert!(ada["password_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("$argon2id$v=19$"));
 
     let app = TestApp::spawn_in(dir, &[]).await;
     app.login(ADA, ADA_PASSWORD).await;
@@ -285,11 +334,17 @@ async fn imported_users_sign_in_with_their_carried_over_hash_and_exports_hide_ha
 async fn an_export_imports_back_to_the_same_rows() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let (da, db) = (a.path().display().to_string(), b.path().display().to_string());
+    let (da, db) = (
+        a.path().display().to_string(),
+        b.path().display().to_string(),
+    );
     let (users, _, _) = users_csv(a.path());
     gorgon_ok(&["import", "users", &users, "--data", &da], 0);
     let items = example_items();
-    gorgon_ok(&["import", "items", &items, "--data", &da, "--owner", ADA], 0);
+    gorgon_ok(
+        &["import", "items", &items, "--data", &da, "--owner", ADA],
+        0,
+    );
     // Bob's rows as NDJSON, with keywords holding the separator and a location object.
     let ndjson = write(
         a.path(),
@@ -311,7 +366,9 @@ async fn an_export_imports_back_to_the_same_rows() {
 
     let export = |dir: &str, what: &str, format: &str, out: &Path| {
         let out = out.display().to_string();
-        let mut args = vec!["export", what, "--data", dir, "--format", format, "--out", &out];
+        let mut args = vec![
+            "export", what, "--data", dir, "--format", format, "--out", &out,
+        ];
         if what == "users" {
             args.push("--with-password-hashes");
         }
@@ -324,24 +381,42 @@ async fn an_export_imports_back_to_the_same_rows() {
     let users_file = a.path().join("users-a.csv").display().to_string();
     let items_file = a.path().join("items-a.csv").display().to_string();
     assert_eq!(
-        summary(&gorgon_ok(&["import", "users", &users_file, "--data", &db], 0)),
+        summary(&gorgon_ok(
+            &["import", "users", &users_file, "--data", &db],
+            0
+        )),
         (2, 0, 0)
     );
     assert_eq!(
-        summary(&gorgon_ok(&["import", "items", &items_file, "--data", &db], 0)),
+        summary(&gorgon_ok(
+            &["import", "items", &items_file, "--data", &db],
+            0
+        )),
         (17, 0, 0)
     );
-    assert_eq!(export(&db, "users", "csv", &b.path().join("users-b.csv")), users_a);
-    assert_eq!(export(&db, "items", "csv", &b.path().join("items-b.csv")), items_a);
+    assert_eq!(
+        export(&db, "users", "csv", &b.path().join("users-b.csv")),
+        users_a
+    );
+    assert_eq!(
+        export(&db, "items", "csv", &b.path().join("items-b.csv")),
+        items_a
+    );
 
     // NDJSON too: the same items, so nothing new.
     let json_a = export(&da, "items", "ndjson", &a.path().join("items-a.ndjson"));
     let json_file = a.path().join("items-a.ndjson").display().to_string();
     assert_eq!(
-        summary(&gorgon_ok(&["import", "items", &json_file, "--data", &db], 0)),
+        summary(&gorgon_ok(
+            &["import", "items", &json_file, "--data", &db],
+            0
+        )),
         (0, 17, 0)
     );
-    assert_eq!(export(&db, "items", "ndjson", &b.path().join("items-b.ndjson")), json_a);
+    assert_eq!(
+        export(&db, "items", "ndjson", &b.path().join("items-b.ndjson")),
+        json_a
+    );
     let bob: Value = json_a
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -356,7 +431,8 @@ async fn an_export_imports_back_to_the_same_rows() {
 async fn report(resp: reqwest::Response) -> (StatusCode, Vec<Value>, Value) {
     let status = resp.status();
     assert_eq!(
-        resp.headers()["content-type"], "application/x-ndjson",
+        resp.headers()["content-type"],
+        "application/x-ndjson",
         "an NDJSON report"
     );
     let text = resp.text().await.unwrap();
@@ -426,7 +502,10 @@ async fn the_api_imports_for_admins_only_reports_bad_rows_and_applies_nothing_tw
     )
     .await;
     assert_eq!(refused["error"]["field"], "columns");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("\"colour\""));
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("\"colour\""));
 
     // The example file, as the admin (no owner column): stored once.
     let (status, bad, done) = report(import(&app, &admin, "text/csv", "", csv.clone()).await).await;
@@ -437,7 +516,10 @@ async fn the_api_imports_for_admins_only_reports_bad_rows_and_applies_nothing_tw
         json!({"rows": 15, "inserted": 15, "existing": 0, "invalid": 0, "applied": true, "on_error": "abort"})
     );
     let (_, _, again) = report(import(&app, &admin, "text/csv", "?on_error=skip", csv).await).await;
-    assert_eq!((again["inserted"].as_u64(), again["existing"].as_u64()), (Some(0), Some(15)));
+    assert_eq!(
+        (again["inserted"].as_u64(), again["existing"].as_u64()),
+        (Some(0), Some(15))
+    );
 
     // NDJSON for Bob, with bad lines: abort stores nothing (422), skip stores the rest.
     let lines = format!(
@@ -465,12 +547,22 @@ async fn the_api_imports_for_admins_only_reports_bad_rows_and_applies_nothing_tw
     let listed: Value = app.get_json(&format!("/api/v1/users/{bob_id}/items")).await;
     assert_eq!(listed["items"], json!([]), "abort stored nothing");
     let (status, bad, done) = report(
-        import(&app, &admin, "application/x-ndjson", "?on_error=skip", lines).await,
+        import(
+            &app,
+            &admin,
+            "application/x-ndjson",
+            "?on_error=skip",
+            lines,
+        )
+        .await,
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bad.len(), 3);
-    assert_eq!((done["inserted"].as_u64(), done["invalid"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (done["inserted"].as_u64(), done["invalid"].as_u64()),
+        (Some(1), Some(3))
+    );
     let listed: Value = app.get_json(&format!("/api/v1/users/{bob_id}/items")).await;
     assert_eq!(listed["items"][0]["title"], "Bob's first");
 }
@@ -484,7 +576,10 @@ async fn the_api_exports_every_item_and_it_imports_back() {
         let data = dir.display().to_string();
         gorgon_ok(&["import", "users", &users, "--data", &data], 0);
     }
-    let (a, b) = (TestApp::spawn_in(a, &[]).await, TestApp::spawn_in(b, &[]).await);
+    let (a, b) = (
+        TestApp::spawn_in(a, &[]).await,
+        TestApp::spawn_in(b, &[]).await,
+    );
     let (admin_a, admin_b) = (a.admin_token().await, b.admin_token().await);
 
     // 2,500 rows (three pages) spread over both accounts.
@@ -503,7 +598,9 @@ async fn the_api_exports_every_item_and_it_imports_back() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(done["inserted"], 2500, "{done}");
 
-    let forbidden = a.get_auth("/api/v1/export/items", &a.login(ADA, ADA_PASSWORD).await).await;
+    let forbidden = a
+        .get_auth("/api/v1/export/items", &a.login(ADA, ADA_PASSWORD).await)
+        .await;
     expect_error(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
     let export = |app: &TestApp, token: String, format: &'static str| {
         let url = app.url(&format!("/api/v1/export/items?format={format}"));
@@ -543,7 +640,12 @@ async fn a_large_body_streams_through_in_bounded_memory_and_the_route_has_its_ow
     let data = dir.path().display().to_string();
     let node = GorgonProcess::spawn(
         &[
-            "run", "--listen", "127.0.0.1:0", "--data", &data, "--import-max-body-bytes",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+            "--import-max-body-bytes",
             "200000000",
         ],
         &[
@@ -640,12 +742,21 @@ async fn the_command_imports_into_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let (users, _, _) = users_csv(dir.path());
     let store = ["--store", url.as_str()];
-    let with = |args: &[&str]| [args, &store[..]].concat().into_iter().map(str::to_string).collect::<Vec<_>>();
+    let with = |args: &[&str]| {
+        [args, &store[..]]
+            .concat()
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let run = |args: Vec<String>, code: i32| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         gorgon_ok(&args, code)
     };
-    assert_eq!(summary(&run(with(&["import", "users", &users]), 0)), (2, 0, 0));
+    assert_eq!(
+        summary(&run(with(&["import", "users", &users]), 0)),
+        (2, 0, 0)
+    );
     let items = example_items();
     let import = with(&["import", "items", &items, "--owner", ADA]);
     assert_eq!(summary(&run(import.clone(), 0)), (15, 0, 0));
@@ -656,7 +767,15 @@ async fn the_command_imports_into_postgres() {
     let data = dir.path().join("embedded").display().to_string();
     let users_out = dir.path().join("users.csv").display().to_string();
     run(
-        with(&["export", "users", "--format", "csv", "--with-password-hashes", "--out", &users_out]),
+        with(&[
+            "export",
+            "users",
+            "--format",
+            "csv",
+            "--with-password-hashes",
+            "--out",
+            &users_out,
+        ]),
         0,
     );
     gorgon_ok(&["import", "users", &users_out, "--data", &data], 0);
@@ -667,5 +786,9 @@ async fn the_command_imports_into_postgres() {
     );
     let back = gorgon_ok(&["export", "items", "--data", &data, "--format", "csv"], 0);
     let sorted = |text: &str| text.lines().map(str::to_string).collect::<BTreeSet<_>>();
-    assert_eq!(sorted(&back), sorted(&exported), "the same rows (in another order)");
+    assert_eq!(
+        sorted(&back),
+        sorted(&exported),
+        "the same rows (in another order)"
+    );
 }

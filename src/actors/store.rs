@@ -21,7 +21,8 @@ use crate::domain::{
     UserPatch,
 };
 use crate::error::Result;
-use crate::store::{ExportCursor, Store};
+pub use crate::store::ExportCursor;
+use crate::store::Store;
 
 crate::requests! {
     role Store, call StoreCall;

@@ -170,7 +170,9 @@ pub fn parse_argon2id_phc(value: &str) -> Result<String> {
     let bad = |why: String| Err(Error::invalid("password_hash", why));
     let value = value.trim();
     let Ok(parsed) = PasswordHash::new(value) else {
-        return bad("must be a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>".into());
+        return bad(
+            "must be a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>".into(),
+        );
     };
     if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
         return bad(format!(
@@ -188,7 +190,9 @@ pub fn parse_argon2id_phc(value: &str) -> Result<String> {
         Ok(params) => params,
         Err(e) => return bad(format!("has invalid parameters: {e}")),
     };
-    if params.m_cost() > MAX_HASH_M_KIB || params.t_cost() > MAX_HASH_T || params.p_cost() > MAX_HASH_P
+    if params.m_cost() > MAX_HASH_M_KIB
+        || params.t_cost() > MAX_HASH_T
+        || params.p_cost() > MAX_HASH_P
     {
         return bad(format!(
             "costs more than a login may spend (at most m={MAX_HASH_M_KIB}, t={MAX_HASH_T}, p={MAX_HASH_P})"
@@ -224,9 +228,7 @@ fn verify_now(password: &str, phc: &str) -> bool {
 pub async fn verify_nobody(password: String) -> Result<()> {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     gated(move || {
-        let phc = DUMMY.get_or_init(|| {
-            hash_now(&Password::random()).unwrap_or_default()
-        });
+        let phc = DUMMY.get_or_init(|| hash_now(&Password::random()).unwrap_or_default());
         let _ = verify_now(&password, phc);
     })
     .await

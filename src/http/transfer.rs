@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::error::ErrorBody;
 use super::extract::Authenticated;
 use super::HttpState;
-use crate::actors::store::{ExportItems, GetUser, GetUserByEmail, ImportItems};
+use crate::actors::store::{ExportCursor, ExportItems, GetUser, GetUserByEmail, ImportItems};
 use crate::bus::Bus;
 use crate::domain::Item;
 use crate::error::Error;
@@ -382,7 +382,7 @@ async fn report_response(report: SpoolReport, summary: Summary) -> Result<HttpRe
 /// Where an export stream is.
 struct ExportState {
     bus: Bus,
-    after: Option<crate::store::ExportCursor>,
+    after: Option<ExportCursor>,
     encoder: ItemEncoder,
     page: Vec<Item>,
     done: bool,
@@ -398,7 +398,7 @@ impl ExportState {
             })
             .await?;
         self.done = page.len() < EXPORT_PAGE as usize;
-        self.after = page.last().map(crate::store::ExportCursor::after);
+        self.after = page.last().map(ExportCursor::after);
         self.page = page;
         Ok(())
     }
@@ -416,10 +416,9 @@ impl ExportState {
         }
         let page = std::mem::take(&mut self.page);
         let mut encoder = self.encoder;
-        let (bytes, encoder) =
-            tokio::task::spawn_blocking(move || (encoder.page(&page), encoder))
-                .await
-                .map_err(TransferError::Task)?;
+        let (bytes, encoder) = tokio::task::spawn_blocking(move || (encoder.page(&page), encoder))
+            .await
+            .map_err(TransferError::Task)?;
         self.encoder = encoder;
         Ok(Some((Bytes::from(bytes?), self)))
     }

@@ -79,7 +79,9 @@ mod tests {
         let mut copy = spool.try_clone().unwrap();
         let reader = std::thread::spawn(move || {
             let mut text = String::new();
-            ChannelReader::spooled(rx, spool).read_to_string(&mut text).map(|_| text)
+            ChannelReader::spooled(rx, spool)
+                .read_to_string(&mut text)
+                .map(|_| text)
         });
         tx.blocking_send(Ok(Bytes::from_static(b"a,b\n"))).unwrap();
         tx.blocking_send(Ok(Bytes::from_static(b"1,2\n"))).unwrap();
@@ -91,7 +93,8 @@ mod tests {
         assert_eq!(spooled, "a,b\n1,2\n");
 
         let (tx, rx) = mpsc::channel(4);
-        let reader = std::thread::spawn(move || ChannelReader::new(rx).read_to_end(&mut Vec::new()));
+        let reader =
+            std::thread::spawn(move || ChannelReader::new(rx).read_to_end(&mut Vec::new()));
         tx.blocking_send(Ok(Bytes::from_static(b"a,b\n"))).unwrap();
         tx.blocking_send(Err(std::io::Error::other("cut"))).unwrap();
         assert!(reader.join().unwrap().is_err());

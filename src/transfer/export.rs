@@ -173,7 +173,8 @@ impl UserEncoder {
             }
             Format::Csv => {
                 let mut writer = csv_writer();
-                let columns = &users::COLUMNS[..users::COLUMNS.len() - usize::from(!self.with_hashes)];
+                let columns =
+                    &users::COLUMNS[..users::COLUMNS.len() - usize::from(!self.with_hashes)];
                 if header {
                     writer.write_record(columns).map_err(csv_error)?;
                 }

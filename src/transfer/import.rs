@@ -187,9 +187,11 @@ impl ItemImport {
                     Err(bad) => {
                         counts.invalid += 1;
                         report.bad_row(&bad)?;
-                        if pass == (Pass::Apply {
-                            stop_at_first_error: true,
-                        }) {
+                        if pass
+                            == (Pass::Apply {
+                                stop_at_first_error: true,
+                            })
+                        {
                             self.write(&mut batch, counts).await?;
                             return Err(TransferError::Stopped {
                                 line: bad.line,

@@ -146,15 +146,26 @@ impl ItemSchema {
     /// A record as a valid row, or why not (line, column, reason).
     pub fn row(&self, record: &Record<'_>) -> Result<ItemRow, RowError> {
         let line = record.line;
-        let at = |column: usize| move |reason: String| RowError::new(line, Some(COLUMNS[column]), reason);
+        let at = |column: usize| {
+            move |reason: String| RowError::new(line, Some(COLUMNS[column]), reason)
+        };
         let text = |column: usize| -> Result<Option<&str>, RowError> {
-            record.get(column).map(|c| c.optional()).transpose().map(Option::flatten).map_err(at(column))
+            record
+                .get(column)
+                .map(|c| c.optional())
+                .transpose()
+                .map(Option::flatten)
+                .map_err(at(column))
         };
 
         let id = text(ID)?.map(parse_id).transpose().map_err(at(ID))?;
         let owner = match (record.get(OWNER), record.get(USER_ID)) {
             (Some(_), Some(_)) => {
-                return Err(RowError::new(line, Some("owner"), "give user_id or owner, not both"))
+                return Err(RowError::new(
+                    line,
+                    Some("owner"),
+                    "give user_id or owner, not both",
+                ))
             }
             (Some(cell), None) => owner_cell(cell, OWNER).map_err(at(OWNER))?,
             (None, Some(cell)) => owner_cell(cell, USER_ID).map_err(at(USER_ID))?,
@@ -184,8 +195,16 @@ impl ItemSchema {
         let location = match (record.get(LOCATION), record.get(LAT), record.get(LON)) {
             (Some(cell), _, _) => location_cell(cell).map_err(at(LOCATION))?,
             (None, lat, lon) => {
-                let lat = lat.map(|c| c.number()).transpose().map_err(at(LAT))?.flatten();
-                let lon = lon.map(|c| c.number()).transpose().map_err(at(LON))?.flatten();
+                let lat = lat
+                    .map(|c| c.number())
+                    .transpose()
+                    .map_err(at(LAT))?
+                    .flatten();
+                let lon = lon
+                    .map(|c| c.number())
+                    .transpose()
+                    .map_err(at(LON))?
+                    .flatten();
                 match (lat, lon) {
                     (Some(lat), Some(lon)) => Some(Location { lat, lon }),
                     (None, None) => None,
@@ -209,7 +228,12 @@ impl ItemSchema {
                 Some(cell) => cell.strings(self.keyword_separator).map_err(at(KEYWORDS))?,
                 None => Vec::new(),
             },
-            extra: record.get(EXTRA).map(|c| c.object()).transpose().map_err(at(EXTRA))?.flatten(),
+            extra: record
+                .get(EXTRA)
+                .map(|c| c.object())
+                .transpose()
+                .map_err(at(EXTRA))?
+                .flatten(),
         };
         // The CSV columns of a location's fields are lat and lon.
         let csv_location = record.get(LOCATION).is_none();
@@ -335,9 +359,10 @@ mod tests {
 
     fn rows(input: &str, format: Format) -> Vec<Result<ItemRow, RowError>> {
         let schema = schema();
-        let mut reader =
-            RecordReader::open(input.as_bytes(), format, COLUMNS, |p| schema.check_columns(p))
-                .unwrap();
+        let mut reader = RecordReader::open(input.as_bytes(), format, COLUMNS, |p| {
+            schema.check_columns(p)
+        })
+        .unwrap();
         let mut out = Vec::new();
         while let Some(row) = reader.next(|r| schema.row(r)).unwrap() {
             out.push(row);
@@ -351,7 +376,10 @@ mod tests {
                    2024-05-01T12:00:00Z,Lighthouse,sea|Dawn\n\
                    2024-05-01T12:00:00Z,  Lighthouse ,sea|dawn\n\
                    2024-05-01T12:00:01Z,Lighthouse,sea|dawn\n";
-        let parsed: Vec<ItemRow> = rows(csv, Format::Csv).into_iter().map(Result::unwrap).collect();
+        let parsed: Vec<ItemRow> = rows(csv, Format::Csv)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         let owner = Uuid::now_v7();
         let ids: Vec<Uuid> = parsed.iter().map(|r| r.id_for(owner)).collect();
         assert_eq!(ids[0], ids[1], "the same row once validated");
@@ -359,7 +387,11 @@ mod tests {
         assert!(ids[0] < ids[2], "ordered by ts");
         assert_eq!(ids[0].get_version_num(), 8);
         assert_eq!(id_time(ids[0]), parsed[0].ts);
-        assert_ne!(parsed[0].id_for(Uuid::now_v7()), ids[0], "another owner, another item");
+        assert_ne!(
+            parsed[0].id_for(Uuid::now_v7()),
+            ids[0],
+            "another owner, another item"
+        );
         let json = "{\"ts\":\"2024-05-01T12:00:00Z\",\"title\":\"Lighthouse\",\"keywords\":[\"sea\",\"dawn\"]}\n";
         let from_json = rows(json, Format::Ndjson).remove(0).unwrap();
         assert_eq!(from_json.id_for(owner), ids[0], "CSV and NDJSON agree");
@@ -393,8 +425,10 @@ mod tests {
             (8, "url"),
             (9, "id"),
         ];
-        let want: Vec<(u64, Option<String>)> =
-            want.iter().map(|(l, c)| (*l, Some(c.to_string()))).collect();
+        let want: Vec<(u64, Option<String>)> = want
+            .iter()
+            .map(|(l, c)| (*l, Some(c.to_string())))
+            .collect();
         assert_eq!(got, want);
     }
 

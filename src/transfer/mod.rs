@@ -186,7 +186,9 @@ impl From<TransferError> for Error {
     fn from(e: TransferError) -> Error {
         match e {
             TransferError::Columns(message) => Error::invalid("columns", message),
-            TransferError::Read(source) => Error::BadRequest(format!("cannot read the body: {source}")),
+            TransferError::Read(source) => {
+                Error::BadRequest(format!("cannot read the body: {source}"))
+            }
             TransferError::Stopped { .. } => Error::Conflict(e.to_string()),
             TransferError::Store(e) => e,
             TransferError::Write { .. } | TransferError::Task(_) => Error::internal(&e),

@@ -292,7 +292,9 @@ impl<R: Read> RecordReader<R> {
                 let object = match serde_json::from_slice::<Value>(buffer) {
                     Ok(Value::Object(object)) => object,
                     Ok(_) => break Some(Err(RowError::new(*line, None, "not a JSON object"))),
-                    Err(e) => break Some(Err(RowError::new(*line, None, format!("not JSON: {e}")))),
+                    Err(e) => {
+                        break Some(Err(RowError::new(*line, None, format!("not JSON: {e}"))))
+                    }
                 };
                 break Some(json_row(&object, columns, *line).and_then(|r| build(&r)));
             },
@@ -401,7 +403,10 @@ mod tests {
         while let Some(row) = reader
             .next(|r| {
                 Ok((0..COLUMNS.len())
-                    .map(|i| r.get(i).map_or("-".into(), |c| c.string().unwrap().to_string()))
+                    .map(|i| {
+                        r.get(i)
+                            .map_or("-".into(), |c| c.string().unwrap().to_string())
+                    })
                     .collect())
             })
             .unwrap()
@@ -423,7 +428,10 @@ mod tests {
     fn unknown_and_repeated_columns_are_refused_up_front() {
         for header in ["a,c\n", "a,a\n"] {
             let refused = RecordReader::open(header.as_bytes(), Format::Csv, COLUMNS, |_| Ok(()));
-            assert!(matches!(refused, Err(TransferError::Columns(_))), "{header}");
+            assert!(
+                matches!(refused, Err(TransferError::Columns(_))),
+                "{header}"
+            );
         }
     }
 
@@ -439,7 +447,11 @@ mod tests {
     #[test]
     fn an_endless_record_fails_instead_of_filling_memory() {
         let input = format!("a,b\n\"{}", "x".repeat(6 * 1024 * 1024));
-        let mut reader = RecordReader::open(input.as_bytes(), Format::Csv, COLUMNS, |_| Ok(())).unwrap();
-        assert!(matches!(reader.next(|_| Ok(())), Err(TransferError::Read(_))));
+        let mut reader =
+            RecordReader::open(input.as_bytes(), Format::Csv, COLUMNS, |_| Ok(())).unwrap();
+        assert!(matches!(
+            reader.next(|_| Ok(())),
+            Err(TransferError::Read(_))
+        ));
     }
 }

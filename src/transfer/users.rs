@@ -85,7 +85,8 @@ pub fn check_columns(present: &[bool]) -> Result<(), String> {
 /// A record as a valid user row, or why not.
 pub fn row(record: &Record<'_>) -> Result<UserRow, RowError> {
     let line = record.line;
-    let at = |column: usize| move |reason: String| RowError::new(line, Some(COLUMNS[column]), reason);
+    let at =
+        |column: usize| move |reason: String| RowError::new(line, Some(COLUMNS[column]), reason);
     let domain = |e| RowError::from_domain(line, e, |_| None);
     let text = |column: usize| -> Result<Option<&str>, RowError> {
         record

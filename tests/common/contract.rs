@@ -1275,7 +1275,11 @@ async fn exports_page_through_everything_once(store: Arc<dyn Store>) {
             let page = store.export_items(after, limit).await.expect("export page");
             assert!(page.len() <= limit as usize);
             for item in &page {
-                assert!(seen.insert(item.id, item.clone()).is_none(), "{} twice", item.id);
+                assert!(
+                    seen.insert(item.id, item.clone()).is_none(),
+                    "{} twice",
+                    item.id
+                );
             }
             match page.last() {
                 Some(last) => after = Some(ExportCursor::after(last)),

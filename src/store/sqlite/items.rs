@@ -13,8 +13,8 @@ use super::rows::{item_from_row, keywords_json, search_rows, ITEM_COLUMNS, SEARC
 use super::users::require_user;
 use super::writer::Tx;
 use crate::domain::{to_millis, Item, ItemPatch, Page};
-use crate::store::ExportCursor;
 use crate::error::{Error, Result};
+use crate::store::ExportCursor;
 
 /// Idempotent by id; an owner that does not exist is `Unauthorized`.
 pub(super) fn insert_item(conn: &Tx<'_>, seqs: &AtomicI64, item: Item) -> Result<Item> {

@@ -447,13 +447,17 @@ impl Store for SqliteStore {
 
     async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>> {
         self.pages
-            .run(None, move |conn| items::select_export_page(conn, after, limit))
+            .run(None, move |conn| {
+                items::select_export_page(conn, after, limit)
+            })
             .await
     }
 
     async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>> {
         self.pages
-            .run(None, move |conn| users::select_users_page(conn, after, limit))
+            .run(None, move |conn| {
+                users::select_users_page(conn, after, limit)
+            })
             .await
     }
 
