@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::configuration::{ExportArgs, ImportArgs, Records};
 use crate::domain::{password, Item};
 use crate::error::Error;
-use crate::store::{Backend, BulkLoad, ExportCursor};
+use crate::store::{Backend, BulkLoad, Credentials, ExportCursor};
 use crate::transfer::export::{ItemEncoder, UserEncoder};
 use crate::transfer::import::settle;
 use crate::transfer::users::{self, UserRow};
@@ -424,43 +424,51 @@ async fn export_to(
     out: &mut impl Write,
 ) -> anyhow::Result<u64> {
     let bar = spinner("exporting", args.quiet);
-    let mut written = 0u64;
-    match args.what {
+    let written = match args.what {
         Records::Items => {
             let mut encoder = ItemEncoder::new(args.format, args.keyword_separator);
-            let mut after = None;
-            loop {
-                let page = store.export_items(after, EXPORT_PAGE).await?;
-                if page.is_empty() && after.is_some() {
-                    break;
-                }
-                out.write_all(&encoder.page(&page)?)?;
-                written += page.len() as u64;
-                bar.set_message(format!("{written} items"));
-                match page.last() {
-                    Some(last) => after = Some(ExportCursor::after(last)),
-                    None => break,
-                }
-            }
+            let pages = |after| store.export_items(after, EXPORT_PAGE);
+            let encode = |page: &[Item]| encoder.page(page);
+            export_pages(pages, encode, ExportCursor::after, out, &bar).await?
         }
         Records::Users => {
             let mut encoder = UserEncoder::new(args.format, args.with_password_hashes);
-            let mut after = None;
-            loop {
-                let page = store.export_users(after, EXPORT_PAGE).await?;
-                if page.is_empty() && after.is_some() {
-                    break;
-                }
-                out.write_all(&encoder.page(&page)?)?;
-                written += page.len() as u64;
-                bar.set_message(format!("{written} users"));
-                match page.last() {
-                    Some(last) => after = Some(last.user.id),
-                    None => break,
-                }
-            }
+            let pages = |after| store.export_users(after, EXPORT_PAGE);
+            let encode = |page: &[Credentials]| encoder.page(page);
+            export_pages(pages, encode, |c: &Credentials| c.user.id, out, &bar).await?
+        }
+    };
+    bar.finish_and_clear();
+    Ok(written)
+}
+
+/// Writes `page(None)`, then each page after the last row of the one before, until a page is
+/// empty (the first is written even then: a CSV header).
+async fn export_pages<T, C, P, F>(
+    page: P,
+    mut encode: impl FnMut(&[T]) -> Result<Vec<u8>, TransferError>,
+    cursor: impl Fn(&T) -> C,
+    out: &mut impl Write,
+    bar: &ProgressBar,
+) -> anyhow::Result<u64>
+where
+    P: Fn(Option<C>) -> F,
+    F: std::future::Future<Output = Result<Vec<T>, Error>>,
+{
+    let mut written = 0u64;
+    let mut after = None;
+    loop {
+        let rows = page(after).await?;
+        if rows.is_empty() && written > 0 {
+            break;
+        }
+        out.write_all(&encode(&rows)?)?;
+        written += rows.len() as u64;
+        bar.set_message(format!("{written} rows"));
+        match rows.last() {
+            Some(last) => after = Some(cursor(last)),
+            None => break,
         }
     }
-    bar.finish_and_clear();
     Ok(written)
 }

@@ -92,6 +92,11 @@ fn summary(out: &str) -> (u64, u64, u64) {
     (number(" stored"), number(" already there"), number(" bad"))
 }
 
+/// Imports `what` from `file` into the embedded store in `data`, expecting success: the counts.
+fn imported(what: &str, file: &str, data: &str) -> (u64, u64, u64) {
+    summary(&gorgon_ok(&["import", what, file, "--data", data], 0))
+}
+
 fn bad_rows(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.strip_prefix("bad row: "))
@@ -115,9 +120,23 @@ async fn the_command_imports_a_file_once_and_a_node_serves_it() {
     let again = gorgon_ok(&["import", "users", &users, "--data", &data], 0);
     assert_eq!(summary(&again), (0, 2, 0), "users are keyed by email");
 
+    // Into a store that holds items: the new row is indexed for search too.
+    let more = json!({"owner": BOB, "ts": "2024-05-03T00:00:00Z", "title": "Zeppelin sighted",
+                      "keywords": ["sky"]});
+    let more = write(dir.path(), "more.ndjson", &format!("{more}\n"));
+    assert_eq!(imported("items", &more, &data), (1, 0, 0));
+
     let app = TestApp::spawn_in(dir, &[]).await;
     let stats: Value = app.get_json("/api/v1/stats").await;
-    assert_eq!(stats["items"], 15);
+    assert_eq!(stats["items"], 16);
+    let sky: Value = app.get_json("/api/v1/items?q=sky").await;
+    let titles: Vec<&str> = sky["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Zeppelin sighted", "Comet visible after midnight"]);
     let found: Value = app.get_json("/api/v1/items?q=lighthouse").await;
     let found = found["items"].as_array().unwrap();
     assert_eq!(found.len(), 1, "the search index has the imported items");
@@ -359,10 +378,7 @@ async fn an_export_imports_back_to_the_same_rows() {
         .map(|v| format!("{v}\n"))
         .collect::<String>(),
     );
-    assert_eq!(
-        summary(&gorgon_ok(&["import", "items", &ndjson, "--data", &da], 0)),
-        (2, 0, 0)
-    );
+    assert_eq!(imported("items", &ndjson, &da), (2, 0, 0));
 
     let export = |dir: &str, what: &str, format: &str, out: &Path| {
         let out = out.display().to_string();
@@ -378,22 +394,10 @@ async fn an_export_imports_back_to_the_same_rows() {
     };
     let users_a = export(&da, "users", "csv", &a.path().join("users-a.csv"));
     let items_a = export(&da, "items", "csv", &a.path().join("items-a.csv"));
-    let users_file = a.path().join("users-a.csv").display().to_string();
-    let items_file = a.path().join("items-a.csv").display().to_string();
-    assert_eq!(
-        summary(&gorgon_ok(
-            &["import", "users", &users_file, "--data", &db],
-            0
-        )),
-        (2, 0, 0)
-    );
-    assert_eq!(
-        summary(&gorgon_ok(
-            &["import", "items", &items_file, "--data", &db],
-            0
-        )),
-        (17, 0, 0)
-    );
+    let file = |name: &str| a.path().join(name).display().to_string();
+    let (users_file, items_file) = (file("users-a.csv"), file("items-a.csv"));
+    assert_eq!(imported("users", &users_file, &db), (2, 0, 0));
+    assert_eq!(imported("items", &items_file, &db), (17, 0, 0));
     assert_eq!(
         export(&db, "users", "csv", &b.path().join("users-b.csv")),
         users_a
@@ -405,14 +409,8 @@ async fn an_export_imports_back_to_the_same_rows() {
 
     // NDJSON too: the same items, so nothing new.
     let json_a = export(&da, "items", "ndjson", &a.path().join("items-a.ndjson"));
-    let json_file = a.path().join("items-a.ndjson").display().to_string();
-    assert_eq!(
-        summary(&gorgon_ok(
-            &["import", "items", &json_file, "--data", &db],
-            0
-        )),
-        (0, 17, 0)
-    );
+    let json_file = file("items-a.ndjson");
+    assert_eq!(imported("items", &json_file, &db), (0, 17, 0));
     assert_eq!(
         export(&db, "items", "ndjson", &b.path().join("items-b.ndjson")),
         json_a
@@ -780,10 +778,7 @@ async fn the_command_imports_into_postgres() {
     );
     gorgon_ok(&["import", "users", &users_out, "--data", &data], 0);
     let file = write(dir.path(), "from-pg.csv", &exported);
-    assert_eq!(
-        summary(&gorgon_ok(&["import", "items", &file, "--data", &data], 0)),
-        (15, 0, 0)
-    );
+    assert_eq!(imported("items", &file, &data), (15, 0, 0));
     let back = gorgon_ok(&["export", "items", "--data", &data, "--format", "csv"], 0);
     let sorted = |text: &str| text.lines().map(str::to_string).collect::<BTreeSet<_>>();
     assert_eq!(

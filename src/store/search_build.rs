@@ -139,7 +139,8 @@ fn build(conn: Connection, mut received: mpsc::Receiver<Vec<SearchRow>>) -> Resu
         .map_err(db_error)
 }
 
-/// Removes a scratch database left by an earlier load (or this one, once copied).
+/// Removes a scratch database (a load's search index, an import's stage) left by an earlier
+/// process, or by this one once done with it.
 pub(super) fn remove_scratch(scratch: &Path) -> Result<()> {
     match std::fs::remove_file(scratch) {
         Ok(()) => Ok(()),

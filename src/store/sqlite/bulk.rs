@@ -100,10 +100,7 @@ impl BulkLoad for SqliteStore {
             .await?;
         let build = self.search_build.lock().take();
         if let Some(build) = build {
-            let database = self.path.clone();
-            tokio::task::spawn_blocking(move || build.install(&database))
-                .await
-                .map_err(|e| StoreError::Task("the search index copy", e))??;
+            self.install(build).await?;
             self.write(|conn| {
                 conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
                     .map(|_| ())
@@ -210,10 +207,7 @@ impl BulkLoad for SqliteStore {
         })
         .await?;
         if let Some(build) = build {
-            let database = self.path.clone();
-            tokio::task::spawn_blocking(move || build.install(&database))
-                .await
-                .map_err(|e| StoreError::Task("the search index copy", e))??;
+            self.install(build).await?;
         }
         self.write(|conn| {
             conn.execute_batch(
@@ -223,5 +217,15 @@ impl BulkLoad for SqliteStore {
             .map_err(db_error)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// Copies a search index built aside into the store, on a blocking thread.
+    async fn install(&self, build: SearchBuild) -> Result<()> {
+        let database = self.path.clone();
+        tokio::task::spawn_blocking(move || build.install(&database))
+            .await
+            .map_err(|e| StoreError::Task("the search index copy", e))?
     }
 }

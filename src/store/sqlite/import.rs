@@ -28,28 +28,31 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 
-use super::errors::{db_error, StoreError};
-use super::rows::{keywords_json, SearchRow};
+use super::errors::db_error;
+use super::items::insert_item_row;
+use super::rows::SearchRow;
 use super::schema::{DROP_SECONDARY, SECONDARY};
 use super::writer::Tx;
-use crate::domain::{to_millis, Item};
+use crate::domain::Item;
 use crate::error::Result;
 
-/// The scratch database of a running import, beside the store's.
+/// The scratch database of a running import, beside the store's. Its table is called `items`
+/// like the store's (a plain table, in arrival order, with a unique index on `id`), so a row is
+/// staged by the very statement that inserts an item.
 pub(super) const STAGE_FILE: &str = "import-stage.db";
 
 const STAGE_SCHEMA: &str = "
     PRAGMA journal_mode=OFF;
     PRAGMA synchronous=OFF;
     PRAGMA temp_store=FILE;
-    CREATE TABLE rows (
+    CREATE TABLE items (
         id BLOB NOT NULL, user_id BLOB NOT NULL, seq INTEGER NOT NULL, title TEXT NOT NULL,
         body TEXT NOT NULL, url TEXT, ts INTEGER NOT NULL, lat REAL, lon REAL,
         keywords TEXT NOT NULL, extra TEXT NOT NULL
     );
-    CREATE UNIQUE INDEX rows_id ON rows(id);";
+    CREATE UNIQUE INDEX items_id ON items(id);";
 
 /// The rows of a running import, and how to tell which ids the store has already.
 pub(super) struct Stage {
@@ -82,13 +85,6 @@ impl Stage {
         let tx = self.conn.transaction().map_err(db_error)?;
         let mut added = Vec::with_capacity(items.len());
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO rows
-                     (id, user_id, seq, title, body, url, ts, lat, lon, keywords, extra)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(db_error)?;
             let mut stored = match &self.probe {
                 Some(probe) => Some(
                     probe
@@ -108,22 +104,7 @@ impl Stage {
                     }
                 }
                 let seq = seqs.fetch_sub(1, Ordering::Relaxed);
-                let staged = insert
-                    .execute(params![
-                        item.id,
-                        item.user_id,
-                        seq,
-                        item.title,
-                        item.body,
-                        item.url,
-                        to_millis(item.ts),
-                        item.location.map(|l| l.lat),
-                        item.location.map(|l| l.lon),
-                        keywords_json(&item.keywords),
-                        item.extra.to_json(),
-                    ])
-                    .map_err(db_error)?;
-                if staged == 1 {
+                if insert_item_row(&tx, item, seq, true).map_err(db_error)? == 1 {
                     added.push(SearchRow::of(seq, item));
                 }
             }
@@ -136,51 +117,21 @@ impl Stage {
     /// held items, then indexes them for search in `seq` order. One transaction: all or none.
     pub(super) fn move_into(&self, tx: &Tx<'_>) -> Result<u64> {
         tx.touch_all();
-        let mut rows = self
-            .conn
-            .prepare(
-                "SELECT user_id, id, seq, title, body, url, ts, lat, lon, keywords, extra
-                 FROM rows ORDER BY user_id, id",
-            )
-            .map_err(db_error)?;
-        let mut insert = tx
-            .prepare(
-                "INSERT INTO items (user_id, id, seq, title, body, url, ts, lat, lon, keywords, extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .map_err(db_error)?;
-        let mut moved = 0;
-        let mut cursor = rows.query([]).map_err(db_error)?;
-        while let Some(row) = cursor.next().map_err(db_error)? {
-            let values = (0..11)
-                .map(|i| row.get_ref(i).map(ToSqlOutput::Borrowed))
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_error)?;
-            insert
-                .execute(rusqlite::params_from_iter(values))
-                .map_err(db_error)?;
-            moved += 1;
-        }
+        let moved = copy_rows(
+            &self.conn,
+            "SELECT user_id, id, seq, title, body, url, ts, lat, lon, keywords, extra
+             FROM items ORDER BY user_id, id",
+            tx,
+            "INSERT INTO items (user_id, id, seq, title, body, url, ts, lat, lon, keywords, extra)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
         if !self.into_empty {
-            let mut rows = self
-                .conn
-                .prepare("SELECT seq, title, body, keywords FROM rows ORDER BY seq")
-                .map_err(db_error)?;
-            let mut index = tx
-                .prepare(
-                    "INSERT INTO items_fts(rowid, title, body, keywords) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db_error)?;
-            let mut cursor = rows.query([]).map_err(db_error)?;
-            while let Some(row) = cursor.next().map_err(db_error)? {
-                let values = (0..4)
-                    .map(|i| row.get_ref(i).map(ToSqlOutput::Borrowed))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                    .map_err(db_error)?;
-                index
-                    .execute(rusqlite::params_from_iter(values))
-                    .map_err(db_error)?;
-            }
+            copy_rows(
+                &self.conn,
+                "SELECT seq, title, body, keywords FROM items ORDER BY seq",
+                tx,
+                "INSERT INTO items_fts(rowid, title, body, keywords) VALUES (?1, ?2, ?3, ?4)",
+            )?;
         }
         Ok(moved)
     }
@@ -191,6 +142,27 @@ impl Stage {
         drop(self);
         remove_stage(&path)
     }
+}
+
+/// Runs `insert` on `to` for each row `select` reads from `from`, its values as they are;
+/// how many rows.
+fn copy_rows(from: &Connection, select: &str, to: &Connection, insert: &str) -> Result<u64> {
+    let mut rows = from.prepare(select).map_err(db_error)?;
+    let columns = rows.column_count();
+    let mut insert = to.prepare(insert).map_err(db_error)?;
+    let mut cursor = rows.query([]).map_err(db_error)?;
+    let mut copied = 0;
+    while let Some(row) = cursor.next().map_err(db_error)? {
+        let values = (0..columns)
+            .map(|i| row.get_ref(i).map(ToSqlOutput::Borrowed))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_error)?;
+        insert
+            .execute(rusqlite::params_from_iter(values))
+            .map_err(db_error)?;
+        copied += 1;
+    }
+    Ok(copied)
 }
 
 /// Sets the secondary indexes aside (an import into an empty store builds them after its move).
@@ -210,16 +182,7 @@ pub(super) fn build_indexes(tx: &Tx<'_>) -> Result<()> {
 
 /// Removes a scratch database left by an import that did not finish (or this one's).
 pub(super) fn remove_stage(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StoreError::File {
-            what: "remove",
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()),
-    }
+    crate::store::search_build::remove_scratch(path)
 }
 
 /// The running import's stage, shared with the blocking threads that stage batches.
