@@ -210,7 +210,12 @@ async fn import_items(
             import.queued_chunks(),
         )
     };
-    if args.on_error == OnError::Abort {
+    let abort = args.on_error == OnError::Abort;
+    // A store that stages an import keeps every row out of sight until the end: `abort` then
+    // drops the stage at the first sign of trouble, in one pass. Any other store is written
+    // batch by batch, so `abort` checks the whole file first.
+    let staged = store.stages_imports();
+    if abort && !staged {
         let mut report = CliReport::new(size, "checking", args.quiet);
         let (reading, rows) = pass(&import);
         let checked = import.pass(rows, reading, Pass::Check, &mut report).await?;
@@ -221,7 +226,7 @@ async fn import_items(
     store.begin_import().await?;
     let mut report = CliReport::new(size, "items", args.quiet);
     let (reading, rows) = pass(&import);
-    let stop_at_first_error = args.on_error == OnError::Abort;
+    let stop_at_first_error = abort && !staged;
     let applied = import
         .pass(
             rows,
@@ -233,11 +238,22 @@ async fn import_items(
         )
         .await;
     drop(report);
-    let spinner = spinner("building the search index", args.quiet);
-    let finished = store.finish_import().await;
+    let keep = !abort || applied.as_ref().is_ok_and(|counts| counts.invalid == 0);
+    let spinner = spinner(
+        if keep {
+            "moving the rows in and building the indexes"
+        } else {
+            "dropping the staged rows"
+        },
+        args.quiet,
+    );
+    let finished = store.finish_import(keep).await;
     spinner.finish_and_clear();
     let counts = applied?;
     finished?;
+    if abort && counts.invalid > 0 {
+        return Err(nothing_stored(counts));
+    }
     Ok((counts, started.elapsed()))
 }
 

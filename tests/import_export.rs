@@ -198,6 +198,9 @@ async fn bad_rows_are_reported_and_abort_stores_nothing() {
     assert!(stderr(&output).contains("7 bad row(s) of 9: nothing was imported"));
     let export = gorgon_ok(&["export", "items", "--data", &data, "--format", "csv"], 0);
     assert_eq!(export.lines().count(), 1, "only the header: {export}");
+    for scratch in ["import-stage.db", "search-build.db"] {
+        assert!(!dir.path().join(scratch).exists(), "{scratch} left behind");
+    }
 
     // skip: the same report, the two valid rows stored, exit 2.
     let out = gorgon_ok(
@@ -225,6 +228,9 @@ async fn bad_rows_are_reported_and_abort_stores_nothing() {
         })
         .collect();
     assert_eq!(titles, BTreeSet::from(["Fine".into(), "Fine too".into()]));
+    let app = TestApp::spawn_in(dir, &[]).await;
+    let found: Value = app.get_json("/api/v1/items?q=fine").await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 2, "{found}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,16 +155,25 @@ pub trait BulkLoad: Store {
     async fn begin_import(&self) -> Result<()> {
         Ok(())
     }
-    /// Stores a batch of an import, skipping items whose id is stored already; how many were
-    /// new. By default [`Store::insert_items`].
+    /// Stores a batch of an import, skipping items whose id is stored already (or was in an
+    /// earlier batch); how many were new. By default [`Store::insert_items`].
     async fn import_items(&self, items: Vec<Item>) -> Result<usize> {
         self.insert_items(items).await
     }
-    /// Ends an import: builds what `begin_import` set aside. Called once every `import_items`
-    /// call has returned, also after a failed import (what was written stays, complete).
-    async fn finish_import(&self) -> Result<()> {
+    /// Whether an import's rows stay out of the store until `finish_import(true)` (the
+    /// embedded store stages them): then an import that must store all or nothing needs no
+    /// check pass first, `finish_import(false)` drops everything. By default rows are stored
+    /// batch by batch.
+    fn stages_imports(&self) -> bool {
+        false
+    }
+    /// Ends an import, also a failed one: builds what `begin_import` set aside; with a stage,
+    /// moves the staged rows in (`keep`) or drops them. Called once every `import_items` call
+    /// has returned.
+    async fn finish_import(&self, _keep: bool) -> Result<()> {
         Ok(())
     }
+
     /// Starts a load of up to `items` items.
     async fn begin_bulk(&self, items: u64) -> Result<()>;
     async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()>;

@@ -99,6 +99,16 @@ impl SearchBuild {
     }
 }
 
+impl SearchBuild {
+    /// Stops the builder and throws its index away (an import that stores nothing). Blocking.
+    pub fn discard(self) -> Result<()> {
+        drop(self.rows);
+        // The builder's own outcome does not matter: its index is not used.
+        let _ = self.thread.join();
+        remove_scratch(&self.scratch)
+    }
+}
+
 pub(super) struct SearchQueue(mpsc::Sender<Vec<SearchRow>>);
 
 impl SearchQueue {

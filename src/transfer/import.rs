@@ -4,15 +4,19 @@
 //! row's owner, gives it its id and writes full batches to an [`ItemTarget`] (the store itself
 //! for `gorgon import`, the store role through the bus for the API), while the thread reads on.
 //!
-//! `--on-error abort` runs two passes over the same input: [`Pass::Check`] validates every row
-//! (owners included) and writes nothing; only if no row is bad does [`Pass::Apply`] read the
-//! input again and store it. A file is simply read twice; a request body is spooled to a
-//! temporary file during the check (`body.rs`). Validating everything first is what makes
-//! "nothing applied" hold on every backend without a transaction the size of the file (the
-//! embedded store would hold its one writer for the whole import; MongoDB has no such
-//! transaction). What the check cannot foresee (the store failing, an owner deleted between the
-//! passes) stops the apply pass where it happens: the rows before it stay stored, and running
-//! the file again stores the rest without writing any row twice.
+//! `--on-error abort` (nothing stored if any row is bad) takes one of two ways. A store that
+//! stages an import (the embedded store, `BulkLoad::stages_imports`: its rows reach the items
+//! table only when the import ends) reads the input once and drops the stage if a row was bad.
+//! Elsewhere (the shared stores, and the API, whose batches go to the store role as they come)
+//! it runs two passes over the same input: [`Pass::Check`] validates every row (owners
+//! included) and writes nothing; only if no row is bad does [`Pass::Apply`] read the input
+//! again and store it. A file is simply read twice; a request body is spooled to a temporary
+//! file during the check (`body.rs`). Validating everything first is what makes "nothing
+//! applied" hold on every backend without a transaction the size of the file (the embedded
+//! store would hold its one writer for the whole import; MongoDB has no such transaction).
+//! What the check cannot foresee (the store failing, an owner deleted between the passes)
+//! stops the apply pass where it happens: the rows before it stay stored, and running the file
+//! again stores the rest without writing any row twice.
 
 use std::collections::HashMap;
 use std::io::Read;

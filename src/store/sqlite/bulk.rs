@@ -81,7 +81,11 @@ impl BulkLoad for SqliteStore {
         Ok(staged)
     }
 
-    async fn finish_import(&self) -> Result<()> {
+    fn stages_imports(&self) -> bool {
+        true
+    }
+
+    async fn finish_import(&self, keep: bool) -> Result<()> {
         let Some(stage) = self.import_stage.lock().take() else {
             return Ok(());
         };
@@ -90,17 +94,25 @@ impl BulkLoad for SqliteStore {
             .into_inner();
         let stage = self
             .write(move |conn| {
-                let moved = stage.move_into(conn)?;
+                if keep {
+                    let moved = stage.move_into(conn)?;
+                    tracing::debug!(moved, "import moved into the items table");
+                }
                 if stage.into_empty {
                     build_indexes(conn)?;
                 }
-                tracing::debug!(moved, "import moved into the items table");
                 Ok(stage)
             })
             .await?;
         let build = self.search_build.lock().take();
         if let Some(build) = build {
-            self.install(build).await?;
+            if keep {
+                self.install(build).await?;
+            } else {
+                tokio::task::spawn_blocking(move || build.discard())
+                    .await
+                    .map_err(|e| StoreError::Task("dropping the import's search index", e))??;
+            }
             self.write(|conn| {
                 conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
                     .map(|_| ())

@@ -21,6 +21,10 @@
 //! in `seq` order (one FTS5 flush per megabyte, not per row). An import that dies before its
 //! move leaves the store as it was (the scratch file is removed on the next open): running the
 //! file again imports it.
+//!
+//! All or nothing comes with the stage: nothing reaches the items table before the move, so an
+//! import that must store nothing if any row is bad (`--on-error abort`) reads its file once and
+//! drops the stage if it met a bad row, instead of checking the whole file in a pass of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
