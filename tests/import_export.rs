@@ -97,6 +97,11 @@ fn imported(what: &str, file: &str, data: &str) -> (u64, u64, u64) {
     summary(&gorgon_ok(&["import", what, file, "--data", data], 0))
 }
 
+/// `import WHAT FILE --data DATA --on-error skip`.
+fn skipping<'a>(what: &'a str, file: &'a str, data: &'a str) -> [&'a str; 7] {
+    ["import", what, file, "--data", data, "--on-error", "skip"]
+}
+
 fn bad_rows(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.strip_prefix("bad row: "))
@@ -203,18 +208,7 @@ async fn bad_rows_are_reported_and_abort_stores_nothing() {
     }
 
     // skip: the same report, the two valid rows stored, exit 2.
-    let out = gorgon_ok(
-        &[
-            "import",
-            "items",
-            &file,
-            "--data",
-            &data,
-            "--on-error",
-            "skip",
-        ],
-        2,
-    );
+    let out = gorgon_ok(&skipping("items", &file, &data), 2);
     assert_eq!(bad_rows(&out), expected);
     assert_eq!(summary(&out), (2, 0, 7));
     let export = gorgon_ok(&["export", "items", "--data", &data], 0);
@@ -242,15 +236,7 @@ async fn unknown_columns_and_unusable_headers_are_refused_up_front() {
         "typo.csv",
         "owner,ts,title,bodyy,colour\nada@example.com,2024-05-01T10:00:00Z,x,y,z\n",
     );
-    let output = gorgon(&[
-        "import",
-        "items",
-        &file,
-        "--data",
-        &data,
-        "--on-error",
-        "skip",
-    ]);
+    let output = gorgon(&skipping("items", &file, &data));
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
@@ -292,18 +278,7 @@ async fn imported_users_sign_in_with_their_carried_over_hash_and_exports_hide_ha
          Mallory,mallory@example.com,\"$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n\
          ,nameless@example.com,\n",
     );
-    let out = gorgon_ok(
-        &[
-            "import",
-            "users",
-            &bad,
-            "--data",
-            &data,
-            "--on-error",
-            "skip",
-        ],
-        2,
-    );
+    let out = gorgon_ok(&skipping("users", &bad, &data), 2);
     assert_eq!(
         bad_rows(&out),
         [
