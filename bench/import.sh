@@ -11,8 +11,9 @@
 # items/s, which skips parsing and validation); a CSV of ROWS rows generated in time order with
 # random owners among USERS users (as an export of another system would be: no id column, so
 # every id is derived); `gorgon import items` of it into a fresh store holding those users, with
-# --on-error abort (the default: a check pass, then the applying pass) and with --on-error skip
-# (one pass); then `gorgon export items` of the imported store. Peak RSS by /usr/bin/time -v.
+# --on-error abort (the default; on the embedded store one pass, whose stage is dropped if a row
+# is bad) and with --on-error skip; then `gorgon export items` of the imported store. Peak RSS by
+# /usr/bin/time -v.
 set -euo pipefail
 
 ROWS=${ROWS:-1000000}
@@ -76,7 +77,7 @@ with open(sys.argv[2], "w", newline="") as f:
 EOF
 ls -la "$WORK/items.csv" | awk '{ printf "%.0f MB\n", $5 / 1e6 }'
 
-echo "== import, --on-error abort (check pass, then apply pass)"
+echo "== import, --on-error abort (the default: on the embedded store one pass, the stage dropped if a row is bad)"
 measured "$G" import items "$WORK/items.csv" --data "$WORK/users" --quiet
 ABORT_RATE=$(sed -n 's/.*(\([0-9]*\) rows\/s).*/\1/p' "$WORK/out.txt")
 ABORT_RSS=$(cat "$WORK/rss")
