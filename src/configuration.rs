@@ -13,6 +13,7 @@ use crate::bus::{BusConfig, Role};
 use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
 use crate::store::{Backend, BackendOptions, MongoOptions, PgOptions, SqliteOptions, StoreUrl};
+use crate::transfer::{Format, OnError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +35,11 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
-            Command::Seed(_) | Command::Sim(_) | Command::Dlq(_) => "warn",
+            Command::Seed(_)
+            | Command::Sim(_)
+            | Command::Dlq(_)
+            | Command::Import(_)
+            | Command::Export(_) => "warn",
         }
     }
 }
@@ -49,6 +54,10 @@ pub enum Command {
     Sim(SimArgs),
     /// Inspects and repairs a Redis dead-letter list: list, replay or purge.
     Dlq(DlqArgs),
+    /// Imports items or users from a CSV or NDJSON file into the store.
+    Import(ImportArgs),
+    /// Exports every item or user of the store as CSV or NDJSON.
+    Export(ExportArgs),
 }
 
 /// The roles a node runs.
@@ -387,6 +396,14 @@ pub struct EdgeTuning {
     /// Largest item (title, body, url, keywords and extra, in bytes); larger ones get a 413.
     #[arg(long, env = "GORGON_MAX_ITEM_BYTES", default_value_t = 128 * 1024)]
     pub max_item_bytes: usize,
+    /// Largest body of `POST /api/v1/import/items`, in bytes (the body is streamed, never held:
+    /// this bounds the upload, and with --on-error abort its spool file).
+    #[arg(long, env = "GORGON_IMPORT_MAX_BODY_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub import_max_body_bytes: u64,
+    /// Deadline for the whole body of `POST /api/v1/import/items`, instead of
+    /// --http-body-timeout ("0s": none). Only admins reach the body of that route.
+    #[arg(long, env = "GORGON_IMPORT_BODY_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub import_body_timeout: Duration,
 }
 
 /// Limits of the Redis mailboxes.
@@ -767,6 +784,8 @@ impl RunArgs {
             max_job_payload_bytes: self.tuning.edge.max_job_payload_bytes,
             max_item_bytes: self.tuning.edge.max_item_bytes,
             trusted_proxies: self.tuning.edge.trusted_proxies.clone().into(),
+            import_max_body_bytes: self.tuning.edge.import_max_body_bytes,
+            import_body_timeout: self.tuning.edge.import_body_timeout,
             ..HttpLimits::default()
         }
     }
@@ -891,6 +910,88 @@ pub struct SeedArgs {
     /// Write the ids of the seeded users to this file (one per line).
     #[arg(long)]
     pub user_ids_out: Option<PathBuf>,
+}
+
+/// What an import or an export moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Records {
+    Items,
+    Users,
+}
+
+/// `gorgon import items|users FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    #[arg(value_enum)]
+    pub what: Records,
+    /// The file: CSV with a header row, or NDJSON (one JSON object a line).
+    pub file: PathBuf,
+    /// The file's format (default: by its extension, .csv or .ndjson/.jsonl).
+    #[arg(long, env = "GORGON_IMPORT_FORMAT", value_enum)]
+    pub format: Option<Format>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
+    pub data: PathBuf,
+    /// Import into a shared store at this URL instead (as `gorgon run --store`).
+    #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
+    pub store: Option<StoreUrl>,
+    /// Owner of the items of rows without an owner or user_id cell: an email or a user id.
+    #[arg(long, env = "GORGON_IMPORT_OWNER")]
+    pub owner: Option<String>,
+    /// A bad row: skip it (every valid row is stored, every bad one reported) or abort (the
+    /// whole file is checked first; one bad row and nothing is stored).
+    #[arg(
+        long,
+        env = "GORGON_IMPORT_ON_ERROR",
+        value_enum,
+        default_value = "abort"
+    )]
+    pub on_error: OnError,
+    /// What joins the keywords of a CSV cell.
+    #[arg(long, env = "GORGON_KEYWORD_SEPARATOR", default_value = "|")]
+    pub keyword_separator: char,
+    /// Rows written together.
+    #[arg(long, env = "GORGON_IMPORT_BATCH", default_value_t = 10_000)]
+    pub batch: usize,
+    /// Largest item (title, body, url, keywords and extra, in bytes), as for the API.
+    #[arg(long, env = "GORGON_MAX_ITEM_BYTES", default_value_t = 128 * 1024)]
+    pub max_item_bytes: usize,
+    /// No progress bar (bad rows and the summary are still printed).
+    #[arg(long, default_value_t = false)]
+    pub quiet: bool,
+}
+
+/// `gorgon export items|users`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[arg(value_enum)]
+    pub what: Records,
+    #[arg(
+        long,
+        env = "GORGON_EXPORT_FORMAT",
+        value_enum,
+        default_value = "ndjson"
+    )]
+    pub format: Format,
+    /// Write to this file instead of standard output.
+    #[arg(long, env = "GORGON_EXPORT_OUT")]
+    pub out: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "GORGON_DATA", default_value = "./gorgon-data")]
+    pub data: PathBuf,
+    /// Export from a shared store at this URL instead (as `gorgon run --store`).
+    #[arg(long, env = "GORGON_STORE_URL", value_parser = StoreUrl::parse, hide_env_values = true)]
+    pub store: Option<StoreUrl>,
+    /// What joins the keywords of a CSV cell.
+    #[arg(long, env = "GORGON_KEYWORD_SEPARATOR", default_value = "|")]
+    pub keyword_separator: char,
+    /// Users only: include each account's argon2id password hash (off by default: a hash is an
+    /// offline guessing target; ask for it only to move accounts to another store).
+    #[arg(long, env = "GORGON_EXPORT_PASSWORD_HASHES", default_value_t = false)]
+    pub with_password_hashes: bool,
+    /// No progress bar.
+    #[arg(long, default_value_t = false)]
+    pub quiet: bool,
 }
 
 #[cfg(test)]

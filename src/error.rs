@@ -36,6 +36,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body is in a format the route does not take (its `Content-Type`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Well-formed, but a field's value is not acceptable.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
@@ -105,6 +108,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::Invalid { .. } => "invalid",
             Error::RateLimited { .. } => "rate_limited",
             Error::InsufficientStorage(_) => "insufficient_storage",

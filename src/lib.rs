@@ -21,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod fake;
 pub mod http;
+pub mod import_export;
 pub mod jobs;
 pub mod providers;
 pub mod seed;
@@ -30,5 +31,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod transfer;
 
 pub use error::Error;

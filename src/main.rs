@@ -24,10 +24,13 @@ async fn main() -> std::process::ExitCode {
             .await
             .map(|_| true)
             .map_err(anyhow::Error::from),
+        Command::Import(args) => gorgon::import_export::import(args).await,
+        Command::Export(args) => gorgon::import_export::export(args).await.map(|_| true),
     };
     match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
-        // A simulation whose invariants failed has already said why.
+        // A simulation whose invariants failed, or an import that skipped bad rows, has
+        // already said why.
         Ok(false) => std::process::ExitCode::from(2),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -632,6 +632,8 @@ async fn health_readiness_stats_metrics_openapi() {
         "/readyz",
         "/info/{uid}",
         "/info/{uid}/{limit}/{offset}",
+        "/api/v1/import/items",
+        "/api/v1/export/items",
     ] {
         assert!(paths.contains_key(path), "openapi lacks {path}");
     }

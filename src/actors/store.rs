@@ -21,12 +21,14 @@ use crate::domain::{
     UserPatch,
 };
 use crate::error::Result;
+pub use crate::store::ExportCursor;
 use crate::store::Store;
 
 crate::requests! {
     role Store, call StoreCall;
     InsertUser => "insert_user", durable, User;
     GetUser => "get_user", direct, User;
+    GetUserByEmail => "get_user_by_email", direct, User;
     GetCredentials => "get_credentials", direct, Credentials;
     UpdateUser => "update_user", durable, User;
     DeleteUser => "delete_user", durable, ();
@@ -37,6 +39,8 @@ crate::requests! {
     InsertItem => "insert_item", durable, Item;
     InsertItems => "insert_items", durable, usize;
     InsertItemsOnce => "insert_items_once", durable, usize;
+    ImportItems => "import_items", durable, usize;
+    ExportItems => "export_items", direct, Vec<Item>;
     GetItem => "get_item", direct, Item;
     UpdateItem => "update_item", durable, Item;
     DeleteItem => "delete_item", durable, ();
@@ -61,6 +65,12 @@ pub struct InsertUser(pub NewUser);
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GetUser {
     pub id: Uuid,
+}
+
+/// A user by normalised email (an import's `owner` column), without their password hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetUserByEmail {
+    pub email: String,
 }
 
 /// A user and the hash of their password, by normalised email (for the auth role's checks).
@@ -132,6 +142,19 @@ pub struct InsertItemsOnce {
     pub key: Vec<u8>,
     pub expires_at: DateTime<Utc>,
     pub items: Vec<Item>,
+}
+
+/// A batch of an import (`POST /api/v1/import/items`): stored like `InsertItems` (ids already
+/// stored are skipped, so a file sent twice writes nothing twice), but without an event per item:
+/// an import of a million rows must not become a million webhook deliveries and SSE messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportItems(pub Vec<Item>);
+
+/// A page of an export (`GET /api/v1/export/items`), after the last item of the previous page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportItems {
+    pub after: Option<ExportCursor>,
+    pub limit: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -279,6 +302,12 @@ impl Handler<GetUser> for StoreHandler {
     }
 }
 
+impl Handler<GetUserByEmail> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: GetUserByEmail) -> Result<User> {
+        Ok(self.store.get_credentials(&r.email).await?.user)
+    }
+}
+
 impl Handler<GetCredentials> for StoreHandler {
     async fn handle(self: Arc<Self>, r: GetCredentials) -> Result<Credentials> {
         let found = self.store.get_credentials(&r.email).await?;
@@ -370,6 +399,18 @@ impl Handler<InsertItemsOnce> for StoreHandler {
             .await?;
         events.into_iter().for_each(|e| self.bus.publish(e));
         Ok(inserted)
+    }
+}
+
+impl Handler<ImportItems> for StoreHandler {
+    async fn handle(self: Arc<Self>, ImportItems(items): ImportItems) -> Result<usize> {
+        self.store.insert_items(items).await
+    }
+}
+
+impl Handler<ExportItems> for StoreHandler {
+    async fn handle(self: Arc<Self>, r: ExportItems) -> Result<Vec<Item>> {
+        self.store.export_items(r.after, r.limit).await
     }
 }
 

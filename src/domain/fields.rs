@@ -28,6 +28,10 @@ impl Extra {
         Ok(Extra(value))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
     }

@@ -53,6 +53,16 @@ impl NewItem {
         })
     }
 
+    /// The bytes its content takes: title, body, url and keywords as UTF-8, extra as JSON (what
+    /// `--max-item-bytes` bounds).
+    pub fn size_bytes(&self) -> usize {
+        self.title.len()
+            + self.body.len()
+            + self.url.as_ref().map_or(0, String::len)
+            + self.keywords.iter().map(String::len).sum::<usize>()
+            + self.extra.to_json().len()
+    }
+
     pub fn into_item(self, id: Uuid, user_id: Uuid, ts: DateTime<Utc>) -> Item {
         Item {
             id,
@@ -162,6 +172,16 @@ impl ItemPatch {
             item.extra = v;
         }
     }
+}
+
+/// A 413 for an item (or a patch) whose content takes more than `max` bytes (`--max-item-bytes`).
+pub fn check_item_size(size: usize, max: usize) -> Result<()> {
+    if size > max {
+        return Err(Error::PayloadTooLarge(format!(
+            "the item is {size} bytes; at most {max} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 pub fn parse_title(value: &str) -> Result<String> {

@@ -50,6 +50,15 @@ impl Password {
     }
 }
 
+impl Password {
+    /// 32 random bytes, hex: a password nobody knows.
+    fn random() -> Password {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        Password(hex::encode(secret))
+    }
+}
+
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Password(***)")
@@ -146,6 +155,59 @@ pub fn hash_now(password: &Password) -> Result<String> {
         .map_err(|e| HashError::Argon2(e).into())
 }
 
+/// Most memory (KiB), passes and lanes a carried-over hash may ask each login to spend: a hash
+/// is a recipe every sign-in follows, so an imported `m=4194304` would make each login of that
+/// account allocate 4 GiB. The bounds are twice OWASP's strongest argon2id settings.
+pub const MAX_HASH_M_KIB: u32 = 256 * 1024;
+pub const MAX_HASH_T: u32 = 16;
+pub const MAX_HASH_P: u32 = 16;
+
+/// Checks a password hash carried over from elsewhere (an import): an argon2id PHC string
+/// (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), version 19, with a salt and an output, and costs
+/// within the bounds above. Other algorithms are refused: logins verify argon2id only, so a
+/// bcrypt or scrypt hash would lock its account without saying why.
+pub fn parse_argon2id_phc(value: &str) -> Result<String> {
+    let bad = |why: String| Err(Error::invalid("password_hash", why));
+    let value = value.trim();
+    let Ok(parsed) = PasswordHash::new(value) else {
+        return bad(
+            "must be a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>".into(),
+        );
+    };
+    if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
+        return bad(format!(
+            "must be an argon2id hash, not {}",
+            parsed.algorithm.as_str()
+        ));
+    }
+    if parsed.version != Some(argon2::Version::V0x13.into()) {
+        return bad("must be argon2 version 19 (v=19)".into());
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return bad("must have a salt and a hash".into());
+    }
+    let params = match argon2::Params::try_from(&parsed) {
+        Ok(params) => params,
+        Err(e) => return bad(format!("has invalid parameters: {e}")),
+    };
+    if params.m_cost() > MAX_HASH_M_KIB
+        || params.t_cost() > MAX_HASH_T
+        || params.p_cost() > MAX_HASH_P
+    {
+        return bad(format!(
+            "costs more than a login may spend (at most m={MAX_HASH_M_KIB}, t={MAX_HASH_T}, p={MAX_HASH_P})"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A hash nobody's password matches (argon2id of a random secret that is thrown away), for
+/// accounts imported without a password: they cannot sign in until an admin sets one, and a
+/// login attempt costs the same time as for any other account.
+pub async fn unusable_hash() -> Result<String> {
+    hash(Password::random()).await
+}
+
 /// Verifies on the blocking pool. A malformed stored hash counts as a mismatch.
 pub async fn verify(password: String, phc: String) -> Result<bool> {
     gated(move || verify_now(&password, &phc)).await
@@ -166,12 +228,31 @@ fn verify_now(password: &str, phc: &str) -> bool {
 pub async fn verify_nobody(password: String) -> Result<()> {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     gated(move || {
-        let phc = DUMMY.get_or_init(|| {
-            let mut secret = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-            hash_now(&Password(hex::encode(secret))).unwrap_or_default()
-        });
+        let phc = DUMMY.get_or_init(|| hash_now(&Password::random()).unwrap_or_default());
         let _ = verify_now(&password, phc);
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carried_over_hashes_must_be_bounded_argon2id() {
+        let good = hash_now(&Password::parse("correct horse").unwrap()).unwrap();
+        assert_eq!(parse_argon2id_phc(&good).as_deref(), Ok(good.as_str()));
+        let salt = "c29tZXNhbHRzb21lc2FsdA";
+        let out = "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        for bad in [
+            "plain text".to_string(),
+            format!("$argon2i$v=19$m=19456,t=2,p=1${salt}${out}"),
+            format!("$argon2id$v=16$m=19456,t=2,p=1${salt}${out}"),
+            format!("$argon2id$v=19$m=4194304,t=2,p=1${salt}${out}"),
+            format!("$argon2id$v=19$m=19456,t=2,p=1${salt}"),
+            "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW".to_string(),
+        ] {
+            assert!(parse_argon2id_phc(&bad).is_err(), "{bad} accepted");
+        }
+    }
 }

@@ -16,7 +16,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// method_not_allowed, payload_too_large, invalid, rate_limited, insufficient_storage,
+    /// method_not_allowed, payload_too_large, unsupported_media_type, invalid, rate_limited, insufficient_storage,
     /// unavailable, timeout, internal, search_timeout, request_timeout.
     pub code: String,
     pub message: String,
@@ -35,6 +35,7 @@ impl ResponseError for Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,

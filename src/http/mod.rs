@@ -10,6 +10,7 @@
 //! | `/api/v1/events` (SSE) | `events.rs` |
 //! | `/api/v1/ws` (WebSocket) | `ws.rs` |
 //! | `/api/v1/providers/{name}/ingest` | `providers.rs` |
+//! | `/api/v1/import/items`, `/api/v1/export/items` | `transfer.rs` |
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/api/v1/cluster` | `cluster.rs` |
 //! | `/api/v1/admin/queues`, `/api/v1/admin/queues/{queue}/dead-letters[/…]` (admin) | `queues.rs` |
@@ -33,6 +34,7 @@ pub mod openapi;
 pub mod providers;
 pub mod queues;
 pub mod quotas;
+pub mod transfer;
 pub mod users;
 pub mod ws;
 
@@ -76,10 +78,14 @@ pub struct HttpLimits {
     pub user_items_per_minute: u32,
     /// Largest job payload, in bytes of JSON.
     pub max_job_payload_bytes: usize,
-    /// Largest item, in bytes (see `quotas::item_bytes`).
+    /// Largest item, in bytes (see `NewItem::size_bytes`).
     pub max_item_bytes: usize,
     /// Load balancers whose `X-Forwarded-For` names the client (see `access::client_address`).
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Largest body of an import (streamed, never held whole).
+    pub import_max_body_bytes: u64,
+    /// Deadline of an import's body instead of `body_timeout` (zero: none).
+    pub import_body_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -101,6 +107,8 @@ impl Default for HttpLimits {
             max_job_payload_bytes: 64 * 1024,
             max_item_bytes: 128 * 1024,
             trusted_proxies: Arc::from([]),
+            import_max_body_bytes: 1024 * 1024 * 1024,
+            import_body_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -143,6 +151,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(events::routes)
                     .configure(ws::routes)
                     .configure(providers::routes)
+                    .configure(transfer::routes)
                     .configure(observability::api_routes)
                     .configure(cluster::routes)
                     .configure(queues::routes)
@@ -167,10 +176,17 @@ pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::i
     let limits = state.limits.clone();
     let workers = workers.max(1);
     let body_timeout = limits.body_timeout;
+    let import_body_timeout = limits.import_body_timeout;
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(from_fn(move |req, next| {
-                limits::body_deadline(req, next, body_timeout)
+            .wrap(from_fn(move |req: actix_web::dev::ServiceRequest, next| {
+                // An import's body may take long: its own deadline (only admins reach it).
+                let deadline = if req.path().starts_with(transfer::IMPORT_PREFIX) {
+                    import_body_timeout
+                } else {
+                    body_timeout
+                };
+                limits::body_deadline(req, next, deadline)
             }))
             .wrap(from_fn(access::record))
             .configure(configure(state.clone()))

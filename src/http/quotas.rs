@@ -13,6 +13,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 use super::HttpLimits;
+use crate::domain::item::check_item_size;
 use crate::domain::{ItemPatch, NewItem, Principal};
 use crate::error::{Error, Result};
 
@@ -63,7 +64,7 @@ impl Quotas {
 
     /// A 413 for an item larger than `--max-item-bytes`.
     pub fn check_item(&self, item: &NewItem) -> Result<()> {
-        self.check_item_size(item_bytes(item))
+        self.check_item_size(item.size_bytes())
     }
 
     /// A 413 for a patch whose fields alone are larger than `--max-item-bytes`.
@@ -84,13 +85,7 @@ impl Quotas {
     }
 
     fn check_item_size(&self, size: usize) -> Result<()> {
-        if size > self.max_item_bytes {
-            return Err(Error::PayloadTooLarge(format!(
-                "the item is {size} bytes; at most {} are allowed",
-                self.max_item_bytes
-            )));
-        }
-        Ok(())
+        check_item_size(size, self.max_item_bytes)
     }
 
     /// A 413 for a job payload larger than `--max-job-payload-bytes` (as compact JSON).
@@ -104,15 +99,6 @@ impl Quotas {
         }
         Ok(())
     }
-}
-
-/// The bytes an item's content takes: title, body, url and keywords as UTF-8, extra as JSON.
-pub fn item_bytes(item: &NewItem) -> usize {
-    item.title.len()
-        + item.body.len()
-        + item.url.as_ref().map_or(0, String::len)
-        + item.keywords.iter().map(String::len).sum::<usize>()
-        + item.extra.to_json().len()
 }
 
 fn json_bytes(value: &serde_json::Value) -> usize {

@@ -37,6 +37,24 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
+/// Where a page of an export starts: just after this item (the last of the previous page). Each
+/// backend walks its items in the order of a key it has an index for: the embedded store by
+/// `(user_id, id)` (its table's own order, read sequentially), the shared ones by `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportCursor {
+    pub user_id: Uuid,
+    pub id: Uuid,
+}
+
+impl ExportCursor {
+    pub fn after(item: &Item) -> ExportCursor {
+        ExportCursor {
+            user_id: item.user_id,
+            id: item.id,
+        }
+    }
+}
+
 /// The database, as the store role sees it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -113,6 +131,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, state: JobState, page: Page) -> Result<Vec<Job>>;
     /// Deletes done and dead jobs last changed before `before`; returns how many.
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// A page of every item, in the backend's export order (see [`ExportCursor`]), after
+    /// `after`: keyset paging, so each page costs the same however deep, and an export holds
+    /// one page at a time.
+    async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>>;
+    /// A page of every user with their password hash, by id, after `after`.
+    async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>>;
     /// Its name in `/readyz` and the cluster table: "embedded", "mongodb", "postgres".
     fn backend(&self) -> &'static str;
     /// Cheap round trip proving the backend answers (readiness).
@@ -121,10 +145,35 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Bulk loading for `gorgon seed`: bypasses per-request work, keeps the same guarantees once
-/// `finish_bulk` returns.
+/// Bulk loading for `gorgon seed` and `gorgon import`: bypasses per-request work, keeps the same
+/// guarantees once `finish_bulk` (or `finish_import`) returns.
 #[async_trait]
 pub trait BulkLoad: Store {
+    /// Starts an import (`gorgon import items`, a process that owns the store while it runs):
+    /// unlike a seed, every write stays idempotent by id, so the same file run twice writes
+    /// nothing twice. By default nothing to prepare.
+    async fn begin_import(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Stores a batch of an import, skipping items whose id is stored already (or was in an
+    /// earlier batch); how many were new. By default [`Store::insert_items`].
+    async fn import_items(&self, items: Vec<Item>) -> Result<usize> {
+        self.insert_items(items).await
+    }
+    /// Whether an import's rows stay out of the store until `finish_import(true)` (the
+    /// embedded store stages them): then an import that must store all or nothing needs no
+    /// check pass first, `finish_import(false)` drops everything. By default rows are stored
+    /// batch by batch.
+    fn stages_imports(&self) -> bool {
+        false
+    }
+    /// Ends an import, also a failed one: builds what `begin_import` set aside; with a stage,
+    /// moves the staged rows in (`keep`) or drops them. Called once every `import_items` call
+    /// has returned.
+    async fn finish_import(&self, _keep: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// Starts a load of up to `items` items.
     async fn begin_bulk(&self, items: u64) -> Result<()>;
     async fn bulk_users(&self, users: Vec<NewUser>) -> Result<()>;

@@ -99,6 +99,16 @@ impl SearchBuild {
     }
 }
 
+impl SearchBuild {
+    /// Stops the builder and throws its index away (an import that stores nothing). Blocking.
+    pub fn discard(self) -> Result<()> {
+        drop(self.rows);
+        // The builder's own outcome does not matter: its index is not used.
+        let _ = self.thread.join();
+        remove_scratch(&self.scratch)
+    }
+}
+
 pub(super) struct SearchQueue(mpsc::Sender<Vec<SearchRow>>);
 
 impl SearchQueue {
@@ -139,7 +149,8 @@ fn build(conn: Connection, mut received: mpsc::Receiver<Vec<SearchRow>>) -> Resu
         .map_err(db_error)
 }
 
-/// Removes a scratch database left by an earlier load (or this one, once copied).
+/// Removes a scratch database (a load's search index, an import's stage) left by an earlier
+/// process, or by this one once done with it.
 pub(super) fn remove_scratch(scratch: &Path) -> Result<()> {
     match std::fs::remove_file(scratch) {
         Ok(()) => Ok(()),

@@ -17,7 +17,7 @@ use gorgon::domain::{
     new_id, now, Email, Extra, Item, ItemPatch, JobOutcome, JobState, Location, NewJob, NewUser,
     Page, Token, TokenHash, UserName, UserPatch,
 };
-use gorgon::store::Store;
+use gorgon::store::{ExportCursor, Store};
 use gorgon::Error;
 
 type Check = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -94,6 +94,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     }),
     ("unfinished_jobs_are_capped_per_user", |s| {
         Box::pin(unfinished_jobs_are_capped_per_user(s))
+    }),
+    ("exports_page_through_everything_once", |s| {
+        Box::pin(exports_page_through_everything_once(s))
     }),
 ];
 
@@ -1241,4 +1244,64 @@ async fn unfinished_jobs_are_capped_per_user(store: Arc<dyn Store>) {
     store.retry_job(dead.id).await.expect("retry");
     let over = store.insert_job(capped(busy, 6)).await;
     assert!(matches!(over, Err(Error::RateLimited { .. })), "{over:?}");
+}
+
+/// An export's pages, each after the last item (or user) of the one before, hold every item
+/// and every user once, whole, whatever the page size, and end with an empty page.
+async fn exports_page_through_everything_once(store: Arc<dyn Store>) {
+    let mut users = Vec::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for n in 0..3 {
+        let user = user(&format!("export{n}@example.com"));
+        users.push(user.id);
+        store.insert_user(user).await.expect("user");
+    }
+    for n in 0..23 {
+        let mut item = item(users[n % 3], &format!("Item {n}"), "body", &["k"]);
+        item.extra = Extra::parse(
+            serde_json::json!({"n": n})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+        .expect("small extra");
+        expected.insert(item.id, item.clone());
+        store.insert_item(item).await.expect("item");
+    }
+    for limit in [1, 5, 23, 100] {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut after: Option<ExportCursor> = None;
+        loop {
+            let page = store.export_items(after, limit).await.expect("export page");
+            assert!(page.len() <= limit as usize);
+            for item in &page {
+                assert!(
+                    seen.insert(item.id, item.clone()).is_none(),
+                    "{} twice",
+                    item.id
+                );
+            }
+            match page.last() {
+                Some(last) => after = Some(ExportCursor::after(last)),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "every item once, whole (pages of {limit})");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.export_users(after, 2).await.expect("export users");
+        match page.last() {
+            Some(last) => after = Some(last.user.id),
+            None => break,
+        }
+        for credentials in page {
+            assert_eq!(credentials.password_hash, "phc-hash");
+            seen.push(credentials.user.id);
+        }
+    }
+    seen.sort();
+    users.sort();
+    assert_eq!(seen, users, "every user once");
 }

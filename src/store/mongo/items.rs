@@ -13,6 +13,7 @@ use super::users::require_user;
 use super::Collections;
 use crate::domain::{Item, ItemPatch, Page};
 use crate::error::{Error, Result};
+use crate::store::ExportCursor;
 
 /// Reads leave out the search words: they can be as long as the body.
 fn without_words() -> Document {
@@ -210,6 +211,30 @@ pub(super) async fn list_user_items(
         Some(without_words()),
         page,
         "list items",
+    )
+    .await?;
+    docs.iter()
+        .map(|d| item_from(d).map_err(Into::into))
+        .collect()
+}
+
+/// A page of every item by `_id` (the primary index's order), after `after` (an export).
+pub(super) async fn export_page(
+    c: &Collections,
+    after: Option<ExportCursor>,
+    limit: u32,
+) -> Result<Vec<Item>> {
+    let filter = match after {
+        Some(cursor) => doc! { "_id": { "$gt": uuid(cursor.id) } },
+        None => doc! {},
+    };
+    let docs = find_page(
+        &c.items,
+        filter,
+        doc! { "_id": 1 },
+        Some(without_words()),
+        Page::new(limit, 0),
+        "export items",
     )
     .await?;
     docs.iter()

@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use self::connection::{Collections, Connected, PoolCounters, Reachable};
 use self::errors::op;
-use super::{Credentials, Store};
+use super::{Credentials, ExportCursor, Store};
 use crate::domain::{
     Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
     UserPatch,
@@ -260,6 +260,14 @@ impl Store for MongoStore {
 
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
         jobs::purge_jobs(self.live()?, before).await
+    }
+
+    async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>> {
+        items::export_page(self.live()?, after, limit).await
+    }
+
+    async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>> {
+        users::export_page(self.live()?, after, limit).await
     }
 
     fn backend(&self) -> &'static str {

@@ -71,10 +71,36 @@ pub(super) async fn get_credentials(c: &Collections, email: &str) -> Result<Cred
         .await
         .map_err(op("read a user"))?
         .ok_or_else(|| Error::not_found("user"))?;
+    credentials_from(&found)
+}
+
+fn credentials_from(found: &Document) -> Result<Credentials> {
     Ok(Credentials {
-        user: user_from(&found)?,
-        password_hash: Fields::of("user", &found).str("password_hash")?.to_string(),
+        user: user_from(found)?,
+        password_hash: Fields::of("user", found).str("password_hash")?.to_string(),
     })
+}
+
+/// A page of users with their password hashes, by `_id`, after `after` (an export).
+pub(super) async fn export_page(
+    c: &Collections,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Vec<Credentials>> {
+    let filter = match after {
+        Some(id) => doc! { "_id": { "$gt": uuid(id) } },
+        None => doc! {},
+    };
+    let docs = super::pages::find_page(
+        &c.users,
+        filter,
+        doc! { "_id": 1 },
+        None,
+        crate::domain::Page::new(limit, 0),
+        "export users",
+    )
+    .await?;
+    docs.iter().map(credentials_from).collect()
 }
 
 pub(super) async fn update_user(c: &Collections, id: Uuid, patch: UserPatch) -> Result<User> {

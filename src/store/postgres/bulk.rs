@@ -8,7 +8,8 @@
 //! node's listings and searches into scans while the load runs. A load that dies half-way leaves
 //! no index missing for long: every node builds missing indexes when it connects, and
 //! `finish_bulk` is idempotent. Items already stored (a load run again) are skipped: a batch
-//! whose `COPY` meets an existing id is inserted again with `ON CONFLICT DO NOTHING`.
+//! whose `COPY` meets an existing id is inserted again with `ON CONFLICT DO NOTHING`. An import
+//! (`gorgon import items --store postgres://…`) writes its batches the same way, indexes kept.
 
 use std::pin::pin;
 
@@ -153,25 +154,20 @@ impl BulkLoad for PgStore {
         }
         let loads: Vec<_> = batches
             .into_iter()
-            .map(|batch| async move {
-                let c = self.conn().await?;
-                match copy_items(&c, &batch).await {
-                    Err(Error::Conflict(_)) => {
-                        // Some of them are stored already: insert the rest.
-                        for chunk in batch.chunks(1000) {
-                            insert_new_items(&c, chunk).await?;
-                        }
-                        Ok(())
-                    }
-                    other => other,
-                }
-            })
+            .map(|batch| async move { copy_new_items(&self.conn().await?, &batch).await })
             .collect();
         futures::stream::iter(loads)
             .buffer_unordered(self.options.bulk_parallelism.max(1))
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<usize>>()
             .await?;
         Ok(())
+    }
+
+    /// An import's batch by binary `COPY` (the indexes stay), or, when an id of it is stored
+    /// already (the file run again), by `INSERT … ON CONFLICT DO NOTHING`: counted either way.
+    async fn import_items(&self, mut items: Vec<Item>) -> Result<usize> {
+        items.sort_unstable_by_key(|i| i.id);
+        copy_new_items(&self.conn().await?, &items).await
     }
 
     /// Builds the missing item indexes side by side, then refreshes the planner's statistics.
@@ -214,6 +210,22 @@ impl BulkLoad for PgStore {
         }
         .await;
         c.settle(result)
+    }
+}
+
+/// Stores the items whose ids are new: one `COPY` when none is stored yet, else (a load or an
+/// import run again) inserts that skip what is stored. How many were new.
+async fn copy_new_items(c: &Conn, items: &[Item]) -> Result<usize> {
+    match copy_items(c, items).await {
+        Ok(()) => Ok(items.len()),
+        Err(Error::Conflict(_)) => {
+            let mut inserted = 0;
+            for chunk in items.chunks(1000) {
+                inserted += insert_new_items(c, chunk).await?;
+            }
+            Ok(inserted)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -15,6 +15,7 @@ use super::rows::{item_from, items_from, ITEM_COLUMNS};
 use crate::domain::{now, Extra, Item, ItemPatch, Page};
 use crate::error::{Error, Result};
 use crate::store::words::item_words;
+use crate::store::ExportCursor;
 
 const INSERT_ITEM: &str = "
     INSERT INTO items (id, user_id, title, body, url, ts, lat, lon, keywords, extra, words)
@@ -303,6 +304,23 @@ pub(super) async fn list_user_items(c: &Conn, user_id: Uuid, page: Page) -> Resu
                 &i64::from(page.limit),
                 &i64::from(page.offset),
             ],
+        )
+        .await?;
+    items_from(&rows)
+}
+
+/// A page of every item by id (the primary key's order), after `after` (an export).
+pub(super) async fn export_page(
+    c: &Conn,
+    after: Option<ExportCursor>,
+    limit: u32,
+) -> Result<Vec<Item>> {
+    let after = after.map_or(Uuid::nil(), |cursor| cursor.id);
+    let rows = c
+        .query(
+            "export items",
+            &format!("SELECT {ITEM_COLUMNS} FROM items WHERE id > $1 ORDER BY id LIMIT $2"),
+            &[&after, &i64::from(limit)],
         )
         .await?;
     items_from(&rows)

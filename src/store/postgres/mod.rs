@@ -43,7 +43,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use self::connection::{Conn, Connector};
-use super::{Credentials, Store};
+use super::{Credentials, ExportCursor, Store};
 use crate::domain::{
     Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
     UserPatch,
@@ -257,6 +257,14 @@ impl Store for PgStore {
 
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
         jobs::purge_jobs(&self.conn().await?, before).await
+    }
+
+    async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>> {
+        items::export_page(&self.conn().await?, after, limit).await
+    }
+
+    async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>> {
+        users::export_page(&self.conn().await?, after, limit).await
     }
 
     fn backend(&self) -> &'static str {

@@ -114,10 +114,34 @@ pub(super) async fn get_credentials(c: &Conn, email: &str) -> Result<super::Cred
         )
         .await?
         .ok_or_else(|| Error::not_found("user"))?;
+    credentials_from(&row, "read a user")
+}
+
+fn credentials_from(row: &tokio_postgres::Row, what: &'static str) -> Result<Credentials> {
     Ok(Credentials {
-        user: user_from(&row)?,
-        password_hash: row.try_get(7).map_err(op("read a user"))?,
+        user: user_from(row)?,
+        password_hash: row.try_get(7).map_err(op(what))?,
     })
+}
+
+/// A page of users with their password hashes, by id, after `after` (an export).
+pub(super) async fn export_page(
+    c: &Conn,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Vec<Credentials>> {
+    let rows = c
+        .query(
+            "export users",
+            &format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+            ),
+            &[&after.unwrap_or(Uuid::nil()), &i64::from(limit)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| credentials_from(row, "export users"))
+        .collect()
 }
 
 const UPDATE_USER: &str = "

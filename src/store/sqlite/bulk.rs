@@ -1,14 +1,21 @@
 //! Bulk loading (`gorgon seed`): secondary indexes set aside while rows stream in, the search
 //! index built aside (into an empty store) or in large runs, everything rebuilt at the end. A
 //! `bulk_load` marker makes an interrupted load rebuild the search index on the next open.
+//!
+//! Imports (`gorgon import items`) stage their rows and move them in key order at the end: see
+//! [`super::import`].
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
 
 use super::errors::{db_error, StoreError};
-use super::items::insert_item_row;
+use super::import::{build_indexes, set_indexes_aside, Stage};
+use super::items::{insert_item_row, insert_new_items};
 use super::rows::SearchRow;
 use super::schema::{DROP_SECONDARY, SECONDARY};
 use super::users::insert_user_row;
@@ -18,8 +25,106 @@ use crate::error::Result;
 use crate::store::search_build::SearchBuild;
 use crate::store::BulkLoad;
 
+const MARK_BULK: &str = "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')";
+
 #[async_trait]
 impl BulkLoad for SqliteStore {
+    /// See [`super::import`]: rows are staged, then moved in key order.
+    async fn begin_import(&self) -> Result<()> {
+        let empty: bool = self.read(|conn| {
+            conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM items)", [], |r| r.get(0))
+                .map_err(db_error)
+        })?;
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let path = self.path.clone();
+        let stage = tokio::task::spawn_blocking(move || {
+            let probe = match empty {
+                true => None,
+                false => Some(
+                    Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .map_err(db_error)?,
+                ),
+            };
+            Stage::create(&dir, probe)
+        })
+        .await
+        .map_err(|e| StoreError::Task("the import's stage", e))??;
+        if empty {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            *self.search_build.lock() = Some(SearchBuild::start(dir)?);
+            self.write(|conn| {
+                conn.execute(MARK_BULK, []).map_err(db_error)?;
+                set_indexes_aside(conn)
+            })
+            .await?;
+        }
+        *self.import_stage.lock() = Some(Arc::new(Mutex::new(stage)));
+        Ok(())
+    }
+
+    async fn import_items(&self, items: Vec<Item>) -> Result<usize> {
+        let seqs = self.next_seq.clone();
+        let Some(stage) = self.import_stage.lock().clone() else {
+            // Not begun: written as any batch is.
+            return self
+                .write(move |conn| insert_new_items(conn, &seqs, &items))
+                .await;
+        };
+        let rows = tokio::task::spawn_blocking(move || stage.lock().add(&seqs, &items))
+            .await
+            .map_err(|e| StoreError::Task("staging an import's rows", e))??;
+        let staged = rows.len();
+        let queue = self.search_build.lock().as_ref().map(SearchBuild::queue);
+        if let Some(queue) = queue {
+            queue.add(rows).await?;
+        }
+        Ok(staged)
+    }
+
+    fn stages_imports(&self) -> bool {
+        true
+    }
+
+    async fn finish_import(&self, keep: bool) -> Result<()> {
+        let Some(stage) = self.import_stage.lock().take() else {
+            return Ok(());
+        };
+        let stage = Arc::try_unwrap(stage)
+            .map_err(|_| StoreError::Gone("the import's stage is still in use"))?
+            .into_inner();
+        let stage = self
+            .write(move |conn| {
+                if keep {
+                    let moved = stage.move_into(conn)?;
+                    tracing::debug!(moved, "import moved into the items table");
+                }
+                if stage.into_empty {
+                    build_indexes(conn)?;
+                }
+                Ok(stage)
+            })
+            .await?;
+        let build = self.search_build.lock().take();
+        if let Some(build) = build {
+            if keep {
+                self.install(build).await?;
+            } else {
+                tokio::task::spawn_blocking(move || build.discard())
+                    .await
+                    .map_err(|e| StoreError::Task("dropping the import's search index", e))??;
+            }
+            self.write(|conn| {
+                conn.execute("DELETE FROM meta WHERE key = 'bulk_load'", [])
+                    .map(|_| ())
+                    .map_err(db_error)
+            })
+            .await?;
+        }
+        tokio::task::spawn_blocking(move || stage.remove())
+            .await
+            .map_err(|e| StoreError::Task("removing the import's stage", e))?
+    }
+
     async fn begin_bulk(&self, items: u64) -> Result<()> {
         // Reserve `items` seqs: position p of the load gets base - p, newest lowest.
         let base = self.next_seq.fetch_sub(items as i64, Ordering::Relaxed);
@@ -44,11 +149,7 @@ impl BulkLoad for SqliteStore {
                 )
                 .map_err(db_error)?;
             }
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_load', 'running')",
-                [],
-            )
-            .map_err(db_error)?;
+            conn.execute(MARK_BULK, []).map_err(db_error)?;
             Ok(())
         })
         .await
@@ -118,10 +219,7 @@ impl BulkLoad for SqliteStore {
         })
         .await?;
         if let Some(build) = build {
-            let database = self.path.clone();
-            tokio::task::spawn_blocking(move || build.install(&database))
-                .await
-                .map_err(|e| StoreError::Task("the search index copy", e))??;
+            self.install(build).await?;
         }
         self.write(|conn| {
             conn.execute_batch(
@@ -131,5 +229,15 @@ impl BulkLoad for SqliteStore {
             .map_err(db_error)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    /// Copies a search index built aside into the store, on a blocking thread.
+    async fn install(&self, build: SearchBuild) -> Result<()> {
+        let database = self.path.clone();
+        tokio::task::spawn_blocking(move || build.install(&database))
+            .await
+            .map_err(|e| StoreError::Task("the search index copy", e))?
     }
 }

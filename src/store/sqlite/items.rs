@@ -14,6 +14,7 @@ use super::users::require_user;
 use super::writer::Tx;
 use crate::domain::{to_millis, Item, ItemPatch, Page};
 use crate::error::{Error, Result};
+use crate::store::ExportCursor;
 
 /// Idempotent by id; an owner that does not exist is `Unauthorized`.
 pub(super) fn insert_item(conn: &Tx<'_>, seqs: &AtomicI64, item: Item) -> Result<Item> {
@@ -184,6 +185,30 @@ pub(super) fn select_user_items(conn: &Connection, user_id: Uuid, page: Page) ->
             params![user_id, page.limit, page.offset, after],
             item_from_row,
         )
+        .map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
+}
+
+/// A page of every item in the table's own order, `(user_id, id)`, after `after` (an export):
+/// the primary key's range, read sequentially, whatever the depth.
+pub(super) fn select_export_page(
+    conn: &Connection,
+    after: Option<ExportCursor>,
+    limit: u32,
+) -> Result<Vec<Item>> {
+    // The lowest key: no cursor is the same query, one plan.
+    let after = after.unwrap_or(ExportCursor {
+        user_id: Uuid::nil(),
+        id: Uuid::nil(),
+    });
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE (user_id, id) > (?1, ?2)
+             ORDER BY user_id, id LIMIT ?3"
+        ))
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map(params![after.user_id, after.id, limit], item_from_row)
         .map_err(db_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }

@@ -23,13 +23,14 @@
 //!
 //! Where things are: [`connection`] (tunables, opening a connection), [`schema`], [`rows`] (row
 //! mapping), [`writer`] (the writer thread and its batches), [`users`], [`items`], [`jobs`] and
-//! [`search`] (the statements of each), [`bulk`] (bulk loading), [`errors`] (SQLite's errors
-//! mapped). This file holds the store itself: opening it, and which connection, pool or write
-//! each operation of the [`Store`] trait goes to.
+//! [`search`] (the statements of each), [`bulk`] (bulk loading), [`import`] (imports, staged),
+//! [`errors`] (SQLite's errors mapped). This file holds the store itself: opening it, and which
+//! connection, pool or write each operation of the [`Store`] trait goes to.
 
 mod bulk;
 mod connection;
 mod errors;
+mod import;
 mod items;
 mod jobs;
 mod rows;
@@ -58,7 +59,7 @@ use super::checkpointer;
 use super::pool::ReadPool;
 use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
-use super::{Credentials, Store};
+use super::{Credentials, ExportCursor, Store};
 use crate::domain::{
     to_millis, Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal,
     SearchQuery, TokenHash, User, UserPatch,
@@ -112,6 +113,8 @@ pub struct SqliteStore {
     recent: Option<Arc<RecentItems>>,
     /// The search index of a running bulk load into an empty store, built aside.
     search_build: Mutex<Option<SearchBuild>>,
+    /// The rows of a running import, staged (see [`import`]).
+    import_stage: Mutex<Option<import::SharedStage>>,
     _lock: File,
 }
 
@@ -137,6 +140,8 @@ impl SqliteStore {
         }
         // A bulk load's scratch search index outlived its process: the marker below rebuilds.
         search_build::remove_scratch(&dir.join(search_build::SCRATCH_FILE))?;
+        // So did an import's stage: its rows never reached the store; the file is run again.
+        import::remove_stage(&dir.join(import::STAGE_FILE))?;
         let path = dir.join(DB_FILE);
         // The writer maps nothing: its reads are index probes, and a bulk load's index build
         // scans the whole table, which through a mapping stayed resident in the process (365 of
@@ -206,6 +211,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             recent,
             search_build: Mutex::new(None),
+            import_stage: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -437,6 +443,22 @@ impl Store for SqliteStore {
     async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = to_millis(before);
         self.write(move |conn| jobs::purge_jobs(conn, before)).await
+    }
+
+    async fn export_items(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<Item>> {
+        self.pages
+            .run(None, move |conn| {
+                items::select_export_page(conn, after, limit)
+            })
+            .await
+    }
+
+    async fn export_users(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Credentials>> {
+        self.pages
+            .run(None, move |conn| {
+                users::select_users_page(conn, after, limit)
+            })
+            .await
     }
 
     fn backend(&self) -> &'static str {

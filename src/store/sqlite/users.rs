@@ -32,17 +32,35 @@ pub(super) fn get_credentials(conn: &Connection, email: &str) -> Result<Credenti
         .prepare_cached(&format!(
             "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
         ))
-        .and_then(|mut s| {
-            s.query_row([email], |row| {
-                Ok(Credentials {
-                    user: user_from_row(row)?,
-                    password_hash: row.get(7)?,
-                })
-            })
-            .optional()
-        })
+        .and_then(|mut s| s.query_row([email], credentials_from_row).optional())
         .map_err(db_error)?;
     found.ok_or_else(|| Error::not_found("user"))
+}
+
+fn credentials_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Credentials> {
+    Ok(Credentials {
+        user: user_from_row(row)?,
+        password_hash: row.get(7)?,
+    })
+}
+
+/// A page of users with their password hashes, by id, after `after` (an export).
+pub(super) fn select_users_page(
+    conn: &Connection,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Vec<Credentials>> {
+    // The lowest id: no cursor is the same query, one plan.
+    let after = after.unwrap_or(Uuid::nil());
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map(params![after, limit], credentials_from_row)
+        .map_err(db_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_error)
 }
 
 pub(super) fn update_user(conn: &Tx<'_>, id: Uuid, patch: UserPatch) -> Result<User> {
