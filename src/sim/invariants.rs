@@ -29,11 +29,21 @@ pub async fn acknowledged_writes_readable(
 ) -> Check {
     let results: Vec<Result<(), String>> = futures::stream::iter(acked)
         .map(|w| async move {
-            let resp = client
-                .get(format!("{base}/api/v1/items/{}", w.id))
-                .send()
-                .await
-                .map_err(|e| format!("{}: {e}", w.id))?;
+            let url = format!("{base}/api/v1/items/{}", w.id);
+            // A read that could not be sent (a connection a balancer closed) says nothing about
+            // the write: it is sent again, a few times, before it counts.
+            let mut attempt = 0;
+            let resp = loop {
+                attempt += 1;
+                match client.get(&url).send().await {
+                    Ok(resp) => break resp,
+                    Err(e) if attempt < 3 => {
+                        tracing::debug!(error = %e, "read-back not sent; again");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(format!("{}: {e}", w.id)),
+                }
+            };
             if resp.status() != reqwest::StatusCode::OK {
                 return Err(format!("{}: status {}", w.id, resp.status()));
             }
