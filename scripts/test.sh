@@ -30,38 +30,36 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-# The MongoDB store's tests run against SecantusDB, a MongoDB wire-protocol server (PyPI, GPL-2.0:
-# installed here at test time, never vendored); each test binary starts its own on a free port.
-secantus_version=0.7.0b3
+# Test tools from PyPI, each in a venv of its own under ~/.cache/gorgon (installed at test time,
+# never vendored; installed once: later runs find them).
+# usage: pip_venv DIR "WHAT (why)" PACKAGE==VERSION CHECK-COMMAND...   (CHECK runs inside DIR/bin)
+pip_venv() {
+  local dir=$1 what=$2 package=$3; shift 3
+  if ! ( cd "$dir/bin" 2>/dev/null && "$@" ) >/dev/null 2>&1; then
+    echo "installing $what into $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check "$package"
+  fi
+}
+
+# The MongoDB store's tests run against SecantusDB, a MongoDB wire-protocol server (GPL-2.0);
+# each test binary starts its own on a free port.
 secantus_venv="${GORGON_TEST_VENV:-$HOME/.cache/gorgon/secantus-venv}"
-if [ ! -x "$secantus_venv/bin/secantusd-py" ]; then
-  echo "installing SecantusDB $secantus_version (the MongoDB test server) into $secantus_venv"
-  python3 -m venv "$secantus_venv"
-  "$secantus_venv/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"
-fi
+pip_venv "$secantus_venv" "SecantusDB (the MongoDB test server)" "secantusdb==0.7.0b3" test -x secantusd-py
 export GORGON_SECANTUSD="$secantus_venv/bin/secantusd-py"
 
 # tests/deploy.rs validates deploy/k8s against the Kubernetes schemas with kubernetes-validate
-# (PyPI, Apache-2.0, the schemas bundled: it needs no cluster and no network once installed).
-k8s_validate_version=1.37.0
+# (Apache-2.0, the schemas bundled: it needs no cluster and no network once installed).
 k8s_venv="${GORGON_TEST_K8S_VENV:-$HOME/.cache/gorgon/k8s-venv}"
-if [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
-  echo "installing kubernetes-validate $k8s_validate_version into $k8s_venv"
-  python3 -m venv "$k8s_venv"
-  "$k8s_venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$k8s_validate_version"
-fi
+pip_venv "$k8s_venv" "kubernetes-validate" "kubernetes-validate==1.37.0" test -x kubernetes-validate
 export GORGON_K8S_VALIDATE="$k8s_venv/bin/kubernetes-validate"
 
 # The operator console's browser test (tests/console.rs) drives the system Chromium with
-# Playwright for Python (PyPI, Apache-2.0), in a venv of its own; its bundled browsers are never
-# downloaded (`playwright install` is not run): the test launches /usr/bin/chromium.
-playwright_version=1.65.2
+# Playwright for Python (Apache-2.0); its bundled browsers are never downloaded (`playwright
+# install` is not run): the test launches /usr/bin/chromium.
 playwright_venv="${GORGON_TEST_PLAYWRIGHT_VENV:-$HOME/.cache/gorgon/playwright-venv}"
-if ! "$playwright_venv/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1; then
-  echo "installing Playwright for Python $playwright_version (drives Chromium in tests/console.rs) into $playwright_venv"
-  python3 -m venv "$playwright_venv"
-  "$playwright_venv/bin/pip" install -q --disable-pip-version-check "playwright==$playwright_version"
-fi
+pip_venv "$playwright_venv" "Playwright for Python (drives Chromium in tests/console.rs)" \
+  "playwright==1.65.2" ./python -c 'import playwright.sync_api'
 export GORGON_TEST_PLAYWRIGHT_VENV="$playwright_venv"
 
 # Debian keeps the server programs off PATH; the tests look in /usr/lib/postgresql/*/bin, and
