@@ -39,7 +39,8 @@ impl Command {
             | Command::Sim(_)
             | Command::Dlq(_)
             | Command::Import(_)
-            | Command::Export(_) => "warn",
+            | Command::Export(_)
+            | Command::Chaos(_) => "warn",
         }
     }
 }
@@ -58,6 +59,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Exports every item or user of the store as CSV or NDJSON.
     Export(ExportArgs),
+    /// Starts a local cluster, drives load through HAProxy, injects seeded faults, checks
+    /// invariants.
+    Chaos(ChaosArgs),
 }
 
 /// The roles a node runs.
@@ -374,6 +378,10 @@ pub struct EdgeTuning {
     /// no request meets a closed port. Set it to the balancer's check interval × its fall count.
     #[arg(long, env = "GORGON_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub drain_delay: Duration,
+    /// A deliberately broken build for the tests of `gorgon chaos`: every Nth item create is
+    /// answered 201 and never stored (0: off). Hidden: no one else has a use for it.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub unsafe_drop_every_nth_write: u64,
     /// Raise the process's soft open-file limit to its hard limit at start (each connection is
     /// an open file).
     #[arg(long, env = "GORGON_RAISE_OPEN_FILES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -612,6 +620,50 @@ pub fn parse_secret(value: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), secret.to_string()))
 }
 
+/// `gorgon chaos` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// Seed of the fault schedule: the same seed gives the same plan.
+    #[arg(long, env = "GORGON_CHAOS_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Length of the measured run, faults included.
+    #[arg(long, env = "GORGON_CHAOS_DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// `embedded`, `postgres`, or a topology file (TOML; see src/chaos/topology.rs).
+    #[arg(long, env = "GORGON_CHAOS_TOPOLOGY", default_value = "embedded")]
+    pub topology: String,
+    /// Fault kinds to draw from: kill, pause, redis, db, net, drain.
+    #[arg(long, env = "GORGON_CHAOS_FAULTS", default_value = "kill,pause,redis,db,net,drain")]
+    pub faults: String,
+    /// Print the plan and exit.
+    #[arg(long)]
+    pub plan: bool,
+    /// Write the report (plan, per-fault table, invariants, timeline) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Requests per second of the load (open loop: read=80, write=15, search=5).
+    #[arg(long, env = "GORGON_CHAOS_RATE", default_value_t = 200.0)]
+    pub rate: f64,
+    /// A request without an answer this long counts as unanswered.
+    #[arg(long, env = "GORGON_CHAOS_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub deadline: Duration,
+    /// Background jobs submitted per second.
+    #[arg(long, default_value_t = 5.0)]
+    pub jobs_per_second: f64,
+    /// SSE clients following the item events through the balancer.
+    #[arg(long, default_value_t = 2)]
+    pub sse_clients: usize,
+    /// The gorgon binary the nodes run (default: this one).
+    #[arg(long, env = "GORGON_CHAOS_BIN")]
+    pub bin: Option<PathBuf>,
+    /// State directory (logs, data); default a temporary one, kept when the run fails.
+    #[arg(long, env = "GORGON_CHAOS_DIR")]
+    pub dir: Option<PathBuf>,
+    /// A deliberately broken build for tests: every Nth acknowledged item create is not stored.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub unsafe_drop_every_nth_write: u64,
+}
+
 /// `gorgon sim` flags; each overrides the scenario file, which overrides the defaults. A scenario
 /// file (TOML) holds the same settings by the same names, durations as text (`"30s"`).
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -786,6 +838,7 @@ impl RunArgs {
             trusted_proxies: self.tuning.edge.trusted_proxies.clone().into(),
             import_max_body_bytes: self.tuning.edge.import_max_body_bytes,
             import_body_timeout: self.tuning.edge.import_body_timeout,
+            unsafe_drop_every_nth_write: self.tuning.edge.unsafe_drop_every_nth_write,
             ..HttpLimits::default()
         }
     }

@@ -11,9 +11,11 @@
 //! - a message or queue: the `*Request` enum beside the role that receives it
 //! - the database: `src/store/`
 //! - background jobs (handlers, registry, workers): `src/jobs/`
+//! - `gorgon chaos` (a local cluster, seeded faults, invariants): `src/chaos/`
 
 pub mod actors;
 pub mod bus;
+pub mod chaos;
 pub mod cluster;
 pub mod configuration;
 pub mod dlq;

@@ -26,6 +26,7 @@ async fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from),
         Command::Import(args) => gorgon::import_export::import(args).await,
         Command::Export(args) => gorgon::import_export::export(args).await.map(|_| true),
+        Command::Chaos(args) => gorgon::chaos::run(args).await,
     };
     match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! `/api/v1/items`: create, read, partial update, delete, keyword search.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -101,6 +103,9 @@ fn item_location(id: Uuid) -> String {
     format!("/api/v1/items/{id}")
 }
 
+/// Creates counted for `--unsafe-drop-every-nth-write`.
+static DROPPED_WRITES: AtomicU64 = AtomicU64::new(0);
+
 /// Publishes an item owned by the caller.
 #[utoipa::path(post, path = "/api/v1/items", tag = "items", request_body = ItemDraft,
     security(("bearer" = [])),
@@ -125,6 +130,13 @@ pub async fn create_item(
         caller.0.user_id,
         crate::domain::now(),
     );
+    let every = state.limits.unsafe_drop_every_nth_write;
+    if every > 0 && DROPPED_WRITES.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+        // The deliberately broken build that `gorgon chaos`'s tests must catch.
+        return Ok(HttpResponse::Created()
+            .insert_header(("Location", item_location(item.id)))
+            .json(item));
+    }
     let item = state.bus.call(store::InsertItem(item)).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", item_location(item.id)))

@@ -86,6 +86,8 @@ pub struct HttpLimits {
     pub import_max_body_bytes: u64,
     /// Deadline of an import's body instead of `body_timeout` (zero: none).
     pub import_body_timeout: Duration,
+    /// Test machinery of `gorgon chaos`: every Nth item create is acknowledged and not stored.
+    pub unsafe_drop_every_nth_write: u64,
 }
 
 impl Default for HttpLimits {
@@ -109,6 +111,7 @@ impl Default for HttpLimits {
             trusted_proxies: Arc::from([]),
             import_max_body_bytes: 1024 * 1024 * 1024,
             import_body_timeout: Duration::from_secs(3600),
+            unsafe_drop_every_nth_write: 0,
         }
     }
 }

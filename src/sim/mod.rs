@@ -156,9 +156,9 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-struct Target {
+pub(crate) struct Target {
     base: String,
-    user_ids: Vec<Uuid>,
+    pub(crate) user_ids: Vec<Uuid>,
     node: Option<Node>,
     _dir: Option<tempfile::TempDir>,
     seed_seconds: Option<f64>,
@@ -217,7 +217,7 @@ async fn local_target(
 }
 
 /// Seeds a running node through its API: registers users, then writes items as them.
-async fn remote_target(
+pub(crate) async fn remote_target(
     scenario: &Scenario,
     base: &str,
     client: &reqwest::Client,
@@ -278,7 +278,7 @@ async fn remote_target(
 }
 
 /// Registers `count` writer accounts and logs them in.
-async fn writer_tokens(
+pub(crate) async fn writer_tokens(
     client: &reqwest::Client,
     base: &str,
     count: usize,
