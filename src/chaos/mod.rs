@@ -676,6 +676,7 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
         faults: rows,
         invariants,
         timeline: timeline.into_inner(),
+        series: report::per_second(&samples),
         passed,
     };
     print!("{}", report.text());

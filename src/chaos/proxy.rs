@@ -48,12 +48,14 @@ pub enum Mode {
     /// Dropped connections: every open connection is reset now (both the client's and the
     /// server's side), and new connections are accepted and reset at once.
     Drop,
-    /// A one-way black hole (a partition): bytes from clients to the server are read and
-    /// discarded, never forwarded; connections stay open and, the server hearing nothing, replies
-    /// stop. New connections are accepted and connected upstream, but nothing flows from client to
-    /// server. Server-to-client bytes still pass. A client's end of stream is held back until the
-    /// black hole ends. Switching back to [`Mode::Pass`] resumes the flow; the discarded bytes are
-    /// gone.
+    /// A one-way black hole (a partition): bytes from clients to the server are held, not
+    /// forwarded; connections stay open and, the server hearing nothing, replies stop. New
+    /// connections are accepted and connected upstream, but nothing flows from client to server.
+    /// Server-to-client bytes still pass. When the black hole ends the held bytes flow, in order,
+    /// as TCP's retransmissions deliver them when a real partition heals (TCP never loses bytes
+    /// from the middle of a stream that stays open: dropping them would make a fault no network
+    /// makes). Past the bounded delay line the proxy stops reading, and the kernel's buffers
+    /// push back on the client.
     BlackHole,
 }
 
@@ -98,8 +100,8 @@ pub struct ProxyStats {
     pub bytes_to_server: u64,
     /// Bytes forwarded from the server to clients.
     pub bytes_to_client: u64,
-    /// Bytes from clients discarded by [`Mode::BlackHole`].
-    pub discarded: u64,
+    /// Bytes from clients that waited in a [`Mode::BlackHole`].
+    pub held: u64,
 }
 
 #[derive(Default)]
@@ -110,7 +112,7 @@ struct Counters {
     cut: AtomicU64,
     bytes_to_server: AtomicU64,
     bytes_to_client: AtomicU64,
-    discarded: AtomicU64,
+    held: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -251,7 +253,7 @@ impl FaultProxy {
             active: self.shared.max_connections.saturating_sub(free) as u64,
             bytes_to_server: c.bytes_to_server.load(Ordering::Relaxed),
             bytes_to_client: c.bytes_to_client.load(Ordering::Relaxed),
-            discarded: c.discarded.load(Ordering::Relaxed),
+            held: c.held.load(Ordering::Relaxed),
         }
     }
 
@@ -456,7 +458,7 @@ enum Item {
 
 /// Copies one direction of a connection through a bounded delay line: a reader that stamps each
 /// chunk, a writer that holds it as long as the current mode says, then writes it or (black hole,
-/// client to server) discards it. An end of stream is passed on as a write shutdown.
+/// client to server) holds it until the black hole ends. An end of stream is passed on as a write shutdown.
 async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
@@ -492,8 +494,8 @@ async fn pump(
                     hold(&mut mode, read_at).await;
                     let len = data.len() as u64;
                     if black_hole(*mode.borrow()) {
-                        bump(&counters.discarded, len);
-                        continue;
+                        bump(&counters.held, len);
+                        wait_for_mode(&mut mode, |m| !black_hole(m)).await;
                     }
                     to.write_all(&data).await?;
                     match direction {
@@ -660,7 +662,7 @@ mod tests {
         assert_eq!(stats.bytes_to_server, total);
         assert_eq!(stats.accepted, 1);
         assert_eq!(stats.active, 1);
-        assert_eq!((stats.rejected, stats.cut, stats.discarded), (0, 0, 0));
+        assert_eq!((stats.rejected, stats.cut, stats.held), (0, 0, 0));
     }
 
     #[tokio::test]
@@ -750,7 +752,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn black_hole_swallows_requests_and_keeps_connections_open() {
+    async fn black_hole_holds_requests_until_it_ends() {
         let echo = echo_server(false).await;
         let proxy = FaultProxy::start("redis", echo).await.expect("start");
         let mut open = connect(proxy.addr()).await;
@@ -763,18 +765,24 @@ mod tests {
         let mut fresh = connect(proxy.addr()).await;
         fresh.write_all(b"void").await.expect("write");
         assert_silent(&mut fresh, Duration::from_millis(300)).await;
-        let stats = wait_stats(&proxy, |s| s.discarded == 8).await;
+        let stats = wait_stats(&proxy, |s| s.held == 8).await;
         assert_eq!(stats.bytes_to_server, 4);
         assert_eq!((stats.active, stats.cut), (2, 0));
 
         proxy.set(Mode::Pass);
         let mut after = connect(proxy.addr()).await;
         assert_eq!(round_trip(&mut after, b"back").await, b"back");
-        // The open connection flows again; what the black hole swallowed never arrives.
-        assert_eq!(round_trip(&mut open, b"pong").await, b"pong");
-        assert_silent(&mut open, Duration::from_millis(100)).await;
-        assert_eq!(round_trip(&mut fresh, b"more").await, b"more");
-        assert_silent(&mut fresh, Duration::from_millis(100)).await;
+        // The held requests arrive late, in order, before what follows them.
+        for (stream, held, next) in [(&mut open, b"lost", b"pong"), (&mut fresh, b"void", b"more")] {
+            let mut late = [0u8; 4];
+            timeout(WAIT, stream.read_exact(&mut late))
+                .await
+                .expect("the held bytes within 5 s")
+                .expect("read");
+            assert_eq!(&late, held);
+            assert_eq!(round_trip(stream, next).await, next);
+            assert_silent(stream, Duration::from_millis(100)).await;
+        }
     }
 
     #[tokio::test]

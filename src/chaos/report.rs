@@ -124,6 +124,32 @@ pub struct TimelineEvent {
     pub event: String,
 }
 
+/// One second of the load, by when its requests were due.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub second: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: f64,
+}
+
+/// The load second by second.
+pub fn per_second(samples: &[Sample]) -> Vec<Second> {
+    let last = samples.last().map(|s| s.at_ms / 1000).unwrap_or(0);
+    (0..=last)
+        .map(|second| {
+            let (from, to) = (f64::from(second), f64::from(second + 1));
+            let window = in_window(samples, from, to);
+            Second {
+                second,
+                requests: window.len() as u64,
+                errors: window.iter().filter(|s| !s.ok()).count() as u64,
+                p99_ms: p99_ms(samples, from, to).unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
 /// Everything a run found; `--json` writes this.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChaosReport {
@@ -137,6 +163,7 @@ pub struct ChaosReport {
     pub faults: Vec<FaultRow>,
     pub invariants: Vec<Check>,
     pub timeline: Vec<TimelineEvent>,
+    pub series: Vec<Second>,
     pub passed: bool,
 }
 
@@ -219,12 +246,23 @@ pub fn all_answered(samples: &[Sample], deadline: Duration) -> Check {
     let timeouts = samples.iter().filter(|s| s.status == TIMEOUT).count();
     let broken = samples.iter().filter(|s| s.status == BROKEN).count();
     let slowest = samples.iter().map(|s| s.latency_us).max().unwrap_or(0) as f64 / 1e6;
+    let examples: Vec<String> = samples
+        .iter()
+        .filter(|s| s.status == TIMEOUT || s.status == BROKEN)
+        .take(5)
+        .map(|s| format!("{} sent at {:.1} s", s.label(), f64::from(s.at_ms) / 1000.0))
+        .collect();
+    let examples = if examples.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", examples.join(", "))
+    };
     Check {
         name: "every request answered within its deadline".into(),
         passed: timeouts == 0 && broken == 0 && !samples.is_empty(),
         detail: format!(
             "{} requests: {timeouts} without an answer within {} s, {broken} cut without an \
-             answer; slowest answer {slowest:.2} s",
+             answer{examples}; slowest answer {slowest:.2} s",
             samples.len(),
             deadline.as_secs_f64()
         ),

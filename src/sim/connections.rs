@@ -5,7 +5,7 @@
 //! every microsecond the client spends is taken from the server. A bare hyper connection per
 //! slot costs about half what a pooled general-purpose client does per request.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
@@ -13,6 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
+
+/// Idle connections older than this are not reused: well under the keep-alive timeouts of
+/// servers and balancers (HAProxy's `timeout http-keep-alive` in deploy/haproxy.cfg is 10 s).
+const MAX_IDLE: Duration = Duration::from_secs(4);
 
 /// How a request ended, before the simulator classifies it.
 pub enum Reply {
@@ -23,9 +27,9 @@ pub enum Reply {
 
 pub struct Connections {
     authority: String,
-    /// Open connections not in use, most recently used last: a light load reuses one warm
-    /// connection instead of cycling through all of them.
-    idle: parking_lot::Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Open connections not in use with when each was last used, most recently used last: a
+    /// light load reuses one warm connection instead of cycling through all of them.
+    idle: parking_lot::Mutex<Vec<(SendRequest<Full<Bytes>>, Instant)>>,
     /// At most this many connections exist (busy or idle).
     slots: Semaphore,
     timeout: Duration,
@@ -74,7 +78,15 @@ impl Connections {
         let Ok(_slot) = self.slots.acquire().await else {
             return Reply::Broken;
         };
-        let reused = self.idle.lock().pop().filter(|s| !s.is_closed());
+        // A connection idle for long may be closing at the server's end (a balancer's keep-alive
+        // timeout) as this request goes out: it would break with nothing said about the
+        // request, so it is dropped instead of reused.
+        let reused = self
+            .idle
+            .lock()
+            .pop()
+            .filter(|(s, used)| !s.is_closed() && used.elapsed() < MAX_IDLE)
+            .map(|(s, _)| s);
         let attempt = tokio::time::timeout(self.timeout, async {
             let mut sender = match reused {
                 Some(sender) => sender,
@@ -103,7 +115,7 @@ impl Connections {
         .await;
         match attempt {
             Ok(Some((sender, status, bytes))) => {
-                self.idle.lock().push(sender);
+                self.idle.lock().push((sender, Instant::now()));
                 Reply::Answered(status, bytes)
             }
             Ok(None) => Reply::Broken,
