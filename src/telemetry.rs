@@ -1,5 +1,6 @@
 //! Logs (`tracing`) and metrics (`metrics` with the Prometheus exporter), set up once per process.
 
+pub mod annotations;
 pub mod history;
 
 use std::sync::OnceLock;

@@ -3,8 +3,9 @@
 //! serving the API with direct calls between them, a node started later found by every other
 //! through one seed, a node killed with SIGKILL under a load of reads and writes (reads retried on
 //! another member, every acknowledged write present, the node restarted and back in the cluster),
-//! a node with the wrong cookie refused, a second embedded store refused, and a seed named by host
-//! (as in Compose and Kubernetes) dialled once, not again at every heartbeat.
+//! a node with the wrong cookie refused, a second embedded store refused, a seed named by host
+//! (as in Compose and Kubernetes) dialled once, not again at every heartbeat, and a dashboard
+//! annotation put through one node shown by every node's stats.
 //!
 //! The tests of this file run one at a time. The ones that write need Redis and are skipped with
 //! a message when `redis-server` is not installed (unless `GORGON_REQUIRE_TOOLS` is set).
@@ -125,6 +126,118 @@ async fn three_nodes_serve_the_api_and_a_late_node_is_found_by_all() {
             .await
             .expect("GET item from the late node");
         assert_eq!(resp.status(), StatusCode::OK);
+    })
+    .await;
+}
+
+/// `base`'s `/api/v1/stats` annotation `id`, or `Null`.
+async fn stats_annotation(http: &Client, base: &str, id: &str) -> Value {
+    let stats: Value = http
+        .get(format!("{base}/api/v1/stats"))
+        .send()
+        .await
+        .expect("GET /api/v1/stats")
+        .json()
+        .await
+        .expect("stats JSON");
+    stats["annotations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits (at most 10 s) until every one of `bases` shows annotation `id` as `check` wants.
+async fn wait_annotation(
+    http: &Client,
+    bases: &[String],
+    id: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for base in bases {
+        loop {
+            let seen = stats_annotation(http, base, id).await;
+            if check(&seen) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base}/api/v1/stats: annotation {id} is {seen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// An annotation (a mark on the dashboard, put by `gorgon chaos`) put through one node shows on
+/// every node's `/api/v1/stats`, whichever stats instance answers: a node with every role (and
+/// the admin), a second with a stats role of its own, and a front without one, no Redis. Put
+/// through the second, healed through the front, and still shown once the second is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_annotation_put_through_one_node_shows_on_every_node() {
+    bounded(async {
+        let http = client();
+        let first = admin(NodeSpec::new("all", None));
+        let seed = first.cluster_port;
+        let first = first.start(None, "");
+        let mut second = NodeSpec::new("web,auth,app,stats", Some(seed)).start(None, "");
+        let front = NodeSpec::new("web,notify", Some(seed)).start(None, "");
+        let bases = [first.base(), second.base(), front.base()];
+        for base in &bases {
+            wait_ready(&http, base).await;
+        }
+        wait_view(&http, &bases[0], Duration::from_secs(10), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
+        let login: Value = http
+            .post(format!("{}/api/v1/auth/login", bases[0]))
+            .json(&serde_json::json!({
+                "email": common::ADMIN_EMAIL,
+                "password": common::ADMIN_PASSWORD,
+            }))
+            .send()
+            .await
+            .expect("log in")
+            .json()
+            .await
+            .expect("login JSON");
+        let token = login["token"]
+            .as_str()
+            .expect("the admin's token")
+            .to_string();
+        let put = async |base: &str, body: Value| {
+            let resp = http
+                .put(format!("{base}/api/v1/admin/annotations/pause-app-2"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .expect("PUT annotation");
+            assert_eq!(resp.status(), StatusCode::OK, "{base}");
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        put(
+            &bases[1],
+            serde_json::json!({"text": "pause app-2", "start_ms": now - 2_000}),
+        )
+        .await;
+        wait_annotation(&http, &bases, "pause-app-2", |a| {
+            a["text"] == "pause app-2" && a["end_ms"].is_null()
+        })
+        .await;
+        let healed =
+            serde_json::json!({"text": "pause app-2", "start_ms": now - 2_000, "end_ms": now});
+        put(&bases[2], healed).await;
+        wait_annotation(&http, &bases, "pause-app-2", |a| a["end_ms"] == now).await;
+        // The node it was put to goes; the others keep it.
+        second.kill9();
+        wait_view(&http, &bases[0], Duration::from_secs(10), |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+        let left = [bases[0].clone(), bases[2].clone()];
+        wait_annotation(&http, &left, "pause-app-2", |a| a["end_ms"] == now).await;
     })
     .await;
 }

@@ -15,7 +15,9 @@
 //!
 //! The other tests check the admin API without a browser: who is refused, what a node without
 //! Redis answers, the purge's confirmation, and `gorgon dlq --api` printing what `--redis`
-//! prints.
+//! prints. One more browser test (`tests/console/annotations.py`) checks the dashboard's
+//! annotations, the marks `gorgon chaos` puts on the public charts: listed under the heatmap,
+//! drawn as bands and lines where they belong, ended when healed.
 //!
 //! Missing tools (`redis-server`, `chromium`, the Playwright venv) skip these tests with a
 //! message, unless `GORGON_REQUIRE_TOOLS` is set (as `scripts/test.sh` does).
@@ -250,12 +252,13 @@ fn playwright_python() -> Option<PathBuf> {
     None
 }
 
-/// `<target>/test-artifacts/console`, emptied.
-fn artifacts_dir() -> PathBuf {
+/// `<target>/test-artifacts/{name}`, emptied (one directory per test: they run at once).
+fn artifacts_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("the target directory")
-        .join("test-artifacts/console");
+        .join("test-artifacts")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the artifacts directory");
     dir
@@ -313,7 +316,7 @@ async fn an_admin_works_the_console_in_a_real_browser() {
     let viewer = "viewer@example.com";
     let (_, token) = app.user(viewer).await;
     let job = dead_job(&app, &token).await;
-    let artifacts = artifacts_dir();
+    let artifacts = artifacts_dir("console");
     eprintln!("set up in {:?}", started.elapsed());
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.py");
@@ -401,6 +404,123 @@ async fn an_admin_works_the_console_in_a_real_browser() {
         artifacts.display(),
         started.elapsed()
     );
+}
+
+/// The dashboard's annotations in a real browser (`tests/console/annotations.py`): marks put
+/// through the admin API, as `gorgon chaos` puts them, are drawn on the public charts and listed
+/// under the heatmap; one healed through the API ends on the page. Screenshots go to
+/// `<target>/test-artifacts/annotations/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_marks_annotations_on_its_charts() {
+    if !common::tool("chromium") {
+        return;
+    }
+    let Some(python) = playwright_python() else {
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let marks = [
+        (
+            "kill-front-1",
+            "kill front-1",
+            now - 40_000,
+            Some(now - 25_000),
+        ),
+        ("pause-store-1", "pause store-1", now - 12_000, None),
+        (
+            "drain-web-2",
+            "drain web-2",
+            now - 60_000,
+            Some(now - 60_000),
+        ),
+        (
+            "old-drill",
+            "an old drill",
+            now - 3_600_000,
+            Some(now - 3_590_000),
+        ),
+    ];
+    for (id, text, start_ms, end_ms) in marks {
+        let body = json!({"text": text, "start_ms": start_ms, "end_ms": end_ms});
+        let resp = app
+            .put(
+                &format!("/api/v1/admin/annotations/{id}"),
+                Some(&admin),
+                &body,
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{id}");
+    }
+    // A light load, so the heatmap has columns under the marks.
+    let (base, client) = (app.base.clone(), app.client.clone());
+    let load = tokio::spawn(async move {
+        loop {
+            let _ = client.get(format!("{base}/healthz")).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let artifacts = artifacts_dir("annotations");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/annotations.py");
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("MARKS_BASE", &app.base)
+        .env("MARKS_ADMIN_TOKEN", &admin)
+        .env("MARKS_ARTIFACTS", &artifacts)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser script finished within 120 s")
+        .expect("run the browser script");
+    load.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser script failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("the script's report:\n{stdout}\n{stderr}"));
+    // What the page showed (the script asserted it as it went; again here).
+    assert_eq!(
+        report["marks"],
+        json!(["drain web-2", "kill front-1", "pause store-1"]),
+        "the marks of the window, by start, and not the old one"
+    );
+    let healed = report["healed"].as_str().unwrap_or_default();
+    assert!(
+        healed.contains("pause store-1") && !healed.contains("going on"),
+        "{healed}"
+    );
+    assert_eq!(
+        report["console_errors"],
+        json!([]),
+        "no script error and no Content Security Policy violation"
+    );
+    // The page's put went through the API: the fault has its end.
+    let list = app
+        .get_auth("/api/v1/admin/annotations", &admin)
+        .await
+        .json::<Value>()
+        .await
+        .expect("annotations");
+    let pause = list["annotations"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .find(|a| a["id"] == "pause-store-1")
+        .expect("pause-store-1 kept");
+    assert!(pause["end_ms"].is_i64(), "{pause}");
+    for shot in ["heatmap-marks", "dashboard-marks", "heatmap-healed"] {
+        assert_not_blank(&artifacts.join(format!("{shot}.png")));
+    }
+    eprintln!("screenshots in {}", artifacts.display());
 }
 
 /// Every admin route, as (method, path).

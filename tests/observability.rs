@@ -1,6 +1,8 @@
 //! Observability against a running node: `/metrics` passes `promtool check metrics`, every metric
 //! the Grafana dashboard and Prometheus config name is really exported, and headless Chromium
-//! sees the dashboard draw its heatmap.
+//! sees the dashboard draw its heatmap. The dashboard's annotations (the marks `gorgon chaos`
+//! puts on its charts): who may put and list them, what is refused, that `/api/v1/stats` carries
+//! them and that a node keeps a bounded number.
 //!
 //! `promtool` (Debian's `prometheus`) and `chromium` are installed by `scripts/test.sh`, which
 //! sets `GORGON_REQUIRE_TOOLS=1`: then a missing tool fails the test. Under a bare `cargo test`
@@ -13,8 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::redis::{Fsync, RedisServer};
-use common::{tool, TestApp};
-use serde_json::json;
+use common::{expect_error, tool, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
 
 /// What keeps a busy node's Redis side alive: the server and a web-only node calling through it.
 type RedisSide = Option<(RedisServer, TestApp)>;
@@ -227,4 +230,212 @@ async fn chromium_sees_the_heatmap_drawn() {
         coloured > 200,
         "the heatmap shows drawn cells ({coloured} coloured pixels)"
     );
+}
+
+const ANNOTATIONS: &str = "/api/v1/admin/annotations";
+
+/// `GET /api/v1/admin/annotations` as `admin`.
+async fn annotations(app: &TestApp, admin: &str) -> Value {
+    let resp = app.get_auth(ANNOTATIONS, admin).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.expect("annotations JSON")
+}
+
+/// The ids of a list of annotations, in its order.
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("a list of annotations")
+        .iter()
+        .map(|a| a["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_are_put_by_admins_shown_in_the_stats_and_bounded() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.user("watcher@example.com").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let fault = format!("{ANNOTATIONS}/kill-front-1");
+    let started = json!({"text": "kill front-1", "start_ms": now - 5_000});
+
+    // Nobody but an admin puts or lists them.
+    for token in [None, Some(user.as_str())] {
+        let (status, code) = match token {
+            None => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Some(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        };
+        expect_error(app.put(&fault, token, &started).await, status, code).await;
+        let list = match token {
+            None => app.get(ANNOTATIONS).await,
+            Some(token) => app.get_auth(ANNOTATIONS, token).await,
+        };
+        expect_error(list, status, code).await;
+    }
+    let empty = annotations(&app, &admin).await;
+    assert_eq!(empty["annotations"], json!([]), "nothing kept: {empty}");
+    let capacity = empty["capacity"].as_u64().expect("capacity") as usize;
+    assert_eq!(capacity, 256);
+
+    // Put when the fault starts: open, and on the public stats.
+    let resp = app.put(&fault, Some(&admin), &started).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let open: Value = resp.json().await.unwrap();
+    assert_eq!(open["id"], "kill-front-1");
+    assert_eq!(open["text"], "kill front-1");
+    assert_eq!(open["start_ms"], now - 5_000);
+    assert_eq!(open["end_ms"], Value::Null);
+    let stats = app.get_json("/api/v1/stats?last=60").await;
+    assert_eq!(stats["annotations"], json!([open.clone()]), "{stats:#}");
+
+    // Put again when it heals: the same annotation, ended, a newer revision.
+    let healed = json!({"text": "kill front-1", "start_ms": now - 5_000, "end_ms": now - 1_000});
+    let resp = app.put(&fault, Some(&admin), &healed).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ended: Value = resp.json().await.unwrap();
+    assert_eq!(ended["end_ms"], now - 1_000);
+    assert!(ended["revision"].as_u64() > open["revision"].as_u64());
+    let list = annotations(&app, &admin).await;
+    assert_eq!(list["annotations"], json!([ended.clone()]));
+    let stats = app.get_json("/api/v1/stats").await;
+    assert_eq!(stats["annotations"], json!([ended.clone()]));
+
+    // Bad input: a precise 4xx, and nothing kept or changed.
+    let long_id = "x".repeat(65);
+    let long_text = "é".repeat(121);
+    // Every one names its field (422), but a number given as a string (serde names no field).
+    let refused: Vec<(String, Value, &str)> = vec![
+        (format!("{ANNOTATIONS}/has%20space"), started.clone(), "id"),
+        (format!("{ANNOTATIONS}/{long_id}"), started.clone(), "id"),
+        (format!("{ANNOTATIONS}/caf%C3%A9"), started.clone(), "id"),
+        (format!("{ANNOTATIONS}/a%2Fb"), started.clone(), "id"),
+        (fault.clone(), json!({"text": "", "start_ms": now}), "text"),
+        (
+            fault.clone(),
+            json!({"text": "   ", "start_ms": now}),
+            "text",
+        ),
+        (
+            fault.clone(),
+            json!({"text": long_text, "start_ms": now}),
+            "text",
+        ),
+        (
+            fault.clone(),
+            json!({"text": "two\nlines", "start_ms": now}),
+            "text",
+        ),
+        (
+            fault.clone(),
+            json!({"text": "bell\u{7}", "start_ms": now}),
+            "text",
+        ),
+        (fault.clone(), json!({"start_ms": now}), "text"),
+        (
+            fault.clone(),
+            json!({"text": "t", "start_ms": now, "end_ms": now - 1}),
+            "end_ms",
+        ),
+        (
+            fault.clone(),
+            json!({"text": "t", "start_ms": -1}),
+            "start_ms",
+        ),
+        (fault.clone(), json!({"text": "t", "start_ms": "soon"}), ""),
+        (fault.clone(), json!({"text": "t"}), "start_ms"),
+        (
+            fault.clone(),
+            json!({"text": "t", "start_ms": now, "colour": "red"}),
+            "colour",
+        ),
+    ];
+    for (path, body, field) in refused {
+        let resp = app.put(&path, Some(&admin), &body).await;
+        let answer = expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
+        if !field.is_empty() {
+            assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
+        }
+    }
+    let malformed = app
+        .client
+        .put(app.url(&fault))
+        .bearer_auth(&admin)
+        .header("Content-Type", "application/json")
+        .body("{\"text\": ")
+        .send()
+        .await
+        .unwrap();
+    expect_error(malformed, StatusCode::BAD_REQUEST, "bad_request").await;
+    let list = annotations(&app, &admin).await;
+    assert_eq!(
+        list["annotations"],
+        json!([ended.clone()]),
+        "nothing changed"
+    );
+
+    // The stats carry the annotations of their window only; the list has them all.
+    let old = json!({"text": "an old drill", "start_ms": now - 600_000, "end_ms": now - 590_000});
+    let resp = app
+        .put(&format!("{ANNOTATIONS}/old-drill"), Some(&admin), &old)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stats = app.get_json("/api/v1/stats?last=60").await;
+    assert_eq!(ids(&stats["annotations"]), ["kill-front-1"]);
+    let stats = app.get_json("/api/v1/stats?last=3600").await;
+    assert_eq!(
+        ids(&stats["annotations"]),
+        ["old-drill", "kill-front-1"],
+        "by start"
+    );
+    let list = annotations(&app, &admin).await;
+    assert_eq!(ids(&list["annotations"]), ["old-drill", "kill-front-1"]);
+
+    // Bounded: `capacity` more puts push out the two put first; one more, the next oldest.
+    for n in 0..capacity {
+        let body = json!({"text": format!("step {n}"), "start_ms": now + n as i64});
+        let resp = app
+            .put(&format!("{ANNOTATIONS}/step-{n}"), Some(&admin), &body)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "step {n}");
+    }
+    let list = annotations(&app, &admin).await;
+    let kept = ids(&list["annotations"]);
+    assert_eq!(kept.len(), capacity);
+    assert_eq!(kept.first().map(String::as_str), Some("step-0"));
+    assert_eq!(
+        kept.last().map(String::as_str),
+        Some(format!("step-{}", capacity - 1).as_str())
+    );
+    assert!(
+        !kept
+            .iter()
+            .any(|id| id == "kill-front-1" || id == "old-drill"),
+        "{kept:?}"
+    );
+    let body = json!({"text": "one more", "start_ms": now + 10_000});
+    let resp = app
+        .put(&format!("{ANNOTATIONS}/one-more"), Some(&admin), &body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let kept = ids(&annotations(&app, &admin).await["annotations"]);
+    assert_eq!(kept.len(), capacity);
+    assert_eq!(
+        kept.first().map(String::as_str),
+        Some("step-1"),
+        "step-0 went"
+    );
+    assert_eq!(kept.last().map(String::as_str), Some("one-more"));
+
+    // In the OpenAPI document, behind the bearer scheme.
+    let doc = app.get_json("/api/v1/openapi.json").await;
+    for (path, method) in [
+        (ANNOTATIONS, "get"),
+        ("/api/v1/admin/annotations/{id}", "put"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert_eq!(operation["security"], json!([{"bearer": []}]), "{path}");
+        assert!(operation["responses"]["403"].is_object(), "{path}");
+    }
+    assert!(doc["components"]["schemas"]["Annotation"].is_object());
+    assert!(doc["components"]["schemas"]["NodeStats"]["properties"]["annotations"].is_object());
 }

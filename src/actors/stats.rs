@@ -5,6 +5,12 @@
 //! The HTTP layer counts each request into the node's [`StatsHub`] (a few atomic adds); once a
 //! second its clock closes that second into its history (`telemetry::history`). Prometheus
 //! metrics are rendered per node at `/metrics`; this role answers `/api/v1/stats`.
+//!
+//! It also keeps the node's annotations, the marks `/dashboard` draws over its charts (a fault
+//! injected by `gorgon chaos`, from its start to its heal): [`PutAnnotation`] upserts one by id,
+//! [`ListAnnotations`] lists them, and each snapshot carries those that overlap its window. They
+//! are held in the node's [`StatsHub`] and spread to every node of a cluster with the heartbeats
+//! (`telemetry::annotations`), so whichever stats instance answers, every front shows the same.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,18 +24,46 @@ use crate::error::Result;
 
 use crate::telemetry::LATENCY_BUCKETS;
 
-// The per-second history lives in telemetry (the cluster reads it too); re-exported here.
+// The per-second history and the annotations live in telemetry (the cluster reads and spreads
+// them too); re-exported here.
+pub use crate::telemetry::annotations::Annotation;
 pub use crate::telemetry::history::{quantile_ms, ClusterFigures, Interval, StatsHub};
 
 crate::requests! {
     role Stats, call StatsCall;
     Snapshot => "snapshot", direct, NodeStats;
+    PutAnnotation => "put_annotation", direct, Annotation;
+    ListAnnotations => "list_annotations", direct, AnnotationList;
 }
 
 /// The node summary with the last `last_seconds` seconds of history.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub last_seconds: usize,
+}
+
+/// Inserts or replaces the annotation `id` (checked: 1 to 64 of `[A-Za-z0-9_.-]`, a text of 1
+/// to 120 characters without control characters, `end_ms` not before `start_ms`); answers it as
+/// kept. Direct: putting the same thing twice is harmless, so a caller may retry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PutAnnotation {
+    pub id: String,
+    pub text: String,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+}
+
+/// Every annotation this stats instance keeps.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListAnnotations;
+
+/// `GET /api/v1/admin/annotations`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AnnotationList {
+    /// By start, oldest first.
+    pub annotations: Vec<Annotation>,
+    /// How many are kept: past it, putting a new one drops the one put longest ago.
+    pub capacity: usize,
 }
 
 /// A node's identity and health summary.
@@ -59,6 +93,10 @@ pub struct NodeStats {
     /// the node is not clustered. Lags `seconds` by two seconds, so every node's share is in.
     #[serde(default)]
     pub cluster_seconds: Vec<Interval>,
+    /// The annotations (faults, deploys…) that overlap the last `last` seconds, by start: the
+    /// marks `/dashboard` draws over its charts. Open ones (`end_ms` null) are going on.
+    #[serde(default)]
+    pub annotations: Vec<Annotation>,
 }
 
 /// The stats role: answers snapshots of this node (and, clustered, of the cluster).
@@ -83,6 +121,14 @@ impl Service for Stats {
 impl Handler<Snapshot> for Stats {
     async fn handle(self: Arc<Self>, r: Snapshot) -> Result<NodeStats> {
         let (seconds, minutes) = self.hub.history(r.last_seconds);
+        let now_ms = Utc::now().timestamp_millis();
+        let window_ms = i64::try_from(r.last_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let annotations = self
+            .hub
+            .annotations()
+            .overlapping(now_ms.saturating_sub(window_ms), now_ms);
         let mut snapshot = NodeStats {
             node_id: self.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -108,6 +154,7 @@ impl Handler<Snapshot> for Stats {
                 .as_ref()
                 .map(|link| link.history(r.last_seconds))
                 .unwrap_or_default(),
+            annotations,
         };
         // The counts are for show: a store that cannot answer leaves them out.
         if let Ok((users, items)) = self.bus.call(super::store::Counts).await {
@@ -115,5 +162,50 @@ impl Handler<Snapshot> for Stats {
             snapshot.items = Some(items);
         }
         Ok(snapshot)
+    }
+}
+
+impl Handler<PutAnnotation> for Stats {
+    async fn handle(self: Arc<Self>, r: PutAnnotation) -> Result<Annotation> {
+        self.answer_put(r)
+    }
+
+    fn answer_now(
+        &self,
+        r: PutAnnotation,
+    ) -> std::result::Result<Result<Annotation>, PutAnnotation> {
+        Ok(self.answer_put(r))
+    }
+}
+
+impl Handler<ListAnnotations> for Stats {
+    async fn handle(self: Arc<Self>, _: ListAnnotations) -> Result<AnnotationList> {
+        Ok(self.list_annotations())
+    }
+
+    fn answer_now(
+        &self,
+        _: ListAnnotations,
+    ) -> std::result::Result<Result<AnnotationList>, ListAnnotations> {
+        Ok(Ok(self.list_annotations()))
+    }
+}
+
+impl Stats {
+    fn answer_put(&self, r: PutAnnotation) -> Result<Annotation> {
+        let kept = self
+            .hub
+            .annotations()
+            .put(&r.id, &r.text, r.start_ms, r.end_ms)?;
+        tracing::info!(id = %kept.id, text = %kept.text, start_ms = kept.start_ms, end_ms = ?kept.end_ms, "annotation put");
+        Ok(kept)
+    }
+
+    fn list_annotations(&self) -> AnnotationList {
+        let annotations = self.hub.annotations();
+        AnnotationList {
+            annotations: annotations.all(),
+            capacity: annotations.capacity(),
+        }
     }
 }

@@ -342,6 +342,7 @@ pub(super) async fn refresh_now(
             match summary {
                 Some(summary) => {
                     history.record(&summary.node_id, &summary.recent);
+                    local.stats.annotations().merge(&summary.annotations);
                     peer.missed = 0;
                     peer.last_answer = Some(Instant::now());
                     peer.summary = Some(summary);

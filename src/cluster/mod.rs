@@ -48,6 +48,7 @@ use futures::future::BoxFuture;
 use crate::bus::{Bus, Codec, Delivery, Outgoing, RedisLink, Role, Transport};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
+use crate::telemetry::annotations::Annotation;
 use crate::telemetry::history::{Interval, StatsHub};
 use gateway::{GatewayArgs, GatewayMessage, RoleGateway};
 
@@ -108,6 +109,10 @@ pub struct NodeSummary {
     pub store_backend: Option<String>,
     /// The node's HTTP traffic, one entry a second, oldest first.
     pub recent: Vec<Interval>,
+    /// The annotations the node keeps (`telemetry::annotations`): each node merges its peers'
+    /// into its own, so an annotation put through any node reaches every node's stats.
+    #[serde(default)]
+    pub annotations: Vec<Annotation>,
 }
 
 /// How this node answers for itself.
@@ -162,6 +167,7 @@ impl LocalNode {
             health,
             store_backend: self.store_backend.map(str::to_string),
             recent,
+            annotations: self.stats.annotations().all(),
         }
     }
 }

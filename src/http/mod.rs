@@ -14,11 +14,13 @@
 //! | `/metrics`, `/api/v1/stats`, `/dashboard` | `observability.rs` |
 //! | `/api/v1/cluster` | `cluster.rs` |
 //! | `/api/v1/admin/queues`, `/api/v1/admin/queues/{queue}/dead-letters[/…]` (admin) | `queues.rs` |
+//! | `/api/v1/admin/annotations[/{id}]` (admin: the dashboard's marks) | `annotations.rs` |
 //! | `/healthz`, `/readyz` | `health.rs` |
 //! | (every route: request id, client address, request log, metrics) | `access.rs` |
 //! | `/api/v1/openapi.json` | `openapi.rs` |
 
 pub mod access;
+pub mod annotations;
 pub mod auth;
 pub mod cluster;
 pub mod error;
@@ -158,6 +160,7 @@ pub fn configure(state: HttpState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(observability::api_routes)
                     .configure(cluster::routes)
                     .configure(queues::routes)
+                    .configure(annotations::routes)
                     .configure(openapi::routes),
             )
             .configure(info::routes)

@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         super::queues::list_queues, super::queues::list_dead_letters,
         super::queues::replay_dead_letters, super::queues::replay_dead_letter,
         super::queues::delete_dead_letter, super::queues::purge_dead_letters,
+        super::annotations::put_annotation, super::annotations::list_annotations,
         super::health::healthz, super::health::readyz,
         openapi_json,
     ),
@@ -65,7 +66,7 @@ impl Modify for BearerAuth {
         (name = "events", description = "Live events"),
         (name = "observability", description = "Metrics and stats"),
         (name = "health", description = "Liveness and readiness"),
-        (name = "admin", description = "The operator's routes: queues and dead letters (admin only)"),
+        (name = "admin", description = "The operator's routes: queues, dead letters and the dashboard's annotations (admin only)"),
     )
 )]
 pub struct ApiDoc;

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::annotations::Annotations;
 use super::LATENCY_BUCKETS;
 
 /// Counts of the current second, shared by the HTTP workers and the clock that closes it.
@@ -23,6 +24,9 @@ pub struct StatsHub {
     requests: AtomicU64,
     errors: AtomicU64,
     history: Mutex<History>,
+    /// The marks drawn over that history (`super::annotations`): put by the stats role, merged
+    /// from the cluster's heartbeats.
+    annotations: Annotations,
 }
 
 /// One second (or minute) of traffic on this node.
@@ -62,7 +66,13 @@ impl StatsHub {
                 second_capacity: seconds.max(1),
                 minute_capacity: minutes.max(1),
             }),
+            annotations: Annotations::default(),
         })
+    }
+
+    /// This node's annotations.
+    pub fn annotations(&self) -> &Annotations {
+        &self.annotations
     }
 
     /// Closes each second into the history, on every node (with or without the stats role: a

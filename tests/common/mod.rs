@@ -139,6 +139,14 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    pub async fn put(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut req = self.client.put(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
     pub async fn patch(&self, path: &str, token: &str, body: &Value) -> Response {
         self.client
             .patch(self.url(path))
