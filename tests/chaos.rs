@@ -130,6 +130,10 @@ fn chaos_passes_on_both_topologies_and_catches_a_broken_build() {
         }
         assert!(report["requests"].as_u64().unwrap_or(0) > 5_000, "{}", report["requests"]);
         assert!(!report["timeline"].as_array().expect("timeline").is_empty());
+        // Every fault's band reached the dashboards (at least its end mark, which carries it
+        // whole: a start mark is lost while the stats role's node is the one down).
+        let taken = report["marks_taken"].as_u64().unwrap_or(0);
+        assert!(taken >= faults.len() as u64, "marks taken: {taken}");
     }
 
     // The broken build: every 10th acknowledged write is never stored.

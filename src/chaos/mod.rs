@@ -22,7 +22,7 @@ pub mod topology;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -333,6 +333,10 @@ struct Annotator {
     base: String,
     token: String,
     run: String,
+    /// Marks put, and those the cluster took (200).
+    sent: Arc<AtomicU64>,
+    taken: Arc<AtomicU64>,
+    pending: Arc<Mutex<JoinSet<()>>>,
 }
 
 fn unix_ms() -> u64 {
@@ -347,7 +351,8 @@ impl Annotator {
         let this = self.clone();
         let id = format!("chaos-{}-{}", self.run, fault.n);
         let body = json!({"text": fault.label(), "start_ms": start_ms, "end_ms": end_ms});
-        tokio::spawn(async move {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().spawn(async move {
             let sent = this
                 .http
                 .put(format!("{}/api/v1/admin/annotations/{id}", this.base))
@@ -356,8 +361,12 @@ impl Annotator {
                 .json(&body)
                 .send()
                 .await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "annotation not sent");
+            match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    this.taken.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(resp) => tracing::debug!(status = %resp.status(), "annotation refused"),
+                Err(e) => tracing::debug!(error = %e, "annotation not sent"),
             }
         });
     }
@@ -591,6 +600,9 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
         base: base.clone(),
         token: admin.clone(),
         run: format!("{}-{}", plan.seed, unix_ms()),
+        sent: Arc::default(),
+        taken: Arc::default(),
+        pending: Arc::default(),
     };
     let timeline = Mutex::new(Vec::<TimelineEvent>::new());
     let log = Arc::new(RequestLog::default());
@@ -638,6 +650,13 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
     }
     let _ = load.await;
     note("load ends".into());
+    let pending = std::mem::take(&mut *annotator.pending.lock());
+    pending.join_all().await;
+    note(format!(
+        "dashboard marks: {} of {} taken by the cluster",
+        annotator.taken.load(Ordering::Relaxed),
+        annotator.sent.load(Ordering::Relaxed)
+    ));
     // Let the last events and jobs land before the probes stop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
@@ -677,6 +696,8 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
         invariants,
         timeline: timeline.into_inner(),
         series: report::per_second(&samples),
+        marks_sent: annotator.sent.load(Ordering::Relaxed),
+        marks_taken: annotator.taken.load(Ordering::Relaxed),
         passed,
     };
     print!("{}", report.text());

@@ -164,6 +164,10 @@ pub struct ChaosReport {
     pub invariants: Vec<Check>,
     pub timeline: Vec<TimelineEvent>,
     pub series: Vec<Second>,
+    /// Fault marks put on the dashboards, and those the cluster took (a start mark put while
+    /// the stats role's node is down is lost; its end mark then puts the whole band).
+    pub marks_sent: u64,
+    pub marks_taken: u64,
     pub passed: bool,
 }
 
