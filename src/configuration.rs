@@ -633,7 +633,11 @@ pub struct ChaosArgs {
     #[arg(long, env = "GORGON_CHAOS_TOPOLOGY", default_value = "embedded")]
     pub topology: String,
     /// Fault kinds to draw from: kill, pause, redis, db, net, drain.
-    #[arg(long, env = "GORGON_CHAOS_FAULTS", default_value = "kill,pause,redis,db,net,drain")]
+    #[arg(
+        long,
+        env = "GORGON_CHAOS_FAULTS",
+        default_value = "kill,pause,redis,db,net,drain"
+    )]
     pub faults: String,
     /// Print the plan and exit.
     #[arg(long)]

@@ -36,9 +36,8 @@ fn tools_present() -> bool {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Runs `gorgon chaos` with `args`: (exit code, stdout, the JSON report if written).
@@ -55,9 +54,9 @@ fn chaos(args: &[&str], json: Option<&Path>) -> (i32, String, Option<Value>) {
         .expect("run gorgon chaos");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     println!("{stdout}");
-    let report = json.and_then(|p| std::fs::read(p).ok()).map(|bytes| {
-        serde_json::from_slice::<Value>(&bytes).expect("the report is JSON")
-    });
+    let report = json
+        .and_then(|p| std::fs::read(p).ok())
+        .map(|bytes| serde_json::from_slice::<Value>(&bytes).expect("the report is JSON"));
     (output.status.code().unwrap_or(-1), stdout, report)
 }
 
@@ -74,7 +73,15 @@ fn invariant<'a>(report: &'a Value, prefix: &str) -> &'a Value {
 fn the_plan_is_drawn_from_the_seed_alone() {
     let plan = |seed: &str| {
         let (code, out, _) = chaos(
-            &["--seed", seed, "--duration", "60s", "--topology", "postgres", "--plan"],
+            &[
+                "--seed",
+                seed,
+                "--duration",
+                "60s",
+                "--topology",
+                "postgres",
+                "--plan",
+            ],
             None,
         );
         assert_eq!(code, 0, "{out}");
@@ -84,7 +91,10 @@ fn the_plan_is_drawn_from_the_seed_alone() {
     assert_eq!(first, plan("5"), "the same seed, the same plan");
     assert_ne!(first, plan("6"));
     for kind in ["kill", "pause", "redis", "db", "net", "drain"] {
-        assert!(first.contains(&format!("  {kind} ")), "{kind} missing:\n{first}");
+        assert!(
+            first.contains(&format!("  {kind} ")),
+            "{kind} missing:\n{first}"
+        );
     }
     let (code, out, _) = chaos(&["--duration", "20s", "--plan"], None);
     assert_ne!(code, 0, "a run too short for its faults is refused:\n{out}");
@@ -115,7 +125,10 @@ fn chaos_passes_on_both_topologies_and_catches_a_broken_build() {
                 .iter()
                 .find(|f| f["kind"] == kind)
                 .unwrap_or_else(|| panic!("{topology}: no {kind} fault in the report"));
-            assert!(out.contains(&format!("#{} {kind} ", row["n"])), "{kind} not named");
+            assert!(
+                out.contains(&format!("#{} {kind} ", row["n"])),
+                "{kind} not named"
+            );
             assert!(row["recovered_after_s"].is_number(), "{row}");
             assert_eq!(row["applied"]["healed"], true, "{row}");
         }
@@ -128,7 +141,11 @@ fn chaos_passes_on_both_topologies_and_catches_a_broken_build() {
         ] {
             assert_eq!(invariant(&report, name)["passed"], true, "{name}");
         }
-        assert!(report["requests"].as_u64().unwrap_or(0) > 5_000, "{}", report["requests"]);
+        assert!(
+            report["requests"].as_u64().unwrap_or(0) > 5_000,
+            "{}",
+            report["requests"]
+        );
         assert!(!report["timeline"].as_array().expect("timeline").is_empty());
         // Every fault's band reached the dashboards (at least its end mark, which carries it
         // whole: a start mark is lost while the stats role's node is the one down).

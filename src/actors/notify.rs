@@ -48,6 +48,8 @@ pub struct NotifyHub {
     base: u64,
     connected: AtomicI64,
     closed: tokio::sync::watch::Sender<bool>,
+    /// The position of the newest gap (0: none yet), watched by every live client.
+    gaps: tokio::sync::watch::Sender<u64>,
 }
 
 struct Stream {
@@ -80,6 +82,9 @@ pub enum ResetReason {
     EarlierRun,
     /// Further ahead of the newest id than a clock's skew: not a position of any stream.
     Ahead,
+    /// This node missed events of other nodes (its subscription to them was lost for a while,
+    /// or it fell behind the bus): what came before this point cannot be served whole.
+    Gap,
 }
 
 impl ResetReason {
@@ -90,6 +95,9 @@ impl ResetReason {
                 "resume point is from an earlier run, before this node's stream began"
             }
             ResetReason::Ahead => "resume point is ahead of this node's event stream",
+            ResetReason::Gap => {
+                "this node was cut off from other nodes' events for a while: some may be missing"
+            }
         }
     }
 }
@@ -116,6 +124,7 @@ impl NotifyHub {
             base,
             connected: AtomicI64::new(0),
             closed: tokio::sync::watch::channel(false).0,
+            gaps: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -179,6 +188,25 @@ impl NotifyHub {
         (receiver, resume)
     }
 
+    /// Records that events may be missing here: the gap takes a position of its own, resume
+    /// points before it are reset (`TooOld`), and every live client is told (see
+    /// [`watch_gaps`](Self::watch_gaps)).
+    pub fn gap(&self) {
+        let id = {
+            let mut stream = self.stream.lock();
+            stream.newest += 1;
+            stream.evicted = stream.newest;
+            stream.newest
+        };
+        metrics::counter!("gorgon_notify_gaps_total").increment(1);
+        self.gaps.send_replace(id);
+    }
+
+    /// The position of the newest gap, changing at each [`gap`](Self::gap).
+    pub fn watch_gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.gaps.subscribe()
+    }
+
     /// Counts a client in; the guard counts it out when dropped.
     pub fn connect(self: &Arc<Self>) -> ConnectedClient {
         let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -226,16 +254,27 @@ impl Notify {
         // Exported from the start, so dashboards see 0 rather than no series.
         metrics::gauge!("gorgon_notify_clients").set(hub.connected() as f64);
         let mut events = bus.subscribe();
+        let mut gaps = bus.watch_event_gaps();
         let forwarder = shutdown.phase();
         forwarder.spawn(async move {
             loop {
-                match events.recv().await {
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    changed = gaps.changed() => {
+                        if changed.is_ok() {
+                            hub.gap();
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     // Account changes are for the nodes' auth roles, never for clients.
                     Ok(event) if event.is_internal() => {}
                     Ok(event) => hub.push(event),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         metrics::counter!("gorgon_notify_events_lost_total").increment(n);
                         tracing::warn!(lost = n, "notify fell behind the bus");
+                        hub.gap();
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -328,6 +367,28 @@ mod tests {
             }
             Resume::From(_) => panic!("expected a reset"),
         }
+    }
+
+    #[test]
+    fn a_gap_resets_the_positions_before_it_and_tells_live_clients() {
+        let hub = NotifyHub::with_base(16, 8, 1000);
+        hub.push(event_at(1010));
+        hub.push(event_at(1020));
+        let mut live = hub.watch_gaps();
+        hub.gap();
+        assert!(live.has_changed().unwrap());
+        let gap = *live.borrow_and_update();
+        assert_eq!(gap, 1021, "the gap takes a position of its own");
+        hub.push(event_at(1030));
+        // A client that saw everything before the gap may still have missed what it lost.
+        for before in [1010, 1020] {
+            assert_eq!(
+                reset_of(hub.subscribe(Some(before)).1),
+                Some(ResetReason::TooOld)
+            );
+        }
+        // One told of the gap resumes after it.
+        assert_eq!(replayed(hub.subscribe(Some(gap)).1), [1030]);
     }
 
     #[test]

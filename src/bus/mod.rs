@@ -157,6 +157,9 @@ struct BusInner {
     members: Vec<RwLock<Vec<ractor::ActorCell>>>,
     config: BusConfig,
     events: broadcast::Sender<Arc<Event>>,
+    /// How many times this node may have missed other nodes' events (a lost subscription):
+    /// the notify role tells its clients so.
+    event_gaps: tokio::sync::watch::Sender<u64>,
     /// The one round-robin of the node, per role: local instances and transports take turns
     /// from it.
     round_robin: Vec<AtomicUsize>,
@@ -197,6 +200,7 @@ impl Bus {
                 members: Role::ALL.iter().map(|_| RwLock::default()).collect(),
                 config,
                 events,
+                event_gaps: tokio::sync::watch::channel(0).0,
                 round_robin: Role::ALL.iter().map(|_| AtomicUsize::new(0)).collect(),
                 endpoints: Default::default(),
                 queue,
@@ -329,6 +333,18 @@ impl Bus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.events.subscribe()
+    }
+
+    /// Says that other nodes' events may have been missed (a transport lost its subscription
+    /// and has it back): events published meanwhile never arrive here.
+    pub fn event_gap(&self) {
+        self.inner.event_gaps.send_modify(|n| *n += 1);
+        metrics::counter!("gorgon_event_gaps_total").increment(1);
+    }
+
+    /// Changes at each [`event_gap`](Self::event_gap).
+    pub fn watch_event_gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.event_gaps.subscribe()
     }
 
     /// Whether an instance of `role` is in this process.

@@ -38,7 +38,7 @@ use crate::sim::workload::{Mix, Workload};
 use nodes::{NodeProcess, Shared};
 use plan::{FaultKind, Link, NetMode, Plan};
 use proxy::{FaultProxy, Mode};
-use report::{Applied, Check, ChaosReport, RequestLog, Sample, TimelineEvent};
+use report::{Applied, ChaosReport, Check, RequestLog, Sample, TimelineEvent};
 use servers::{Haproxy, PgServer, RedisServer};
 use topology::{StoreKind, Topology};
 
@@ -133,7 +133,10 @@ impl Cluster {
         let mut order: Vec<usize> = (0..nodes.len()).collect();
         order.sort_by_key(|i| !nodes[*i].def.has(crate::bus::Role::Store));
         for i in order {
-            println!("starting node {} ({})", nodes[i].def.name, nodes[i].def.roles);
+            println!(
+                "starting node {} ({})",
+                nodes[i].def.name, nodes[i].def.roles
+            );
             nodes[i].start(&shared, &seeds).await?;
         }
         let fronts: Vec<u16> = nodes.iter().filter_map(|n| n.http_port).collect();
@@ -288,11 +291,13 @@ impl Cluster {
                 let (link, mode) = fault.net.context("a net fault without a link")?;
                 let proxy = match link {
                     Link::Redis => &self.redis_proxy,
-                    Link::Db => &self
-                        .postgres
-                        .as_ref()
-                        .context("a db link without PostgreSQL")?
-                        .proxy,
+                    Link::Db => {
+                        &self
+                            .postgres
+                            .as_ref()
+                            .context("a db link without PostgreSQL")?
+                            .proxy
+                    }
                 };
                 proxy.set(match mode {
                     NetMode::Latency { ms } => Mode::Latency(Duration::from_millis(ms)),
@@ -412,13 +417,22 @@ async fn drive(
     while tasks.join_next().await.is_some() {}
 }
 
-async fn login(http: &reqwest::Client, base: &str, email: &str, password: &str) -> anyhow::Result<String> {
+async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
     let resp = http
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({"email": email, "password": password}))
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "login of {email}: {}", resp.status());
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "login of {email}: {}",
+        resp.status()
+    );
     let body: Value = resp.json().await?;
     body["token"]
         .as_str()
@@ -435,7 +449,8 @@ async fn writes_exactly_once(
     workload: &Workload,
 ) -> Check {
     let acked = workload.acked.lock().clone();
-    let readable = crate::sim::invariants::acknowledged_writes_readable(http, base, &acked, 16).await;
+    let readable =
+        crate::sim::invariants::acknowledged_writes_readable(http, base, &acked, 16).await;
     let mut by_id: HashMap<&str, u32> = acked.iter().map(|w| (w.id.as_str(), 0)).collect();
     let mut by_title: HashMap<&str, u32> = acked.iter().map(|w| (w.title.as_str(), 0)).collect();
     let export = async {
@@ -467,8 +482,8 @@ async fn writes_exactly_once(
         Ok::<u64, anyhow::Error>(lines)
     };
     let exported = export.await;
-    let twice = by_id.values().filter(|n| **n > 1).count()
-        + by_title.values().filter(|n| **n > 1).count();
+    let twice =
+        by_id.values().filter(|n| **n > 1).count() + by_title.values().filter(|n| **n > 1).count();
     let missing = by_id.values().filter(|n| **n == 0).count();
     let detail = match &exported {
         Ok(lines) => format!(
@@ -479,7 +494,11 @@ async fn writes_exactly_once(
     };
     Check {
         name: "every acknowledged write readable, exactly once".into(),
-        passed: readable.passed && exported.is_ok() && missing == 0 && twice == 0 && !acked.is_empty(),
+        passed: readable.passed
+            && exported.is_ok()
+            && missing == 0
+            && twice == 0
+            && !acked.is_empty(),
         detail,
     }
 }
@@ -543,10 +562,13 @@ fn describe_nodes(topology: &Topology) -> String {
     )
 }
 
-async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -> anyhow::Result<bool> {
-    let http = reqwest::Client::builder()
-        .timeout(args.deadline)
-        .build()?;
+async fn run_in(
+    args: &ChaosArgs,
+    topology: &Topology,
+    plan: Plan,
+    dir: &Path,
+) -> anyhow::Result<bool> {
+    let http = reqwest::Client::builder().timeout(args.deadline).build()?;
     let mut cluster = Cluster::start(topology, dir, args).await?;
     cluster.wait_ready(&http, Duration::from_secs(60)).await?;
     let base = cluster.base.clone();
@@ -638,7 +660,11 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
         note(format!(
             "{} {}: {}",
             fault.label(),
-            if result.healed { "healed" } else { "NOT healed" },
+            if result.healed {
+                "healed"
+            } else {
+                "NOT healed"
+            },
             result.note
         ));
         applied.push(result);
@@ -668,7 +694,8 @@ async fn run_in(args: &ChaosArgs, topology: &Topology, plan: Plan, dir: &Path) -
     let acked_ids: Vec<String> = workload.acked.lock().iter().map(|w| w.id.clone()).collect();
     let mut invariants = vec![
         writes_exactly_once(&http, &base, &admin, &workload).await,
-        jobs.check(&http, &base, &probe_tokens[1], JOBS_SETTLE).await,
+        jobs.check(&http, &base, &probe_tokens[1], JOBS_SETTLE)
+            .await,
         report::all_answered(&samples, args.deadline),
         sse.check(&acked_ids),
         recovery,

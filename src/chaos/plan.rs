@@ -150,7 +150,10 @@ impl Fault {
             }
             (FaultKind::Net, None) => format!("network fault for {secs:.1} s"),
             (FaultKind::Drain, _) => {
-                format!("SIGTERM {} (drain), start again after it exits", self.target)
+                format!(
+                    "SIGTERM {} (drain), start again after it exits",
+                    self.target
+                )
             }
         }
     }
@@ -225,8 +228,13 @@ impl Plan {
             .filter(|(i, _)| Some(*i) != store_node)
             .map(|(_, n)| n.name.as_str())
             .collect();
-        anyhow::ensure!(!victims.is_empty(), "no node may be killed in this topology");
-        let max_length = slot.mul_f64(0.3).clamp(Duration::from_secs(2), Duration::from_secs(8));
+        anyhow::ensure!(
+            !victims.is_empty(),
+            "no node may be killed in this topology"
+        );
+        let max_length = slot
+            .mul_f64(0.3)
+            .clamp(Duration::from_secs(2), Duration::from_secs(8));
         let mut faults = Vec::with_capacity(count);
         for (i, kind) in order.into_iter().enumerate() {
             let slot_start = baseline + slot * i as u32;
@@ -235,9 +243,10 @@ impl Plan {
                 rng.random_range(2000..=max_length.as_millis().max(2000) as u64),
             );
             let (target, net) = match kind {
-                FaultKind::Kill | FaultKind::Pause | FaultKind::Drain => {
-                    (victims[rng.random_range(0..victims.len())].to_string(), None)
-                }
+                FaultKind::Kill | FaultKind::Pause | FaultKind::Drain => (
+                    victims[rng.random_range(0..victims.len())].to_string(),
+                    None,
+                ),
                 FaultKind::Redis => ("redis".to_string(), None),
                 FaultKind::Db => match store_node {
                     Some(n) => (topology.nodes[n].name.clone(), None),
@@ -347,8 +356,14 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_plan() {
-        assert_eq!(plan(7, 300, "postgres").unwrap(), plan(7, 300, "postgres").unwrap());
-        assert_ne!(plan(7, 300, "postgres").unwrap(), plan(8, 300, "postgres").unwrap());
+        assert_eq!(
+            plan(7, 300, "postgres").unwrap(),
+            plan(7, 300, "postgres").unwrap()
+        );
+        assert_ne!(
+            plan(7, 300, "postgres").unwrap(),
+            plan(8, 300, "postgres").unwrap()
+        );
     }
 
     #[test]

@@ -112,7 +112,13 @@ impl JobProbe {
 
     /// Every accepted job reaches `done` within `within` with the right result, and sending its
     /// key again finds the same job (it was stored once).
-    pub async fn check(&self, http: &reqwest::Client, base: &str, token: &str, within: Duration) -> Check {
+    pub async fn check(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        within: Duration,
+    ) -> Check {
         let accepted = self.accepted.lock().clone();
         let deadline = Instant::now() + within;
         let results: Vec<Result<(), String>> = futures::stream::iter(accepted.iter())
@@ -181,7 +187,11 @@ impl JobProbe {
             String::new()
         } else {
             let parts: Vec<String> = given_up.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            format!("; {} submissions given up after {SUBMIT_ATTEMPTS} tries ({})", given_up.values().sum::<u64>(), parts.join(", "))
+            format!(
+                "; {} submissions given up after {SUBMIT_ATTEMPTS} tries ({})",
+                given_up.values().sum::<u64>(),
+                parts.join(", ")
+            )
         };
         Check {
             name: "every accepted job done, once".into(),
@@ -230,7 +240,9 @@ impl SseProbe {
         token: String,
         stop: Arc<AtomicBool>,
     ) -> SseProbe {
-        let logs: Vec<_> = (0..clients).map(|_| Arc::new(Mutex::new(SseLog::default()))).collect();
+        let logs: Vec<_> = (0..clients)
+            .map(|_| Arc::new(Mutex::new(SseLog::default())))
+            .collect();
         let tasks = logs
             .iter()
             .map(|log| {
@@ -261,7 +273,10 @@ impl SseProbe {
         for (n, log) in self.logs.iter().enumerate() {
             let log = log.lock();
             reconnects += log.reconnects;
-            let missed: Vec<&String> = written.iter().filter(|id| !log.created.contains(*id)).collect();
+            let missed: Vec<&String> = written
+                .iter()
+                .filter(|id| !log.created.contains(*id))
+                .collect();
             missed_total += missed.len();
             if !missed.is_empty() && log.lagged == 0 {
                 problems.push(format!(

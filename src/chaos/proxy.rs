@@ -773,7 +773,10 @@ mod tests {
         let mut after = connect(proxy.addr()).await;
         assert_eq!(round_trip(&mut after, b"back").await, b"back");
         // The held requests arrive late, in order, before what follows them.
-        for (stream, held, next) in [(&mut open, b"lost", b"pong"), (&mut fresh, b"void", b"more")] {
+        for (stream, held, next) in [
+            (&mut open, b"lost", b"pong"),
+            (&mut fresh, b"void", b"more"),
+        ] {
             let mut late = [0u8; 4];
             timeout(WAIT, stream.read_exact(&mut late))
                 .await

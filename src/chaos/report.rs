@@ -290,7 +290,12 @@ impl ChaosReport {
         let _ = writeln!(
             out,
             "{:<24} {:>13} {:>8}  {:<26} {:>11} {:>11}  {}",
-            "fault", "window (s)", "requests", "failed (by status)", "p99 before", "p99 during",
+            "fault",
+            "window (s)",
+            "requests",
+            "failed (by status)",
+            "p99 before",
+            "p99 during",
             "recovered in"
         );
         for row in &self.faults {
@@ -329,11 +334,7 @@ impl ChaosReport {
         for check in &self.invariants {
             let _ = writeln!(out, "{check}");
         }
-        let _ = writeln!(
-            out,
-            "RESULT: {}",
-            if self.passed { "PASS" } else { "FAIL" }
-        );
+        let _ = writeln!(out, "RESULT: {}", if self.passed { "PASS" } else { "FAIL" });
         out
     }
 }
@@ -398,7 +399,10 @@ mod tests {
         assert_eq!(rows[1].recovered_after_s, Some(0.0));
 
         // Never clean again after the first fault: every row from there fails.
-        for s in samples.iter_mut().filter(|s| s.at_ms as f64 / 1000.0 >= start) {
+        for s in samples
+            .iter_mut()
+            .filter(|s| s.at_ms as f64 / 1000.0 >= start)
+        {
             s.status = 503;
         }
         let (_, _, rows, check) = analyse(&plan, &applied, &samples);

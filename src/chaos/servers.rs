@@ -103,13 +103,17 @@ pub fn on_path(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Polls a TCP port until `check` succeeds, the child exits, or the time is up.
-async fn wait_until<F, Fut>(child: &mut Child, what: &str, log: &Path, mut check: F) -> anyhow::Result<()>
+async fn wait_until<F, Fut>(
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -117,7 +121,10 @@ where
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            bail!("{what} exited ({status}) while starting; log:\n{}", log_tail(log, 20));
+            bail!(
+                "{what} exited ({status}) while starting; log:\n{}",
+                log_tail(log, 20)
+            );
         }
         let last = match tokio::time::timeout(Duration::from_secs(2), check()).await {
             Ok(Ok(())) => return Ok(()),
@@ -303,8 +310,16 @@ impl PgServer {
             .run_tool(
                 "initdb",
                 &[
-                    "-D", &data, "-U", PG_SUPERUSER, "--auth=trust", "-E", "UTF8",
-                    "--locale=C", "--no-sync", "--no-instructions",
+                    "-D",
+                    &data,
+                    "-U",
+                    PG_SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
                 ],
             )
             .await?;
@@ -334,8 +349,19 @@ impl PgServer {
             .run_tool(
                 "pg_basebackup",
                 &[
-                    "-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", PG_SUPERUSER,
-                    "-D", &data, "-R", "-X", "stream", "--checkpoint=fast", "--no-sync",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    PG_SUPERUSER,
+                    "-D",
+                    &data,
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
                 ],
             )
             .await?;
@@ -404,7 +430,10 @@ impl PgServer {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{PG_SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{PG_SUPERUSER}@127.0.0.1:{}/{database}",
+            self.port
+        )
     }
 
     pub async fn sql(&self, sql: &str) -> anyhow::Result<()> {
@@ -585,7 +614,10 @@ impl Haproxy {
             .arg(&config)
             .arg("-db")
             .env("GORGON_LB_BIND", format!("127.0.0.1:{port}"))
-            .env("GORGON_LB_STATS_BIND", format!("127.0.0.1:{}", free_port()?))
+            .env(
+                "GORGON_LB_STATS_BIND",
+                format!("127.0.0.1:{}", free_port()?),
+            )
             .env("GORGON_FRONT_1", format!("127.0.0.1:{}", fronts[0]))
             .env("GORGON_FRONT_2", format!("127.0.0.1:{}", fronts[1]))
             .stdin(Stdio::null())

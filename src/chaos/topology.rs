@@ -120,8 +120,7 @@ impl Topology {
                 node.name
             );
             anyhow::ensure!(names.insert(&node.name), "two nodes named {}", node.name);
-            parse_roles(&node.roles)
-                .map_err(|e| anyhow::anyhow!("node {}: {e}", node.name))?;
+            parse_roles(&node.roles).map_err(|e| anyhow::anyhow!("node {}: {e}", node.name))?;
         }
         anyhow::ensure!(
             self.fronts().count() == 2,

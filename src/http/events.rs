@@ -174,6 +174,8 @@ pub(super) struct Feed {
     closed: tokio::sync::watch::Receiver<bool>,
     /// The bus's events, watched for a change to the viewer's account.
     account: Option<tokio::sync::broadcast::Receiver<Arc<Event>>>,
+    /// The hub's gaps: each is a reset notice, and the stream goes on after it.
+    gaps: tokio::sync::watch::Receiver<u64>,
     _client: ConnectedClient,
     done: bool,
 }
@@ -230,6 +232,8 @@ impl Feed {
                 }
             }
         }
+        let mut gaps = hub.watch_gaps();
+        gaps.mark_unchanged();
         let (receiver, resume) = hub.subscribe(last_id);
         let (notice, backlog, last_sent) = match resume {
             Resume::From(events) => (None, events.into(), last_id.unwrap_or(0)),
@@ -262,6 +266,7 @@ impl Feed {
             heartbeat: state.limits.sse_heartbeat,
             closed: hub.closed(),
             account: viewer.map(|_| state.bus.subscribe()),
+            gaps,
             _client: hub.connect(),
             done: false,
         })
@@ -298,6 +303,17 @@ impl Feed {
                     }
                     Err(RecvError::Closed) => return None,
                 },
+                changed = self.gaps.changed() => {
+                    let gap = *self.gaps.borrow_and_update();
+                    if changed.is_ok() && gap > self.last_sent {
+                        self.last_sent = gap;
+                        return Some(FeedItem::Reset {
+                            reason: ResetReason::Gap,
+                            oldest_available: gap + 1,
+                            newest: gap,
+                        });
+                    }
+                }
                 _ = tokio::time::sleep(self.heartbeat) => return Some(FeedItem::KeepAlive),
                 _ = self.closed.changed() => return None,
                 _ = account_changed(&mut self.account, self.filter.viewer) => {

@@ -1,7 +1,8 @@
 //! Events between nodes: each node publishes its events on `events:{topic}` and subscribes to
 //! every topic, so each node's notify role sees every change. Pub/sub is fire-and-forget, like
-//! the in-process broadcast it extends: a node that is disconnected misses events (clients then
-//! resume from the replay buffer of the node they are connected to).
+//! the in-process broadcast it extends: a node that is disconnected misses events. When its
+//! subscription is back it says so on the bus ([`Bus::event_gap`]), and its notify role tells its
+//! clients they may have missed some (an `event: lagged` notice).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,7 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
     let stop = &link.shutdown;
     let pattern = link.keys.events("*");
     let mut failures = 0;
+    let mut subscribed_before = false;
     loop {
         let connected =
             tokio::time::timeout(Duration::from_secs(5), link.client.get_async_pubsub())
@@ -122,6 +124,13 @@ pub async fn subscribe(link: Arc<RedisLink>, bus: Bus) {
             continue;
         }
         failures = 0;
+        // Events published while this node was not subscribed are lost (pub/sub keeps nothing):
+        // from the second subscription on, this node's clients are told.
+        if subscribed_before {
+            tracing::warn!("event subscription back: events of other nodes may have been missed");
+            bus.event_gap();
+        }
+        subscribed_before = true;
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
