@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::cluster::*;
 use common::redis::{Fsync, RedisServer};
 use common::register_and_login;
-use futures::StreamExt;
+use gorgon::chaos::probes::{follow, SseLog};
 use parking_lot::Mutex;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -259,86 +259,6 @@ fn invariant<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no invariant {name:?} in {}", report["invariants"]))
 }
 
-/// What one SSE client saw: the items of `item.created` events, notices, reconnections.
-#[derive(Default)]
-struct SseLog {
-    created: HashSet<String>,
-    lagged: Vec<String>,
-    reconnects: u64,
-}
-
-/// An SSE client of the balancer that reconnects with `Last-Event-ID` whenever its stream ends,
-/// until `stop`.
-fn sse_client(
-    http: Client,
-    base: String,
-    token: String,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<SseLog>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last_id: Option<u64> = None;
-        let mut first = true;
-        while !stop.load(Ordering::Relaxed) {
-            if !first {
-                log.lock().reconnects += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            first = false;
-            let mut req = http
-                .get(format!("{base}/api/v1/events?topic=items"))
-                .bearer_auth(&token)
-                .timeout(Duration::from_secs(600));
-            if let Some(id) = last_id {
-                req = req.header("Last-Event-ID", id.to_string());
-            }
-            let Ok(resp) = req.send().await else { continue };
-            if resp.status() != StatusCode::OK {
-                continue;
-            }
-            let mut body = resp.bytes_stream();
-            let mut buffer = String::new();
-            loop {
-                let chunk = tokio::select! {
-                    chunk = body.next() => chunk,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if stop.load(Ordering::Relaxed) { return; }
-                        continue;
-                    }
-                };
-                let Some(Ok(chunk)) = chunk else { break };
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let frame: String = buffer.drain(..end + 2).collect();
-                    let (mut id, mut kind, mut data) = (None, "", Value::Null);
-                    for line in frame.lines() {
-                        if let Some(v) = line.strip_prefix("id:") {
-                            id = v.trim().parse::<u64>().ok();
-                        } else if let Some(v) = line.strip_prefix("event:") {
-                            kind = v.trim();
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
-                        }
-                    }
-                    if let Some(id) = id {
-                        last_id = Some(id);
-                    }
-                    let mut log = log.lock();
-                    match kind {
-                        "item.created" => {
-                            if let Some(subject) = data["subject_id"].as_str() {
-                                log.created.insert(subject.to_string());
-                            }
-                        }
-                        "lagged" => log.lagged.push(frame.clone()),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    })
-}
-
 /// Clients on loopback addresses of their own, behind the balancer like distinct hosts.
 fn client_from(addr: &str) -> Client {
     Client::builder()
@@ -493,7 +413,7 @@ async fn scenario(redis: RedisServer) {
     while on_front2().await < 2 || streams.len() < 3 {
         assert!(streams.len() < 16, "HAProxy never sent a stream to front2");
         let log = Arc::new(Mutex::new(SseLog::default()));
-        let task = sse_client(
+        let task = follow(
             http.clone(),
             lb.base.clone(),
             token.clone(),

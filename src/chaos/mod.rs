@@ -213,18 +213,25 @@ impl Cluster {
         }
     }
 
+    /// `kill -9` a node, wait `down`, start it again; says how long the start took.
+    async fn kill_and_restart(&mut self, name: &str, down: Duration) -> anyhow::Result<Duration> {
+        let seeds = self.seeds();
+        let i = self.node(name)?;
+        self.nodes[i].kill();
+        tokio::time::sleep(down).await;
+        let restarted = Instant::now();
+        self.nodes[i].start(&self.shared, &seeds).await?;
+        Ok(restarted.elapsed())
+    }
+
     async fn inject_and_heal(&mut self, fault: &plan::Fault) -> anyhow::Result<String> {
         let seeds = self.seeds();
         match fault.kind {
             FaultKind::Kill => {
-                let i = self.node(&fault.target)?;
-                self.nodes[i].kill();
-                tokio::time::sleep(fault.length).await;
-                let restarted = Instant::now();
-                self.nodes[i].start(&self.shared, &seeds).await?;
+                let took = self.kill_and_restart(&fault.target, fault.length).await?;
                 Ok(format!(
                     "restarted, ready after {:.2} s",
-                    restarted.elapsed().as_secs_f64()
+                    took.as_secs_f64()
                 ))
             }
             FaultKind::Pause => {
@@ -276,14 +283,10 @@ impl Cluster {
                     ))
                 }
                 None => {
-                    let i = self.node(&fault.target)?;
-                    self.nodes[i].kill();
-                    tokio::time::sleep(fault.length).await;
-                    let restarted = Instant::now();
-                    self.nodes[i].start(&self.shared, &seeds).await?;
+                    let took = self.kill_and_restart(&fault.target, fault.length).await?;
                     Ok(format!(
                         "store node restarted, ready after {:.2} s",
-                        restarted.elapsed().as_secs_f64()
+                        took.as_secs_f64()
                     ))
                 }
             },

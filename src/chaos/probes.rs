@@ -217,12 +217,13 @@ impl JobProbe {
 
 // --- SSE ----------------------------------------------------------------------------------------
 
-/// What one SSE client saw.
+/// What one SSE client saw: the items of `item.created` events, `lagged` notices (whole
+/// frames), reconnections.
 #[derive(Default)]
 pub struct SseLog {
-    created: HashSet<String>,
-    lagged: u64,
-    reconnects: u64,
+    pub created: HashSet<String>,
+    pub lagged: Vec<String>,
+    pub reconnects: u64,
 }
 
 /// SSE clients of `topic=items` through the balancer, each reconnecting with `Last-Event-ID`
@@ -246,13 +247,13 @@ impl SseProbe {
         let tasks = logs
             .iter()
             .map(|log| {
-                tokio::spawn(follow(
+                follow(
                     http.clone(),
                     base.clone(),
                     token.clone(),
                     stop.clone(),
                     log.clone(),
-                ))
+                )
             })
             .collect();
         SseProbe { logs, tasks }
@@ -278,7 +279,7 @@ impl SseProbe {
                 .filter(|id| !log.created.contains(*id))
                 .collect();
             missed_total += missed.len();
-            if !missed.is_empty() && log.lagged == 0 {
+            if !missed.is_empty() && log.lagged.is_empty() {
                 problems.push(format!(
                     "client {n} missed {} of {} events without a lagged notice, e.g. {}",
                     missed.len(),
@@ -287,7 +288,7 @@ impl SseProbe {
                 ));
             }
         }
-        let lagged: u64 = self.logs.iter().map(|l| l.lock().lagged).sum();
+        let lagged: usize = self.logs.iter().map(|l| l.lock().lagged.len()).sum();
         Check {
             name: "SSE clients miss no committed event".into(),
             passed: problems.is_empty() && !written.is_empty(),
@@ -305,7 +306,19 @@ impl SseProbe {
     }
 }
 
-async fn follow(
+/// An SSE client of `topic=items` at `base` that reconnects with `Last-Event-ID` whenever its
+/// stream ends, until `stop`; what it sees goes to `log`.
+pub fn follow(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<SseLog>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(follow_items(http, base, token, stop, log))
+}
+
+async fn follow_items(
     http: reqwest::Client,
     base: String,
     token: String,
@@ -365,7 +378,7 @@ async fn follow(
                             log.created.insert(subject.to_string());
                         }
                     }
-                    "lagged" => log.lagged += 1,
+                    "lagged" => log.lagged.push(frame.clone()),
                     _ => {}
                 }
             }

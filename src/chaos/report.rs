@@ -289,14 +289,8 @@ impl ChaosReport {
         );
         let _ = writeln!(
             out,
-            "{:<24} {:>13} {:>8}  {:<26} {:>11} {:>11}  {}",
-            "fault",
-            "window (s)",
-            "requests",
-            "failed (by status)",
-            "p99 before",
-            "p99 during",
-            "recovered in"
+            "{:<24} {:>13} {:>8}  {:<26} {:>11} {:>11}  recovered in",
+            "fault", "window (s)", "requests", "failed (by status)", "p99 before", "p99 during",
         );
         for row in &self.faults {
             let failed = if row.failed_by_status.is_empty() {

@@ -88,29 +88,51 @@ impl Connections {
             .filter(|(s, used)| !s.is_closed() && used.elapsed() < MAX_IDLE)
             .map(|(s, _)| s);
         let attempt = tokio::time::timeout(self.timeout, async {
-            let mut sender = match reused {
-                Some(sender) => sender,
-                None => self.connect().await?,
-            };
-            sender.ready().await.ok()?;
-            let mut request = Request::builder()
-                .method(method)
-                .uri(path_and_query)
-                .header(header::HOST, &self.authority);
-            if let Some(token) = bearer {
-                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-            }
-            let body = match json {
-                Some(bytes) => {
-                    request = request.header(header::CONTENT_TYPE, "application/json");
-                    Full::new(bytes)
+            let mut reused = reused;
+            // A second try only when the first connection closed before the request left it
+            // (nothing reached the server, whatever the method), as pooled clients do.
+            for first in [true, false] {
+                let mut sender = match reused.take() {
+                    Some(sender) => sender,
+                    None => match self.connect().await {
+                        Some(sender) => sender,
+                        None if first => continue,
+                        None => return None,
+                    },
+                };
+                if sender.ready().await.is_err() {
+                    if first {
+                        continue;
+                    }
+                    return None;
                 }
-                None => Full::new(Bytes::new()),
-            };
-            let response = sender.send_request(request.body(body).ok()?).await.ok()?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await.ok()?.to_bytes();
-            Some((sender, status, bytes))
+                let mut request = Request::builder()
+                    .method(method.clone())
+                    .uri(path_and_query)
+                    .header(header::HOST, &self.authority);
+                if let Some(token) = bearer {
+                    request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                let body = match &json {
+                    Some(bytes) => {
+                        request = request.header(header::CONTENT_TYPE, "application/json");
+                        Full::new(bytes.clone())
+                    }
+                    None => Full::new(Bytes::new()),
+                };
+                let response = match sender.send_request(request.body(body).ok()?).await {
+                    Ok(response) => response,
+                    Err(e) if first && e.is_canceled() => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a request broke without an answer");
+                        return None;
+                    }
+                };
+                let status = response.status();
+                let bytes = response.into_body().collect().await.ok()?.to_bytes();
+                return Some((sender, status, bytes));
+            }
+            None
         })
         .await;
         match attempt {

@@ -24,7 +24,7 @@
 #![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,35 +50,8 @@ pub struct PgServer {
     standby_name: Option<String>,
 }
 
-/// The directory of PostgreSQL's server programs, if they are installed.
-pub fn pg_bin() -> Option<PathBuf> {
-    let usable = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(dir) = std::env::var_os("GORGON_PG_BIN") {
-        let dir = PathBuf::from(dir);
-        return usable(&dir).then_some(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, dir)| usable(dir))
-        .collect();
-    versions.sort();
-    if let Some((_, dir)) = versions.pop() {
-        return Some(dir);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("initdb"))
-        .find(|candidate| candidate.is_file())
-        .and_then(|initdb| std::fs::canonicalize(initdb).ok())
-        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
-        .filter(|dir| usable(dir))
-}
+/// Where the server programs are (shared with `gorgon chaos`).
+pub use gorgon::chaos::servers::pg_bin;
 
 /// Who the server programs run as: `None` (this user) unless the tests run as root.
 fn server_owner() -> Option<(u32, u32)> {
