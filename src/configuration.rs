@@ -355,6 +355,12 @@ pub struct EdgeTuning {
     /// Deadline for a request's head (its line and headers).
     #[arg(long, env = "GORGON_HTTP_HEAD_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub http_head_timeout: Duration,
+    /// How long an idle keep-alive connection stays open. Longer than a load balancer's own
+    /// idle timeout (HAProxy's `timeout http-keep-alive` in deploy/haproxy.cfg is 10 s), so the
+    /// balancer closes idle connections first and never sends a request on one this node is
+    /// closing.
+    #[arg(long, env = "GORGON_HTTP_KEEP_ALIVE", default_value = "75s", value_parser = parse_duration)]
+    pub http_keep_alive: Duration,
     /// Open HTTP connections of this node, in all (split over the HTTP workers; lowered to fit
     /// the open-file limit). Beyond it new connections wait in the listen backlog.
     #[arg(long, env = "GORGON_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -833,6 +839,7 @@ impl RunArgs {
             sse_heartbeat: self.tuning.sse_heartbeat.max(Duration::from_millis(100)),
             body_timeout: self.tuning.edge.http_body_timeout,
             head_timeout: self.tuning.edge.http_head_timeout,
+            keep_alive: self.tuning.edge.http_keep_alive,
             max_connections: self.tuning.edge.http_max_connections.max(1),
             backlog: self.tuning.edge.http_backlog.max(1),
             max_connections_per_ip: self.tuning.edge.http_max_connections_per_ip,

@@ -70,6 +70,8 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Deadline of a request's head.
     pub head_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive: Duration,
     /// Open connections of the node, in all.
     pub max_connections: usize,
     /// Listen backlog.
@@ -104,6 +106,7 @@ impl Default for HttpLimits {
             sse_heartbeat: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
             head_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(75),
             max_connections: 10_000,
             backlog: 1024,
             max_connections_per_ip: 0,
@@ -204,6 +207,7 @@ pub fn server(listener: TcpListener, state: HttpState, workers: usize) -> std::i
     ))
     .backlog(limits.backlog)
     .client_request_timeout(limits.head_timeout)
+    .keep_alive(limits.keep_alive)
     .shutdown_timeout(limits.shutdown_timeout.as_secs().max(1))
     .disable_signals();
     let per_address = (limits.max_connections_per_ip > 0)
