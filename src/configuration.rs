@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::actors::auth::AuthConfig;
 use crate::actors::provider::ProviderConfig;
+use crate::actors::RoleSettings;
 use crate::bus::{BusConfig, Role};
 use crate::cluster::ClusterConfig;
 use crate::http::HttpLimits;
@@ -851,6 +852,21 @@ impl RunArgs {
             import_body_timeout: self.tuning.edge.import_body_timeout,
             unsafe_drop_every_nth_write: self.tuning.edge.unsafe_drop_every_nth_write,
             ..HttpLimits::default()
+        }
+    }
+
+    /// What the roles are built with.
+    pub fn role_settings(&self) -> RoleSettings {
+        RoleSettings {
+            concurrency: self.tuning.role_concurrency,
+            backend: self.backend(),
+            store: self.store_options(),
+            auth: self.auth_config(),
+            provider: self.provider_config(),
+            user_max_unfinished_jobs: Some(self.tuning.edge.user_max_unfinished_jobs)
+                .filter(|&n| n > 0),
+            client_buffer: self.tuning.client_buffer,
+            event_replay: self.tuning.event_replay,
         }
     }
 

@@ -6,9 +6,10 @@
 //! runs as one node of a cluster when the bus is given a transport between processes.
 //!
 //! Where to look:
-//! - a role: `src/actors/<role>.rs`
+//! - a role: its line in `src/roles.rs` (the table of roles) and `src/actors/<role>.rs`
 //! - a route: `src/http/<resource>.rs`
-//! - a message or queue: the `*Request` enum beside the role that receives it
+//! - a message: the `requests!` table at the top of the file of the role that receives it; its
+//!   queue is named after that role (`q:{role}`, see `src/bus/redis/keys.rs`)
 //! - the database: `src/store/`
 //! - background jobs (handlers, registry, workers): `src/jobs/`
 //! - `gorgon chaos` (a local cluster, seeded faults, invariants): `src/chaos/`
@@ -26,6 +27,7 @@ pub mod http;
 pub mod import_export;
 pub mod jobs;
 pub mod providers;
+pub mod roles;
 pub mod seed;
 pub mod shutdown;
 pub mod sim;

@@ -10,16 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ractor::{Actor, ActorCell};
 
-use crate::actors::app::AppHandler;
-use crate::actors::auth::{AuthHandler, AuthShared};
-use crate::actors::notify::{Notify, NotifyHub};
-use crate::actors::provider::Provider;
-use crate::actors::stats::{Stats, StatsHub};
-use crate::actors::store::{self as store_role, StoreHandler};
-use crate::actors::web::Web;
-use crate::bus::{Bus, RedisLink, Role, RoleActor, RoleArgs, Service, Transport};
+use crate::actors::notify::NotifyHub;
+use crate::actors::stats::StatsHub;
+use crate::actors::store as store_role;
+use crate::actors::{HttpFront, RoleContext, Spawned};
+use crate::bus::{Bus, RedisLink, Role, Transport};
 use crate::cluster::{ClusterLink, LocalNode};
 use crate::configuration::RunArgs;
 use crate::domain::{Email, Extra, UserInput, UserName, UserPatch};
@@ -50,133 +46,62 @@ pub struct Node {
     drain_delay: Duration,
 }
 
-/// What the roles of a node are built from: the bus, the node's settings and shared parts.
-struct Parts<'a> {
-    args: &'a RunArgs,
-    bus: Bus,
-    node_id: String,
-    local_node: Arc<LocalNode>,
-    stats_hub: Arc<StatsHub>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    jobs: JobRegistry,
-    redis: Option<Arc<RedisLink>>,
-    cluster: Option<Arc<ClusterLink>>,
-    // Filled in as roles start:
-    store: Option<Arc<dyn Store>>,
-    hub: Option<Arc<NotifyHub>>,
-    wake_workers: Option<Arc<tokio::sync::Notify>>,
-    shutdown: Shutdown,
-    addr: Option<SocketAddr>,
-}
-
-/// A role actor, and the phase of the node's shutdown that counts its task (ractor spawns it).
-type Spawned = (Role, ActorCell, Shutdown);
-
-/// Runs `service` in a role actor.
-async fn spawn<S: Service>(parts: &Parts<'_>, service: S) -> anyhow::Result<Spawned> {
-    let (actor, handle) = Actor::spawn(
-        None,
-        RoleActor::<S>::default(),
-        RoleArgs {
-            service,
-            bus: parts.bus.clone(),
-            concurrency: parts.args.tuning.role_concurrency,
-        },
-    )
-    .await
-    .with_context(|| format!("the {} role failed to start", S::ROLE))?;
-    let task = parts.shutdown.phase();
-    task.watch(handle);
-    Ok((S::ROLE, actor.get_cell(), task))
-}
-
-/// The roles: how each is built. Started in [`Role::in_start_order`] (the store first, the web
-/// front last), stopped in reverse.
-async fn start_role(role: Role, parts: &mut Parts<'_>) -> anyhow::Result<Spawned> {
-    let args = parts.args;
-    let bus = parts.bus.clone();
-    match role {
-        Role::Store => {
-            let backend = args.backend();
-            let store: Arc<dyn Store> =
-                backend.open(args.store_options()).await.with_context(|| {
-                    format!(
-                        "cannot open the {} store at {}",
-                        backend.name(),
-                        backend.location()
-                    )
-                })?;
-            tracing::info!(backend = backend.name(), at = %backend.location(), "store open");
-            parts.store = Some(store.clone());
-            spawn(parts, StoreHandler { store, bus }).await
-        }
-        Role::Auth => {
-            let shared = AuthShared::new(args.auth_config());
-            parts.shutdown.spawn(shared.follow_account_changes(&bus));
-            spawn(parts, AuthHandler { bus, shared }).await
-        }
-        Role::App => {
-            let wake_workers = Arc::new(tokio::sync::Notify::new());
-            parts.wake_workers = Some(wake_workers.clone());
-            let handler = AppHandler {
-                bus,
-                job_kinds: parts.jobs.kinds().iter().map(|k| k.to_string()).collect(),
-                wake_workers,
-                max_unfinished_jobs: Some(args.tuning.edge.user_max_unfinished_jobs)
-                    .filter(|&n| n > 0),
-            };
-            spawn(parts, handler).await
-        }
-        Role::Stats => {
-            let stats = Stats {
-                bus,
-                node_id: parts.node_id.clone(),
-                roles: args.roles.0.clone(),
-                started: std::time::Instant::now(),
-                started_at: chrono::Utc::now(),
-                hub: parts.stats_hub.clone(),
-                redis: parts.redis.clone(),
-                cluster: parts.cluster.clone(),
-            };
-            spawn(parts, stats).await
-        }
-        Role::Notify => {
-            let hub = NotifyHub::new(args.tuning.client_buffer, args.tuning.event_replay);
-            parts.hub = Some(hub.clone());
-            let notify = Notify::start(&bus, hub, &parts.shutdown);
-            spawn(parts, notify).await
-        }
-        Role::Provider => {
-            let provider = Provider::start(bus, args.provider_config(), &parts.shutdown);
-            spawn(parts, provider).await
-        }
-        Role::Web => {
-            if args.tuning.edge.raise_open_files {
-                crate::http::limits::raise_open_files();
+/// Starts `role` by calling its file's `start` (one arm per line of [`crate::roles`]).
+macro_rules! start_dispatch {
+    ($( $(#[$doc:meta])* $role:ident => $module:ident, $name:literal, start $rank:literal, )+) => {
+        async fn start_role(role: Role, ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+            match role {
+                $( Role::$role => crate::actors::$module::start(ctx).await, )+
             }
-            let listener = crate::http::limits::bind(&args.listen, args.tuning.edge.http_backlog)
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let bound = listener.local_addr()?;
-            parts.addr = Some(bound);
-            let _ = parts.local_node.http_addr.set(bound);
-            let limits = args.http_limits();
-            let state = HttpState {
-                node: parts.local_node.clone(),
-                bus,
-                quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
-                limits,
-                metrics: parts.metrics.clone(),
-                notify: parts.hub.clone(),
-                stats: parts.stats_hub.clone(),
-                redis: parts.redis.clone(),
-                cluster: parts.cluster.clone(),
-            };
-            let server = crate::http::server(listener, state, args.tuning.http_workers)?;
-            tracing::info!(addr = %bound, "web role listening");
-            let web = Web::start(server, &parts.shutdown);
-            spawn(parts, web).await
         }
-    }
+    };
+}
+
+crate::roles::with_roles!(start_dispatch);
+
+/// What the web role serves: binds `--listen` when the role starts and builds the HTTP server
+/// over this node's parts.
+fn http_front(
+    args: &RunArgs,
+    bus: &Bus,
+    local_node: &Arc<LocalNode>,
+    stats_hub: &Arc<StatsHub>,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+    redis: &Option<Arc<RedisLink>>,
+    cluster: &Option<Arc<ClusterLink>>,
+) -> HttpFront {
+    let listen = args.listen.clone();
+    let edge = args.tuning.edge.clone();
+    let workers = args.tuning.http_workers;
+    let limits = args.http_limits();
+    let (bus, node, stats, metrics) = (
+        bus.clone(),
+        local_node.clone(),
+        stats_hub.clone(),
+        metrics.clone(),
+    );
+    let (redis, cluster) = (redis.clone(), cluster.clone());
+    Box::new(move |notify| {
+        if edge.raise_open_files {
+            crate::http::limits::raise_open_files();
+        }
+        let listener = crate::http::limits::bind(&listen, edge.http_backlog)
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener.local_addr()?;
+        let _ = node.http_addr.set(bound);
+        let state = HttpState {
+            node,
+            bus,
+            quotas: Arc::new(crate::http::quotas::Quotas::new(&limits)),
+            limits,
+            metrics,
+            notify,
+            stats,
+            redis,
+            cluster,
+        };
+        Ok((crate::http::server(listener, state, workers)?, bound))
+    })
 }
 
 impl Node {
@@ -236,34 +161,45 @@ impl Node {
             delay if delay.is_zero() => jobs,
             delay => jobs.register(crate::jobs::hash::HashJob { delay }),
         };
-        let mut parts = Parts {
-            args: &args,
+        let http = roles.contains(Role::Web).then(|| {
+            http_front(
+                &args,
+                &bus,
+                &local_node,
+                &stats_hub,
+                &metrics,
+                &redis,
+                &cluster,
+            )
+        });
+        let mut ctx = RoleContext {
             bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            settings: args.role_settings(),
             node_id: node_id.clone(),
-            local_node,
+            roles: roles.0.clone(),
+            job_kinds: jobs.kinds().iter().map(|k| k.to_string()).collect(),
             stats_hub: stats_hub.clone(),
-            metrics: metrics.clone(),
-            jobs: jobs.clone(),
             redis: redis.clone(),
             cluster: cluster.clone(),
+            http,
             store: None,
             hub: None,
             wake_workers: None,
-            shutdown: shutdown.clone(),
             addr: None,
         };
         let mut actors = Vec::new();
         for role in Role::in_start_order(&roles.0) {
             if role == Role::Web {
                 // Everything the front calls is up: serve other processes, then clients.
-                serve_transports(&parts, &args).await?;
+                serve_transports(&ctx, &args).await?;
             }
-            actors.push(start_role(role, &mut parts).await?);
+            actors.push(start_role(role, &mut ctx).await?);
         }
         if !roles.contains(Role::Web) {
-            serve_transports(&parts, &args).await?;
+            serve_transports(&ctx, &args).await?;
         }
-        let workers = match (&parts.wake_workers, args.jobs.job_workers) {
+        let workers = match (&ctx.wake_workers, args.jobs.job_workers) {
             (Some(wake), n) if n > 0 => Some(WorkerPool::start(
                 bus.clone(),
                 jobs,
@@ -276,7 +212,7 @@ impl Node {
         tracing::info!(
             node = %node_id,
             roles = ?roles.0.iter().map(|r| r.name()).collect::<Vec<_>>(),
-            addr = ?parts.addr,
+            addr = ?ctx.addr,
             redis = redis.is_some(),
             cluster = cluster.is_some(),
             data = %args.data.display(),
@@ -284,17 +220,17 @@ impl Node {
         );
         Ok(Node {
             bus,
-            addr: parts.addr,
+            addr: ctx.addr,
             metrics_addr,
             actors,
-            store: parts.store,
-            hub: parts.hub,
+            store: ctx.store,
+            hub: ctx.hub,
             redis,
             cluster,
             workers,
             shutdown,
             stop_timeout: args.tuning.shutdown_timeout + Duration::from_secs(5),
-            local_node: parts.local_node,
+            local_node,
             drain_delay: args.tuning.edge.drain_delay,
         })
     }
@@ -480,7 +416,7 @@ fn store_nodes_agree(
 
 /// Offers this node's roles to other processes (Redis consumers, cluster gateways), relays
 /// events, and creates the configured admin once the store answers.
-async fn serve_transports(parts: &Parts<'_>, args: &RunArgs) -> anyhow::Result<()> {
+async fn serve_transports(ctx: &RoleContext, args: &RunArgs) -> anyhow::Result<()> {
     let served: Vec<Role> = args
         .roles
         .0
@@ -488,13 +424,13 @@ async fn serve_transports(parts: &Parts<'_>, args: &RunArgs) -> anyhow::Result<(
         .copied()
         .filter(|r| !matches!(r, Role::Web | Role::Notify))
         .collect();
-    parts.bus.serve(&served).await?;
-    if let Some(link) = &parts.redis {
-        link.relay_events(parts.bus.clone());
+    ctx.bus.serve(&served).await?;
+    if let Some(link) = &ctx.redis {
+        link.relay_events(ctx.bus.clone());
     }
     if let Some(email) = &args.admin_email {
         if args.roles.contains(Role::Store) {
-            bootstrap_admin(&parts.bus, email, args.admin_password.as_deref()).await?;
+            bootstrap_admin(&ctx.bus, email, args.admin_password.as_deref()).await?;
         } else {
             tracing::info!("no store role here: the admin is created by a node that has one");
         }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::auth::CheckPassword;
 use super::store::{self, JobInserted};
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Handler, Service};
 use crate::domain::password::{self, Password};
 use crate::domain::{
@@ -156,6 +157,19 @@ pub struct AppHandler {
 impl Service for AppHandler {
     const ROLE: crate::bus::Role = crate::bus::Role::App;
     type Call = AppCall;
+}
+
+/// Starts the role; the node's job workers (started after the roles) wait on its wake-up.
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let wake_workers = Arc::new(Notify::new());
+    ctx.wake_workers = Some(wake_workers.clone());
+    let handler = AppHandler {
+        bus: ctx.bus.clone(),
+        job_kinds: ctx.job_kinds.clone(),
+        wake_workers,
+        max_unfinished_jobs: ctx.settings.user_max_unfinished_jobs,
+    };
+    ctx.spawn(handler).await
 }
 
 fn forbid_unless(allowed: bool, what: &str) -> Result<()> {

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::store::{DeleteToken, GetCredentials, GetSession, InsertToken, InsertUser};
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, EventKind, Handler, Service};
 use crate::domain::password::{self, Password, MAX_PASSWORD_CHARS};
 use crate::domain::user::{normalise_email, MAX_EMAIL_BYTES};
@@ -274,6 +275,14 @@ pub struct AuthHandler {
 impl Service for AuthHandler {
     const ROLE: crate::bus::Role = crate::bus::Role::Auth;
     type Call = AuthCall;
+}
+
+/// Starts the role, with its cache following account changes made on any node.
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let shared = AuthShared::new(ctx.settings.auth.clone());
+    ctx.shutdown.spawn(shared.follow_account_changes(&ctx.bus));
+    let bus = ctx.bus.clone();
+    ctx.spawn(AuthHandler { bus, shared }).await
 }
 
 impl Handler<Validate> for AuthHandler {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Event, NoRequests, Service};
 use crate::shutdown::Shutdown;
 
@@ -291,6 +292,14 @@ impl Service for Notify {
     async fn stop(&self) {
         self.forwarder.stop().await;
     }
+}
+
+/// Starts the role: its hub (which the web role serves clients from) and the event forwarder.
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let hub = NotifyHub::new(ctx.settings.client_buffer, ctx.settings.event_replay);
+    ctx.hub = Some(hub.clone());
+    let notify = Notify::start(&ctx.bus, hub, &ctx.shutdown);
+    ctx.spawn(notify).await
 }
 
 #[cfg(test)]

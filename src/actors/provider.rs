@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::store::{GetUser, InsertItems, InsertItemsOnce, SampleUserIds};
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Handler, Service};
 use crate::error::{Error, Result};
 use crate::providers::webhooks::WebhookConfig;
@@ -136,6 +137,12 @@ impl Service for Provider {
     async fn stop(&self) {
         self.tasks.stop().await;
     }
+}
+
+/// Starts the role: the random provider (when its rate is above 0) and the webhooks.
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let provider = Provider::start(ctx.bus.clone(), ctx.settings.provider.clone(), &ctx.shutdown);
+    ctx.spawn(provider).await
 }
 
 impl Provider {

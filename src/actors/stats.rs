@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Handler, Role, Service};
 use crate::error::Result;
 
@@ -116,6 +117,20 @@ pub struct Stats {
 impl Service for Stats {
     const ROLE: Role = Role::Stats;
     type Call = StatsCall;
+}
+
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let stats = Stats {
+        bus: ctx.bus.clone(),
+        node_id: ctx.node_id.clone(),
+        roles: ctx.roles.clone(),
+        started: Instant::now(),
+        started_at: Utc::now(),
+        hub: ctx.stats_hub.clone(),
+        redis: ctx.redis.clone(),
+        cluster: ctx.cluster.clone(),
+    };
+    ctx.spawn(stats).await
 }
 
 impl Handler<Snapshot> for Stats {

@@ -11,10 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Event, EventKind, Handler, Service};
 use crate::domain::{
     Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
@@ -288,6 +290,25 @@ impl Service for StoreHandler {
         metrics::histogram!("gorgon_store_op_duration_seconds", "op" => kind)
             .record(elapsed.as_secs_f64());
     }
+}
+
+/// Opens the node's database and starts the role on it.
+pub async fn start(ctx: &mut RoleContext) -> anyhow::Result<Spawned> {
+    let backend = &ctx.settings.backend;
+    let store: Arc<dyn Store> = backend
+        .open(ctx.settings.store.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the {} store at {}",
+                backend.name(),
+                backend.location()
+            )
+        })?;
+    tracing::info!(backend = backend.name(), at = %backend.location(), "store open");
+    ctx.store = Some(store.clone());
+    let bus = ctx.bus.clone();
+    ctx.spawn(StoreHandler { store, bus }).await
 }
 
 impl Handler<InsertUser> for StoreHandler {

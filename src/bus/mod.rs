@@ -41,11 +41,11 @@ use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 
-/// Declares the roles, one line each: name and place in the start order. Writes the enum,
-/// `ALL`, the names and the start order.
-macro_rules! roles {
-    ($( $(#[$doc:meta])* $role:ident => $name:literal, start $rank:literal, )+) => {
-        /// The roles of the design, by name.
+/// Writes the `Role` enum, `ALL`, the names and the start order from the table in
+/// [`crate::roles`].
+macro_rules! define_roles {
+    ($( $(#[$doc:meta])* $role:ident => $module:ident, $name:literal, start $rank:literal, )+) => {
+        /// The roles of the design, by name (the table is [`crate::roles`]).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
         #[serde(rename_all = "lowercase")]
         pub enum Role {
@@ -71,17 +71,7 @@ macro_rules! roles {
     };
 }
 
-// A node starts its roles by rank and stops them in reverse: the store first, so every role
-// that needs it finds it; the web front last, so no client arrives before the roles it calls.
-roles! {
-    Web => "web", start 6,
-    Auth => "auth", start 1,
-    App => "app", start 2,
-    Store => "store", start 0,
-    Provider => "provider", start 5,
-    Notify => "notify", start 4,
-    Stats => "stats", start 3,
-}
+crate::roles::with_roles!(define_roles);
 
 impl Role {
     /// The process group its instances join.
