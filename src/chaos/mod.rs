@@ -549,6 +549,16 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     outcome
 }
 
+/// When the plan kills a front (milliseconds from the start).
+fn front_kills(plan: &Plan, topology: &Topology) -> Vec<u32> {
+    plan.faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::Kill)
+        .filter(|f| topology.fronts().any(|(_, node)| node.name == f.target))
+        .map(|f| f.at.as_millis().min(u128::from(u32::MAX)) as u32)
+        .collect()
+}
+
 fn describe_nodes(topology: &Topology) -> String {
     let nodes: Vec<String> = topology
         .nodes
@@ -699,7 +709,7 @@ async fn run_in(
         writes_exactly_once(&http, &base, &admin, &workload).await,
         jobs.check(&http, &base, &probe_tokens[1], JOBS_SETTLE)
             .await,
-        report::all_answered(&samples, args.deadline),
+        report::all_answered(&samples, args.deadline, &front_kills(&plan, topology)),
         sse.check(&acked_ids),
         recovery,
     ];
