@@ -440,6 +440,11 @@ pub struct QueueTuning {
     /// Messages a consumer works on at once (per queue).
     #[arg(long, env = "GORGON_QUEUE_INFLIGHT", default_value_t = 256)]
     pub queue_inflight: usize,
+    /// How long a call waiting for its reply through Redis still waits once the node's
+    /// connection to Redis is back after it was lost (a reply published meanwhile is lost); then
+    /// it answers 503 instead of waiting out its deadline.
+    #[arg(long, env = "GORGON_REDIS_REPLY_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub redis_reply_grace: Duration,
 }
 
 impl QueueTuning {
@@ -452,6 +457,7 @@ impl QueueTuning {
             retry_base: self.queue_retry_base,
             batch: self.queue_batch.clamp(1, 10_000),
             inflight: self.queue_inflight.clamp(1, 100_000),
+            reply_grace: self.redis_reply_grace,
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct RedisConfig {
     pub retry_base: Duration,
     pub batch: usize,
     pub inflight: usize,
+    /// How long a call still waits for its reply once the node's inbox is back after a lost
+    /// connection (a reply sent meanwhile is lost).
+    pub reply_grace: Duration,
 }
 
 impl RedisConfig {
@@ -70,6 +73,7 @@ impl RedisConfig {
             retry_base: Duration::from_millis(200),
             batch: 64,
             inflight: 256,
+            reply_grace: Duration::from_secs(2),
         }
     }
 }
@@ -152,6 +156,7 @@ impl RedisLink {
         // have installed it first, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = open_client(&config.url)?;
+        let reply_grace = config.reply_grace;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -172,7 +177,7 @@ impl RedisLink {
             keys,
             node: node.to_string(),
             reply_key,
-            replies: replies::Pending::default(),
+            replies: replies::Pending::new(reply_grace),
             outbox: outbox::Outbox::new(),
             healthy: AtomicBool::new(false),
             healthy_since: Mutex::new(None),
@@ -413,11 +418,15 @@ impl RedisLink {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        waiter.wait(timeout).await.ok_or_else(|| {
-            Error::Timeout(format!(
+        waiter.wait(timeout).await.map_err(|why| match why {
+            replies::NoReply::Timeout => Error::Timeout(format!(
                 "the {role} role did not answer within {} ms",
                 timeout.as_millis()
-            ))
+            )),
+            replies::NoReply::Lost => Error::Unavailable(format!(
+                "the connection to Redis was lost while waiting for the {role} role's answer \
+                 (the request may still be applied); try again shortly"
+            )),
         })
     }
 

@@ -1,8 +1,11 @@
 //! Replies: each node has one reply channel (`r:{node}`); its inbox hands each reply to the call
 //! waiting for its correlation id. A call that gives up removes its waiter, so a late reply finds
-//! nobody, is counted and dropped: nothing accumulates. Replies are not durable (a node that is
-//! disconnected when its reply is published gets a timeout, as for a lost reply); the work a
-//! durable request asked for is, and stays done.
+//! nobody, is counted and dropped: nothing accumulates. Replies are not durable: one published
+//! while the inbox was disconnected is lost (the work a durable request asked for is not, and
+//! stays done). So when the inbox subscribes again after losing its connection, every call
+//! waiting at that moment waits at most a grace period more (`--redis-reply-grace`, for replies
+//! sent again once Redis is back) and is then told its reply was lost, rather than waiting out
+//! its whole deadline (30 s for a durable request) for a reply that cannot come.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::envelope::{reply_frame, split_reply, unpack, RawEnvelope};
@@ -25,12 +28,33 @@ type Result = Vec<u8>;
 type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Result>>>>;
 
 /// Calls waiting for their reply, by correlation id.
-#[derive(Default)]
 pub struct Pending {
     waiters: Waiters,
+    /// Counts the inbox's returns after a lost connection: replies may have been lost.
+    gaps: watch::Sender<u64>,
+    /// How long a waiting call still waits after such a return.
+    grace: Duration,
+}
+
+/// Why a call has no reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoReply {
+    /// None came within the call's deadline.
+    Timeout,
+    /// The inbox lost its connection while the call waited, and no reply came within the grace
+    /// period after it was back.
+    Lost,
 }
 
 impl Pending {
+    pub fn new(grace: Duration) -> Pending {
+        Pending {
+            waiters: Waiters::default(),
+            gaps: watch::channel(0).0,
+            grace,
+        }
+    }
+
     pub fn register(&self, id: Uuid) -> Waiter {
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(id, tx);
@@ -38,7 +62,14 @@ impl Pending {
             id,
             rx: Some(rx),
             waiters: self.waiters.clone(),
+            gaps: self.gaps.subscribe(),
+            grace: self.grace,
         }
+    }
+
+    /// The inbox is subscribed again after losing its connection.
+    fn gap(&self) {
+        self.gaps.send_modify(|n| *n += 1);
     }
 
     fn deliver(&self, id: Uuid, result: Result) -> bool {
@@ -58,13 +89,30 @@ pub struct Waiter {
     id: Uuid,
     rx: Option<oneshot::Receiver<Result>>,
     waiters: Waiters,
+    gaps: watch::Receiver<u64>,
+    grace: Duration,
 }
 
 impl Waiter {
-    /// The reply's `result`, or `None` when none came in time.
-    pub async fn wait(mut self, timeout: Duration) -> Option<Result> {
-        let rx = self.rx.take()?;
-        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    /// The reply's `result`, or why there is none.
+    pub async fn wait(mut self, timeout: Duration) -> std::result::Result<Result, NoReply> {
+        let Some(rx) = self.rx.take() else {
+            return Err(NoReply::Timeout);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let grace = self.grace;
+        let gaps = &mut self.gaps;
+        let lost = async move {
+            if gaps.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            reply = rx => reply.map_err(|_| NoReply::Timeout),
+            _ = tokio::time::sleep_until(deadline) => Err(NoReply::Timeout),
+            _ = lost => Err(NoReply::Lost),
+        }
     }
 }
 
@@ -84,6 +132,7 @@ pub async fn listen(link: Arc<RedisLink>) {
     let packed_reply_channel = link.keys.replies_packed(&link.node);
     let direct_pattern = link.keys.direct("*", &link.node);
     let packed_direct_pattern = link.keys.direct_packed("*", &link.node);
+    let mut lost_connection = false;
     loop {
         let subscribed = async {
             let mut pubsub = link.client.get_async_pubsub().await?;
@@ -111,6 +160,9 @@ pub async fn listen(link: Arc<RedisLink>) {
         };
         failures = 0;
         link.inbox_ready.send_replace(true);
+        if std::mem::take(&mut lost_connection) {
+            link.replies.gap();
+        }
         let mut messages = pubsub.on_message();
         loop {
             let message = tokio::select! {
@@ -152,6 +204,7 @@ pub async fn listen(link: Arc<RedisLink>) {
             }
         }
         link.inbox_ready.send_replace(false);
+        lost_connection = true;
         tracing::debug!("inbox connection lost; resubscribing");
         if stop.sleep(Duration::from_millis(100)).await {
             return;
@@ -220,17 +273,49 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_reaches_its_waiter_and_a_late_one_is_dropped() {
-        let pending = Pending::default();
+        let pending = Pending::new(Duration::from_secs(2));
         let id = Uuid::now_v7();
         let waiter = pending.register(id);
         let raw = b"{\"Ok\":\"Done\"}".to_vec();
         assert!(pending.deliver(id, raw.clone()));
-        assert_eq!(waiter.wait(Duration::from_secs(1)).await, Some(raw.clone()));
+        assert_eq!(waiter.wait(Duration::from_secs(1)).await, Ok(raw.clone()));
         // A waiter that timed out is gone: its reply is refused and nothing is kept.
         let late = Uuid::now_v7();
         let waiter = pending.register(late);
-        assert!(waiter.wait(Duration::from_millis(10)).await.is_none());
+        assert_eq!(
+            waiter.wait(Duration::from_millis(10)).await,
+            Err(NoReply::Timeout)
+        );
         assert_eq!(pending.len(), 0);
         assert!(!pending.deliver(late, raw));
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_across_a_lost_connection_waits_only_the_grace_more() {
+        let grace = Duration::from_millis(300);
+        let pending = Arc::new(Pending::new(grace));
+        let raw = b"{\"Ok\":\"Done\"}".to_vec();
+        // Its reply comes within the grace: answered.
+        let answered = Uuid::now_v7();
+        let waiter = pending.register(answered);
+        let waiting = tokio::spawn(waiter.wait(Duration::from_secs(30)));
+        pending.gap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(pending.deliver(answered, raw.clone()));
+        assert_eq!(waiting.await.unwrap(), Ok(raw));
+        // None comes: told it was lost after the grace, not at its 30 s deadline.
+        let lost = pending.register(Uuid::now_v7());
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn(lost.wait(Duration::from_secs(30)));
+        pending.gap();
+        assert_eq!(waiting.await.unwrap(), Err(NoReply::Lost));
+        let took = started.elapsed();
+        assert!(took >= grace && took < Duration::from_secs(10), "{took:?}");
+        // A call registered after the gap is not affected by it.
+        let later = pending.register(Uuid::now_v7());
+        assert_eq!(
+            later.wait(Duration::from_millis(500)).await,
+            Err(NoReply::Timeout)
+        );
     }
 }
