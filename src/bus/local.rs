@@ -195,8 +195,14 @@ fn late(role: Role, timeout: Duration) -> Error {
 }
 
 /// Calls a local instance of the request's role, with no encoding at all.
+/// Calls a local instance and waits up to `timeout`. A zero timeout has passed already: the
+/// request is not sent (tokio rounds a timer up to its next millisecond tick, in which a fast
+/// role could still answer, and do the work of a caller told it failed).
 pub(super) async fn call<R: Request>(bus: &Bus, request: R, timeout: Duration) -> Result<R::Reply> {
     let role = <R::Call as Call>::ROLE;
+    if timeout.is_zero() {
+        return Err(late(role, timeout));
+    }
     let (port, answer) = oneshot::channel::<Result<R::Reply>>();
     let message = Inbound {
         call: R::Call::from(request),
@@ -244,6 +250,9 @@ impl<C: Call> Endpoint for EndpointOf<C> {
                     error: Some(error),
                 })
             };
+            if timeout.is_zero() {
+                return failed(late(role, timeout));
+            }
             let (port, answer) = oneshot::channel();
             let message = Inbound {
                 call,
