@@ -13,17 +13,14 @@ import json
 import os
 import sys
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
+
+from browser import open_page
 
 ENV = os.environ
 BASE = ENV["MARKS_BASE"]
 TOKEN = ENV["MARKS_ADMIN_TOKEN"]
 ARTIFACTS = ENV["MARKS_ARTIFACTS"]
-CHROMIUM = ENV.get("CONSOLE_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # The charts' background (#171d24).
 BACKGROUND = [23, 29, 36]
 
@@ -65,13 +62,7 @@ def distance(a, b):
 
 def main():
     os.makedirs(ARTIFACTS, exist_ok=True)
-    expect.set_options(timeout=15_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(15_000)
-        page.on("console", on_console)
-        page.on("pageerror", lambda e: report["console_errors"].append(str(e)))
+    with open_page(report, on_console) as page:
 
         # Anonymous: the public charts with their marks.
         page.goto(BASE + "/dashboard")
@@ -126,7 +117,6 @@ def main():
         pause = next(m for m in after["marks"] if m["id"] == "pause-store-1")
         assert pause["x1"] < width - 5, pause
         section.screenshot(path=os.path.join(ARTIFACTS, "heatmap-healed.png"))
-        browser.close()
     print(json.dumps(report))
 
 

@@ -13,18 +13,15 @@ import os
 import re
 import sys
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
+
+from browser import open_page
 
 ENV = os.environ
 BASE = ENV["CONSOLE_BASE"]
 QUEUE = ENV["CONSOLE_QUEUE"]
 JOB = ENV["CONSOLE_JOB"]
 ARTIFACTS = ENV["CONSOLE_ARTIFACTS"]
-CHROMIUM = ENV.get("CONSOLE_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ADMIN_PANELS = ["#panel-queues", "#panel-dead", "#panel-jobs", "#panel-nodes"]
 ADMIN_DATA = ["#queues-table", "#dead-table", "#jobs-table", "#nodes-table", "#job-fields"]
 
@@ -77,13 +74,7 @@ def confirm(page, action):
 
 def main():
     os.makedirs(ARTIFACTS, exist_ok=True)
-    expect.set_options(timeout=15_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(15_000)
-        page.on("console", on_console)
-        page.on("pageerror", lambda e: report["console_errors"].append(str(e)))
+    with open_page(report, on_console) as page:
 
         # Anonymous: the public stats, nothing else; the admin API refuses the page.
         page.goto(BASE + "/dashboard")
@@ -214,7 +205,6 @@ def main():
         still = page.evaluate(
             "t => fetch('/api/v1/admin/queues', {headers: {Authorization: 'Bearer ' + t}}).then(r => r.status)", token)
         assert still == 200, still
-        browser.close()
     print(json.dumps(report))
 
 
