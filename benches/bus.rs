@@ -1,6 +1,7 @@
 //! The bus's own cost in one process: calls per second of a request whose handler does nothing,
-//! answered on the spot (`answer_now`, no task) and on a task of the role's (`handle`), by 1 and
-//! by 64 concurrent callers. What a local role call costs on top of the work it asks for.
+//! answered on the spot (`answer_now`: on the caller's thread, no mailbox, no task) and on a task
+//! of the role's (`handle`, through the actor's mailbox), by 1 and by 64 concurrent callers. What
+//! a local role call costs on top of the work it asks for.
 //!
 //! `cargo bench --bench bus`; calls per case: `GORGON_BENCH_CALLS` (default 400000).
 
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 gorgon::requests! {
     role Stats, call BenchCall;
-    /// Answered by the actor itself.
+    /// Answered on the caller's thread.
     Quick => "quick", direct, u64;
     /// Answered on a task of the role's.
     Tasked => "tasked", direct, u64;

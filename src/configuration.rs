@@ -252,8 +252,9 @@ pub struct Tuning {
     /// page of at most this many items is then read without the database.
     #[arg(long, env = "GORGON_STORE_RECENT_ITEMS", default_value_t = 10)]
     pub store_recent_items: u32,
-    /// Memory those lists may take, in MiB; the least used are dropped beyond it.
-    #[arg(long, env = "GORGON_STORE_RECENT_MIB", default_value_t = 64)]
+    /// Memory those lists may take, in MiB, counting each list's items and their JSON (kept
+    /// encoded for reads); the least used are dropped beyond it.
+    #[arg(long, env = "GORGON_STORE_RECENT_MIB", default_value_t = 128)]
     pub store_recent_mib: u32,
     /// How often a background thread checkpoints the store's write-ahead log after commits
     /// ("0s": SQLite's automatic checkpoints, which stall the writer during their fsync).

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{RoleContext, Spawned};
 use crate::bus::{Bus, Event, EventKind, Handler, Service};
 use crate::domain::{
-    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
+    Item, ItemList, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
     UserPatch,
 };
 use crate::error::Result;
@@ -46,7 +46,7 @@ crate::requests! {
     GetItem => "get_item", direct, Item;
     UpdateItem => "update_item", durable, Item;
     DeleteItem => "delete_item", durable, ();
-    ListUserItems => "list_user_items", direct, Vec<Item>;
+    ListUserItems => "list_user_items", direct, ItemList;
     SearchItems => "search_items", direct, Vec<Item>;
     SampleUserIds => "sample_user_ids", direct, Vec<Uuid>;
     InsertJob => "insert_job", durable, JobInserted;
@@ -477,19 +477,19 @@ impl ListUserItems {
 }
 
 impl Handler<ListUserItems> for StoreHandler {
-    /// A user's newest items held in memory are answered by the actor itself, without a task.
+    /// A user's newest items held in memory are answered on the caller's thread, without a task.
     fn answer_now(
         &self,
         r: ListUserItems,
-    ) -> std::result::Result<Result<Vec<Item>>, ListUserItems> {
+    ) -> std::result::Result<Result<ItemList>, ListUserItems> {
         match self.store.recent_user_items(r.user_id, r.page()) {
             Some(items) => Ok(Ok(items)),
             None => Err(r),
         }
     }
 
-    async fn handle(self: Arc<Self>, r: ListUserItems) -> Result<Vec<Item>> {
-        self.store.list_user_items(r.user_id, r.page()).await
+    async fn handle(self: Arc<Self>, r: ListUserItems) -> Result<ItemList> {
+        self.store.list_user_items(r.user_id, r.page()).await.map(ItemList::from)
     }
 }
 

@@ -3,10 +3,13 @@
 //!
 //! A role is a [`Service`] (its handler) inside a [`RoleActor`]: the actor joins the node's
 //! process group of the role, hands each call to the handler (on a bounded task when it must
-//! wait), and on stop leaves the group, waits for running requests and stops the service.
+//! wait), and on stop leaves the group, waits for running requests and stops the service. A call
+//! the handler can answer without waiting (`Handler::answer_now`: a cache hit) never reaches the
+//! mailbox: [`send`] asks the handler on the caller's thread first.
 //! Requests from a transport arrive as bytes: [`answer`] decodes them with the codec of the
 //! transport into the role's `Call`, hands them to a local instance and encodes the reply.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -64,9 +67,10 @@ impl<S: Service> Actor for RoleActor<S> {
         myself: ActorRef<Self::Msg>,
         args: RoleArgs<S>,
     ) -> std::result::Result<RoleState<S>, ActorProcessingErr> {
-        args.bus.join::<S>(myself.get_cell());
+        let service = Arc::new(args.service);
+        args.bus.join::<S>(myself.get_cell(), &service);
         Ok(RoleState {
-            service: Arc::new(args.service),
+            service,
             bus: args.bus,
             inflight: Inflight::new(args.concurrency),
         })
@@ -159,19 +163,63 @@ pub(super) fn has_members(bus: &Bus, role: Role) -> bool {
     !bus.members(role).read().is_empty()
 }
 
-/// Sends `message` to one local instance of `role` (round-robin), as the actor of its `Call`;
-/// an instance that is gone is forgotten and the next one tried.
+/// One local instance of a role, as the bus holds it: its actor, and a door to its handler for
+/// answers that need no waiting.
+pub(super) struct Member {
+    pub(super) cell: ractor::ActorCell,
+    /// An [`AnswerNow`] of the role's `Call`, type-erased so one list holds every role.
+    now: Arc<dyn Any + Send + Sync>,
+}
+
+/// Asks the handler for an answer on the caller's thread; hands the message back when it must
+/// wait (a cache miss, a write).
+type AnswerNow<C> = Box<dyn Fn(Inbound<C>) -> Option<Inbound<C>> + Send + Sync>;
+
+impl Member {
+    pub(super) fn new<S: Service>(cell: ractor::ActorCell, service: &Arc<S>) -> Member {
+        let service = service.clone();
+        let now: AnswerNow<S::Call> = Box::new(move |Inbound { call, reply }| {
+            let kind = call.kind();
+            let started = Instant::now();
+            match call.answer_now(&service, reply) {
+                Ok(()) => {
+                    service.observe(kind, started.elapsed());
+                    None
+                }
+                Err((call, reply)) => Some(Inbound { call, reply }),
+            }
+        });
+        Member {
+            cell,
+            now: Arc::new(now),
+        }
+    }
+}
+
+/// Hands `message` to one local instance of `role` (round-robin): answered on the caller's
+/// thread when the handler needs no waiting (a cache hit: no mailbox, no thread hop, no task),
+/// else sent to the instance's actor. An instance that is gone is forgotten and the next one
+/// tried.
 fn send<C: Call>(bus: &Bus, role: Role, mut message: Inbound<C>) -> Result<()> {
     loop {
-        let actor: ActorRef<Inbound<C>> = {
+        // Taken out of the lock: a handler answering now may itself use the bus.
+        let (cell, now) = {
             let members = bus.members(role).read();
             if members.is_empty() {
                 return Err(Error::Unavailable(format!(
                     "no {role} role is reachable from this node"
                 )));
             }
-            members[bus.next_index(role, members.len())].clone().into()
+            let member = &members[bus.next_index(role, members.len())];
+            (member.cell.clone(), member.now.clone())
         };
+        if let Some(now) = now.downcast_ref::<AnswerNow<C>>() {
+            match now(message) {
+                None => return Ok(()),
+                Some(back) => message = back,
+            }
+        }
+        let actor: ActorRef<Inbound<C>> = cell.into();
         match actor.send_message(message) {
             Ok(()) => return Ok(()),
             Err(ractor::MessagingErr::SendErr(returned)) => {

@@ -49,7 +49,8 @@ pub trait Handler<R: Request>: Send + Sync + 'static {
     fn handle(self: Arc<Self>, request: R) -> impl Future<Output = Result<R::Reply>> + Send;
 
     /// Answers on the spot when that needs no waiting (a cache hit, say), without a task;
-    /// otherwise hands the request back to [`Handler::handle`].
+    /// otherwise hands the request back to [`Handler::handle`]. Asked on the caller's thread
+    /// (an HTTP worker, a transport's task) before the role's mailbox: it must never block.
     fn answer_now(&self, request: R) -> std::result::Result<Result<R::Reply>, R> {
         Err(request)
     }
@@ -75,6 +76,10 @@ pub trait Service: Send + Sync + Sized + 'static {
 pub trait Dispatch<H>: Call {
     /// `None`: answered already; `Some`: the work to run (on a task of the role's own).
     fn dispatch(self, handler: &Arc<H>, reply: Replier) -> Option<BoxFuture<'static, ()>>;
+
+    /// Answers on the caller's thread when the handler can without waiting
+    /// ([`Handler::answer_now`]); otherwise hands the call and its replier back.
+    fn answer_now(self, handler: &H, reply: Replier) -> std::result::Result<(), (Self, Replier)>;
 }
 
 /// The `Call` of a role that answers no requests (web, notify): it has no values.
@@ -94,6 +99,9 @@ impl Call for NoRequests {
 
 impl<H: Send + Sync + 'static> Dispatch<H> for NoRequests {
     fn dispatch(self, _: &Arc<H>, _: Replier) -> Option<BoxFuture<'static, ()>> {
+        match self {}
+    }
+    fn answer_now(self, _: &H, _: Replier) -> std::result::Result<(), (Self, Replier)> {
         match self {}
     }
 }
@@ -339,6 +347,22 @@ macro_rules! requests {
             ) -> Option<$crate::bus::message::BoxFuture<'static, ()>> {
                 match self {
                     $( $call::$req(request) => $crate::bus::message::run(handler, request, reply), )+
+                }
+            }
+
+            fn answer_now(
+                self,
+                handler: &H,
+                reply: $crate::bus::Replier,
+            ) -> std::result::Result<(), (Self, $crate::bus::Replier)> {
+                match self {
+                    $( $call::$req(request) => match $crate::bus::Handler::<$req>::answer_now(handler, request) {
+                        Ok(answer) => {
+                            reply.send(answer);
+                            Ok(())
+                        }
+                        Err(request) => Err(($call::$req(request), reply)),
+                    }, )+
                 }
             }
         }

@@ -144,7 +144,7 @@ pub struct Bus {
 struct BusInner {
     /// This node's instances of each role (indexed by `Role as usize`): the role actors join
     /// and leave it; a lookup is a read lock, with no allocation.
-    members: Vec<RwLock<Vec<ractor::ActorCell>>>,
+    members: Vec<RwLock<Vec<local::Member>>>,
     config: BusConfig,
     events: broadcast::Sender<Arc<Event>>,
     /// How many times this node may have missed other nodes' events (a lost subscription):
@@ -353,20 +353,22 @@ impl Bus {
     }
 
     /// Registers a local actor as an instance of its service's role.
-    pub fn join<S: Service>(&self, actor: ractor::ActorCell) {
+    pub fn join<S: Service>(&self, actor: ractor::ActorCell, service: &Arc<S>) {
         self.inner.endpoints.add::<S::Call>(S::ROLE);
-        self.inner.members[S::ROLE as usize].write().push(actor);
+        self.inner.members[S::ROLE as usize]
+            .write()
+            .push(local::Member::new(actor, service));
     }
 
     pub fn leave(&self, role: Role, actor: &ractor::ActorCell) {
         let id = actor.get_id();
         self.inner.members[role as usize]
             .write()
-            .retain(|m| m.get_id() != id);
+            .retain(|m| m.cell.get_id() != id);
     }
 
     /// This node's instances of `role`.
-    fn members(&self, role: Role) -> &RwLock<Vec<ractor::ActorCell>> {
+    fn members(&self, role: Role) -> &RwLock<Vec<local::Member>> {
         &self.inner.members[role as usize]
     }
 

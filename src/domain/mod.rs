@@ -6,6 +6,7 @@
 
 mod fields;
 pub mod item;
+pub mod item_list;
 pub mod job;
 pub mod page;
 pub mod password;
@@ -15,6 +16,7 @@ pub mod user;
 
 pub use fields::{Extra, Location};
 pub use item::{Item, ItemPatch, NewItem};
+pub use item_list::ItemList;
 pub use job::{Job, JobOutcome, JobState, NewJob};
 pub use page::Page;
 pub use search::SearchQuery;

@@ -1,6 +1,7 @@
 //! `/info/{uid}` and `/info/{uid}/{limit}/{offset}`: the original Gorgon's read route, kept.
 //! A user's newest items (10 by default), public.
 
+use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,7 +11,7 @@ use super::error::ErrorBody;
 use super::users::page;
 use super::HttpState;
 use crate::actors::store::ListUserItems;
-use crate::domain::Item;
+use crate::domain::{Item, ItemList, Page};
 use crate::error::Error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -36,12 +37,41 @@ async fn respond(
 ) -> Result<HttpResponse, Error> {
     let page = page(limit, offset, &state.limits)?;
     let items = state.bus.call(ListUserItems::new(uid, page)).await?;
-    Ok(HttpResponse::Ok().json(InfoResponse {
-        user_id: uid,
-        limit: page.limit,
-        offset: page.offset,
-        items,
-    }))
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body(uid, page, &items)))
+}
+
+/// The response's JSON, exactly as `serde_json` writes an [`InfoResponse`]; a list from the
+/// store's memory brings its items encoded already.
+fn body(user_id: Uuid, page: Page, items: &ItemList) -> Vec<u8> {
+    let Some(encoded) = items.json() else {
+        let response = InfoBody {
+            user_id,
+            limit: page.limit,
+            offset: page.offset,
+            items,
+        };
+        return serde_json::to_vec(&response).unwrap_or_default();
+    };
+    let head = format!(
+        r#"{{"user_id":"{user_id}","limit":{},"offset":{},"items":"#,
+        page.limit, page.offset
+    );
+    let mut out = Vec::with_capacity(head.len() + encoded.len() + 1);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(encoded);
+    out.push(b'}');
+    out
+}
+
+/// [`InfoResponse`] as written, borrowing its items.
+#[derive(Serialize)]
+struct InfoBody<'a> {
+    user_id: Uuid,
+    limit: u32,
+    offset: u32,
+    items: &'a [Item],
 }
 
 /// A user's 10 newest items.
@@ -76,4 +106,44 @@ pub async fn info_page(
 ) -> Result<HttpResponse, Error> {
     let (uid, limit, offset) = path.into_inner();
     respond(&state, uid, Some(limit), Some(offset)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::item_list::encode_json;
+    use crate::domain::{Extra, NewItem};
+
+    #[test]
+    fn the_encoded_body_is_what_serde_writes() {
+        let user = Uuid::now_v7();
+        let items: Arc<[Item]> = (0..3)
+            .map(|n| {
+                NewItem {
+                    title: format!("a \"quoted\" title {n}"),
+                    body: "two\nlines".into(),
+                    url: Some("https://example.com/x".into()),
+                    location: None,
+                    keywords: vec!["k".into()],
+                    extra: Extra::default(),
+                }
+                .into_item(Uuid::now_v7(), user, crate::domain::now())
+            })
+            .collect();
+        let page = Page::new(10, 0);
+        let expected = serde_json::to_vec(&InfoResponse {
+            user_id: user,
+            limit: 10,
+            offset: 0,
+            items: items.to_vec(),
+        })
+        .unwrap();
+        let kept = ItemList::shared(items.clone(), 10, encode_json(&items));
+        assert!(kept.json().is_some());
+        assert_eq!(body(user, page, &kept), expected);
+        let fresh = ItemList::from(items.to_vec());
+        assert_eq!(body(user, page, &fresh), expected);
+    }
 }

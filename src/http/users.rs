@@ -322,5 +322,5 @@ pub async fn list_user_items(
         .bus
         .call(ListUserItems::new(id.into_inner(), page))
         .await?;
-    Ok(HttpResponse::Ok().json(ItemPage::of(items, page)))
+    Ok(HttpResponse::Ok().json(ItemPage::of(items.into_vec(), page)))
 }

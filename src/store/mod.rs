@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::{
-    Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal, TokenHash, User,
-    UserPatch,
+    Item, ItemList, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal,
+    TokenHash, User, UserPatch,
 };
 use crate::error::Result;
 
@@ -104,7 +104,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_user_items(&self, user_id: Uuid, page: Page) -> Result<Vec<Item>>;
     /// The same page if the backend holds it in memory, answered without waiting; `None`
     /// means "ask [`list_user_items`](Store::list_user_items)".
-    fn recent_user_items(&self, _user_id: Uuid, _page: Page) -> Option<Vec<Item>> {
+    fn recent_user_items(&self, _user_id: Uuid, _page: Page) -> Option<ItemList> {
         None
     }
     /// Items matching every word of `query` in title, body or keywords, newest first.

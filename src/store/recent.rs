@@ -16,11 +16,12 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::domain::Item;
-use crate::domain::Page;
+use crate::domain::item_list::encode_json;
+use crate::domain::{Item, ItemList, Page};
 
 /// Generation counters are striped: one lock per user would be a map of its own.
 const STRIPES: usize = 256;
@@ -28,8 +29,15 @@ const STRIPES: usize = 256;
 pub struct RecentItems {
     /// How many newest items are kept per user; pages within them are served from memory.
     depth: u32,
-    lists: moka::sync::Cache<Uuid, Arc<[Item]>>,
+    lists: moka::sync::Cache<Uuid, Kept>,
     generations: Box<[Mutex<u64>]>,
+}
+
+/// A user's list as kept: the items, and their JSON encoded once for every read of them.
+#[derive(Clone)]
+struct Kept {
+    items: Arc<[Item]>,
+    json: Option<Bytes>,
 }
 
 /// Proof that a read started before a given invalidation count of its user's stripe.
@@ -46,9 +54,10 @@ impl RecentItems {
         }
         let lists = moka::sync::Cache::builder()
             .max_capacity(budget_bytes)
-            .weigher(|_user: &Uuid, items: &Arc<[Item]>| {
-                u32::try_from(items.iter().map(approximate_size).sum::<usize>() + 64)
-                    .unwrap_or(u32::MAX)
+            .weigher(|_user: &Uuid, kept: &Kept| {
+                let items = kept.items.iter().map(approximate_size).sum::<usize>();
+                let json = kept.json.as_ref().map_or(0, Bytes::len);
+                u32::try_from(items + json + 64).unwrap_or(u32::MAX)
             })
             .build();
         Some(RecentItems {
@@ -70,10 +79,10 @@ impl RecentItems {
 
     /// The user's `limit` newest items, if their list is in memory (counted as a hit; a miss
     /// is counted by [`ticket`](Self::ticket), so a request that looks twice counts once).
-    pub fn get(&self, user_id: Uuid, limit: u32) -> Option<Vec<Item>> {
-        let items = self.lists.get(&user_id)?;
+    pub fn get(&self, user_id: Uuid, limit: u32) -> Option<ItemList> {
+        let Kept { items, json } = self.lists.get(&user_id)?;
         metrics::counter!("gorgon_store_recent_lookups_total", "outcome" => "hit").increment(1);
-        Some(items.iter().take(limit as usize).cloned().collect())
+        Some(ItemList::shared(items, limit as usize, json))
     }
 
     /// Taken before reading a user's list from the database, to [`fill`](Self::fill) it after.
@@ -88,10 +97,12 @@ impl RecentItems {
     /// Keeps `items` (the user's newest, at most `depth`, newest first) unless the user was
     /// invalidated since `ticket` was taken.
     pub fn fill(&self, ticket: Ticket, items: &[Item]) {
+        // Encoded before the stripe's lock, which the writer takes to invalidate.
+        let items: Arc<[Item]> = items.iter().take(self.depth as usize).cloned().collect();
+        let json = encode_json(&items);
         let generation = self.stripe(ticket.user_id).lock();
         if *generation == ticket.generation {
-            let kept: Arc<[Item]> = items.iter().take(self.depth as usize).cloned().collect();
-            self.lists.insert(ticket.user_id, kept);
+            self.lists.insert(ticket.user_id, Kept { items, json });
         }
     }
 
@@ -162,10 +173,12 @@ mod tests {
             page.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
             ["t0", "t1", "t2"]
         );
+        assert!(page.json().is_none(), "the kept JSON is of all ten");
+        let whole = recent.get(user, 10).expect("hit");
+        assert_eq!(whole.len(), 10, "kept to its depth");
         assert_eq!(
-            recent.get(user, 10).expect("hit").len(),
-            10,
-            "kept to its depth"
+            whole.json().expect("encoded when kept").as_ref(),
+            serde_json::to_vec(&items[..10]).unwrap().as_slice()
         );
         assert!(recent.covers(Page::new(10, 0)));
         assert!(!recent.covers(Page::new(11, 0)));

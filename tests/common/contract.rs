@@ -648,7 +648,7 @@ async fn search_pages_after_a_cursor(store: Arc<dyn Store>) {
 async fn newest(store: &Arc<dyn Store>, user_id: Uuid, limit: u32) -> Vec<Uuid> {
     let page = Page::new(limit, 0);
     let items = match store.recent_user_items(user_id, page) {
-        Some(items) => items,
+        Some(items) => items.into_vec(),
         None => store.list_user_items(user_id, page).await.expect("list"),
     };
     items.iter().map(|i| i.id).collect()
@@ -694,6 +694,7 @@ async fn newest_page_follows_every_write(store: Arc<dyn Store>) {
     store.update_item(top, u.id, patch).await.expect("update");
     let page = store
         .recent_user_items(u.id, PAGE)
+        .map(|kept| kept.into_vec())
         .unwrap_or_default()
         .into_iter()
         .chain(store.list_user_items(u.id, PAGE).await.expect("list"))

@@ -61,8 +61,8 @@ use super::recent::RecentItems;
 use super::search_build::{self, SearchBuild};
 use super::{Credentials, ExportCursor, Store};
 use crate::domain::{
-    to_millis, Item, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page, Principal,
-    SearchQuery, TokenHash, User, UserPatch,
+    to_millis, Item, ItemList, ItemPatch, Job, JobOutcome, JobState, NewJob, NewUser, Page,
+    Principal, SearchQuery, TokenHash, User, UserPatch,
 };
 use crate::error::{Error, Result};
 
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
                 .await;
         };
         if let Some(items) = recent.get(user_id, page.limit) {
-            return Ok(items);
+            return Ok(items.into_vec());
         }
         let ticket = recent.ticket(user_id);
         let newest = Page::new(recent.depth(), 0);
@@ -353,7 +353,7 @@ impl Store for SqliteStore {
         Ok(items)
     }
 
-    fn recent_user_items(&self, user_id: Uuid, page: Page) -> Option<Vec<Item>> {
+    fn recent_user_items(&self, user_id: Uuid, page: Page) -> Option<ItemList> {
         let recent = self.recent.as_ref().filter(|r| r.covers(page))?;
         recent.get(user_id, page.limit)
     }
