@@ -85,19 +85,16 @@ impl<S: Service> Actor for RoleActor<S> {
         let Inbound { call, reply } = message;
         let kind = call.kind();
         let started = Instant::now();
-        match call.dispatch(&state.service, reply) {
-            None => state.service.observe(kind, started.elapsed()),
-            Some(work) => {
-                let service = state.service.clone();
-                state
-                    .inflight
-                    .spawn(async move {
-                        work.await;
-                        service.observe(kind, started.elapsed());
-                    })
-                    .await;
-            }
-        }
+        // Asked `answer_now` already, on the caller's thread (`send`): this call must wait.
+        let work = call.dispatch(&state.service, reply);
+        let service = state.service.clone();
+        state
+            .inflight
+            .spawn(async move {
+                work.await;
+                service.observe(kind, started.elapsed());
+            })
+            .await;
         Ok(())
     }
 
